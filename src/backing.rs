@@ -1,0 +1,398 @@
+//! The served file: positioned reads and writes, holes, zeroes and syncs.
+//!
+//! One [`Backing`] is shared by every connection (`Arc<Backing>`); all
+//! operations are positioned (`pread`/`pwrite`/`fallocate`), so no lock is
+//! needed and a `fdatasync` on the one descriptor covers the writes of
+//! every connection (what makes multi-conn honest).
+//!
+//! Writes are sparse-aware like the C flexnbd's: an all-zero 4 KiB piece
+//! that lands in a hole is not written, so sparse files stay sparse. Unlike
+//! the C flexnbd nothing is mapped and nothing is synced per write: data is
+//! made durable by [`Backing::sync`], which FLUSH and FUA call.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FallocateFlags, SeekFrom};
+
+/// The granularity of sparse-aware writes, as flexnbd-c's allocation map.
+pub const BLOCK: u64 = 4096;
+
+/// The export is the file size rounded down to this, as flexnbd-c.
+pub const SECTOR: u64 = 512;
+
+/// One run of `base:allocation` state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes.
+    pub len: u64,
+    /// Whether the run is unallocated (and so reads as zero).
+    pub hole: bool,
+}
+
+/// The file behind the export.
+#[derive(Debug)]
+pub struct Backing {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    read_only: bool,
+}
+
+impl Backing {
+    /// Opens `path` for serving; the export size is its length rounded down to 512 bytes.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the file cannot be opened or is not a regular file.
+    pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let len = meta.len();
+        let size = len & !(SECTOR - 1);
+        if size != len {
+            log::warn!(
+                "file does not fit into 512-byte sectors; the end of the file will be ignored"
+            );
+        }
+        Ok(Backing {
+            file,
+            path: path.to_owned(),
+            size,
+            read_only,
+        })
+    }
+
+    /// The export size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file was opened read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The underlying file, for zero-copy paths.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error; a file shrunk underneath us gives `UnexpectedEof`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes `buf` at `offset`, skipping all-zero 4 KiB pieces that land in holes.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error from `pwrite` or `lseek`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut run_start = 0usize; // start in `buf` of bytes not yet written
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let abs = offset + pos as u64;
+            let to_boundary = usize::try_from(BLOCK - abs % BLOCK).unwrap_or(usize::MAX);
+            let piece_end = usize::min(buf.len(), pos.saturating_add(to_boundary));
+            let piece = &buf[pos..piece_end];
+            if is_zero(piece) && self.is_hole(abs, piece.len() as u64)? {
+                if run_start < pos {
+                    self.file
+                        .write_all_at(&buf[run_start..pos], offset + run_start as u64)?;
+                }
+                run_start = piece_end;
+            }
+            pos = piece_end;
+        }
+        if run_start < buf.len() {
+            self.file
+                .write_all_at(&buf[run_start..], offset + run_start as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` as it is, zeroes included.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error from `pwrite`.
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Whether `[offset, offset + len)` holds no data on disk.
+    fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        match rustix::fs::seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(data) => Ok(data >= offset + len),
+            Err(rustix::io::Errno::NXIO) => Ok(true),
+            // A file system without SEEK_DATA reports everything as data.
+            Err(rustix::io::Errno::INVAL) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes every completed write durable (`fdatasync`).
+    ///
+    /// # Errors
+    ///
+    /// The sync failed: the data may not be on stable storage.
+    pub fn sync(&self) -> io::Result<()> {
+        rustix::fs::fdatasync(&self.file)?;
+        Ok(())
+    }
+
+    /// Deallocates `[offset, offset + len)`; it reads back as zeroes.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` where the file system cannot punch holes.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        rustix::fs::fallocate(&self.file, flags, offset, len).map_err(unsupported)
+    }
+
+    /// Zeroes `[offset, offset + len)`.
+    ///
+    /// With `may_punch` the range may become a hole; otherwise it stays
+    /// allocated. With `fast` only a cheap method is tried and `Unsupported`
+    /// is returned if there is none (NBD's FAST_ZERO).
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error; `Unsupported` as above.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_punch: bool,
+        fast: bool,
+    ) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if may_punch {
+            match self.punch_hole(offset, len) {
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                other => return other,
+            }
+        }
+        let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, offset, len).map_err(unsupported) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported && !fast => {}
+            other => return other,
+        }
+        static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+        let mut done = 0u64;
+        while done < len {
+            let n =
+                usize::try_from(u64::min(len - done, ZEROES.len() as u64)).unwrap_or(ZEROES.len());
+            self.file.write_all_at(&ZEROES[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Hints that `[offset, offset + len)` will be read soon.
+    ///
+    /// # Errors
+    ///
+    /// The hint could not be given.
+    pub fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let len = std::num::NonZeroU64::new(len);
+        rustix::fs::fadvise(&self.file, offset, len, rustix::fs::Advice::WillNeed)?;
+        Ok(())
+    }
+
+    /// The allocation of `[offset, offset + len)` as runs of data and holes,
+    /// from SEEK_DATA/SEEK_HOLE. Adjacent runs always differ.
+    ///
+    /// # Errors
+    ///
+    /// Any error from `lseek` other than "no more data".
+    pub fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = offset.saturating_add(len);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut push = |len: u64, hole: bool| {
+            if len == 0 {
+                return;
+            }
+            match out.last_mut() {
+                Some(last) if last.hole == hole => last.len += len,
+                _ => out.push(Extent { len, hole }),
+            }
+        };
+        let mut pos = offset;
+        while pos < end {
+            let data = match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => end,
+                Err(rustix::io::Errno::INVAL) => pos,
+                Err(e) => return Err(e.into()),
+            };
+            if data > pos {
+                let stop = data.min(end);
+                push(stop - pos, true);
+                pos = stop;
+                continue;
+            }
+            let hole = match rustix::fs::seek(&self.file, SeekFrom::Hole(pos)) {
+                Ok(h) => h,
+                Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL) => end,
+                Err(e) => return Err(e.into()),
+            };
+            let stop = hole.clamp(pos + 1, end);
+            push(stop - pos, false);
+            pos = stop;
+        }
+        Ok(out)
+    }
+}
+
+fn unsupported(e: rustix::io::Errno) -> io::Error {
+    if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS {
+        io::Error::new(io::ErrorKind::Unsupported, e)
+    } else {
+        e.into()
+    }
+}
+
+/// Whether every byte of `buf` is zero (vectorisable: no early exit inside a chunk).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(256)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sparse(len: u64) -> (tempfile::TempDir, Backing) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        File::create(&path).unwrap().set_len(len).unwrap();
+        let b = Backing::open(&path, false).unwrap();
+        (dir, b)
+    }
+
+    fn allocated(b: &Backing) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        b.file.metadata().unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn size_rounds_down_to_512() {
+        let (_d, b) = sparse(1535);
+        assert_eq!(b.size(), 1024);
+    }
+
+    #[test]
+    fn zero_writes_into_holes_allocate_nothing() {
+        let (_d, b) = sparse(1 << 20);
+        b.write_at(&vec![0u8; 256 << 10], 4096).unwrap();
+        assert_eq!(allocated(&b), 0);
+        let mut data = vec![0u8; 3 * 4096];
+        data[4096] = 7; // only the middle block has data
+        b.write_at(&data, 0).unwrap();
+        assert_eq!(allocated(&b), 4096);
+        let mut back = vec![1u8; 3 * 4096];
+        b.read_at(&mut back, 0).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn zero_writes_over_data_are_written() {
+        let (_d, b) = sparse(64 << 10);
+        b.write_at(&[0xffu8; 8192], 0).unwrap();
+        b.write_at(&[0u8; 8192], 0).unwrap();
+        let mut back = [1u8; 8192];
+        b.read_at(&mut back, 0).unwrap();
+        assert!(is_zero(&back));
+    }
+
+    #[test]
+    fn unaligned_writes_land_exactly() {
+        let (_d, b) = sparse(64 << 10);
+        b.write_at(&[0xab; 5000], 4000).unwrap();
+        let mut back = vec![0u8; 10000];
+        b.read_at(&mut back, 0).unwrap();
+        assert!(is_zero(&back[..4000]));
+        assert!(back[4000..9000].iter().all(|&x| x == 0xab));
+        assert!(is_zero(&back[9000..]));
+    }
+
+    #[test]
+    fn extents_follow_holes_and_data() {
+        let (_d, b) = sparse(1 << 20);
+        b.write_at(&[1u8; 8192], 64 << 10).unwrap();
+        let ext = b.extents(0, 1 << 20).unwrap();
+        assert_eq!(
+            ext,
+            vec![
+                Extent {
+                    len: 64 << 10,
+                    hole: true
+                },
+                Extent {
+                    len: 8192,
+                    hole: false
+                },
+                Extent {
+                    len: (1 << 20) - (64 << 10) - 8192,
+                    hole: true
+                },
+            ]
+        );
+        assert_eq!(
+            b.extents(65536, 100).unwrap(),
+            vec![Extent {
+                len: 100,
+                hole: false
+            }]
+        );
+    }
+
+    #[test]
+    fn punch_and_zero() {
+        let (_d, b) = sparse(1 << 20);
+        b.write_at(&[9u8; 65536], 0).unwrap();
+        b.punch_hole(0, 32768).unwrap();
+        b.write_zeroes(32768, 4096, false, false).unwrap();
+        let mut back = vec![1u8; 65536];
+        b.read_at(&mut back, 0).unwrap();
+        assert!(is_zero(&back[..36864]));
+        assert!(back[36864..].iter().all(|&x| x == 9));
+        assert!(b.extents(0, 32768).unwrap()[0].hole);
+        b.sync().unwrap();
+        b.cache(0, 4096).unwrap();
+    }
+
+    #[test]
+    fn is_zero_checks_every_byte() {
+        let mut buf = vec![0u8; 1000];
+        assert!(is_zero(&buf));
+        buf[999] = 1;
+        assert!(!is_zero(&buf));
+        assert!(is_zero(&[]));
+    }
+}

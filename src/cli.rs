@@ -1,0 +1,308 @@
+//! The command line, as clap derive types and nothing else.
+//!
+//! Subcommand names, long and short options follow the C flexnbd so that
+//! existing scripts keep working (`-l/--addr`, `-p/--port`, `-f/--file`,
+//! `-s/--sock`, ...). Every argument's doc comment is its help text; the man
+//! pages and shell completions are generated from this definition by the
+//! hidden `generate` subcommand. This module imports only the small parsing
+//! types it needs, never server or I/O code.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::net::{AclEntry, parse_ip};
+
+/// A fast NBD server that serves a file and can live-migrate it.
+///
+/// flexnbd exports one file over the Network Block Device protocol to qemu,
+/// the Linux kernel's nbd-client and the libnbd tools, is controlled through
+/// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
+#[derive(Debug, Parser)]
+#[command(name = "flexnbd", version, propagate_version = true)]
+#[command(after_help = "Run 'flexnbd help <command>' for the options of one command.")]
+pub struct Cli {
+    /// Options accepted by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The mode to run in.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging options shared by every subcommand.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct GlobalArgs {
+    /// Log more: -v for informational messages, -vv for per-request debug.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log only fatal errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve FILE from ADDR:PORT, with an optional control socket at SOCK.
+    Serve(ServeArgs),
+    /// Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET.
+    Read(ReadArgs),
+    /// Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET.
+    Write(WriteArgs),
+    /// Set the access control list for a server with control socket SOCK.
+    Acl(AclArgs),
+    /// Get the status for a server with control socket SOCK.
+    Status(StatusArgs),
+    /// Generate man pages or shell completions (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+/// Where a server listens.
+#[derive(Debug, Args, Clone)]
+pub struct ListenAddrArgs {
+    /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
+    pub addr: IpAddr,
+    /// The port to serve on (0 picks a free port).
+    #[arg(short, long, value_name = "PORT")]
+    pub port: u16,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[command(flatten)]
+    pub listen: ListenAddrArgs,
+    /// The file to serve.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Path to the control socket.
+    #[arg(short, long, value_name = "SOCK")]
+    pub sock: Option<PathBuf>,
+    /// Deny connections by default unless in ACL.
+    #[arg(short, long)]
+    pub default_deny: bool,
+    /// Drop a client whose request takes longer than 120 seconds.
+    ///
+    /// Only the offending client is disconnected; the server keeps running.
+    #[arg(short, long)]
+    pub killswitch: bool,
+    /// Export the file read-only: writes, trims and zeroes get EPERM.
+    #[arg(short, long)]
+    pub read_only: bool,
+    /// Speak the old-style handshake of the C flexnbd instead of fixed newstyle.
+    ///
+    /// Use this when the clients are C flexnbd peers (its mirror, proxy,
+    /// read and write). qemu and libnbd clients speak both styles.
+    #[arg(long)]
+    pub oldstyle: bool,
+    /// Most clients served at once; further connections are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
+    /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
+    ///
+    /// An empty list allows everyone unless --default-deny is given; a
+    /// non-empty list denies everyone not listed.
+    #[arg(value_name = "ACL_ADDRESS")]
+    pub acl: Vec<AclEntry>,
+}
+
+/// The server a client subcommand talks to.
+#[derive(Debug, Args, Clone)]
+pub struct ConnectArgs {
+    /// The address of the server.
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
+    pub addr: IpAddr,
+    /// The port of the server.
+    #[arg(short, long, value_name = "PORT")]
+    pub port: u16,
+    /// Bind the local socket to a particular IP address.
+    #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
+    pub bind: Option<IpAddr>,
+}
+
+/// The byte range of `read` and `write`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct RangeArgs {
+    /// Byte offset to start at.
+    #[arg(short = 'F', long, value_name = "OFFSET")]
+    pub from: u64,
+    /// Number of bytes.
+    #[arg(short = 'S', long, value_name = "SIZE")]
+    pub size: u64,
+}
+
+/// Options of `read`.
+#[derive(Debug, Args, Clone)]
+pub struct ReadArgs {
+    /// The server to read from.
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// The range to read.
+    #[command(flatten)]
+    pub range: RangeArgs,
+}
+
+/// Options of `write`.
+#[derive(Debug, Args, Clone)]
+pub struct WriteArgs {
+    /// The server to write to.
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// The range to write; exactly SIZE bytes are read from stdin.
+    #[command(flatten)]
+    pub range: RangeArgs,
+}
+
+/// The control socket of a running server.
+#[derive(Debug, Args, Clone)]
+pub struct ControlArgs {
+    /// Path to the control socket.
+    #[arg(short, long, value_name = "SOCK")]
+    pub sock: PathBuf,
+}
+
+/// Options of `acl`.
+#[derive(Debug, Args, Clone)]
+pub struct AclArgs {
+    /// The server to change.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The new access control list, as ADDRESS[/MASK]; none means an empty list.
+    ///
+    /// Entries are checked by the server, which keeps the old list and
+    /// answers with an error if any entry is bad.
+    #[arg(value_name = "ACL_ADDRESS")]
+    pub acl: Vec<String>,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// The server to ask.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print the status as one JSON object instead of the key=value line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `generate` produces.
+#[derive(Debug, Args, Clone)]
+pub struct GenerateArgs {
+    /// The artefact to generate.
+    #[command(subcommand)]
+    pub what: GenerateWhat,
+}
+
+/// Artefacts generated from this CLI definition.
+#[derive(Debug, Subcommand, Clone)]
+pub enum GenerateWhat {
+    /// Write flexnbd.1 and one page per subcommand into DIR.
+    Man {
+        /// The directory to write the pages into.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print the completion script for SHELL to stdout.
+    Completions {
+        /// The shell to generate completions for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: Shell,
+    },
+}
+
+/// Shells that completions are generated for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+    /// Elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flexnbd_c_serve_line_parses() {
+        let cli = Cli::try_parse_from([
+            "flexnbd",
+            "serve",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "4777",
+            "-f",
+            "disk.img",
+            "-s",
+            "ctl",
+            "-d",
+            "-k",
+            "127.0.0.1",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.port, 4777);
+        assert!(args.default_deny && args.killswitch);
+        assert_eq!(args.acl.len(), 2);
+    }
+
+    #[test]
+    fn abbreviated_long_options_and_equals_work() {
+        let cli = Cli::try_parse_from([
+            "flexnbd",
+            "read",
+            "--addr=::1",
+            "--port",
+            "1",
+            "--from",
+            "0",
+            "--size",
+            "9",
+        ])
+        .unwrap();
+        let Command::Read(args) = cli.command else {
+            panic!("not read")
+        };
+        assert_eq!(args.range.size, 9);
+    }
+
+    #[test]
+    fn bad_acl_entry_is_a_usage_error() {
+        let err = Cli::try_parse_from([
+            "flexnbd",
+            "serve",
+            "-l",
+            "0",
+            "-p",
+            "1",
+            "-f",
+            "x",
+            "10.0.0.0/0",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,179 @@
+//! Address parsing and access control lists, as the C flexnbd reads them.
+//!
+//! Pure code: no sockets are opened here. Addresses follow flexnbd-c
+//! section 2.1 (IPv4 or IPv6 text, optionally in brackets, `0` meaning
+//! 0.0.0.0, no DNS) except that trailing garbage is an error rather than
+//! silently ignored. ACL entries are `ADDRESS[/MASK]` (section 9).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// Parses an IP address as flexnbd-c does: `0` is 0.0.0.0, `[::1]` is ::1.
+///
+/// # Errors
+///
+/// Returns a one-line message when the text is not an IPv4 or IPv6 address.
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    let inner = text
+        .strip_prefix('[')
+        .map_or(text, |rest| rest.strip_suffix(']').unwrap_or(rest));
+    if inner == "0" {
+        return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    inner.parse::<IpAddr>().map_err(|_| {
+        format!("'{text}' is not an IPv4 or IPv6 address (host names are not looked up)")
+    })
+}
+
+/// One access-control entry: an address and the number of leading bits that must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclEntry {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl AclEntry {
+    /// Whether `client` lies inside this entry. Address families never match each other.
+    pub fn contains(&self, client: IpAddr) -> bool {
+        match (self.addr, client) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = usize::from(bits / 8);
+    if a[..full] != b[..full] {
+        return false;
+    }
+    let rest = bits % 8;
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[full] & mask) == (b[full] & mask)
+}
+
+impl FromStr for AclEntry {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr_text, mask_text) = match text.split_once('/') {
+            Some((a, m)) => (a, Some(m)),
+            None => (text, None),
+        };
+        let addr = parse_ip(addr_text).map_err(|_| format!("bad ACL entry '{text}'"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match mask_text {
+            None => max,
+            Some(m) => match m.parse::<u8>() {
+                Ok(b) if (1..=max).contains(&b) => b,
+                _ => return Err(format!("bad ACL entry '{text}': mask must be 1..{max}")),
+            },
+        };
+        Ok(AclEntry { addr, bits })
+    }
+}
+
+impl fmt::Display for AclEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.bits)
+    }
+}
+
+/// An access control list together with the start-up default-deny setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acl {
+    entries: Vec<AclEntry>,
+    default_deny: bool,
+}
+
+impl Acl {
+    /// A list of entries; `default_deny` decides only when the list is empty.
+    pub fn new(entries: Vec<AclEntry>, default_deny: bool) -> Self {
+        Acl {
+            entries,
+            default_deny,
+        }
+    }
+
+    /// The same default-deny setting with a new list of entries.
+    pub fn with_entries(&self, entries: Vec<AclEntry>) -> Self {
+        Acl {
+            entries,
+            default_deny: self.default_deny,
+        }
+    }
+
+    /// Whether a client at `client` may connect.
+    pub fn allows(&self, client: IpAddr) -> bool {
+        if self.entries.is_empty() {
+            return !self.default_deny;
+        }
+        self.entries.iter().any(|e| e.contains(client))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_addresses_like_flexnbd_c() {
+        assert_eq!(parse_ip("0").unwrap(), ip("0.0.0.0"));
+        assert_eq!(parse_ip("[::1]").unwrap(), ip("::1"));
+        assert_eq!(parse_ip("127.0.0.1").unwrap(), ip("127.0.0.1"));
+        assert!(parse_ip("localhost").is_err());
+        assert!(parse_ip("1.2.3.4foo").is_err());
+        assert!(parse_ip("").is_err());
+    }
+
+    #[test]
+    fn acl_entry_masks() {
+        let e: AclEntry = "127.0.0.1/24".parse().unwrap();
+        assert!(e.contains(ip("127.0.0.200")));
+        assert!(!e.contains(ip("127.0.1.1")));
+        let single: AclEntry = "10.1.2.3".parse().unwrap();
+        assert!(single.contains(ip("10.1.2.3")) && !single.contains(ip("10.1.2.4")));
+        let v6: AclEntry = "fe80::/10".parse().unwrap();
+        assert!(v6.contains(ip("fe80::1")) && !v6.contains(ip("fec0::1")));
+        let odd: AclEntry = "10.0.0.0/9".parse().unwrap();
+        assert!(odd.contains(ip("10.127.0.1")) && !odd.contains(ip("10.128.0.1")));
+    }
+
+    #[test]
+    fn families_never_cross() {
+        let e: AclEntry = "127.0.0.1".parse().unwrap();
+        assert!(!e.contains(ip("::ffff:127.0.0.1")));
+    }
+
+    #[test]
+    fn rejects_bad_entries() {
+        for bad in [
+            "10.0.0.0/0",
+            "10.0.0.0/33",
+            "::1/129",
+            "x",
+            "1.2.3.4/",
+            "1.2.3.4/a",
+            "/8",
+        ] {
+            assert!(bad.parse::<AclEntry>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_list_follows_default_deny() {
+        assert!(Acl::new(vec![], false).allows(ip("1.2.3.4")));
+        assert!(!Acl::new(vec![], true).allows(ip("1.2.3.4")));
+        let listed = Acl::new(vec!["1.2.3.4".parse().unwrap()], false);
+        assert!(listed.allows(ip("1.2.3.4")) && !listed.allows(ip("1.2.3.5")));
+    }
+}
