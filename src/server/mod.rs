@@ -1,0 +1,3 @@
+//! The NBD server (placeholder while the skeleton is built).
+
+pub mod status;
