@@ -1,3 +1,424 @@
-//! The NBD server (placeholder while the skeleton is built).
+//! The NBD server: the accept loop, access control, client bookkeeping and shutdown.
+//!
+//! [`Server::run`] takes a listener bound by the caller (so tests bind port
+//! 0) and serves until [`Server::shutdown`] is called: it then stops
+//! accepting, closes the listener, asks every client to stop reading (each
+//! finishes the requests it already has, replies, and closes) and returns
+//! once all clients are gone. Each client runs on its own thread
+//! ([`conn`]), with a few worker threads of its own for requests in flight.
+//!
+//! The server is controlled from other threads through `&self` methods
+//! ([`Server::status`], [`Server::set_acl`], [`Server::shutdown`]); shared
+//! state is the ACL behind a lock, the client table, and atomics.
 
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::backing::Backing;
+use crate::net::{Acl, AclEntry};
+use crate::proto::types::TransmissionFlags;
+
+mod conn;
 pub mod status;
+mod trigger;
+
+pub use trigger::Trigger;
+
+use status::Status;
+
+/// How long a request may take before the killswitch drops its client (flexnbd-c: 120 s).
+pub const KILLSWITCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Speak flexnbd-c's old-style handshake instead of fixed newstyle.
+    pub oldstyle: bool,
+    /// Refuse writes, trims and zeroes with EPERM.
+    pub read_only: bool,
+    /// Most clients at once; further connections are closed at once.
+    pub max_clients: usize,
+    /// Drop a client whose request makes no progress for this long.
+    pub killswitch: Option<Duration>,
+    /// `listen` mode: start without control; a client's DISCONNECT hands control over and stops the server.
+    pub listen_mode: bool,
+    /// The access control list at start-up.
+    pub acl: Acl,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            oldstyle: false,
+            read_only: false,
+            max_clients: 1024,
+            killswitch: None,
+            listen_mode: false,
+            acl: Acl::default(),
+        }
+    }
+}
+
+/// A connected client, as the server keeps track of it.
+#[derive(Debug)]
+struct ClientSlot {
+    peer: SocketAddr,
+    /// A handle on the socket, used to stop the client from another thread.
+    socket: TcpStream,
+    /// Monotonic milliseconds since a request started without finishing, or 0 when idle.
+    busy_since: Arc<AtomicU64>,
+}
+
+/// An NBD server over one backing file.
+#[derive(Debug)]
+pub struct Server {
+    backing: Arc<Backing>,
+    config: ServerConfig,
+    acl: RwLock<Acl>,
+    clients: Mutex<HashMap<u64, ClientSlot>>,
+    clients_changed: Condvar,
+    next_client: AtomicU64,
+    clients_allowed: AtomicBool,
+    has_control: AtomicBool,
+    stop: Trigger,
+}
+
+impl Server {
+    /// A server for `backing`; nothing happens until [`Server::run`].
+    ///
+    /// # Errors
+    ///
+    /// The shutdown trigger's pipe could not be created.
+    pub fn new(backing: Backing, config: ServerConfig) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Server {
+            backing: Arc::new(backing),
+            acl: RwLock::new(config.acl.clone()),
+            has_control: AtomicBool::new(!config.listen_mode),
+            config,
+            clients: Mutex::new(HashMap::new()),
+            clients_changed: Condvar::new(),
+            next_client: AtomicU64::new(1),
+            clients_allowed: AtomicBool::new(true),
+            stop: Trigger::new()?,
+        }))
+    }
+
+    /// The backing file.
+    pub fn backing(&self) -> &Arc<Backing> {
+        &self.backing
+    }
+
+    /// The transmission flags this server advertises.
+    pub fn transmission_flags(&self) -> TransmissionFlags {
+        use TransmissionFlags as F;
+        let mut flags = if self.config.oldstyle {
+            // Byte-compatible with flexnbd-c (13); the other commands still work if sent.
+            F::FLEXNBD_C
+        } else {
+            F::HAS_FLAGS
+                | F::SEND_FLUSH
+                | F::SEND_FUA
+                | F::SEND_DF
+                | F::CAN_MULTI_CONN
+                | F::SEND_CACHE
+        };
+        if self.config.read_only {
+            flags |= F::READ_ONLY;
+        } else if !self.config.oldstyle {
+            flags |= F::SEND_TRIM | F::SEND_WRITE_ZEROES | F::SEND_FAST_ZERO;
+        }
+        flags
+    }
+
+    /// Whether the server has control of the data (false in `listen` mode before the handover).
+    pub fn has_control(&self) -> bool {
+        self.has_control.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot for the `status` control command.
+    pub fn status(&self) -> Status {
+        Status {
+            pid: std::process::id(),
+            size: self.backing.size(),
+            clients_allowed: self.clients_allowed.load(Ordering::SeqCst),
+            num_clients: self.lock_clients().len() as u64,
+            has_control: self.has_control(),
+            migration: None,
+        }
+    }
+
+    /// Replaces the ACL (keeping the start-up default-deny) and disconnects
+    /// clients it no longer allows, once their request in progress is done.
+    pub fn set_acl(&self, entries: Vec<AclEntry>) {
+        let acl = {
+            let mut guard = self.acl.write().unwrap_or_else(PoisonError::into_inner);
+            *guard = guard.with_entries(entries);
+            guard.clone()
+        };
+        log::info!("ACL set");
+        for (id, slot) in self.lock_clients().iter() {
+            if !acl.allows(slot.peer.ip()) {
+                log::info!(
+                    "client {id} at {} is no longer allowed by the ACL",
+                    slot.peer
+                );
+                // Stop reading: the client finishes what it has, replies, and closes.
+                let _ = slot.socket.shutdown(Shutdown::Read);
+            }
+        }
+    }
+
+    /// Asks [`Server::run`] to stop; returns at once.
+    pub fn shutdown(&self) {
+        self.stop.trigger();
+    }
+
+    /// Whether [`Server::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.stop.is_triggered()
+    }
+
+    /// Serves clients from `listener` until [`Server::shutdown`], then stops
+    /// every client, waits for them, and returns. The listener is closed on return.
+    ///
+    /// # Errors
+    ///
+    /// Only errors of the listener itself; a failing client is logged and dropped.
+    pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        std::thread::scope(|scope| {
+            if let Some(limit) = self.config.killswitch {
+                scope.spawn(move || self.killswitch(limit));
+            }
+            let result = self.accept_loop(&listener);
+            drop(listener);
+            self.stop.trigger(); // also ends the killswitch thread
+            self.stop_all_clients();
+            result
+        })
+    }
+
+    fn accept_loop(self: &Arc<Self>, listener: &TcpListener) -> io::Result<()> {
+        let stop_fd = self.stop.fd();
+        loop {
+            let mut fds = [
+                PollFd::new(listener, PollFlags::IN),
+                PollFd::new(&stop_fd, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.stop.is_triggered() {
+                return Ok(());
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if is_transient_accept_error(&e) => {
+                    log::warn!("accept failed: {e}");
+                    // Out of descriptors or memory: back off briefly rather than spin.
+                    self.stop.wait_timeout(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decides whether a new connection is served, and starts its thread.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = configure_client_socket(&stream) {
+            log::warn!("cannot set socket options for {peer}: {e}");
+            return;
+        }
+        if !self.clients_allowed.load(Ordering::SeqCst) {
+            log::info!(
+                "Rejecting client {} port {}: new clients are not allowed now",
+                peer.ip(),
+                peer.port()
+            );
+            return;
+        }
+        if !self
+            .acl
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allows(peer.ip())
+        {
+            log::warn!(
+                "Rejecting client {} port {}: Access control error",
+                peer.ip(),
+                peer.port()
+            );
+            return;
+        }
+        let socket = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot clone socket for {peer}: {e}");
+                return;
+            }
+        };
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let busy_since = Arc::new(AtomicU64::new(0));
+        {
+            let mut clients = self.lock_clients();
+            let limit = if self.config.listen_mode {
+                1
+            } else {
+                self.config.max_clients
+            };
+            if clients.len() >= limit {
+                log::warn!("too many clients to accept connection from {peer}");
+                return;
+            }
+            clients.insert(
+                id,
+                ClientSlot {
+                    peer,
+                    socket,
+                    busy_since: busy_since.clone(),
+                },
+            );
+        }
+        log::info!(
+            "Client {} port {} accepted as client {id}",
+            peer.ip(),
+            peer.port()
+        );
+        let server = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("client-{id}"))
+            .spawn(move || {
+                let outcome = conn::serve(&server, stream, &busy_since);
+                log::info!("client {id} at {peer} finished: {outcome}");
+                if outcome == conn::Outcome::Disconnected && server.config.listen_mode {
+                    server.control_arrived();
+                }
+                server.remove_client(id);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread for client {peer}: {e}");
+            self.remove_client(id);
+        }
+    }
+
+    /// `listen` mode's handover: a client's DISCONNECT gives us control, and the server stops.
+    fn control_arrived(&self) {
+        if !self.has_control.swap(true, Ordering::SeqCst) {
+            log::info!("control arrived: the migration is complete");
+            self.shutdown();
+        }
+    }
+
+    fn remove_client(&self, id: u64) {
+        self.lock_clients().remove(&id);
+        self.clients_changed.notify_all();
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ClientSlot>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks every client to stop reading requests, then waits for all of them to finish.
+    fn stop_all_clients(&self) {
+        let mut clients = self.lock_clients();
+        for slot in clients.values() {
+            let _ = slot.socket.shutdown(Shutdown::Read);
+        }
+        while !clients.is_empty() {
+            clients = self
+                .clients_changed
+                .wait(clients)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Drops clients whose request has made no progress for `limit` (flexnbd-c's killswitch).
+    fn killswitch(&self, limit: Duration) {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            if self.stop.wait_timeout(Duration::from_secs(1)) {
+                return;
+            }
+            let now = conn::monotonic_ms();
+            for (id, slot) in self.lock_clients().iter() {
+                let since = slot.busy_since.load(Ordering::SeqCst);
+                if since != 0 && now.saturating_sub(since) > limit_ms {
+                    log::warn!("Killswitch for client {id} activated, calling shutdown on socket");
+                    let _ = slot.socket.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno) if [
+            rustix::io::Errno::MFILE.raw_os_error(),
+            rustix::io::Errno::NFILE.raw_os_error(),
+            rustix::io::Errno::NOBUFS.raw_os_error(),
+            rustix::io::Errno::NOMEM.raw_os_error(),
+            rustix::io::Errno::CONNABORTED.raw_os_error(),
+            rustix::io::Errno::PROTO.raw_os_error(),
+            rustix::io::Errno::PERM.raw_os_error(),
+            rustix::io::Errno::INTR.raw_os_error(),
+        ].contains(&libc_errno)
+    )
+}
+
+/// TCP options every client socket gets, as flexnbd-c: keepalive 30/10/3 and no Nagle.
+fn configure_client_socket(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Binds a listening socket as flexnbd-c does: SO_REUSEADDR, TCP_NODELAY
+/// (inherited by accepted sockets), and EADDRNOTAVAIL retried 10 times a second apart.
+///
+/// # Errors
+///
+/// The address cannot be bound.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        match socket.bind(&addr.into()) {
+            Ok(()) => {
+                socket.listen(128)?;
+                let listener: TcpListener = socket.into();
+                let local = listener.local_addr()?;
+                log::info!("Bound to {} port {}", local.ip(), local.port());
+                return Ok(listener);
+            }
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error())
+                    && tries < 10 =>
+            {
+                tries += 1;
+                log::warn!("cannot bind {addr} ({e}); retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

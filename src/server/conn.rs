@@ -1,0 +1,783 @@
+//! One client connection: the handshake, then the transmission loop.
+//!
+//! The connection's thread reads requests (header, then payload for
+//! WRITE) and validates them. A valid request goes to a small pool of
+//! worker threads belonging to this connection, so several requests are in
+//! flight at once and replies may go out in any order; each is answered
+//! exactly once. Workers write replies through one lock on the socket's
+//! write side, each reply in one vectored write. Invalid requests are
+//! answered by the reading thread directly, with the payload of a bad
+//! WRITE read and discarded so the connection stays in step.
+//!
+//! Memory is bounded: buffers come from a per-connection pool, and the
+//! reader stops reading while more than [`MAX_INFLIGHT_BYTES`] of payload
+//! are queued or being served.
+//!
+//! When the reading side ends (EOF, DISCONNECT, a protocol error, or the
+//! server's shutdown calling `shutdown(Read)` on the socket), the queued
+//! requests are still served and replied to before the socket is closed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::backing::{Backing, is_zero};
+use crate::proto::ProtoError;
+use crate::proto::consts::*;
+use crate::proto::handshake::{Export, Negotiated, ServerNegotiation, Step};
+use crate::proto::types::*;
+use crate::proto::wire::*;
+
+use super::Server;
+
+/// How long a client may take over each step of the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most options a client may send before it must start transmission.
+const MAX_OPTIONS: usize = 4096;
+/// Worker threads per connection.
+const MAX_WORKERS: usize = 8;
+/// Most payload bytes queued or in service per connection.
+const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
+/// Most requests queued or in service per connection.
+const MAX_INFLIGHT_REQUESTS: u64 = 256;
+/// Pooled buffers kept per connection, in bytes.
+const MAX_POOLED_BYTES: usize = 8 << 20;
+/// The read buffer in front of the socket, so small pipelined requests cost few syscalls.
+const READ_BUFFER: usize = 256 << 10;
+/// A READ reply is split into hole and data chunks at this granularity.
+const ZERO_BLOCK: usize = 4096;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The client sent NBD_CMD_DISC.
+    Disconnected,
+    /// The client closed the connection, or the server stopped it.
+    Closed,
+    /// The client aborted negotiation.
+    Aborted,
+    /// The client broke the protocol or the socket failed.
+    Failed,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Disconnected => "disconnected",
+            Outcome::Closed => "closed",
+            Outcome::Aborted => "aborted negotiation",
+            Outcome::Failed => "failed",
+        })
+    }
+}
+
+/// The monotonic clock in milliseconds (never 0).
+pub(super) fn monotonic_ms() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    (secs * 1000 + nanos / 1_000_000).max(1)
+}
+
+/// Serves one client from handshake to close.
+pub(super) fn serve(server: &Server, stream: TcpStream, busy_since: &AtomicU64) -> Outcome {
+    let result = handshake(server, &stream).and_then(|negotiated| match negotiated {
+        None => Ok(Outcome::Aborted),
+        Some(negotiated) => {
+            stream.set_read_timeout(None)?;
+            stream.set_write_timeout(None)?;
+            transmit(server, &stream, negotiated, busy_since)
+        }
+    });
+    let _ = stream.shutdown(Shutdown::Both);
+    result.unwrap_or_else(|e| {
+        log::info!("connection error: {e}");
+        Outcome::Failed
+    })
+}
+
+fn proto_err(e: ProtoError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Runs the handshake; `None` means the client aborted.
+fn handshake(server: &Server, stream: &TcpStream) -> io::Result<Option<Negotiated>> {
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut stream = stream;
+    let export = Export {
+        size: server.backing.size(),
+        flags: server.transmission_flags(),
+    };
+    if server.config.oldstyle {
+        let mut hello = [0u8; OldstyleHello::SIZE];
+        OldstyleHello {
+            size: export.size,
+            flags: u32::from(export.flags.0),
+        }
+        .encode(&mut hello);
+        stream.write_all(&hello)?;
+        return Ok(Some(Negotiated::default()));
+    }
+    let mut hello = [0u8; NewstyleHello::SIZE];
+    NewstyleHello {
+        flags: ServerNegotiation::HANDSHAKE_FLAGS,
+    }
+    .encode(&mut hello);
+    stream.write_all(&hello)?;
+    let mut flags = [0u8; 4];
+    stream.read_exact(&mut flags)?;
+    let mut negotiation = ServerNegotiation::new(export, ClientFlags(u32::from_be_bytes(flags)))
+        .map_err(proto_err)?;
+    let mut payload = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..MAX_OPTIONS {
+        let mut head = [0u8; OptionHeader::SIZE];
+        stream.read_exact(&mut head)?;
+        let header = OptionHeader::decode(&head).map_err(proto_err)?;
+        // The length was bounded by decode, so this allocation is bounded too.
+        payload.resize(header.len as usize, 0);
+        stream.read_exact(&mut payload)?;
+        log::debug!("option {} with {} bytes", header.opt, header.len);
+        out.clear();
+        let step = negotiation.handle(header.opt, &payload, &mut out);
+        stream.write_all(&out)?;
+        match step {
+            Step::Continue => {}
+            Step::Abort => return Ok(None),
+            Step::Transmit => return Ok(Some(negotiation.negotiated())),
+        }
+    }
+    Err(proto_err(ProtoError::Invalid("too many options")))
+}
+
+/// A request that passed validation, with its payload for WRITE.
+struct Job {
+    req: Request,
+    buf: Vec<u8>,
+    cost: u64,
+}
+
+/// State shared by the reading thread and the workers of one connection.
+struct Conn<'a> {
+    backing: &'a Backing,
+    negotiated: Negotiated,
+    oldstyle: bool,
+    read_only: bool,
+    writer: Mutex<&'a TcpStream>,
+    broken: AtomicBool,
+    queue: Mutex<Queue>,
+    queue_cv: Condvar,
+    budget: Mutex<(u64, u64)>,
+    budget_cv: Condvar,
+    pool: Mutex<(Vec<Vec<u8>>, usize)>,
+    idle_workers: AtomicUsize,
+    busy_since: &'a AtomicU64,
+    in_flight: AtomicU64,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn transmit(
+    server: &Server,
+    stream: &TcpStream,
+    negotiated: Negotiated,
+    busy_since: &AtomicU64,
+) -> io::Result<Outcome> {
+    let conn = Conn {
+        backing: &server.backing,
+        negotiated,
+        oldstyle: server.config.oldstyle,
+        read_only: server.config.read_only,
+        writer: Mutex::new(stream),
+        broken: AtomicBool::new(false),
+        queue: Mutex::new(Queue {
+            jobs: VecDeque::new(),
+            closed: false,
+        }),
+        queue_cv: Condvar::new(),
+        budget: Mutex::new((0, 0)),
+        budget_cv: Condvar::new(),
+        pool: Mutex::new((Vec::new(), 0)),
+        idle_workers: AtomicUsize::new(0),
+        busy_since,
+        in_flight: AtomicU64::new(0),
+    };
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let conn = &conn;
+    std::thread::scope(|scope| {
+        let mut workers = 0usize;
+        let outcome = conn.read_requests(&mut reader, || {
+            if conn.idle_workers.load(Ordering::SeqCst) == 0 && workers < MAX_WORKERS {
+                workers += 1;
+                let spawned = std::thread::Builder::new()
+                    .name(format!(
+                        "{}-w{workers}",
+                        std::thread::current().name().unwrap_or("client")
+                    ))
+                    .spawn_scoped(scope, || conn.work());
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a worker thread: {e}");
+                    workers -= 1;
+                }
+            }
+        });
+        // Let the workers drain the queue and exit; the scope joins them.
+        lock(&conn.queue).closed = true;
+        conn.queue_cv.notify_all();
+        // Without any worker (none could start), serve what is queued here.
+        if workers == 0 {
+            conn.work();
+        }
+        outcome
+    })
+}
+
+impl Conn<'_> {
+    /// Reads and dispatches requests until the client stops; `spawn` may add a worker.
+    fn read_requests(
+        &self,
+        reader: &mut BufReader<&TcpStream>,
+        mut spawn: impl FnMut(),
+    ) -> io::Result<Outcome> {
+        loop {
+            let mut head = [0u8; Request::SIZE];
+            match reader.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if is_disconnect(&e) => return Ok(Outcome::Closed),
+                Err(e) => return Err(e),
+            }
+            let req = match Request::decode(&head) {
+                Ok(req) => req,
+                Err(ProtoError::BadMagic { found, .. }) => {
+                    // flexnbd-c answers EBADMSG with the handle, then closes.
+                    log::warn!("Bad magic {found:#010X} from client");
+                    let handle = Request::decode_fields(&head).handle;
+                    self.reply_simple(handle, Errno::EBADMSG);
+                    return Ok(Outcome::Failed);
+                }
+                Err(e) => return Err(proto_err(e)),
+            };
+            log::debug!(
+                "request {} flags {:?} handle {:#x} offset {} len {}",
+                req.cmd,
+                req.flags,
+                req.handle,
+                req.offset,
+                req.len
+            );
+            if req.cmd == Cmd::DISC {
+                return Ok(Outcome::Disconnected);
+            }
+            if let Err(errno) = self.validate(&req) {
+                if req.cmd == Cmd::WRITE {
+                    discard(reader, u64::from(req.len))?;
+                }
+                self.reply_error(&req, errno);
+                continue;
+            }
+            let cost = match req.cmd {
+                Cmd::READ | Cmd::WRITE => u64::from(req.len),
+                _ => 0,
+            };
+            self.acquire(cost);
+            self.begin_request();
+            let mut buf = Vec::new();
+            if req.cmd == Cmd::WRITE {
+                buf = self.take_buffer(req.len as usize);
+                if let Err(e) = reader.read_exact(&mut buf[..req.len as usize]) {
+                    self.release(cost);
+                    self.end_request();
+                    return if is_disconnect(&e) {
+                        Ok(Outcome::Closed)
+                    } else {
+                        Err(e)
+                    };
+                }
+            }
+            {
+                let mut queue = lock(&self.queue);
+                queue.jobs.push_back(Job { req, buf, cost });
+            }
+            self.queue_cv.notify_one();
+            spawn();
+            if self.broken.load(Ordering::SeqCst) {
+                return Ok(Outcome::Failed);
+            }
+        }
+    }
+
+    /// Checks a request against the export and what was negotiated.
+    fn validate(&self, req: &Request) -> Result<(), Errno> {
+        if req.flags.unknown() != 0 {
+            log::warn!("request {} has unknown flags {:?}", req.cmd, req.flags);
+            return Err(Errno::EINVAL);
+        }
+        let writes = matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES);
+        match req.cmd {
+            Cmd::READ | Cmd::WRITE => {
+                if req.len > MAX_REQUEST_LEN {
+                    log::warn!(
+                        "{} of {} bytes is over the {MAX_REQUEST_LEN}-byte limit",
+                        req.cmd,
+                        req.len
+                    );
+                    return Err(Errno::EINVAL);
+                }
+            }
+            Cmd::FLUSH => return Ok(()),
+            Cmd::TRIM | Cmd::WRITE_ZEROES | Cmd::CACHE => {}
+            Cmd::BLOCK_STATUS => {
+                if !self.negotiated.base_allocation || req.len == 0 {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            _ => {
+                log::warn!("Unknown request {:#010X}", req.cmd.0);
+                return Err(Errno::EINVAL);
+            }
+        }
+        if writes && self.read_only {
+            return Err(Errno::EPERM);
+        }
+        if req.end().is_none_or(|end| end > self.backing.size()) {
+            log::warn!("write request {}+{} out of range", req.offset, req.len);
+            // flexnbd-c answers ENOSPC to everything out of range; the spec wants EINVAL for reads.
+            return Err(if writes || self.oldstyle {
+                Errno::ENOSPC
+            } else {
+                Errno::EINVAL
+            });
+        }
+        Ok(())
+    }
+
+    /// Worker loop: serve queued jobs until the queue is closed and empty.
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = lock(&self.queue);
+                loop {
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break Some(job);
+                    }
+                    if queue.closed {
+                        break None;
+                    }
+                    self.idle_workers.fetch_add(1, Ordering::SeqCst);
+                    queue = self
+                        .queue_cv
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    self.idle_workers.fetch_sub(1, Ordering::SeqCst);
+                }
+            };
+            let Some(job) = job else { return };
+            let Job { req, buf, cost } = job;
+            let buf = self.execute(req, buf);
+            self.give_buffer(buf);
+            self.release(cost);
+            self.end_request();
+        }
+    }
+
+    /// Performs one request and sends its reply; returns the buffer for reuse.
+    fn execute(&self, req: Request, mut buf: Vec<u8>) -> Vec<u8> {
+        let fua = req.flags.contains(CmdFlags::FUA);
+        let result = match req.cmd {
+            Cmd::READ => {
+                buf = self.take_buffer(req.len as usize);
+                let data = &mut buf[..req.len as usize];
+                match self.backing.read_at(data, req.offset) {
+                    Ok(()) => {
+                        self.reply_read(&req, data);
+                        return buf;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Cmd::WRITE => self.backing.write_at(&buf[..req.len as usize], req.offset),
+            Cmd::FLUSH => self.backing.sync(),
+            Cmd::TRIM => self
+                .backing
+                .punch_hole(req.offset, u64::from(req.len))
+                .or_else(|e| {
+                    // TRIM is a hint: a file system that cannot punch holes is not an error.
+                    if e.kind() == io::ErrorKind::Unsupported {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }),
+            Cmd::WRITE_ZEROES => self.backing.write_zeroes(
+                req.offset,
+                u64::from(req.len),
+                !req.flags.contains(CmdFlags::NO_HOLE),
+                req.flags.contains(CmdFlags::FAST_ZERO),
+            ),
+            Cmd::CACHE => self.backing.cache(req.offset, u64::from(req.len)),
+            Cmd::BLOCK_STATUS => match self.backing.extents(req.offset, u64::from(req.len)) {
+                Ok(extents) => {
+                    self.reply_block_status(&req, &extents);
+                    return buf;
+                }
+                Err(e) => Err(e),
+            },
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unknown command",
+            )),
+        };
+        let result = result.and_then(|()| {
+            if fua && matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES) {
+                self.backing.sync()
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => self.reply_simple(req.handle, Errno::OK),
+            Err(e) => {
+                let errno = errno_for(&e);
+                if errno != Errno::ENOTSUP {
+                    log::warn!("{} at {}+{} failed: {e}", req.cmd, req.offset, req.len);
+                }
+                self.reply_error(&req, errno);
+            }
+        }
+        buf
+    }
+
+    fn begin_request(&self) {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.busy_since.store(monotonic_ms(), Ordering::SeqCst);
+        }
+    }
+
+    fn end_request(&self) {
+        // Progress: restart the killswitch clock, or stop it when idle.
+        let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.busy_since
+            .store(if left == 0 { 0 } else { monotonic_ms() }, Ordering::SeqCst);
+    }
+
+    fn acquire(&self, cost: u64) {
+        let mut budget = lock(&self.budget);
+        // A single request larger than the budget still goes through alone.
+        while budget.1 > 0
+            && (budget.0 + cost > MAX_INFLIGHT_BYTES || budget.1 >= MAX_INFLIGHT_REQUESTS)
+        {
+            budget = self
+                .budget_cv
+                .wait(budget)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        budget.0 += cost;
+        budget.1 += 1;
+    }
+
+    fn release(&self, cost: u64) {
+        let mut budget = lock(&self.budget);
+        budget.0 -= cost;
+        budget.1 -= 1;
+        self.budget_cv.notify_one();
+    }
+
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = {
+            let mut pool = lock(&self.pool);
+            match pool.0.iter().position(|b| b.len() >= len) {
+                Some(i) => {
+                    let b = pool.0.swap_remove(i);
+                    pool.1 -= b.len();
+                    b
+                }
+                None => Vec::new(),
+            }
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    fn give_buffer(&self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        let mut pool = lock(&self.pool);
+        if pool.1 + buf.len() <= MAX_POOLED_BYTES {
+            pool.1 += buf.len();
+            pool.0.push(buf);
+        }
+    }
+
+    /// Sends a reply made of several slices in one locked, vectored write.
+    fn send(&self, parts: &mut [IoSlice<'_>]) {
+        if self.broken.load(Ordering::SeqCst) {
+            return;
+        }
+        let writer = lock(&self.writer);
+        if let Err(e) = write_all_vectored(*writer, parts) {
+            log::info!("cannot send reply: {e}");
+            self.broken.store(true, Ordering::SeqCst);
+            // Wake the reading thread so the connection ends.
+            let _ = writer.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn reply_simple(&self, handle: u64, error: Errno) {
+        let mut head = [0u8; SimpleReply::SIZE];
+        SimpleReply { error, handle }.encode(&mut head);
+        self.send(&mut [IoSlice::new(&head)]);
+    }
+
+    /// An error reply: structured for READ and BLOCK_STATUS once structured replies are on.
+    fn reply_error(&self, req: &Request, error: Errno) {
+        if self.negotiated.structured && matches!(req.cmd, Cmd::READ | Cmd::BLOCK_STATUS) {
+            let mut head = [0u8; ChunkHeader::SIZE];
+            ChunkHeader {
+                flags: ChunkFlags::DONE,
+                ty: ChunkType::ERROR,
+                handle: req.handle,
+                len: 6,
+            }
+            .encode(&mut head);
+            let mut body = [0u8; 6];
+            body[..4].copy_from_slice(&error.0.to_be_bytes());
+            self.send(&mut [IoSlice::new(&head), IoSlice::new(&body)]);
+        } else {
+            self.reply_simple(req.handle, error);
+        }
+    }
+
+    /// A successful READ: simple reply plus data, or structured chunks where
+    /// runs of zero blocks go out as holes (all of it as one chunk with DF).
+    fn reply_read(&self, req: &Request, data: &[u8]) {
+        if !self.negotiated.structured {
+            let mut head = [0u8; SimpleReply::SIZE];
+            SimpleReply {
+                error: Errno::OK,
+                handle: req.handle,
+            }
+            .encode(&mut head);
+            self.send(&mut [IoSlice::new(&head), IoSlice::new(data)]);
+            return;
+        }
+        let runs = if req.flags.contains(CmdFlags::DF) {
+            vec![(0, data.len(), is_zero(data))]
+        } else {
+            zero_runs(data)
+        };
+        if runs.is_empty() {
+            // A zero-length read: one empty chunk carries DONE.
+            let mut head = [0u8; ChunkHeader::SIZE];
+            ChunkHeader {
+                flags: ChunkFlags::DONE,
+                ty: ChunkType::NONE,
+                handle: req.handle,
+                len: 0,
+            }
+            .encode(&mut head);
+            self.send(&mut [IoSlice::new(&head)]);
+            return;
+        }
+        // Each chunk header is 20 bytes plus the offset, plus the length for a hole.
+        let mut heads = vec![[0u8; ChunkHeader::SIZE + 12]; runs.len()];
+        for (i, (&(start, len, hole), head)) in runs.iter().zip(heads.iter_mut()).enumerate() {
+            let flags = if i + 1 == runs.len() {
+                ChunkFlags::DONE
+            } else {
+                ChunkFlags(0)
+            };
+            // Runs lie inside one request, so their lengths fit the wire's u32.
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            let (ty, chunk_len) = if hole {
+                (ChunkType::OFFSET_HOLE, 12)
+            } else {
+                (ChunkType::OFFSET_DATA, 8 + len)
+            };
+            let mut h = [0u8; ChunkHeader::SIZE];
+            ChunkHeader {
+                flags,
+                ty,
+                handle: req.handle,
+                len: chunk_len,
+            }
+            .encode(&mut h);
+            head[..ChunkHeader::SIZE].copy_from_slice(&h);
+            head[ChunkHeader::SIZE..ChunkHeader::SIZE + 8]
+                .copy_from_slice(&(req.offset + start as u64).to_be_bytes());
+            head[ChunkHeader::SIZE + 8..].copy_from_slice(&len.to_be_bytes());
+        }
+        let mut parts = Vec::with_capacity(runs.len() * 2);
+        for (&(start, len, hole), head) in runs.iter().zip(heads.iter()) {
+            if hole {
+                parts.push(IoSlice::new(head));
+            } else {
+                parts.push(IoSlice::new(&head[..ChunkHeader::SIZE + 8]));
+                parts.push(IoSlice::new(&data[start..start + len]));
+            }
+        }
+        self.send(&mut parts);
+    }
+
+    fn reply_block_status(&self, req: &Request, extents: &[crate::backing::Extent]) {
+        let extents = if req.flags.contains(CmdFlags::REQ_ONE) {
+            &extents[..1.min(extents.len())]
+        } else {
+            extents
+        };
+        let mut body = Vec::with_capacity(4 + 8 * extents.len());
+        body.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        for e in extents {
+            // Extents come from a request of at most u32::MAX bytes.
+            let len = u32::try_from(e.len).unwrap_or(u32::MAX);
+            let flags = if e.hole {
+                ExtentFlags::HOLE.0 | ExtentFlags::ZERO.0
+            } else {
+                0
+            };
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(&flags.to_be_bytes());
+        }
+        let mut head = [0u8; ChunkHeader::SIZE];
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        ChunkHeader {
+            flags: ChunkFlags::DONE,
+            ty: ChunkType::BLOCK_STATUS,
+            handle: req.handle,
+            len,
+        }
+        .encode(&mut head);
+        self.send(&mut [IoSlice::new(&head), IoSlice::new(&body)]);
+    }
+}
+
+/// Splits a READ's data into runs `(start, len, is_hole)`: aligned 4 KiB
+/// blocks (relative to the start) that are all zero become holes.
+fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, block) in data.chunks(ZERO_BLOCK).enumerate() {
+        let hole = is_zero(block);
+        match runs.last_mut() {
+            Some(last) if last.2 == hole => last.1 += block.len(),
+            _ => runs.push((i * ZERO_BLOCK, block.len(), hole)),
+        }
+    }
+    runs
+}
+
+fn write_all_vectored(mut w: &TcpStream, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut parts = parts;
+    // Skip empty leading slices so advance_slices never sees them as progress.
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and drops `len` bytes (the payload of a refused WRITE) without allocating for it.
+fn discard(reader: &mut impl Read, len: u64) -> io::Result<()> {
+    let copied = io::copy(&mut reader.take(len), &mut io::sink())?;
+    if copied < len {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    } else {
+        Ok(())
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// The NBD error for a failed file operation.
+fn errno_for(e: &io::Error) -> Errno {
+    use rustix::io::Errno as E;
+    if e.kind() == io::ErrorKind::Unsupported {
+        return Errno::ENOTSUP;
+    }
+    match e.raw_os_error() {
+        Some(n)
+            if [E::NOSPC, E::DQUOT, E::FBIG]
+                .iter()
+                .any(|x| x.raw_os_error() == n) =>
+        {
+            Errno::ENOSPC
+        }
+        Some(n)
+            if [E::ROFS, E::PERM, E::ACCESS]
+                .iter()
+                .any(|x| x.raw_os_error() == n) =>
+        {
+            Errno::EPERM
+        }
+        Some(n) if n == E::NOMEM.raw_os_error() => Errno::ENOMEM,
+        Some(n)
+            if [E::OPNOTSUPP, E::NOSYS]
+                .iter()
+                .any(|x| x.raw_os_error() == n) =>
+        {
+            Errno::ENOTSUP
+        }
+        _ => Errno::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_runs_split_on_block_boundaries() {
+        let mut data = vec![0u8; 5 * 4096 + 100];
+        data[4096 * 2 + 5] = 1;
+        data[5 * 4096 + 99] = 1;
+        assert_eq!(
+            zero_runs(&data),
+            vec![
+                (0, 8192, true),
+                (8192, 4096, false),
+                (12288, 8192, true),
+                (20480, 100, false)
+            ]
+        );
+        assert!(zero_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn errnos_follow_the_spec() {
+        let e = |n: rustix::io::Errno| io::Error::from_raw_os_error(n.raw_os_error());
+        assert_eq!(errno_for(&e(rustix::io::Errno::NOSPC)), Errno::ENOSPC);
+        assert_eq!(errno_for(&e(rustix::io::Errno::DQUOT)), Errno::ENOSPC);
+        assert_eq!(errno_for(&e(rustix::io::Errno::ROFS)), Errno::EPERM);
+        assert_eq!(errno_for(&e(rustix::io::Errno::IO)), Errno::EIO);
+        assert_eq!(
+            errno_for(&io::Error::from(io::ErrorKind::Unsupported)),
+            Errno::ENOTSUP
+        );
+    }
+}
