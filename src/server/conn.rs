@@ -353,12 +353,9 @@ impl Conn<'_> {
         }
         if req.end().is_none_or(|end| end > self.backing.size()) {
             log::warn!("write request {}+{} out of range", req.offset, req.len);
-            // flexnbd-c answers ENOSPC to everything out of range; the spec wants EINVAL for reads.
-            return Err(if writes || self.oldstyle {
-                Errno::ENOSPC
-            } else {
-                Errno::EINVAL
-            });
+            // The spec wants ENOSPC for writes and EINVAL otherwise; flexnbd-c (old-style) says ENOSPC to all.
+            let enospc = matches!(req.cmd, Cmd::WRITE | Cmd::WRITE_ZEROES) || self.oldstyle;
+            return Err(if enospc { Errno::ENOSPC } else { Errno::EINVAL });
         }
         Ok(())
     }

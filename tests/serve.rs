@@ -1,0 +1,757 @@
+//! The NBD server in-process on port 0, driven byte by byte: handshakes,
+//! every command, pipelining, bad input, ACLs, limits and shutdown.
+
+// Test helpers panic on purpose when something is off.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use flexnbd::backing::Backing;
+use flexnbd::net::{Acl, AclEntry};
+use flexnbd::proto::consts::*;
+use flexnbd::proto::types::*;
+use flexnbd::proto::wire::*;
+use flexnbd::server::{Server, ServerConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server on 127.0.0.1:0 over a fresh sparse file, stopped on drop.
+struct Harness {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    path: PathBuf,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start(size: u64, config: ServerConfig) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let server = Server::new(Backing::open(&path, config.read_only).unwrap(), config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = server.clone();
+        let thread = std::thread::spawn(move || s.run(listener));
+        Harness {
+            server,
+            addr,
+            path,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn new(size: u64) -> Harness {
+        Harness::start(size, ServerConfig::default())
+    }
+
+    fn tcp(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    }
+
+    /// Fixed newstyle with GO; optionally structured replies and base:allocation.
+    fn client(&self, structured: bool) -> Raw {
+        let mut raw = Raw { s: self.tcp() };
+        raw.newstyle_go(structured);
+        raw
+    }
+
+    fn oldstyle(&self) -> Raw {
+        let mut raw = Raw { s: self.tcp() };
+        let mut hello = [0u8; OldstyleHello::SIZE];
+        raw.s.read_exact(&mut hello).unwrap();
+        OldstyleHello::decode(&hello).unwrap();
+        raw
+    }
+
+    fn file(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+
+    fn allocated(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).unwrap().blocks() * 512
+    }
+
+    /// Waits until the server reports `n` clients (bounded).
+    fn wait_clients(&self, n: u64) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.server.status().num_clients != n {
+            assert!(
+                Instant::now() < deadline,
+                "num_clients stuck at {}",
+                self.server.status().num_clients
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(&mut self) -> std::io::Result<()> {
+        self.server.shutdown();
+        self.thread.take().map_or(Ok(()), |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A byte-level NBD client.
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn send_option(&mut self, opt: Opt, data: &[u8]) {
+        let mut head = [0u8; OptionHeader::SIZE];
+        OptionHeader {
+            opt,
+            len: data.len() as u32,
+        }
+        .encode(&mut head);
+        self.s.write_all(&head).unwrap();
+        self.s.write_all(data).unwrap();
+    }
+
+    fn option_reply(&mut self) -> (Rep, Vec<u8>) {
+        let mut head = [0u8; OptionReplyHeader::SIZE];
+        self.s.read_exact(&mut head).unwrap();
+        let h = OptionReplyHeader::decode(&head).unwrap();
+        let mut data = vec![0u8; h.len as usize];
+        self.s.read_exact(&mut data).unwrap();
+        (h.rep, data)
+    }
+
+    fn newstyle_hello(&mut self) {
+        let mut hello = [0u8; NewstyleHello::SIZE];
+        self.s.read_exact(&mut hello).unwrap();
+        let h = NewstyleHello::decode(&hello).unwrap();
+        assert!(h.flags.contains(HandshakeFlags::FIXED_NEWSTYLE));
+        self.s.write_all(&3u32.to_be_bytes()).unwrap();
+    }
+
+    fn newstyle_go(&mut self, structured: bool) {
+        self.newstyle_hello();
+        if structured {
+            self.send_option(Opt::STRUCTURED_REPLY, &[]);
+            assert_eq!(self.option_reply().0, Rep::ACK);
+            let mut q = 0u32.to_be_bytes().to_vec();
+            q.extend_from_slice(&1u32.to_be_bytes());
+            q.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+            q.extend_from_slice(BASE_ALLOCATION.as_bytes());
+            self.send_option(Opt::SET_META_CONTEXT, &q);
+            assert_eq!(self.option_reply().0, Rep::META_CONTEXT);
+            assert_eq!(self.option_reply().0, Rep::ACK);
+        }
+        self.send_option(Opt::GO, &[0, 0, 0, 0, 0, 0]);
+        loop {
+            let (rep, _) = self.option_reply();
+            if rep == Rep::ACK {
+                break;
+            }
+            assert_eq!(rep, Rep::INFO);
+        }
+    }
+
+    fn request(&mut self, cmd: Cmd, flags: CmdFlags, handle: u64, offset: u64, len: u32) {
+        let mut head = [0u8; Request::SIZE];
+        Request {
+            flags,
+            cmd,
+            handle,
+            offset,
+            len,
+        }
+        .encode(&mut head);
+        self.s.write_all(&head).unwrap();
+    }
+
+    fn write(&mut self, handle: u64, offset: u64, data: &[u8], flags: CmdFlags) {
+        self.request(Cmd::WRITE, flags, handle, offset, data.len() as u32);
+        self.s.write_all(data).unwrap();
+    }
+
+    fn reply(&mut self) -> SimpleReply {
+        let mut head = [0u8; SimpleReply::SIZE];
+        self.s.read_exact(&mut head).unwrap();
+        SimpleReply::decode(&head).unwrap()
+    }
+
+    fn expect_ok(&mut self, handle: u64) {
+        let r = self.reply();
+        assert_eq!((r.error, r.handle), (Errno::OK, handle));
+    }
+
+    fn expect_err(&mut self, handle: u64, errno: Errno) {
+        let r = self.reply();
+        assert_eq!((r.error, r.handle), (errno, handle));
+    }
+
+    fn read(&mut self, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+        self.request(Cmd::READ, CmdFlags(0), handle, offset, len);
+        self.expect_ok(handle);
+        let mut data = vec![0u8; len as usize];
+        self.s.read_exact(&mut data).unwrap();
+        data
+    }
+
+    fn chunk(&mut self) -> (ChunkHeader, Vec<u8>) {
+        let mut head = [0u8; ChunkHeader::SIZE];
+        self.s.read_exact(&mut head).unwrap();
+        let h = ChunkHeader::decode(&head).unwrap();
+        let mut data = vec![0u8; h.len as usize];
+        self.s.read_exact(&mut data).unwrap();
+        (h, data)
+    }
+
+    /// Reads until the server closes; returns what arrived.
+    fn rest(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let _ = self.s.read_to_end(&mut v);
+        v
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn write_then_read_back() {
+    let h = Harness::new(1 << 20);
+    let mut c = h.client(false);
+    let data = pattern(10000, 1);
+    c.write(1, 4097, &data, CmdFlags(0));
+    c.expect_ok(1);
+    assert_eq!(c.read(2, 4097, 10000), data);
+    assert_eq!(&h.file()[4097..14097], &data[..]);
+}
+
+#[test]
+fn long_write_on_top_of_short_write_is_respected() {
+    let h = Harness::start(
+        1024,
+        ServerConfig {
+            oldstyle: true,
+            ..Default::default()
+        },
+    );
+    let mut c = h.oldstyle();
+    c.write(1, 0, &[0xff], CmdFlags(0));
+    c.expect_ok(1);
+    c.write(2, 0, &[0xff, 0xff], CmdFlags(0));
+    c.expect_ok(2);
+    assert_eq!(&h.file()[..3], &[0xff, 0xff, 0]);
+}
+
+#[test]
+fn oldstyle_hello_is_flexnbd_c_byte_for_byte() {
+    let h = Harness::start(
+        1535,
+        ServerConfig {
+            oldstyle: true,
+            ..Default::default()
+        },
+    );
+    let mut s = h.tcp();
+    let mut hello = [0u8; OldstyleHello::SIZE];
+    s.read_exact(&mut hello).unwrap();
+    let mut expected = b"NBDMAGIC".to_vec();
+    expected.extend_from_slice(&0x0000_4202_8186_1253_u64.to_be_bytes());
+    expected.extend_from_slice(&1024u64.to_be_bytes()); // rounded down to 512
+    expected.extend_from_slice(&13u32.to_be_bytes());
+    expected.extend_from_slice(&[0u8; 124]);
+    assert_eq!(hello.to_vec(), expected);
+}
+
+#[test]
+fn flush_and_fua_are_accepted() {
+    let h = Harness::new(40960);
+    let mut c = h.client(false);
+    c.write(1, 3 * 4096 + 100, &[7u8; 33], CmdFlags::FUA);
+    c.expect_ok(1);
+    c.request(Cmd::FLUSH, CmdFlags(0), 2, 0, 0);
+    c.expect_ok(2);
+}
+
+#[test]
+fn many_requests_in_flight_are_each_answered_once() {
+    let h = Harness::new(4 << 20);
+    let mut c = h.client(false);
+    let blocks = 64u64;
+    for i in 0..blocks {
+        c.write(i, i * 65536, &pattern(65536, i as u8), CmdFlags(0));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..blocks {
+        let r = c.reply();
+        assert_eq!(r.error, Errno::OK);
+        assert!(seen.insert(r.handle), "handle {} answered twice", r.handle);
+    }
+    for i in 0..blocks {
+        c.request(Cmd::READ, CmdFlags(0), 1000 + i, i * 65536, 65536);
+    }
+    for _ in 0..blocks {
+        let r = c.reply();
+        let i = r.handle - 1000;
+        let mut data = vec![0u8; 65536];
+        c.s.read_exact(&mut data).unwrap();
+        assert_eq!(data, pattern(65536, i as u8), "block {i}");
+    }
+}
+
+#[test]
+fn bad_request_magic_gets_ebadmsg_then_close_and_server_keeps_serving() {
+    let h = Harness::new(1024);
+    let mut c = h.client(false);
+    let mut head = [0u8; Request::SIZE];
+    Request {
+        flags: CmdFlags(0),
+        cmd: Cmd::READ,
+        handle: u64::from_be_bytes(*b"myhandle"),
+        offset: 0,
+        len: 8,
+    }
+    .encode(&mut head);
+    head[..4].copy_from_slice(&[0, 0, 0, 0]);
+    c.s.write_all(&head).unwrap();
+    c.expect_err(u64::from_be_bytes(*b"myhandle"), Errno::EBADMSG);
+    assert!(c.rest().is_empty());
+    let mut d = h.client(false);
+    assert_eq!(d.read(1, 0, 8), vec![0u8; 8]);
+}
+
+#[test]
+fn out_of_range_requests_get_errors_and_the_connection_survives() {
+    let h = Harness::new(1024);
+    let mut c = h.client(false);
+    c.request(Cmd::READ, CmdFlags(0), 1, 1024, 1);
+    c.expect_err(1, Errno::EINVAL);
+    c.write(2, 1024, &[1u8; 4096], CmdFlags(0));
+    c.expect_err(2, Errno::ENOSPC);
+    c.request(Cmd::READ, CmdFlags(0), 3, u64::MAX, 2);
+    c.expect_err(3, Errno::EINVAL);
+    c.request(Cmd::TRIM, CmdFlags(0), 4, 1000, 100);
+    c.expect_err(4, Errno::EINVAL);
+    assert_eq!(c.read(5, 0, 4), vec![0u8; 4]);
+}
+
+#[test]
+fn oldstyle_out_of_range_is_enospc_like_flexnbd_c() {
+    let h = Harness::start(
+        1024,
+        ServerConfig {
+            oldstyle: true,
+            ..Default::default()
+        },
+    );
+    let mut c = h.oldstyle();
+    c.request(Cmd::READ, CmdFlags(0), 1, 1024, 1);
+    c.expect_err(1, Errno::ENOSPC);
+    c.write(2, 1024, &[1u8; 4096], CmdFlags(0));
+    c.expect_err(2, Errno::ENOSPC);
+    c.write(3, 0, &[1u8; 16], CmdFlags(0));
+    c.expect_ok(3);
+}
+
+#[test]
+fn unknown_commands_and_flags_get_einval() {
+    let h = Harness::new(1024);
+    let mut c = h.client(false);
+    c.request(Cmd(123), CmdFlags(0), 1, 0, 0);
+    c.expect_err(1, Errno::EINVAL);
+    c.request(Cmd::READ, CmdFlags(0x8000), 2, 0, 8);
+    c.expect_err(2, Errno::EINVAL);
+    assert_eq!(c.read(3, 0, 1), vec![0]);
+}
+
+#[test]
+fn oversized_requests_are_refused_without_allocating() {
+    let h = Harness::new(64 << 20);
+    let mut c = h.client(false);
+    c.request(Cmd::READ, CmdFlags(0), 1, 0, MAX_REQUEST_LEN + 1);
+    c.expect_err(1, Errno::EINVAL);
+    // A write over the limit has its payload read and dropped, then the connection goes on.
+    let big = vec![0x55u8; MAX_REQUEST_LEN as usize + 512];
+    c.write(2, 0, &big, CmdFlags(0));
+    c.expect_err(2, Errno::EINVAL);
+    assert_eq!(c.read(3, 0, 4), vec![0u8; 4]);
+    // Exactly the limit is accepted.
+    let max = vec![0x66u8; MAX_REQUEST_LEN as usize];
+    c.write(4, 0, &max, CmdFlags(0));
+    c.expect_ok(4);
+}
+
+#[test]
+fn client_vanishing_mid_write_does_not_disturb_others() {
+    let h = Harness::new(1 << 20);
+    let mut other = h.client(false);
+    let mut c = h.client(false);
+    c.request(Cmd::WRITE, CmdFlags(0), 1, 0, 65536);
+    c.s.write_all(&[1u8; 1000]).unwrap();
+    drop(c);
+    other.write(7, 8192, &[9u8; 512], CmdFlags(0));
+    other.expect_ok(7);
+    h.wait_clients(1);
+}
+
+#[test]
+fn garbage_and_truncated_handshakes_are_dropped() {
+    let h = Harness::new(1024);
+    // Truncated client flags.
+    let mut s = h.tcp();
+    let mut hello = [0u8; NewstyleHello::SIZE];
+    s.read_exact(&mut hello).unwrap();
+    s.write_all(&[0, 0]).unwrap();
+    drop(s);
+    // Unknown client flags: dropped at once.
+    let mut s = h.tcp();
+    s.read_exact(&mut hello).unwrap();
+    s.write_all(&0xffu32.to_be_bytes()).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    // A bad option magic: dropped.
+    let mut r = Raw { s: h.tcp() };
+    r.newstyle_hello();
+    r.s.write_all(&[0xee; 16]).unwrap();
+    assert!(r.rest().is_empty());
+    // An option length over the limit: dropped before anything is allocated.
+    let mut r = Raw { s: h.tcp() };
+    r.newstyle_hello();
+    let mut head = [0u8; OptionHeader::SIZE];
+    OptionHeader {
+        opt: Opt::GO,
+        len: 0x4000_0000,
+    }
+    .encode(&mut head);
+    head[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+    r.s.write_all(&head).unwrap();
+    assert!(r.rest().is_empty());
+    // Everyone else is still served.
+    let mut c = h.client(false);
+    assert_eq!(c.read(1, 0, 2), vec![0, 0]);
+    h.wait_clients(1);
+}
+
+#[test]
+fn unknown_options_get_unsup_and_negotiation_goes_on() {
+    let h = Harness::new(4096);
+    let mut r = Raw { s: h.tcp() };
+    r.newstyle_hello();
+    r.send_option(Opt(0x1234), b"whatever");
+    assert_eq!(r.option_reply().0, Rep::ERR_UNSUP);
+    r.send_option(Opt::LIST, &[]);
+    assert_eq!(r.option_reply().0, Rep::SERVER);
+    assert_eq!(r.option_reply().0, Rep::ACK);
+    r.send_option(Opt::EXPORT_NAME, b"");
+    let mut reply = [0u8; ExportNameReply::SIZE];
+    r.s.read_exact(&mut reply).unwrap(); // NO_ZEROES was agreed: no padding
+    assert_eq!(ExportNameReply::decode(&reply).size, 4096);
+    assert_eq!(r.read(1, 0, 4), vec![0u8; 4]);
+}
+
+#[test]
+fn abort_ends_negotiation_cleanly() {
+    let h = Harness::new(4096);
+    let mut r = Raw { s: h.tcp() };
+    r.newstyle_hello();
+    r.send_option(Opt::ABORT, &[]);
+    assert_eq!(r.option_reply().0, Rep::ACK);
+    assert!(r.rest().is_empty());
+}
+
+#[test]
+fn structured_reads_send_holes_as_hole_chunks() {
+    let h = Harness::new(1 << 20);
+    let mut c = h.client(true);
+    c.write(1, 8192, &[5u8; 4096], CmdFlags(0));
+    c.expect_ok(1);
+    c.request(Cmd::READ, CmdFlags(0), 2, 0, 16384);
+    let (h1, b1) = c.chunk();
+    assert_eq!(
+        (h1.ty, h1.handle, h1.flags),
+        (ChunkType::OFFSET_HOLE, 2, ChunkFlags(0))
+    );
+    assert_eq!(
+        b1,
+        [0u64.to_be_bytes().as_slice(), &8192u32.to_be_bytes()].concat()
+    );
+    let (h2, b2) = c.chunk();
+    assert_eq!(h2.ty, ChunkType::OFFSET_DATA);
+    assert_eq!(&b2[..8], &8192u64.to_be_bytes());
+    assert_eq!(&b2[8..], &[5u8; 4096][..]);
+    let (h3, b3) = c.chunk();
+    assert_eq!(
+        (h3.ty, h3.flags),
+        (ChunkType::OFFSET_HOLE, ChunkFlags::DONE)
+    );
+    assert_eq!(&b3[8..], &4096u32.to_be_bytes());
+    // Out of range with structured replies: an error chunk.
+    c.request(Cmd::READ, CmdFlags(0), 3, 1 << 20, 1);
+    let (e, body) = c.chunk();
+    assert_eq!((e.ty, e.flags), (ChunkType::ERROR, ChunkFlags::DONE));
+    assert_eq!(&body[..4], &Errno::EINVAL.0.to_be_bytes());
+}
+
+#[test]
+fn block_status_trim_and_write_zeroes() {
+    let h = Harness::new(1 << 20);
+    let mut c = h.client(true);
+    c.write(1, 0, &[1u8; 65536], CmdFlags(0));
+    c.expect_ok(1);
+    c.request(Cmd::BLOCK_STATUS, CmdFlags(0), 2, 0, 1 << 20);
+    let (bs, body) = c.chunk();
+    assert_eq!(
+        (bs.ty, bs.flags),
+        (ChunkType::BLOCK_STATUS, ChunkFlags::DONE)
+    );
+    let words: Vec<u32> = body
+        .chunks(4)
+        .map(|w| u32::from_be_bytes(w.try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        words,
+        vec![BASE_ALLOCATION_ID, 65536, 0, (1 << 20) - 65536, 3]
+    );
+
+    c.request(Cmd::TRIM, CmdFlags(0), 3, 0, 32768);
+    c.expect_ok(3);
+    c.request(Cmd::WRITE_ZEROES, CmdFlags::NO_HOLE, 4, 32768, 4096);
+    c.expect_ok(4);
+    c.request(Cmd::WRITE_ZEROES, CmdFlags::FAST_ZERO, 5, 36864, 4096);
+    c.expect_ok(5);
+    let file = h.file();
+    assert!(file[..40960].iter().all(|&b| b == 0));
+    assert!(file[40960..65536].iter().all(|&b| b == 1));
+    c.request(Cmd::BLOCK_STATUS, CmdFlags::REQ_ONE, 6, 0, 65536);
+    let (_, body) = c.chunk();
+    assert_eq!(body.len(), 12);
+    assert_eq!(&body[4..8], &32768u32.to_be_bytes());
+    assert_eq!(&body[8..12], &3u32.to_be_bytes());
+    c.request(Cmd::CACHE, CmdFlags(0), 7, 0, 4096);
+    c.expect_ok(7);
+}
+
+#[test]
+fn block_status_without_meta_context_is_einval() {
+    let h = Harness::new(4096);
+    let mut c = h.client(false);
+    c.request(Cmd::BLOCK_STATUS, CmdFlags(0), 1, 0, 4096);
+    c.expect_err(1, Errno::EINVAL);
+}
+
+#[test]
+fn zero_writes_into_holes_keep_the_file_sparse() {
+    let h = Harness::new(8 << 20);
+    let mut c = h.client(false);
+    c.write(1, 0, &vec![0u8; 4 << 20], CmdFlags(0));
+    c.expect_ok(1);
+    assert_eq!(h.allocated(), 0);
+}
+
+#[test]
+fn read_only_refuses_writes_with_eperm() {
+    let h = Harness::start(
+        4096,
+        ServerConfig {
+            read_only: true,
+            ..Default::default()
+        },
+    );
+    let mut c = h.client(false);
+    c.write(1, 0, &[1u8; 100], CmdFlags(0));
+    c.expect_err(1, Errno::EPERM);
+    c.request(Cmd::TRIM, CmdFlags(0), 2, 0, 100);
+    c.expect_err(2, Errno::EPERM);
+    assert_eq!(c.read(3, 0, 2), vec![0, 0]);
+    assert!(
+        h.server
+            .transmission_flags()
+            .contains(TransmissionFlags::READ_ONLY)
+    );
+}
+
+#[test]
+fn acl_denies_without_a_byte_and_runtime_change_disconnects() {
+    let allow_other: AclEntry = "10.0.0.1".parse().unwrap();
+    let h = Harness::start(
+        4096,
+        ServerConfig {
+            acl: Acl::new(vec![allow_other], false),
+            ..Default::default()
+        },
+    );
+    let mut s = h.tcp();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    assert!(buf.is_empty(), "denied client got {} bytes", buf.len());
+
+    h.server.set_acl(vec!["127.0.0.1".parse().unwrap()]);
+    let mut c = h.client(false);
+    assert_eq!(c.read(1, 0, 1), vec![0]);
+    h.server.set_acl(vec![allow_other]);
+    assert!(c.rest().is_empty());
+    h.wait_clients(0);
+}
+
+#[test]
+fn default_deny_with_empty_acl_denies_everyone() {
+    let h = Harness::start(
+        4096,
+        ServerConfig {
+            acl: Acl::new(vec![], true),
+            ..Default::default()
+        },
+    );
+    let mut s = h.tcp();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn clients_over_the_limit_are_closed_at_once() {
+    let h = Harness::start(
+        4096,
+        ServerConfig {
+            max_clients: 2,
+            ..Default::default()
+        },
+    );
+    let _a = h.client(false);
+    let _b = h.client(false);
+    h.wait_clients(2);
+    let mut s = h.tcp();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn thousands_of_connects_and_disconnects() {
+    let h = Harness::new(4096);
+    for i in 0..2000 {
+        let s = h.tcp();
+        if i % 2 == 0 {
+            s.shutdown(Shutdown::Both).unwrap();
+        }
+    }
+    let mut c = h.client(false);
+    assert_eq!(c.read(1, 0, 1), vec![0]);
+    drop(c);
+    h.wait_clients(0);
+}
+
+#[test]
+fn status_counts_clients() {
+    let h = Harness::new(4096);
+    assert_eq!(h.server.status().num_clients, 0);
+    let a = h.client(false);
+    h.wait_clients(1);
+    let b = h.client(false);
+    h.wait_clients(2);
+    drop(a);
+    drop(b);
+    h.wait_clients(0);
+    let st = h.server.status();
+    assert!(st.has_control && st.clients_allowed && st.migration.is_none());
+    assert_eq!(st.size, 4096);
+}
+
+#[test]
+fn shutdown_answers_requests_in_flight_then_closes() {
+    let mut h = Harness::new(16 << 20);
+    let mut c = h.client(false);
+    for i in 0..32u64 {
+        c.write(i, i * 65536, &[3u8; 65536], CmdFlags(0));
+    }
+    // Make sure the server has read them all before stopping it.
+    c.request(Cmd::FLUSH, CmdFlags(0), 99, 0, 0);
+    h.stop().unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..33 {
+        let r = c.reply();
+        assert_eq!(r.error, Errno::OK);
+        handles.push(r.handle);
+    }
+    handles.sort_unstable();
+    assert_eq!(handles, (0..32).chain([99]).collect::<Vec<_>>());
+    assert!(c.rest().is_empty());
+    assert!(
+        TcpStream::connect(h.addr).is_err(),
+        "listener still open after shutdown"
+    );
+}
+
+#[test]
+fn disconnect_in_listen_mode_hands_control_over() {
+    let mut h = Harness::start(
+        4096,
+        ServerConfig {
+            listen_mode: true,
+            ..Default::default()
+        },
+    );
+    assert!(!h.server.has_control());
+    let mut c = h.client(false);
+    c.write(1, 0, &[1u8; 8], CmdFlags(0));
+    c.expect_ok(1);
+    c.request(Cmd::DISC, CmdFlags(0), 2, 0, 0);
+    h.thread.take().unwrap().join().unwrap().unwrap();
+    assert!(h.server.has_control());
+}
+
+#[test]
+fn bad_magic_in_listen_mode_does_not_hand_control_over() {
+    let h = Harness::start(
+        4096,
+        ServerConfig {
+            listen_mode: true,
+            ..Default::default()
+        },
+    );
+    let mut c = h.client(false);
+    c.s.write_all(&[0u8; Request::SIZE]).unwrap();
+    c.expect_err(0, Errno::EBADMSG);
+    assert!(c.rest().is_empty());
+    h.wait_clients(0);
+    assert!(!h.server.has_control());
+    let mut d = h.client(false);
+    assert_eq!(d.read(1, 0, 1), vec![0]);
+}
+
+#[test]
+fn killswitch_drops_a_stalled_request() {
+    let h = Harness::start(
+        1 << 20,
+        ServerConfig {
+            killswitch: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    let mut idle = h.client(false);
+    let mut c = h.client(false);
+    c.request(Cmd::WRITE, CmdFlags(0), 1, 0, 4096); // the payload never comes
+    let started = Instant::now();
+    assert!(c.rest().is_empty());
+    assert!(started.elapsed() < TIMEOUT);
+    // An idle client is never timed out.
+    assert_eq!(idle.read(1, 0, 1), vec![0]);
+}
