@@ -21,7 +21,7 @@ use flexnbd::server::{Server, ServerConfig};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server on 127.0.0.1:0 over a fresh sparse file, stopped on drop.
-struct Harness {
+pub(crate) struct Harness {
     server: Arc<Server>,
     addr: SocketAddr,
     path: PathBuf,
@@ -30,7 +30,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(size: u64, config: ServerConfig) -> Harness {
+    pub(crate) fn start(size: u64, config: ServerConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::File::create(&path).unwrap().set_len(size).unwrap();
@@ -48,8 +48,13 @@ impl Harness {
         }
     }
 
-    fn new(size: u64) -> Harness {
+    pub(crate) fn new(size: u64) -> Harness {
         Harness::start(size, ServerConfig::default())
+    }
+
+    /// The server's NBD URI.
+    pub(crate) fn uri(&self) -> String {
+        format!("nbd://{}", self.addr)
     }
 
     fn tcp(&self) -> TcpStream {
@@ -59,13 +64,13 @@ impl Harness {
     }
 
     /// Fixed newstyle with GO; optionally structured replies and base:allocation.
-    fn client(&self, structured: bool) -> Raw {
+    pub(crate) fn client(&self, structured: bool) -> Raw {
         let mut raw = Raw { s: self.tcp() };
         raw.newstyle_go(structured);
         raw
     }
 
-    fn oldstyle(&self) -> Raw {
+    pub(crate) fn oldstyle(&self) -> Raw {
         let mut raw = Raw { s: self.tcp() };
         let mut hello = [0u8; OldstyleHello::SIZE];
         raw.s.read_exact(&mut hello).unwrap();
@@ -73,7 +78,7 @@ impl Harness {
         raw
     }
 
-    fn file(&self) -> Vec<u8> {
+    pub(crate) fn file(&self) -> Vec<u8> {
         std::fs::read(&self.path).unwrap()
     }
 
@@ -111,7 +116,7 @@ impl Drop for Harness {
 }
 
 /// A byte-level NBD client.
-struct Raw {
+pub(crate) struct Raw {
     s: TcpStream,
 }
 
@@ -180,7 +185,7 @@ impl Raw {
         self.s.write_all(&head).unwrap();
     }
 
-    fn write(&mut self, handle: u64, offset: u64, data: &[u8], flags: CmdFlags) {
+    pub(crate) fn write(&mut self, handle: u64, offset: u64, data: &[u8], flags: CmdFlags) {
         self.request(Cmd::WRITE, flags, handle, offset, data.len() as u32);
         self.s.write_all(data).unwrap();
     }
@@ -191,7 +196,7 @@ impl Raw {
         SimpleReply::decode(&head).unwrap()
     }
 
-    fn expect_ok(&mut self, handle: u64) {
+    pub(crate) fn expect_ok(&mut self, handle: u64) {
         let r = self.reply();
         assert_eq!((r.error, r.handle), (Errno::OK, handle));
     }

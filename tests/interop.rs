@@ -1,0 +1,320 @@
+//! Interoperability with the real NBD clients operators use: nbdinfo,
+//! nbdcopy, nbdsh (python3-libnbd), qemu-img, qemu-io and fio's nbd engine,
+//! against the server in-process on port 0, newstyle and `--oldstyle`.
+//!
+//! A missing tool skips its test with a printed reason, except with
+//! CI=true, where it fails.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use flexnbd::server::ServerConfig;
+
+use crate::serve::Harness;
+
+/// Whether `tool` can be run; prints why a test is skipped, and fails in CI.
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is required when CI=true"
+        );
+        println!("skipped: {tool} not installed");
+    }
+    found
+}
+
+/// python3 with the libnbd bindings (`nbdsh`'s module), if available.
+fn have_nbdsh() -> bool {
+    let ok = Path::new("/usr/bin/python3").is_file()
+        && Command::new("/usr/bin/python3")
+            .args(["-c", "import nbd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3-libnbd is required when CI=true"
+        );
+        println!("skipped: python3-libnbd not installed");
+    }
+    ok
+}
+
+#[track_caller]
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A file of `len` bytes of deterministic data with a hole in its second quarter.
+fn data_file(dir: &Path, len: usize) -> std::path::PathBuf {
+    let path = dir.join("src.img");
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|i| ((i as u64 * 2654435761) >> 13) as u8)
+        .collect();
+    bytes[len / 4..len / 2].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn nbdinfo_json_and_map() {
+    if !have("nbdinfo") {
+        return;
+    }
+    let h = Harness::new(8 << 20);
+    let out = run(Command::new("nbdinfo").arg("--json").arg(h.uri()));
+    let json = stdout(&out);
+    for needle in [
+        "\"protocol\": \"newstyle-fixed\"",
+        "\"export-size\": 8388608",
+        "\"can_multi_conn\": true",
+        "\"can_fua\": true",
+        "\"can_trim\": true",
+        "\"can_zero\": true",
+        "\"can_flush\": true",
+        "\"can_cache\": true",
+        "\"block_size_maximum\": 33554432",
+        "\"base:allocation\"",
+    ] {
+        assert!(
+            json.contains(needle),
+            "nbdinfo --json lacks {needle}:\n{json}"
+        );
+    }
+    let mut c = h.client(false);
+    c.write(
+        1,
+        1 << 20,
+        &[1u8; 65536],
+        flexnbd::proto::types::CmdFlags(0),
+    );
+    c.expect_ok(1);
+    let map = stdout(&run(Command::new("nbdinfo").arg("--map").arg(h.uri())));
+    let rows: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["0", "1048576", "3"], "{map}");
+    assert_eq!(rows[1][..3], ["1048576", "65536", "0"], "{map}");
+    assert_eq!(rows[2][..2], ["1114112", "7274496"], "{map}");
+}
+
+#[test]
+fn qemu_img_convert_and_compare_both_ways() {
+    if !have("qemu-img") {
+        return;
+    }
+    let h = Harness::new(8 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let src = data_file(dir.path(), 8 << 20);
+    run(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&src)
+        .arg(h.uri()));
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&src)
+        .arg(h.uri()));
+    let back = dir.path().join("back.img");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(h.uri())
+        .arg(&back));
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(h.file(), std::fs::read(&src).unwrap());
+}
+
+#[test]
+fn qemu_io_patterns() {
+    if !have("qemu-io") {
+        return;
+    }
+    let h = Harness::new(4 << 20);
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 512k 1M",
+            "-c",
+            "flush",
+            "-c",
+            "write -z 1M 64k",
+        ])
+        .arg(h.uri()));
+    let out = run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0xab 512k 512k",
+            "-c",
+            "read -P 0 1M 64k",
+            "-c",
+            "read -P 0xab 1088k 448k",
+        ])
+        .arg(h.uri()));
+    assert!(
+        !stdout(&out).contains("Pattern verification failed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn nbdcopy_both_ways_with_flush() {
+    if !have("nbdcopy") {
+        return;
+    }
+    let h = Harness::new(16 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let src = data_file(dir.path(), 16 << 20);
+    run(Command::new("nbdcopy")
+        .arg("--flush")
+        .arg(&src)
+        .arg(h.uri()));
+    assert_eq!(h.file(), std::fs::read(&src).unwrap());
+    let back = dir.path().join("back.img");
+    run(Command::new("nbdcopy")
+        .args(["-C", "4"])
+        .arg(h.uri())
+        .arg(&back));
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+}
+
+#[test]
+fn nbdsh_fua_trim_zero_cache_block_status_and_holes() {
+    if !have_nbdsh() {
+        return;
+    }
+    let h = Harness::new(4 << 20);
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri(sys.argv[1])
+assert h.get_structured_replies_negotiated()
+assert h.can_fua() and h.can_trim() and h.can_zero() and h.can_cache() and h.can_multi_conn()
+assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.pwrite(b"x" * 65536, 0, nbd.CMD_FLAG_FUA)
+assert h.pread(65536, 0) == b"x" * 65536
+h.flush()
+h.trim(16384, 0)
+h.zero(4096, 16384, nbd.CMD_FLAG_NO_HOLE)
+h.zero(4096, 20480, nbd.CMD_FLAG_FAST_ZERO)
+assert h.pread(24576, 0) == b"\0" * 24576
+assert h.pread(40960, 24576) == b"x" * 40960
+h.cache(65536, 0)
+extents = []
+def cb(meta, offset, entries, err):
+    extents.extend(entries)
+h.block_status(4 << 20, 0, cb)
+assert extents[0:2] == [16384, 3], extents
+assert 3 in extents[3::2], extents
+chunks = []
+def chunk(buf, offset, status, err):
+    chunks.append((offset, len(buf), status))
+buf = h.pread_structured(1 << 20, 0, chunk)
+assert any(s == nbd.READ_HOLE for (_, _, s) in chunks), chunks
+assert any(s == nbd.READ_DATA for (_, _, s) in chunks), chunks
+assert buf[24576:65536] == b"x" * 40960 and buf[65536:] == b"\0" * ((1 << 20) - 65536)
+try:
+    h.pread(1, 4 << 20)
+    raise SystemExit("read past the end succeeded")
+except nbd.Error as e:
+    assert e.errnum == 22, e
+h.shutdown()
+print("ok")
+"#;
+    let out = run(Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(h.uri()));
+    assert_eq!(stdout(&out).trim(), "ok");
+}
+
+#[test]
+fn fio_verify_with_four_jobs_at_iodepth_16() {
+    if !have("fio") {
+        return;
+    }
+    let h = Harness::new(32 << 20);
+    let out = run(Command::new("fio")
+        .args([
+            "--name=flexnbd",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--numjobs=4",
+            "--size=8M",
+            "--offset_increment=8M",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--group_reporting",
+        ])
+        .arg(format!("--uri={}", h.uri())));
+    let text = stdout(&out);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("err= 0"), "{text}");
+    // Every block written was read back and checked (4 jobs x 2048 blocks each way).
+    assert!(text.contains("issued rwts: total=8192,8192,0,0"), "{text}");
+    assert!(
+        !errors.contains("verify") && !text.contains("bad magic"),
+        "verification errors:\n{errors}"
+    );
+}
+
+#[test]
+fn oldstyle_reads_with_qemu_io_and_nbdinfo() {
+    if !have("qemu-io") || !have("nbdinfo") {
+        return;
+    }
+    let h = Harness::start(
+        1 << 20,
+        ServerConfig {
+            oldstyle: true,
+            ..Default::default()
+        },
+    );
+    let mut c = h.oldstyle();
+    c.write(1, 4096, &[0x5a; 8192], flexnbd::proto::types::CmdFlags(0));
+    c.expect_ok(1);
+    let info = stdout(&run(Command::new("nbdinfo").arg(h.uri())));
+    assert!(info.contains("protocol: oldstyle"), "{info}");
+    assert!(info.contains("export-size: 1048576"), "{info}");
+    let out = run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x5a 4k 8k",
+            "-c",
+            "read -P 0 12k 4k",
+        ])
+        .arg(h.uri()));
+    assert!(
+        !stdout(&out).contains("Pattern verification failed"),
+        "{}",
+        stdout(&out)
+    );
+}
