@@ -1,15 +1,30 @@
-//! `flexnbd acl` (placeholder while the skeleton is built).
+//! `flexnbd acl`: replace a running server's access control list over the control socket.
+//!
+//! The entries are sent as they are; the server checks them and keeps its
+//! old list if one is bad (`1: bad spec: <entry>` on stderr, exit 1). No
+//! entries set an empty list. Output and exit status follow flexnbd-c's
+//! clients (behaviour doc, section 1.4).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::cli::{AclArgs, GlobalArgs};
+use crate::control::client;
 use crate::exit::ExitCode;
 
 /// Runs `acl`.
 ///
 /// # Errors
 ///
-/// Not written yet.
-pub fn run(_args: AclArgs, _global: GlobalArgs) -> Result<ExitCode> {
-    bail!("acl is not implemented yet")
+/// An entry cannot be sent as one line (empty, or with a newline), the
+/// control socket cannot be reached or gives no valid reply, or stdout
+/// cannot be written.
+pub fn run(args: AclArgs, global: GlobalArgs) -> Result<ExitCode> {
+    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
+    let reply = client::request(
+        &args.control.sock,
+        "acl",
+        &args.acl,
+        Some(client::DEFAULT_TIMEOUT),
+    )?;
+    super::status::report(&reply)
 }
