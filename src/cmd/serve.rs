@@ -8,6 +8,7 @@ use signal_hook::iterator::Signals;
 
 use crate::backing::Backing;
 use crate::cli::{GlobalArgs, ServeArgs};
+use crate::control::ControlServer;
 use crate::exit::ExitCode;
 use crate::net::Acl;
 use crate::server::{KILLSWITCH_TIMEOUT, Server, ServerConfig, bind_listener};
@@ -57,7 +58,19 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         })
         .context("cannot start the signal thread")?;
 
+    // The control socket appears only once the NBD listener is bound, as in flexnbd-c.
+    let control = match &args.sock {
+        Some(path) => Some(
+            ControlServer::start(path, server.clone())
+                .with_context(|| format!("cannot create control socket {}", path.display()))?,
+        ),
+        None => None,
+    };
+
     let result = server.run(listener).context("the NBD listener failed");
+    if let Some(control) = control {
+        control.stop();
+    }
     signal_handle.close();
     let _ = signal_thread.join();
     result?;

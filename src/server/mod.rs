@@ -422,3 +422,13 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         }
     }
 }
+
+impl crate::control::Controlled for Server {
+    fn status(&self) -> Status {
+        Server::status(self)
+    }
+
+    fn set_acl(&self, entries: Vec<AclEntry>) {
+        Server::set_acl(self, entries);
+    }
+}
