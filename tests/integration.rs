@@ -1,3 +1,5 @@
 //! Integration tests: one binary, one module per feature.
+
+mod client;
 mod interop;
 mod serve;

@@ -1,0 +1,734 @@
+//! A blocking NBD client over TCP, used by `read` and `write` and, later,
+//! by `mirror` and `proxy`.
+//!
+//! [`NbdClient::connect`] opens the connection the way the C flexnbd's
+//! mirror does (optional bind with source port 0, a connect timeout,
+//! `TCP_NODELAY`, a hello timeout) and negotiates whichever handshake the
+//! server speaks:
+//!
+//! - old-style (the C flexnbd, `nbdkit -o`): the 152-byte hello gives the
+//!   size and flags;
+//! - fixed newstyle: `NBD_OPT_GO` for the default export asking for
+//!   `NBD_INFO_BLOCK_SIZE`, falling back to `NBD_OPT_EXPORT_NAME` when the
+//!   server answers `NBD_REP_ERR_UNSUP`;
+//! - plain (not fixed) newstyle: `NBD_OPT_EXPORT_NAME` directly.
+//!
+//! Structured replies are never negotiated, so every reply is a simple one.
+//!
+//! Two layers of API sit on the connection:
+//!
+//! - high level: [`NbdClient::read_at`], [`NbdClient::write_at`],
+//!   [`NbdClient::flush`] and [`NbdClient::disconnect`] check the range
+//!   against the export before sending anything, split it into requests of
+//!   at most [`NbdClient::max_request`] bytes and wait for each reply in
+//!   turn, checking its magic, handle and error;
+//! - low level, for a pipelined sender: [`NbdClient::send_request`] writes
+//!   a header and its payload in one vectored write, and
+//!   [`NbdClient::read_reply`] / [`NbdClient::read_payload`] (or the same on
+//!   a [`ReplyReader`] in another thread) read what comes back.
+//!
+//! Every read and write on the socket is bounded by a timeout, so no call
+//! blocks for ever. Errors are [`ClientError`]s whose [`ErrorKind`] tells
+//! the outcomes of the C mirror apart.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use log::{debug, info};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
+use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
+use crate::proto::wire::{
+    ExportNameReply, Greeting, OldstyleHello, OptionReplyHeader, Request, SimpleReply,
+};
+
+mod error;
+mod negotiate;
+
+pub use error::{ClientError, ErrorKind, describe_errno};
+
+use negotiate::{Export, GoReplies, GoStep};
+
+/// How to connect; [`Default`] gives the C flexnbd's timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// The local address to bind to (with source port 0); `None` lets the kernel choose.
+    pub bind: Option<IpAddr>,
+    /// How long the TCP connect may take (15 s, as the C client). Zero means no limit.
+    pub connect_timeout: Duration,
+    /// How long to wait for the first byte of the server's hello (5 s, as
+    /// the C mirror's `MS_HELLO_TIME_SECS`). Zero means no limit.
+    pub hello_timeout: Duration,
+    /// How long any later read or write on the socket may make no progress:
+    /// the rest of the handshake, and each request and reply (60 s, the C
+    /// mirror's request timeout). Zero means no limit.
+    pub reply_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            bind: None,
+            connect_timeout: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Which handshake the server spoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// The old-style handshake (the C flexnbd).
+    Oldstyle,
+    /// The newstyle handshake, fixed or not.
+    Newstyle,
+}
+
+/// A connection to an NBD server in the transmission phase.
+#[derive(Debug)]
+pub struct NbdClient {
+    stream: TcpStream,
+    peer: SocketAddr,
+    style: Style,
+    export: Export,
+    max_request: u32,
+    timeout: Option<Duration>,
+    next_handle: u64,
+}
+
+impl NbdClient {
+    /// Connects to `target` and negotiates the default export.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Connect`] if the socket cannot be bound or connected in
+    /// time, [`ErrorKind::NoHello`] if the server sends nothing within the
+    /// hello timeout, [`ErrorKind::Rejected`] if the server closes during
+    /// the handshake, sends a bad hello or option reply, or refuses the
+    /// export, and [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if the
+    /// handshake stalls or the socket fails.
+    pub fn connect(target: SocketAddr, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let stream = open(target, opts)?;
+        wait_for_hello(&stream, target, opts.hello_timeout)?;
+        let timeout = nonzero(opts.reply_timeout);
+        set_timeouts(&stream, timeout)?;
+        let mut hs = Handshake {
+            stream: &stream,
+            timeout,
+        };
+        let (style, export) = hs.run().map_err(|e| match e {
+            ClientError::Closed { .. } => ClientError::HandshakeClosed,
+            e => e,
+        })?;
+        let max_request = negotiate::max_request(export.max_payload);
+        info!(
+            "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
+            export.size, export.flags
+        );
+        Ok(NbdClient {
+            stream,
+            peer: target,
+            style,
+            export,
+            max_request,
+            timeout,
+            next_handle: 1,
+        })
+    }
+
+    /// The server's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The export size in bytes.
+    pub fn size(&self) -> u64 {
+        self.export.size
+    }
+
+    /// The export's transmission flags.
+    pub fn flags(&self) -> TransmissionFlags {
+        self.export.flags
+    }
+
+    /// The handshake the server spoke.
+    pub fn style(&self) -> Style {
+        self.style
+    }
+
+    /// The largest payload sent or asked for in one request: the server's
+    /// maximum if it gave one, at most 32 MiB.
+    pub fn max_request(&self) -> u32 {
+        self.max_request
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside the export.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::OutOfRange`] if they do not, or if `offset + len` overflows.
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        check_range(offset, len, self.export.size)
+    }
+
+    /// Checks that `len` bytes at `offset` may be written: in range, and the export is writable.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::ReadOnly`] or [`ClientError::OutOfRange`].
+    pub fn check_write(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        if self.export.flags.contains(TransmissionFlags::READ_ONLY) {
+            return Err(ClientError::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, in requests of at most [`max_request`](Self::max_request) bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidRequest`] (before anything is sent) if the range
+    /// is outside the export; otherwise any error of a request or its reply.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut at = offset;
+        for chunk in buf.chunks_mut(self.max_request as usize) {
+            let req = self.request(Cmd::READ, CmdFlags(0), at, chunk.len())?;
+            self.send_request(&req, &[])?;
+            self.await_reply(&req)?;
+            self.read_payload(chunk)?;
+            at += u64::from(req.len);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, in requests of at most [`max_request`](Self::max_request) bytes,
+    /// each with `NBD_CMD_FLAG_FUA` if `fua`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidRequest`] (before anything is sent) if the range
+    /// is outside the export, the export is read-only, or `fua` is asked of
+    /// a server that does not advertise it; otherwise any error of a
+    /// request or its reply.
+    pub fn write_at(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<(), ClientError> {
+        self.check_write(offset, data.len() as u64)?;
+        let flags = if fua {
+            if !self.export.flags.contains(TransmissionFlags::SEND_FUA) {
+                return Err(ClientError::Unsupported("FUA"));
+            }
+            CmdFlags::FUA
+        } else {
+            CmdFlags(0)
+        };
+        let mut at = offset;
+        for chunk in data.chunks(self.max_request as usize) {
+            let req = self.request(Cmd::WRITE, flags, at, chunk.len())?;
+            self.send_request(&req, chunk)?;
+            self.await_reply(&req)?;
+            at += u64::from(req.len);
+        }
+        Ok(())
+    }
+
+    /// Asks the server to make every completed write durable.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Unsupported`] if the server does not advertise
+    /// `SEND_FLUSH`; otherwise any error of the request or its reply.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.export.flags.contains(TransmissionFlags::SEND_FLUSH) {
+            return Err(ClientError::Unsupported("FLUSH"));
+        }
+        let req = self.request(Cmd::FLUSH, CmdFlags(0), 0, 0)?;
+        self.send_request(&req, &[])?;
+        self.await_reply(&req)
+    }
+
+    /// Sends `NBD_CMD_DISC` and closes the connection without waiting for a
+    /// reply (there is none), as the C mirror does.
+    ///
+    /// # Errors
+    ///
+    /// Any error sending the request.
+    pub fn disconnect(mut self) -> Result<(), ClientError> {
+        let req = self.request(Cmd::DISC, CmdFlags(0), 0, 0)?;
+        self.send_request(&req, &[])?;
+        // The server closes its end; a failure to shut ours down changes nothing.
+        let _ = self.stream.shutdown(Shutdown::Write);
+        Ok(())
+    }
+
+    /// A fresh handle for a request: a counter per client.
+    pub fn next_handle(&mut self) -> u64 {
+        let handle = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1);
+        handle
+    }
+
+    /// Sends one request: the 28-byte header and `payload` in one vectored write.
+    ///
+    /// `payload` must be exactly `req.len` bytes for `WRITE` and empty for
+    /// every other command. Nothing is checked against the export: that is
+    /// the caller's job (see [`check_range`](Self::check_range)).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::PayloadMismatch`] before sending if the payload does
+    /// not fit the header; [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if
+    /// the write fails.
+    pub fn send_request(&mut self, req: &Request, payload: &[u8]) -> Result<(), ClientError> {
+        let expected = if req.cmd == Cmd::WRITE {
+            req.len as usize
+        } else {
+            0
+        };
+        if payload.len() != expected {
+            return Err(ClientError::PayloadMismatch {
+                cmd: req.cmd,
+                len: req.len,
+                payload: payload.len(),
+            });
+        }
+        debug!(
+            "sending {} handle {:#x} offset {} len {}",
+            req.cmd, req.handle, req.offset, req.len
+        );
+        let mut header = [0u8; Request::SIZE];
+        req.encode(&mut header);
+        let mut bufs = [IoSlice::new(&header), IoSlice::new(payload)];
+        write_all_vectored(&mut &self.stream, &mut bufs)
+            .map_err(|e| ClientError::from_io(e, "sending a request", self.timeout))
+    }
+
+    /// Reads the next reply header (checking its magic, not its handle or error).
+    ///
+    /// For a successful `READ`, [`read_payload`](Self::read_payload) must follow.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Protocol`] for a bad magic (including a structured
+    /// reply); [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if the read fails.
+    pub fn read_reply(&mut self) -> Result<SimpleReply, ClientError> {
+        read_reply(&self.stream, self.timeout)
+    }
+
+    /// Reads the data following a successful `READ` reply into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if the read fails.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        read_payload(&self.stream, buf, self.timeout)
+    }
+
+    /// A reader of replies on a clone of the socket, for a separate reply thread.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] if the socket cannot be cloned.
+    pub fn reply_reader(&self) -> Result<ReplyReader, ClientError> {
+        let stream = self.stream.try_clone().map_err(|source| ClientError::Io {
+            what: "cloning the socket",
+            source,
+        })?;
+        Ok(ReplyReader {
+            stream,
+            timeout: self.timeout,
+        })
+    }
+
+    /// Shuts the socket down in both directions, waking any thread blocked
+    /// on it (a [`ReplyReader`], say) with an error.
+    ///
+    /// # Errors
+    ///
+    /// The error of `shutdown(2)`.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Both)
+    }
+
+    fn request(
+        &mut self,
+        cmd: Cmd,
+        flags: CmdFlags,
+        offset: u64,
+        len: usize,
+    ) -> Result<Request, ClientError> {
+        // Chunks are at most max_request (32 MiB), so this only fails on a bug.
+        let len = u32::try_from(len).map_err(|_| ClientError::OutOfRange {
+            offset,
+            len: len as u64,
+            size: self.export.size,
+        })?;
+        Ok(Request {
+            flags,
+            cmd,
+            handle: self.next_handle(),
+            offset,
+            len,
+        })
+    }
+
+    fn await_reply(&mut self, req: &Request) -> Result<(), ClientError> {
+        let reply = self.read_reply()?;
+        check_reply(req, &reply)
+    }
+}
+
+/// Reads replies on a clone of a client's socket, so that one thread can
+/// send requests while another reads replies.
+#[derive(Debug)]
+pub struct ReplyReader {
+    stream: TcpStream,
+    timeout: Option<Duration>,
+}
+
+impl ReplyReader {
+    /// Reads the next reply header; see [`NbdClient::read_reply`].
+    ///
+    /// # Errors
+    ///
+    /// As [`NbdClient::read_reply`].
+    pub fn read_reply(&mut self) -> Result<SimpleReply, ClientError> {
+        read_reply(&self.stream, self.timeout)
+    }
+
+    /// Reads the data following a successful `READ` reply; see [`NbdClient::read_payload`].
+    ///
+    /// # Errors
+    ///
+    /// As [`NbdClient::read_payload`].
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        read_payload(&self.stream, buf, self.timeout)
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie inside an export of `size` bytes.
+fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ClientError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(ClientError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// Checks that `reply` answers `req` and reports no error.
+fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
+    if reply.handle != req.handle {
+        return Err(ClientError::UnexpectedHandle {
+            expected: req.handle,
+            got: reply.handle,
+        });
+    }
+    if reply.error != Errno::OK {
+        return Err(ClientError::ErrorReply {
+            cmd: req.cmd,
+            offset: req.offset,
+            len: req.len,
+            errno: reply.error,
+        });
+    }
+    Ok(())
+}
+
+fn read_reply(
+    mut stream: &TcpStream,
+    timeout: Option<Duration>,
+) -> Result<SimpleReply, ClientError> {
+    let mut buf = [0u8; SimpleReply::SIZE];
+    stream
+        .read_exact(&mut buf)
+        .map_err(|e| ClientError::from_io(e, "reading a reply", timeout))?;
+    let reply = SimpleReply::decode(&buf).map_err(ClientError::BadReply)?;
+    debug!("reply handle {:#x} error {}", reply.handle, reply.error);
+    Ok(reply)
+}
+
+fn read_payload(
+    mut stream: &TcpStream,
+    buf: &mut [u8],
+    timeout: Option<Duration>,
+) -> Result<(), ClientError> {
+    stream
+        .read_exact(buf)
+        .map_err(|e| ClientError::from_io(e, "reading data", timeout))
+}
+
+/// Writes every byte of `bufs`, in as few system calls as the socket allows.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    // Drop leading empty slices, so an empty payload costs nothing.
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Creates the socket, binds it if asked, connects with a timeout and sets `TCP_NODELAY`.
+fn open(target: SocketAddr, opts: &ConnectOptions) -> Result<TcpStream, ClientError> {
+    let connect_err = |source| ClientError::Connect {
+        addr: target,
+        source,
+    };
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(connect_err)?;
+    if let Some(ip) = opts.bind {
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|source| ClientError::Bind { addr: ip, source })?;
+    }
+    let connected = match nonzero(opts.connect_timeout) {
+        Some(t) => socket.connect_timeout(&target.into(), t),
+        None => socket.connect(&target.into()),
+    };
+    connected.map_err(|source| {
+        if source.kind() == io::ErrorKind::TimedOut {
+            ClientError::ConnectTimeout {
+                addr: target,
+                timeout: opts.connect_timeout,
+            }
+        } else {
+            connect_err(source)
+        }
+    })?;
+    socket.set_tcp_nodelay(true).map_err(connect_err)?;
+    Ok(socket.into())
+}
+
+/// Waits until the first byte of the hello can be read, without consuming it.
+fn wait_for_hello(
+    stream: &TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let limit = nonzero(timeout);
+    set_timeouts(stream, limit)?;
+    let mut byte = [0u8; 1];
+    let peeked = loop {
+        match stream.peek(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match peeked {
+        Ok(0) => Err(ClientError::HandshakeClosed),
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(ClientError::NoHello { addr, timeout })
+        }
+        Err(e) => Err(
+            match ClientError::from_io(e, "waiting for the hello", limit) {
+                ClientError::Closed { .. } => ClientError::HandshakeClosed,
+                e => e,
+            },
+        ),
+    }
+}
+
+fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), ClientError> {
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(|source| ClientError::Io {
+            what: "setting socket timeouts",
+            source,
+        })
+}
+
+/// The handshake's I/O: one `read_exact` per structure, then a pure decode.
+struct Handshake<'a> {
+    stream: &'a TcpStream,
+    timeout: Option<Duration>,
+}
+
+impl Handshake<'_> {
+    fn run(&mut self) -> Result<(Style, Export), ClientError> {
+        let mut head = [0u8; 16];
+        self.read(&mut head)?;
+        match Greeting::decode(&head).map_err(ClientError::BadHello)? {
+            Greeting::Oldstyle => self.oldstyle(&head).map(|e| (Style::Oldstyle, e)),
+            Greeting::Newstyle => self.newstyle().map(|e| (Style::Newstyle, e)),
+        }
+    }
+
+    fn oldstyle(&mut self, head: &[u8; 16]) -> Result<Export, ClientError> {
+        let mut buf = [0u8; OLDSTYLE_HELLO_SIZE];
+        buf[..16].copy_from_slice(head);
+        self.read(&mut buf[16..])?;
+        let hello = OldstyleHello::decode(&buf).map_err(ClientError::BadHello)?;
+        Ok(Export {
+            size: hello.size,
+            flags: hello.transmission_flags(),
+            max_payload: None,
+        })
+    }
+
+    fn newstyle(&mut self) -> Result<Export, ClientError> {
+        let mut buf = [0u8; 2];
+        self.read(&mut buf)?;
+        let server = HandshakeFlags(u16::from_be_bytes(buf));
+        let flags = negotiate::client_flags(server);
+        self.write(&flags.0.to_be_bytes())?;
+        let no_zeroes = server.contains(HandshakeFlags::NO_ZEROES);
+        if server.contains(HandshakeFlags::FIXED_NEWSTYLE) {
+            if let Some(export) = self.go()? {
+                return Ok(export);
+            }
+            debug!("server does not support NBD_OPT_GO; falling back to NBD_OPT_EXPORT_NAME");
+        }
+        self.export_name(no_zeroes)
+    }
+
+    /// Sends `NBD_OPT_GO`; `None` if the server does not support it.
+    fn go(&mut self) -> Result<Option<Export>, ClientError> {
+        self.write(&negotiate::go_request())?;
+        let mut replies = GoReplies::default();
+        loop {
+            let mut head = [0u8; OptionReplyHeader::SIZE];
+            self.read(&mut head)?;
+            // decode bounds the length (64 KiB) before we allocate for it.
+            let header = OptionReplyHeader::decode(&head).map_err(ClientError::BadHandshake)?;
+            let mut payload = vec![0u8; header.len as usize];
+            self.read(&mut payload)?;
+            match replies.handle(&header, &payload)? {
+                GoStep::Continue => {}
+                GoStep::Done(export) => return Ok(Some(export)),
+                GoStep::Unsupported => return Ok(None),
+            }
+        }
+    }
+
+    fn export_name(&mut self, no_zeroes: bool) -> Result<Export, ClientError> {
+        self.write(&negotiate::export_name_request())?;
+        let mut buf = [0u8; ExportNameReply::SIZE];
+        self.read(&mut buf)?;
+        let reply = ExportNameReply::decode(&buf);
+        if !no_zeroes {
+            let mut zeroes = [0u8; HELLO_PADDING];
+            self.read(&mut zeroes)?;
+        }
+        Ok(Export {
+            size: reply.size,
+            flags: reply.flags,
+            max_payload: None,
+        })
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        let mut stream = self.stream;
+        stream
+            .read_exact(buf)
+            .map_err(|e| ClientError::from_io(e, "reading the handshake", self.timeout))
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<(), ClientError> {
+        let mut stream = self.stream;
+        stream
+            .write_all(buf)
+            .map_err(|e| ClientError::from_io(e, "sending the handshake", self.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks_overflow_and_the_end() {
+        assert!(check_range(0, 0, 0).is_ok());
+        assert!(check_range(0, 4096, 4096).is_ok());
+        assert!(check_range(4096, 0, 4096).is_ok());
+        let e = check_range(4000, 97, 4096).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "request of 97 bytes at offset 4000 is out of range given export size 4096"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+        assert!(check_range(u64::MAX, 1, u64::MAX).is_err());
+        assert!(check_range(4097, 0, 4096).is_err());
+    }
+
+    #[test]
+    fn replies_are_checked_for_handle_and_error() {
+        let req = Request {
+            flags: CmdFlags(0),
+            cmd: Cmd::READ,
+            handle: 7,
+            offset: 512,
+            len: 512,
+        };
+        let ok = SimpleReply {
+            error: Errno::OK,
+            handle: 7,
+        };
+        assert!(check_reply(&req, &ok).is_ok());
+        let e = check_reply(&req, &SimpleReply { handle: 8, ..ok }).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        let e = check_reply(
+            &req,
+            &SimpleReply {
+                error: Errno::EINVAL,
+                ..ok
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::EINVAL));
+    }
+
+    /// A writer that takes at most three bytes per call.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_short_writes() {
+        let mut w = Trickle(Vec::new());
+        let mut bufs = [
+            IoSlice::new(b"header"),
+            IoSlice::new(b""),
+            IoSlice::new(b"payload"),
+        ];
+        write_all_vectored(&mut w, &mut bufs).unwrap();
+        assert_eq!(w.0, b"headerpayload");
+        let mut bufs = [IoSlice::new(b""), IoSlice::new(b"")];
+        write_all_vectored(&mut w, &mut bufs).unwrap();
+    }
+}
