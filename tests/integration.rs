@@ -1,1 +1,6 @@
 //! Integration tests: one binary, one module per feature.
+//!
+//! Shared helpers (the binary, temp dirs, daemons, interop tools) live in
+//! `support`; see its module docs. Add one `mod` line per feature file.
+
+mod support;
