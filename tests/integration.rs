@@ -4,3 +4,6 @@
 //! `support`; see its module docs. Add one `mod` line per feature file.
 
 mod support;
+
+/// The command line: help, version, usage errors, flexnbd-c's option forms.
+mod cli;
