@@ -7,3 +7,5 @@ mod support;
 
 /// The command line: help, version, usage errors, flexnbd-c's option forms.
 mod cli;
+/// Committed man pages and completions match `flexnbd generate`.
+mod generated;
