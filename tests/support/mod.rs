@@ -8,7 +8,8 @@
 //!   drop ([`daemon`]).
 //! - [`control`]: raw requests to a control socket.
 //! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
-//!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`.
+//!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
+//!   [`require_flexnbd_c`]: the C flexnbd from `$FLEXNBD_C`, skipped when unset.
 //! - [`assert_same_bytes`]: compares large buffers and reports the first
 //!   difference instead of dumping megabytes.
 //!
@@ -149,6 +150,35 @@ pub(crate) fn tool(program: impl AsRef<OsStr>) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new(program);
     cmd.timeout(COMMAND_TIMEOUT);
     cmd
+}
+
+/// The C flexnbd 0.5.0 binary, the reference peer for interop and differential
+/// tests: the path in `$FLEXNBD_C`, if set and executable.
+///
+/// `None` when it is not set, even under `CI=true` (CI does not build the C
+/// program); panics if it is set to something that is not an executable. Run
+/// its `serve` with [`Daemon::spawn`]; it speaks only the old-style handshake.
+pub(crate) fn flexnbd_c() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = PathBuf::from(std::env::var_os("FLEXNBD_C").filter(|p| !p.is_empty())?);
+    let executable = path
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    assert!(
+        executable,
+        "FLEXNBD_C={} is not an executable file",
+        path.display()
+    );
+    Some(path)
+}
+
+/// [`flexnbd_c`], printing `skipped: FLEXNBD_C not set` when it is not.
+pub(crate) fn require_flexnbd_c() -> Option<PathBuf> {
+    let path = flexnbd_c();
+    if path.is_none() {
+        eprintln!("skipped: FLEXNBD_C not set (path of the C flexnbd binary)");
+    }
+    path
 }
 
 /// Asserts two byte buffers are equal, reporting the length and the first

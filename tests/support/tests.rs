@@ -219,3 +219,44 @@ fn flexnbd_command_has_a_clean_environment() {
     assert!(removed.iter().any(|k| k == "COLUMNS"), "{removed:?}");
     assert_eq!(cmd.get_program(), flexnbd_path());
 }
+
+#[test]
+fn serve_builder_command_line() {
+    let cmd = Daemon::serve("/tmp/disk.img")
+        .sock("/tmp/ctl.sock")
+        .arg("--oldstyle")
+        .args(["-d", "10.0.0.0/8"])
+        .command(4777);
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "serve",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "4777",
+            "-f",
+            "/tmp/disk.img",
+            "-s",
+            "/tmp/ctl.sock",
+            "--oldstyle",
+            "-d",
+            "10.0.0.0/8"
+        ]
+    );
+    // -p 0 adds -v so the daemon logs the port it bound, unless already verbose.
+    let logged = Daemon::serve("d.img").port(0).command(0);
+    assert!(logged.get_args().any(|a| a == "-v"));
+    let verbose = Daemon::serve("d.img").port(0).arg("-vv").command(0);
+    assert_eq!(
+        verbose
+            .get_args()
+            .filter(|a| a.to_string_lossy().starts_with("-v"))
+            .count(),
+        1
+    );
+}
