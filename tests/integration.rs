@@ -1,5 +1,17 @@
 //! Integration tests: one binary, one module per feature.
+//!
+//! Shared helpers (the binary, temp dirs, daemons, interop tools) live in
+//! `support`; see its module docs. Add one `mod` line per feature file.
 
+mod support;
+
+/// The command line: help, version, usage errors, flexnbd-c's option forms.
+mod cli;
+/// The NBD client library and the `read`/`write` subcommands against real servers.
 mod client;
+/// Committed man pages and completions match `flexnbd generate`.
+mod generated;
+/// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
+/// The server in-process, byte by byte: handshakes, commands, bad input, limits.
 mod serve;

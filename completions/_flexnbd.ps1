@@ -1,0 +1,231 @@
+
+using namespace System.Management.Automation
+using namespace System.Management.Automation.Language
+
+Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
+    param($wordToComplete, $commandAst, $cursorPosition)
+
+    $commandElements = $commandAst.CommandElements
+    $command = @(
+        'flexnbd'
+        for ($i = 1; $i -lt $commandElements.Count; $i++) {
+            $element = $commandElements[$i]
+            if ($element -isnot [StringConstantExpressionAst] -or
+                $element.StringConstantType -ne [StringConstantType]::BareWord -or
+                $element.Value.StartsWith('-') -or
+                $element.Value -eq $wordToComplete) {
+                break
+        }
+        $element.Value
+    }) -join ';'
+
+    $completions = @(switch ($command) {
+        'flexnbd' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK')
+            [CompletionResult]::new('read', 'read', [CompletionResultType]::ParameterValue, 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET')
+            [CompletionResult]::new('write', 'write', [CompletionResultType]::ParameterValue, 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET')
+            [CompletionResult]::new('acl', 'acl', [CompletionResultType]::ParameterValue, 'Set the access control list for a server with control socket SOCK')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Get the status for a server with control socket SOCK')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'flexnbd;serve' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to serve')
+            [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to serve')
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'Most clients served at once; further connections are closed at once')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
+            [CompletionResult]::new('--default-deny', '--default-deny', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
+            [CompletionResult]::new('-k', '-k', [CompletionResultType]::ParameterName, 'Drop a client whose request takes longer than 120 seconds')
+            [CompletionResult]::new('--killswitch', '--killswitch', [CompletionResultType]::ParameterName, 'Drop a client whose request takes longer than 120 seconds')
+            [CompletionResult]::new('-r', '-r', [CompletionResultType]::ParameterName, 'Export the file read-only: writes, trims and zeroes get EPERM')
+            [CompletionResult]::new('--read-only', '--read-only', [CompletionResultType]::ParameterName, 'Export the file read-only: writes, trims and zeroes get EPERM')
+            [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;read' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address of the server')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address of the server')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at')
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at')
+            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;write' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address of the server')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address of the server')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at')
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at')
+            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;acl' {
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;status' {
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print the status as one JSON object instead of the key=value line')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;generate' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'flexnbd;generate;man' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;generate;completions' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log only fatal errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;generate;help' {
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'flexnbd;generate;help;man' {
+            break
+        }
+        'flexnbd;generate;help;completions' {
+            break
+        }
+        'flexnbd;generate;help;help' {
+            break
+        }
+        'flexnbd;help' {
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK')
+            [CompletionResult]::new('read', 'read', [CompletionResultType]::ParameterValue, 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET')
+            [CompletionResult]::new('write', 'write', [CompletionResultType]::ParameterValue, 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET')
+            [CompletionResult]::new('acl', 'acl', [CompletionResultType]::ParameterValue, 'Set the access control list for a server with control socket SOCK')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Get the status for a server with control socket SOCK')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'flexnbd;help;serve' {
+            break
+        }
+        'flexnbd;help;read' {
+            break
+        }
+        'flexnbd;help;write' {
+            break
+        }
+        'flexnbd;help;acl' {
+            break
+        }
+        'flexnbd;help;status' {
+            break
+        }
+        'flexnbd;help;generate' {
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            break
+        }
+        'flexnbd;help;generate;man' {
+            break
+        }
+        'flexnbd;help;generate;completions' {
+            break
+        }
+        'flexnbd;help;help' {
+            break
+        }
+    })
+
+    $completions.Where{ $_.CompletionText -like "$wordToComplete*" } |
+        Sort-Object -Property ListItemText
+}

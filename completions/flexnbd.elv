@@ -1,0 +1,203 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[flexnbd] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'flexnbd'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'flexnbd'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+            cand read 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+            cand write 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+            cand acl 'Set the access control list for a server with control socket SOCK'
+            cand status 'Get the status for a server with control socket SOCK'
+            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'flexnbd;serve'= {
+            cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
+            cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
+            cand -p 'The port to serve on (0 picks a free port)'
+            cand --port 'The port to serve on (0 picks a free port)'
+            cand -f 'The file to serve'
+            cand --file 'The file to serve'
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand --max-clients 'Most clients served at once; further connections are closed at once'
+            cand -d 'Deny connections by default unless in ACL'
+            cand --default-deny 'Deny connections by default unless in ACL'
+            cand -k 'Drop a client whose request takes longer than 120 seconds'
+            cand --killswitch 'Drop a client whose request takes longer than 120 seconds'
+            cand -r 'Export the file read-only: writes, trims and zeroes get EPERM'
+            cand --read-only 'Export the file read-only: writes, trims and zeroes get EPERM'
+            cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;read'= {
+            cand -l 'The address of the server'
+            cand --addr 'The address of the server'
+            cand -p 'The port of the server'
+            cand --port 'The port of the server'
+            cand -b 'Bind the local socket to a particular IP address'
+            cand --bind 'Bind the local socket to a particular IP address'
+            cand -F 'Byte offset to start at'
+            cand --from 'Byte offset to start at'
+            cand -S 'Number of bytes'
+            cand --size 'Number of bytes'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;write'= {
+            cand -l 'The address of the server'
+            cand --addr 'The address of the server'
+            cand -p 'The port of the server'
+            cand --port 'The port of the server'
+            cand -b 'Bind the local socket to a particular IP address'
+            cand --bind 'Bind the local socket to a particular IP address'
+            cand -F 'Byte offset to start at'
+            cand --from 'Byte offset to start at'
+            cand -S 'Number of bytes'
+            cand --size 'Number of bytes'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;acl'= {
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;status'= {
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand --json 'Print the status as one JSON object instead of the key=value line'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;generate'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
+            cand completions 'Print the completion script for SHELL to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'flexnbd;generate;man'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;generate;completions'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log only fatal errors'
+            cand --quiet 'Log only fatal errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;generate;help'= {
+            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
+            cand completions 'Print the completion script for SHELL to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'flexnbd;generate;help;man'= {
+        }
+        &'flexnbd;generate;help;completions'= {
+        }
+        &'flexnbd;generate;help;help'= {
+        }
+        &'flexnbd;help'= {
+            cand serve 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+            cand read 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+            cand write 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+            cand acl 'Set the access control list for a server with control socket SOCK'
+            cand status 'Get the status for a server with control socket SOCK'
+            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'flexnbd;help;serve'= {
+        }
+        &'flexnbd;help;read'= {
+        }
+        &'flexnbd;help;write'= {
+        }
+        &'flexnbd;help;acl'= {
+        }
+        &'flexnbd;help;status'= {
+        }
+        &'flexnbd;help;generate'= {
+            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
+            cand completions 'Print the completion script for SHELL to stdout'
+        }
+        &'flexnbd;help;generate;man'= {
+        }
+        &'flexnbd;help;generate;completions'= {
+        }
+        &'flexnbd;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

@@ -1,0 +1,106 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_flexnbd_global_optspecs
+    string join \n v/verbose q/quiet h/help V/version
+end
+
+function __fish_flexnbd_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_flexnbd_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_flexnbd_using_subcommand
+    set -l cmd (__fish_flexnbd_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "status" -d 'Get the status for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-deny -d 'Deny connections by default unless in ACL'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -l json -d 'Print the status as one JSON object instead of the key=value line'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "status" -d 'Get the status for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "completions" -d 'Print the completion script for SHELL to stdout'

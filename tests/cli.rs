@@ -1,0 +1,405 @@
+//! The command line as a user sees it: help, version, usage errors (exit 2,
+//! clap's message on stderr, nothing on stdout) and flexnbd-c's option forms.
+
+use crate::support::{TestEnv, flexnbd, free_port, text};
+
+/// Every visible subcommand with the options its help must show, as
+/// `(short, long)`; `""` when an option has no short form.
+const OPTIONS: &[(&str, &[(&str, &str)])] = &[
+    ("", &[]),
+    (
+        "serve",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-f", "--file"),
+            ("-s", "--sock"),
+            ("-d", "--default-deny"),
+            ("-k", "--killswitch"),
+            ("-r", "--read-only"),
+            ("", "--oldstyle"),
+            ("", "--max-clients"),
+        ],
+    ),
+    (
+        "read",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-F", "--from"),
+            ("-S", "--size"),
+            ("-b", "--bind"),
+        ],
+    ),
+    (
+        "write",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-F", "--from"),
+            ("-S", "--size"),
+            ("-b", "--bind"),
+        ],
+    ),
+    ("acl", &[("-s", "--sock")]),
+    ("status", &[("-s", "--sock"), ("", "--json")]),
+];
+
+/// Options every command and subcommand has.
+const COMMON: &[(&str, &str)] = &[
+    ("-v", "--verbose"),
+    ("-q", "--quiet"),
+    ("-h", "--help"),
+    ("-V", "--version"),
+];
+
+/// Runs flexnbd with `args` and returns (exit code, stdout, stderr).
+#[track_caller]
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = flexnbd().args(args).output().expect("cannot run flexnbd");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn help_lists_every_option_with_its_short_form() {
+    for (sub, options) in OPTIONS {
+        for flag in ["--help", "-h"] {
+            let args: Vec<&str> = [*sub, flag].into_iter().filter(|a| !a.is_empty()).collect();
+            let (code, stdout, stderr) = run(&args);
+            assert_eq!(code, Some(0), "flexnbd {args:?}: stderr:\n{stderr}");
+            assert_eq!(stderr, "", "flexnbd {args:?} wrote to stderr");
+            assert!(
+                stdout.contains("Usage: flexnbd"),
+                "flexnbd {args:?}:\n{stdout}"
+            );
+            for (short, long) in options.iter().chain(COMMON) {
+                let shown = if short.is_empty() {
+                    format!(" {long}")
+                } else {
+                    format!("{short}, {long}")
+                };
+                assert!(
+                    stdout.contains(&shown),
+                    "flexnbd {args:?} does not show '{shown}':\n{stdout}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn top_level_help_lists_the_subcommands_but_not_generate() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for (sub, _) in OPTIONS.iter().filter(|(s, _)| !s.is_empty()) {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "top-level help does not list {sub}:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("generate"),
+        "the hidden subcommand shows:\n{stdout}"
+    );
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    for args in [&["--version"][..], &["-V"]] {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "flexnbd {args:?}: {stderr}");
+        assert_eq!(stdout, format!("flexnbd {version}\n"), "flexnbd {args:?}");
+        assert_eq!(stderr, "");
+    }
+    // Subcommands take --version too (clap names them flexnbd-serve etc.).
+    let (code, stdout, _) = run(&["serve", "--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout, format!("flexnbd-serve {version}\n"));
+}
+
+#[test]
+fn help_subcommand_matches_long_help() {
+    for sub in ["serve", "read", "write", "acl", "status"] {
+        let (code, via_help, _) = run(&["help", sub]);
+        assert_eq!(code, Some(0), "flexnbd help {sub}");
+        let (_, via_flag, _) = run(&[sub, "--help"]);
+        assert_eq!(
+            via_help, via_flag,
+            "flexnbd help {sub} differs from {sub} --help"
+        );
+    }
+    let (code, stdout, _) = run(&["help"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("serve"));
+}
+
+/// Asserts that `args` is a usage error: exit 2, nothing on stdout, and clap's
+/// `error:` message on stderr containing every one of `expected`.
+#[track_caller]
+fn assert_usage_error(args: &[&str], expected: &[&str]) {
+    let (code, stdout, stderr) = run(args);
+    assert_eq!(code, Some(2), "flexnbd {args:?}: stderr:\n{stderr}");
+    assert_eq!(stdout, "", "flexnbd {args:?} wrote to stdout");
+    assert!(
+        stderr.starts_with("error: "),
+        "flexnbd {args:?}: not a clap error:\n{stderr}"
+    );
+    for e in expected {
+        assert!(
+            stderr.contains(e),
+            "flexnbd {args:?}: stderr lacks '{e}':\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("For more information, try '--help'."),
+        "flexnbd {args:?}:\n{stderr}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "-l", "127.0.0.1", "-p", "4777"],
+        &["required arguments were not provided", "--file <FILE>"],
+    );
+}
+
+#[test]
+fn missing_addr_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "-p", "4777", "-f", "disk.img"],
+        &["required arguments were not provided", "--addr <ADDR>"],
+    );
+}
+
+#[test]
+fn missing_range_and_sock_are_usage_errors() {
+    assert_usage_error(
+        &["read", "-l", "127.0.0.1", "-p", "4777"],
+        &["--from <OFFSET>", "--size <SIZE>"],
+    );
+    assert_usage_error(
+        &["write", "-F", "0", "-S", "1"],
+        &["--addr <ADDR>", "--port <PORT>"],
+    );
+    assert_usage_error(&["status"], &["--sock <SOCK>"]);
+    assert_usage_error(&["acl", "127.0.0.1"], &["--sock <SOCK>"]);
+}
+
+#[test]
+fn bad_port_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "-l", "127.0.0.1", "-p", "70000", "-f", "disk.img"],
+        &["invalid value '70000' for '--port <PORT>'"],
+    );
+    assert_usage_error(
+        &[
+            "read",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "http",
+            "-F",
+            "0",
+            "-S",
+            "1",
+        ],
+        &["invalid value 'http' for '--port <PORT>'"],
+    );
+}
+
+#[test]
+fn host_name_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "-l", "localhost", "-p", "4777", "-f", "disk.img"],
+        &["invalid value 'localhost' for '--addr <ADDR>'"],
+    );
+    assert_usage_error(
+        &[
+            "read",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "1",
+            "-F",
+            "0",
+            "-S",
+            "1",
+            "-b",
+            "example.com",
+        ],
+        &["invalid value 'example.com' for '--bind <BIND_ADDR>'"],
+    );
+}
+
+#[test]
+fn bad_acl_entry_is_a_usage_error() {
+    let serve = ["serve", "-l", "127.0.0.1", "-p", "4777", "-f", "disk.img"];
+    for entry in ["10.0.0.0/0", "10.0.0.0/33", "::1/129", "not-an-address"] {
+        let args: Vec<&str> = serve.iter().copied().chain([entry]).collect();
+        assert_usage_error(&args, &[&format!("invalid value '{entry}'")]);
+    }
+}
+
+#[test]
+fn bad_numbers_are_usage_errors() {
+    assert_usage_error(
+        &["read", "-l", "127.0.0.1", "-p", "1", "-F", "-1", "-S", "1"],
+        &["-1"],
+    );
+    assert_usage_error(
+        &[
+            "serve",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "1",
+            "-f",
+            "d",
+            "--max-clients",
+            "0",
+        ],
+        &["invalid value '0' for '--max-clients <N>'"],
+    );
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    assert_usage_error(&["frobnicate"], &["unrecognized subcommand 'frobnicate'"]);
+    // Subcommand names are exact, as in flexnbd-c.
+    assert_usage_error(&["Serve"], &["unrecognized subcommand 'Serve'"]);
+}
+
+#[test]
+fn unknown_option_is_a_usage_error() {
+    assert_usage_error(
+        &[
+            "serve",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "4777",
+            "-f",
+            "d",
+            "--frobnicate",
+        ],
+        &["unexpected argument '--frobnicate'"],
+    );
+    assert_usage_error(
+        &["status", "-s", "ctl", "-x"],
+        &["unexpected argument '-x'"],
+    );
+}
+
+#[test]
+fn no_subcommand_is_a_usage_error_with_help_on_stderr() {
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("Usage: flexnbd"), "{stderr}");
+}
+
+#[test]
+fn verbose_and_quiet_conflict() {
+    for args in [["-v", "-q"], ["-q", "-v"]] {
+        let args: Vec<&str> = ["status", "-s", "ctl"].into_iter().chain(args).collect();
+        assert_usage_error(&args, &["cannot be used with", "'--quiet'", "'--verbose"]);
+    }
+}
+
+/// Runs `args` where it cannot get far (nothing to connect to, a file that
+/// cannot exist) and asserts that the command line was accepted: the command
+/// failed at run time (exit 1) rather than with a usage error.
+#[track_caller]
+fn assert_parses(args: &[&str]) {
+    let (code, stdout, stderr) = run(args);
+    assert_eq!(
+        code,
+        Some(1),
+        "flexnbd {args:?} was not accepted as a command line:\n{stderr}"
+    );
+    assert!(!stderr.starts_with("error:"), "flexnbd {args:?}: {stderr}");
+    assert_eq!(stdout, "", "flexnbd {args:?} wrote to stdout");
+}
+
+// Regression: flexnbd-c declares --killswitch as taking a value, so in
+// `--killswitch --quiet` the --quiet was swallowed. Here both are flags.
+#[test]
+fn killswitch_then_quiet_keeps_both() {
+    let env = TestEnv::new();
+    let file = env.child("no-such-dir/disk.img");
+    let file = file.to_str().expect("utf-8 temp path");
+    let port = free_port().to_string();
+    let serve = ["serve", "-l", "127.0.0.1", "-p", &port, "-f", file];
+
+    let args: Vec<&str> = serve
+        .iter()
+        .copied()
+        .chain(["--killswitch", "--quiet"])
+        .collect();
+    assert_parses(&args);
+
+    // Proof that --quiet was taken as an option, not as --killswitch's value:
+    // it now conflicts with -v, and clap's usage line names both flags.
+    let args: Vec<&str> = serve
+        .iter()
+        .copied()
+        .chain(["--killswitch", "--quiet", "-v"])
+        .collect();
+    let (code, _, stderr) = run(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("'--quiet' cannot be used with"), "{stderr}");
+    assert!(stderr.contains("--killswitch --quiet"), "{stderr}");
+}
+
+#[test]
+fn flexnbd_c_option_forms_are_accepted() {
+    let env = TestEnv::new();
+    let file = env.child("no-such-dir/disk.img");
+    let file = file.to_str().expect("utf-8 temp path");
+    let port = free_port().to_string();
+    let attached_port = format!("-p{port}");
+    let equals_port = format!("--port={port}");
+    let attached_file = format!("-f{file}");
+
+    // Attached short values, bundled flags, ACL entries before and after options
+    // (GNU getopt permutes argv).
+    assert_parses(&[
+        "serve",
+        "10.0.0.0/8",
+        "-l127.0.0.1",
+        &attached_port,
+        &attached_file,
+        "-dk",
+        "::1",
+        "-s",
+        "ctl.sock",
+    ]);
+    // --opt=value, and an address in brackets as flexnbd-c takes it.
+    assert_parses(&[
+        "serve",
+        "--addr=127.0.0.1",
+        &equals_port,
+        "--file",
+        file,
+        "--default-deny",
+    ]);
+    assert_parses(&[
+        "serve",
+        "-l",
+        "[127.0.0.1]",
+        "-p",
+        &port,
+        "-f",
+        file,
+        "-v",
+        "-v",
+    ]);
+
+    let sock = env.child("no-such.sock");
+    let sock = sock.to_str().expect("utf-8 temp path");
+    assert_parses(&["status", "-s", sock]);
+    assert_parses(&["acl", "--sock", sock, "127.0.0.1", "10.0.0.0/8"]);
+    assert_parses(&["acl", "-s", sock]);
+}

@@ -1,0 +1,215 @@
+//! Helpers shared by every integration test module.
+//!
+//! - [`flexnbd`] / [`flexnbd_std`]: the built binary, with a clean environment
+//!   and (for the `assert_cmd` form) a time limit.
+//! - [`TestEnv`]: a temporary directory with images, socket paths and free
+//!   ports ([`env`]).
+//! - [`Daemon`]: a long-running `flexnbd serve` owned by a test, killed on
+//!   drop ([`daemon`]).
+//! - [`control`]: raw requests to a control socket.
+//! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
+//!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
+//!   [`require_flexnbd_c`]: the C flexnbd from `$FLEXNBD_C`, skipped when unset.
+//! - [`assert_same_bytes`]: compares large buffers and reports the first
+//!   difference instead of dumping megabytes.
+//!
+//! Every helper is bounded in time and uses only 127.0.0.1.
+
+// Each test module uses a different subset of these helpers, so some are
+// always unused from the point of view of one module.
+#![allow(dead_code)]
+
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod env;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+// Re-exported for test modules, which may not use all of them yet.
+#[allow(unused_imports)]
+pub(crate) use control::{control, control_raw};
+#[allow(unused_imports)]
+pub(crate) use daemon::{Daemon, DaemonBuilder, Ready, Signal, StartError};
+pub(crate) use env::{TestEnv, free_port, pattern};
+
+/// The longest any single command run through [`flexnbd`] or [`tool`] may take.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of the `flexnbd` binary under test.
+pub(crate) fn flexnbd_path() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flexnbd"))
+}
+
+/// `flexnbd` as an `assert_cmd` command: clean environment, stdin closed, killed after
+/// [`COMMAND_TIMEOUT`].
+pub(crate) fn flexnbd() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::from_std(flexnbd_std());
+    cmd.timeout(COMMAND_TIMEOUT);
+    cmd
+}
+
+/// `flexnbd` as a plain `std::process::Command` (for spawning), with the same clean
+/// environment as [`flexnbd`] and stdin from `/dev/null`.
+pub(crate) fn flexnbd_std() -> Command {
+    let mut cmd = Command::new(flexnbd_path());
+    clean_env(&mut cmd);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Removes the variables that could change flexnbd's behaviour or output.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FLEXNBD_") {
+            cmd.env_remove(&key);
+        }
+    }
+    // clap wraps help to $COLUMNS and colours it when forced to.
+    for key in ["COLUMNS", "LINES", "CLICOLOR_FORCE", "CLICOLOR", "RUST_LOG"] {
+        cmd.env_remove(key);
+    }
+}
+
+/// Whether the test run must have every interop tool (`CI=true`).
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The full path of `name` if it is an executable on `PATH`.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether `name` can be run here, without the CI check of [`require_tool`].
+///
+/// `nbdsh` counts as present when `/usr/bin/python3` can import the `nbd` module
+/// (see [`nbdsh_command`]).
+pub(crate) fn have_tool(name: &str) -> bool {
+    if name == "nbdsh" {
+        return Command::new(SYSTEM_PYTHON)
+            .args(["-c", "import nbd"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+    which(name).is_some()
+}
+
+/// Whether an interop test may run: true when `name` is installed.
+///
+/// Otherwise prints `skipped: <name> not installed` and returns false, so the
+/// test can `return` early. Under `CI=true` a missing tool is a failure
+/// instead: CI installs every tool (`.ci/run`).
+///
+/// ```ignore
+/// if !require_tool("qemu-img") {
+///     return;
+/// }
+/// ```
+#[track_caller]
+pub(crate) fn require_tool(name: &str) -> bool {
+    if have_tool(name) {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{name} is not installed, but CI=true requires every interop tool (see .ci/run)"
+    );
+    eprintln!("skipped: {name} not installed");
+    false
+}
+
+/// The Python with the libnbd bindings. pyenv's `python3`, first on some
+/// `PATH`s, lacks the `nbd` module, and `nbdsh` runs whichever `python3` is first.
+pub(crate) const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// `nbdsh`, run as `/usr/bin/python3 -m nbd` (see [`SYSTEM_PYTHON`]), with a time limit.
+///
+/// Check [`require_tool`]`("nbdsh")` first.
+pub(crate) fn nbdsh_command() -> assert_cmd::Command {
+    let mut cmd = tool(SYSTEM_PYTHON);
+    cmd.args(["-m", "nbd"]);
+    cmd
+}
+
+/// An external tool (`qemu-img`, `nbdinfo`, ...) as an `assert_cmd` command with a time
+/// limit. Check [`require_tool`] first.
+pub(crate) fn tool(program: impl AsRef<OsStr>) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(program);
+    cmd.timeout(COMMAND_TIMEOUT);
+    cmd
+}
+
+/// The C flexnbd 0.5.0 binary, the reference peer for interop and differential
+/// tests: the path in `$FLEXNBD_C`, if set and executable.
+///
+/// `None` when it is not set, even under `CI=true` (CI does not build the C
+/// program); panics if it is set to something that is not an executable. Run
+/// its `serve` with [`Daemon::spawn`]; it speaks only the old-style handshake.
+pub(crate) fn flexnbd_c() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = PathBuf::from(std::env::var_os("FLEXNBD_C").filter(|p| !p.is_empty())?);
+    let executable = path
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    assert!(
+        executable,
+        "FLEXNBD_C={} is not an executable file",
+        path.display()
+    );
+    Some(path)
+}
+
+/// [`flexnbd_c`], printing `skipped: FLEXNBD_C not set` when it is not.
+pub(crate) fn require_flexnbd_c() -> Option<PathBuf> {
+    let path = flexnbd_c();
+    if path.is_none() {
+        eprintln!("skipped: FLEXNBD_C not set (path of the C flexnbd binary)");
+    }
+    path
+}
+
+/// Asserts two byte buffers are equal, reporting the length and the first
+/// differing offset with a few bytes of context instead of both buffers.
+#[track_caller]
+pub(crate) fn assert_same_bytes(what: &str, actual: &[u8], expected: &[u8]) {
+    if actual == expected {
+        return;
+    }
+    let first = actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a != e)
+        .unwrap_or(actual.len().min(expected.len()));
+    let window = |b: &[u8]| {
+        let end = b.len().min(first + 16);
+        format!("{:02x?}", &b[first.min(end)..end])
+    };
+    panic!(
+        "{what}: bytes differ\n  length:   actual {} expected {}\n  first difference at offset {first} ({first:#x})\n  actual:   {}\n  expected: {}",
+        actual.len(),
+        expected.len(),
+        window(actual),
+        window(expected),
+    );
+}
+
+/// Output as text, for assertion messages.
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests;
