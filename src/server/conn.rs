@@ -164,6 +164,7 @@ struct Job {
 
 /// State shared by the reading thread and the workers of one connection.
 struct Conn<'a> {
+    server: &'a Server,
     backing: &'a Backing,
     negotiated: Negotiated,
     oldstyle: bool,
@@ -196,6 +197,7 @@ fn transmit(
     busy_since: &AtomicU64,
 ) -> io::Result<Outcome> {
     let conn = Conn {
+        server,
         backing: &server.backing,
         negotiated,
         oldstyle: server.config.oldstyle,
@@ -444,7 +446,12 @@ impl Conn<'_> {
             }
         });
         match result {
-            Ok(()) => self.reply_simple(req.handle, Errno::OK),
+            Ok(()) => {
+                if matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES) {
+                    self.server.note_write(req.offset, u64::from(req.len));
+                }
+                self.reply_simple(req.handle, Errno::OK);
+            }
             Err(e) => {
                 let errno = errno_for(&e);
                 if errno != Errno::ENOTSUP {

@@ -26,11 +26,13 @@ use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
 
 mod conn;
+pub mod dirty;
 pub mod status;
 mod trigger;
 
 pub use trigger::Trigger;
 
+use dirty::Tracker;
 use status::Status;
 
 /// How long a request may take before the killswitch drops its client (flexnbd-c: 120 s).
@@ -88,6 +90,10 @@ pub struct Server {
     clients_allowed: AtomicBool,
     has_control: AtomicBool,
     stop: Trigger,
+    /// Set once the listener is closed: no client can be served after it.
+    closed: Trigger,
+    /// Dirty tracking of a running migration, told about every completed write.
+    tracker: RwLock<Option<Arc<Tracker>>>,
 }
 
 impl Server {
@@ -107,6 +113,8 @@ impl Server {
             next_client: AtomicU64::new(1),
             clients_allowed: AtomicBool::new(true),
             stop: Trigger::new()?,
+            closed: Trigger::new()?,
+            tracker: RwLock::new(None),
         }))
     }
 
@@ -185,6 +193,51 @@ impl Server {
         self.stop.is_triggered()
     }
 
+    /// Whether the listener has been closed (the server is stopping or stopped).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_triggered()
+    }
+
+    /// Waits up to `timeout` for the listener to be closed; returns whether it is.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        self.closed.wait_timeout(timeout)
+    }
+
+    /// Allows or refuses new connections (refused during a migration's handover).
+    pub fn set_clients_allowed(&self, allowed: bool) {
+        self.clients_allowed.store(allowed, Ordering::SeqCst);
+    }
+
+    /// Asks every connected client to stop: each finishes the requests it
+    /// has read, replies, and closes. Returns at once.
+    pub fn stop_clients(&self) {
+        for slot in self.lock_clients().values() {
+            let _ = slot.socket.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// The number of connected clients.
+    pub fn num_clients(&self) -> usize {
+        self.lock_clients().len()
+    }
+
+    /// Starts (or, with `None`, stops) telling a migration about every completed write.
+    pub fn set_tracker(&self, tracker: Option<Arc<Tracker>>) {
+        *self.tracker.write().unwrap_or_else(PoisonError::into_inner) = tracker;
+    }
+
+    /// Called after a write, trim or zero reached the file, before its reply.
+    fn note_write(&self, offset: u64, len: u64) {
+        let tracker = self
+            .tracker
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(tracker) = tracker {
+            tracker.note_write(offset, len);
+        }
+    }
+
     /// Serves clients from `listener` until [`Server::shutdown`], then stops
     /// every client, waits for them, and returns. The listener is closed on return.
     ///
@@ -199,6 +252,7 @@ impl Server {
             }
             let result = self.accept_loop(&listener);
             drop(listener);
+            self.closed.trigger();
             self.stop.trigger(); // also ends the killswitch thread
             self.stop_all_clients();
             result
@@ -329,10 +383,8 @@ impl Server {
 
     /// Asks every client to stop reading requests, then waits for all of them to finish.
     fn stop_all_clients(&self) {
+        self.stop_clients();
         let mut clients = self.lock_clients();
-        for slot in clients.values() {
-            let _ = slot.socket.shutdown(Shutdown::Read);
-        }
         while !clients.is_empty() {
             clients = self
                 .clients_changed
