@@ -25,7 +25,7 @@ function __fish_flexnbd_using_subcommand
 end
 
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_needs_command" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
@@ -45,7 +45,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitc
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
@@ -54,7 +54,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'B
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
@@ -63,33 +63,33 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -l json -d 'Print the status as one JSON object instead of the key=value line'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s q -l quiet -d 'Log only fatal errors'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'

@@ -20,7 +20,7 @@ use crate::net::{AclEntry, parse_ip};
 /// the Linux kernel's nbd-client and the libnbd tools, is controlled through
 /// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
 #[derive(Debug, Parser)]
-#[command(name = "flexnbd", version, propagate_version = true)]
+#[command(name = "flexnbd", version, propagate_version = true, infer_long_args = true)]
 #[command(after_help = "Run 'flexnbd help <command>' for the options of one command.")]
 pub struct Cli {
     /// Options accepted by every subcommand.
@@ -37,7 +37,7 @@ pub struct GlobalArgs {
     /// Log more: -v for informational messages, -vv for per-request debug.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Log only fatal errors.
+    /// Log nothing; errors that end the command are still printed.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }
