@@ -22,6 +22,9 @@
 //! |---|---|
 //! | `status` (arguments ignored) | `0: <status line>` |
 //! | `acl` and zero or more entries | `0: updated`, or `1: bad spec: <entry>` and the old list stays |
+//! | `mirror ADDR PORT [ACTION [BIND [MAX_BPS]]]` | `0: Mirror started`, or `1: <why not>` (see [`parse_mirror`]) |
+//! | `mirror_max_bps BPS` | `0: updated`, `1: Not currently mirroring`, `1: Bad format` |
+//! | `break` (arguments ignored) | `0: mirror stopped`, `1: not mirroring`, `1: mirror completed` |
 //! | no command (empty first line, or EOF before one) | `9: missing command` |
 //! | anything else (names are case-sensitive) | `10: unknown command` |
 //!
@@ -54,7 +57,9 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::net::AclEntry;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::net::{AclEntry, parse_ip};
 use crate::server::status::Status;
 
 pub mod client;
@@ -86,6 +91,109 @@ pub trait Controlled: Send + Sync + 'static {
     /// The start-up default-deny setting is kept, and connected clients
     /// should be audited against the new list.
     fn set_acl(&self, entries: Vec<AclEntry>);
+
+    /// Starts a migration; the reply tells how its first connection attempt went.
+    ///
+    /// May block until that attempt has an outcome (about 20 s at most).
+    fn start_mirror(&self, request: MirrorRequest) -> Reply {
+        let _ = request;
+        Reply::error("mirroring is not supported here")
+    }
+
+    /// Changes the bandwidth limit of the running migration (bytes per second).
+    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
+        let _ = max_bps;
+        Reply::error("Not currently mirroring")
+    }
+
+    /// Stops the running migration and waits until it has stopped.
+    fn break_mirror(&self) -> Reply {
+        Reply::error("not mirroring")
+    }
+}
+
+/// What happens to the source when a migration completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorAction {
+    /// Close the NBD listener, send DISCONNECT, exit 0 (the default).
+    Exit,
+    /// As `Exit`, and delete the served file just before the DISCONNECT.
+    Unlink,
+    /// Keep serving and send no DISCONNECT (flexnbd-c's `nothing`).
+    Nothing,
+}
+
+impl MirrorAction {
+    /// The word used on the control socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorAction::Exit => "exit",
+            MirrorAction::Unlink => "unlink",
+            MirrorAction::Nothing => "nothing",
+        }
+    }
+}
+
+/// A validated `mirror` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorRequest {
+    /// The destination's NBD address.
+    pub target: SocketAddr,
+    /// What to do on completion.
+    pub action: MirrorAction,
+    /// The local address to connect from.
+    pub bind: Option<IpAddr>,
+    /// The bandwidth limit in bytes per second, if any.
+    pub max_bps: Option<u64>,
+}
+
+/// Validates `mirror` arguments in flexnbd-c's order, with its reply texts.
+///
+/// Stricter than flexnbd-c where it silently accepted nonsense: a port or
+/// speed that is not a number is an error, not 0.
+///
+/// # Errors
+///
+/// The `1: ...` reply to send.
+pub fn parse_mirror(args: &[String]) -> Result<MirrorRequest, Reply> {
+    if args.len() < 2 {
+        return Err(Reply::error("mirror takes at least two parameters"));
+    }
+    let ip = parse_ip(&args[0]).map_err(|_| Reply::error("bad IP address"))?;
+    let port = args[1]
+        .parse::<u16>()
+        .map_err(|_| Reply::error("bad IP port number"))?;
+    let action = match args.get(2).map(String::as_str) {
+        None | Some("exit") => MirrorAction::Exit,
+        Some("unlink") => MirrorAction::Unlink,
+        Some("nothing") => MirrorAction::Nothing,
+        Some(_) => return Err(Reply::error("action must be 'exit' or 'nothing'")),
+    };
+    let bind = match args.get(3) {
+        None => None,
+        Some(b) => Some(parse_ip(b).map_err(|_| Reply::error("bad bind address"))?),
+    };
+    let max_bps = args.get(4).map(|b| parse_bps(b)).transpose()?;
+    if args.len() > 5 {
+        return Err(Reply::error("unrecognised parameters to mirror"));
+    }
+    Ok(MirrorRequest {
+        target: SocketAddr::new(ip, port),
+        action,
+        bind,
+        max_bps,
+    })
+}
+
+/// Parses a bytes-per-second figure as flexnbd-c's replies describe it.
+fn parse_bps(text: &str) -> Result<u64, Reply> {
+    match text.parse::<u64>() {
+        Ok(v) => Ok(v),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            Err(Reply::error("max_bps out of range"))
+        }
+        Err(_) => Err(Reply::error("max_bps couldn't be parsed")),
+    }
 }
 
 /// Runs one request against `target` and returns the reply to send.
@@ -111,6 +219,30 @@ pub fn dispatch(target: &dyn Controlled, request: &Request) -> Reply {
         b"acl" => {
             info!("acl command received");
             acl(target, &args)
+        }
+        b"mirror" => {
+            info!("mirror command received");
+            match parse_mirror(&args) {
+                Ok(request) => target.start_mirror(request),
+                Err(reply) => reply,
+            }
+        }
+        b"mirror_max_bps" => {
+            info!("mirror_max_bps command received");
+            if target.status().migration.is_none() {
+                Reply::error("Not currently mirroring")
+            } else if args.len() != 1 {
+                Reply::error("Bad format")
+            } else {
+                match parse_bps(&args[0]) {
+                    Ok(bps) => target.set_mirror_max_bps(bps),
+                    Err(reply) => reply,
+                }
+            }
+        }
+        b"break" => {
+            info!("break command received");
+            target.break_mirror()
         }
         _ => {
             warn!(
@@ -532,6 +664,77 @@ mod tests {
         }
     }
 
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn mirror_arguments_are_checked_in_flexnbd_c_order() {
+        let err = |a: &[&str]| parse_mirror(&args(a)).unwrap_err().to_string();
+        assert_eq!(
+            err(&["127.0.0.1"]),
+            "1: mirror takes at least two parameters"
+        );
+        assert_eq!(err(&["host", "1"]), "1: bad IP address");
+        assert_eq!(err(&["127.0.0.1", "70000"]), "1: bad IP port number");
+        assert_eq!(err(&["127.0.0.1", "x"]), "1: bad IP port number");
+        assert_eq!(
+            err(&["127.0.0.1", "1", "stay"]),
+            "1: action must be 'exit' or 'nothing'"
+        );
+        assert_eq!(
+            err(&["127.0.0.1", "1", "exit", "nowhere"]),
+            "1: bad bind address"
+        );
+        assert_eq!(
+            err(&["127.0.0.1", "1", "exit", "0", "99999999999999999999"]),
+            "1: max_bps out of range"
+        );
+        assert_eq!(
+            err(&["127.0.0.1", "1", "exit", "0", "fast"]),
+            "1: max_bps couldn't be parsed"
+        );
+        assert_eq!(
+            err(&["127.0.0.1", "1", "exit", "0", "5", "more"]),
+            "1: unrecognised parameters to mirror"
+        );
+        let ok = parse_mirror(&args(&["::1", "4777", "unlink", "127.0.0.2", "1000"])).unwrap();
+        assert_eq!(ok.target, "[::1]:4777".parse().unwrap());
+        assert_eq!(ok.action, MirrorAction::Unlink);
+        assert_eq!(ok.bind, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(ok.max_bps, Some(1000));
+        let default = parse_mirror(&args(&["0", "1"])).unwrap();
+        assert_eq!(
+            (default.action, default.bind, default.max_bps),
+            (MirrorAction::Exit, None, None)
+        );
+    }
+
+    #[test]
+    fn mirror_commands_on_a_server_without_mirroring() {
+        let fake = Fake::default();
+        let run = |lines: &[&[u8]]| {
+            dispatch(
+                &fake,
+                &Request::from_lines(lines.iter().map(|l| l.to_vec()).collect()),
+            )
+            .to_string()
+        };
+        assert_eq!(
+            run(&[b"mirror", b"127.0.0.1", b"1"]),
+            "1: mirroring is not supported here"
+        );
+        assert_eq!(
+            run(&[b"mirror", b"127.0.0.1"]),
+            "1: mirror takes at least two parameters"
+        );
+        assert_eq!(
+            run(&[b"mirror_max_bps", b"5"]),
+            "1: Not currently mirroring"
+        );
+        assert_eq!(run(&[b"break"]), "1: not mirroring");
+    }
+
     fn entries(list: &[&str]) -> Vec<AclEntry> {
         list.iter().map(|e| e.parse().unwrap()).collect()
     }
@@ -631,7 +834,7 @@ mod tests {
         let env = start();
         for request in [
             &b"STATUS\n\n"[..],
-            b"mirror\n1.2.3.4\n99\n\n",
+            b"Mirror\n1.2.3.4\n99\n\n",
             b"status \n\n",
         ] {
             assert_eq!(exchange(&env.path, request), b"10: unknown command\n");
