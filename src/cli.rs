@@ -52,6 +52,12 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Serve FILE from ADDR:PORT, with an optional control socket at SOCK.
     Serve(ServeArgs),
+    /// Listen for an incoming migration on ADDR:PORT.
+    ///
+    /// Serves FILE to one client at a time without control: when a client
+    /// (the migration's source) sends DISCONNECT, the data is ours and the
+    /// process exits 0. A signal before that exits 1.
+    Listen(ListenArgs),
     /// Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET.
     Read(ReadArgs),
     /// Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET.
@@ -60,6 +66,20 @@ pub enum Command {
     Acl(AclArgs),
     /// Get the status for a server with control socket SOCK.
     Status(StatusArgs),
+    /// Start mirroring from the server with control socket SOCK to one at ADDR:PORT.
+    ///
+    /// The server copies its file to the destination while its clients keep
+    /// writing, then hands over: it stops serving, sends DISCONNECT (the
+    /// destination takes control) and exits 0. A destination that fails
+    /// after it was accepted is retried every second until the migration
+    /// completes or `flexnbd break` stops it.
+    Mirror(MirrorArgs),
+    /// Set the maximum speed of a migration from a mirroring server listening on SOCK.
+    MirrorSpeed(MirrorSpeedArgs),
+    /// Stop mirroring from the server with control socket SOCK.
+    ///
+    /// The server keeps serving, with control; a new mirror can be started.
+    Break(BreakArgs),
     /// Generate man pages or shell completions (for packagers).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -115,6 +135,87 @@ pub struct ServeArgs {
     /// non-empty list denies everyone not listed.
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,
+}
+
+/// Options of `listen`.
+#[derive(Debug, Args, Clone)]
+pub struct ListenArgs {
+    /// Where to listen.
+    #[command(flatten)]
+    pub listen: ListenAddrArgs,
+    /// The file to receive into; it must exist with the source's size.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Path to the control socket.
+    #[arg(short, long, value_name = "SOCK")]
+    pub sock: Option<PathBuf>,
+    /// Deny connections by default unless in ACL.
+    #[arg(short, long)]
+    pub default_deny: bool,
+    /// Speak the old-style handshake of the C flexnbd instead of fixed newstyle.
+    ///
+    /// Use this when the source is a C flexnbd, whose mirror only speaks old-style.
+    #[arg(long)]
+    pub oldstyle: bool,
+    /// Addresses allowed to connect, as ADDRESS[/MASK].
+    #[arg(value_name = "ACL_ADDRESS")]
+    pub acl: Vec<AclEntry>,
+}
+
+/// Options of `mirror`.
+#[derive(Debug, Args, Clone)]
+pub struct MirrorArgs {
+    /// The address to mirror to.
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
+    pub addr: IpAddr,
+    /// The port to mirror to.
+    #[arg(short, long, value_name = "PORT")]
+    pub port: u16,
+    /// Path to the control socket of the server to migrate.
+    #[arg(short, long, value_name = "SOCK")]
+    pub sock: PathBuf,
+    /// Unlink the local file when done.
+    ///
+    /// The file is removed after the destination acknowledged every byte
+    /// and before the DISCONNECT that hands control over, so exactly one
+    /// copy is canonical whatever happens after.
+    #[arg(short, long)]
+    pub unlink: bool,
+    /// Bind the local socket to a particular IP address.
+    #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
+    pub bind: Option<IpAddr>,
+    /// Maximum speed of the migration, in bytes/sec (changeable with mirror-speed).
+    #[arg(short, long, value_name = "BPS")]
+    pub max_speed: Option<u64>,
+    /// Follow the migration until it ends and exit with its outcome.
+    ///
+    /// Exits 0 once the destination has control, non-zero if the migration
+    /// is stopped or the source dies. Draws a progress bar on stderr when it
+    /// is a terminal, and prints a progress line every few seconds otherwise.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// With --wait, print no progress, only the outcome.
+    #[arg(long, requires = "wait")]
+    pub no_progress: bool,
+}
+
+/// Options of `mirror-speed`.
+#[derive(Debug, Args, Clone)]
+pub struct MirrorSpeedArgs {
+    /// The mirroring server.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Maximum speed of the migration, in bytes/sec.
+    #[arg(short, long, value_name = "BPS")]
+    pub max_speed: u64,
+}
+
+/// Options of `break`.
+#[derive(Debug, Args, Clone)]
+pub struct BreakArgs {
+    /// The mirroring server.
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// The server a client subcommand talks to.

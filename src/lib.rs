@@ -12,6 +12,8 @@
 //!   `read`, `write` and, later, `mirror` and `proxy`.
 //! - [`server`]: the NBD server: accept loop, ACL, per-connection
 //!   transmission with several requests in flight, shutdown.
+//! - [`mirror`]: live migration to another server: the copy engine, its
+//!   supervisor with retries, and the control commands that drive it.
 //! - [`control`]: the UNIX control socket: its line protocol, the listener
 //!   thread, and the client used by `status` and `acl`.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand; only
@@ -27,6 +29,7 @@ pub mod cmd;
 pub mod control;
 pub mod exit;
 pub mod logging;
+pub mod mirror;
 pub mod net;
 pub mod proto;
 pub mod server;

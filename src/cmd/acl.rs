@@ -26,5 +26,5 @@ pub fn run(args: AclArgs, global: GlobalArgs) -> Result<ExitCode> {
         &args.acl,
         Some(client::DEFAULT_TIMEOUT),
     )?;
-    super::status::report(&reply)
+    super::report(&reply)
 }

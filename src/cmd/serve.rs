@@ -1,6 +1,11 @@
-//! `flexnbd serve`: export a file over NBD until told to stop.
+//! `flexnbd serve`: export a file over NBD until told to stop (or migrated away).
+//!
+//! Also the runner shared with `listen`, which is the same server started
+//! without control.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
@@ -10,29 +15,21 @@ use crate::backing::Backing;
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::control::ControlServer;
 use crate::exit::ExitCode;
+use crate::mirror::Controller;
 use crate::net::Acl;
 use crate::server::{KILLSWITCH_TIMEOUT, Server, ServerConfig, bind_listener};
 
-/// Serves the file until SIGINT, SIGTERM or SIGQUIT.
-///
-/// Start-up order follows flexnbd-c where it matters to scripts: the NBD
-/// listener is accepting before the control socket appears. Unlike
-/// flexnbd-c the file is opened first, so a missing file fails at once.
+/// How long a source keeps its control socket after handing a migration
+/// over, until a `status` has reported the outcome (for `mirror --wait`).
+const LINGER_AFTER_MIGRATION: Duration = Duration::from_millis(500);
+
+/// Serves the file until SIGINT, SIGTERM or SIGQUIT, or a completed migration.
 ///
 /// # Errors
 ///
 /// The file cannot be opened, the address cannot be bound, or the control
 /// socket cannot be created.
 pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
-    let file_name = args.file.display().to_string();
-    crate::logging::init(
-        crate::logging::level_for(global.verbose, global.quiet),
-        &file_name,
-    );
-    let backing = Backing::open(&args.file, args.read_only)
-        .with_context(|| format!("cannot open {file_name}"))?;
-    let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    let listener = bind_listener(addr).with_context(|| format!("cannot bind {addr}"))?;
     let config = ServerConfig {
         oldstyle: args.oldstyle,
         read_only: args.read_only,
@@ -41,40 +38,75 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         listen_mode: false,
         acl: Acl::new(args.acl, args.default_deny),
     };
+    let addr = SocketAddr::new(args.listen.addr, args.listen.port);
+    run_server(&args.file, addr, args.sock, config, global)
+}
+
+/// Runs a server (`serve` or `listen`) to the end and returns its exit status.
+///
+/// Start-up order follows flexnbd-c where it matters to scripts: the NBD
+/// listener is bound before the control socket appears. Unlike flexnbd-c
+/// the file is opened first, so a missing file fails at once.
+///
+/// # Errors
+///
+/// As [`run`].
+pub(crate) fn run_server(
+    file: &Path,
+    addr: SocketAddr,
+    sock: Option<PathBuf>,
+    config: ServerConfig,
+    global: GlobalArgs,
+) -> Result<ExitCode> {
+    let file_name = file.display().to_string();
+    crate::logging::init(
+        crate::logging::level_for(global.verbose, global.quiet),
+        &file_name,
+    );
+    let listen_mode = config.listen_mode;
+    let backing = Backing::open(file, config.read_only)
+        .with_context(|| format!("cannot open {file_name}"))?;
+    let listener = bind_listener(addr).with_context(|| format!("cannot bind {addr}"))?;
     let server = Server::new(backing, config).context("cannot start the server")?;
-    log::info!("Serving file {file_name}");
+    let controller = Controller::new(server.clone());
+    if !listen_mode {
+        log::info!("Serving file {file_name}");
+    }
 
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
-    let signal_server = server.clone();
+    let signal_controller = controller.clone();
     let signal_thread = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 log::info!("signal {sig} received, shutting down");
-                signal_server.shutdown();
+                signal_controller.signal();
             }
         })
         .context("cannot start the signal thread")?;
 
     // The control socket appears only once the NBD listener is bound, as in flexnbd-c.
-    let control = match &args.sock {
+    let control = match &sock {
         Some(path) => Some(
-            ControlServer::start(path, server.clone())
+            ControlServer::start(path, controller.clone())
                 .with_context(|| format!("cannot create control socket {}", path.display()))?,
         ),
         None => None,
     };
 
     let result = server.run(listener).context("the NBD listener failed");
+    // A migration that closed the listener finishes its handover before we go.
+    controller.wait();
+    controller.linger_after_migration(LINGER_AFTER_MIGRATION);
     if let Some(control) = control {
         control.stop();
     }
     signal_handle.close();
     let _ = signal_thread.join();
     result?;
-    Ok(if server.has_control() {
+    Ok(if controller.success() {
         ExitCode::Success
     } else {
         ExitCode::Failure

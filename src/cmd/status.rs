@@ -11,7 +11,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, StatusArgs};
-use crate::control::{Reply, client};
+use crate::control::client;
 use crate::exit::ExitCode;
 use crate::server::status::Status;
 
@@ -34,24 +34,5 @@ pub fn run(args: StatusArgs, global: GlobalArgs) -> Result<ExitCode> {
         writeln!(std::io::stdout().lock(), "{}", status.to_json())?;
         return Ok(ExitCode::Success);
     }
-    report(&reply)
-}
-
-/// Prints a control reply's text as flexnbd-c's clients do and returns its exit code.
-///
-/// The text goes to stdout for code 0 and to stderr otherwise; the exit
-/// code is the reply's code. Shared by the control-socket subcommands.
-///
-/// # Errors
-///
-/// Writing to stdout fails (a closed pipe included).
-pub(crate) fn report(reply: &Reply) -> Result<ExitCode> {
-    if reply.code == 0 {
-        writeln!(std::io::stdout().lock(), "{}", reply.text)?;
-        Ok(ExitCode::Success)
-    } else {
-        // As with log lines, a failure to write to stderr has nowhere to be reported.
-        let _ = writeln!(std::io::stderr().lock(), "{}", reply.text);
-        Ok(ExitCode::Code(reply.code))
-    }
+    super::report(&reply)
 }

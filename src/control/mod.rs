@@ -655,6 +655,7 @@ mod tests {
                 num_clients: 3,
                 has_control: true,
                 migration: None,
+                last_migration: None,
             }
         }
 

@@ -159,6 +159,7 @@ impl Server {
             num_clients: self.lock_clients().len() as u64,
             has_control: self.has_control(),
             migration: None,
+            last_migration: None,
         }
     }
 

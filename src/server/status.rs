@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Progress of a running migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MigrationStatus {
     /// Bytes per second since the current attempt started.
     pub speed: u64,
@@ -22,10 +22,16 @@ pub struct MigrationStatus {
     pub bytes_left: u64,
     /// The bandwidth limit in bytes per second, if one is set.
     pub speed_limit: Option<u64>,
+    /// Bytes sent to the destination, headers included, over all attempts (appended key).
+    pub bytes_sent: Option<u64>,
+    /// Attempts that failed and were retried (appended key).
+    pub retries: Option<u64>,
+    /// `connecting`, `copying`, `converging`, `handover` or `retrying` (appended key).
+    pub phase: Option<String>,
 }
 
 /// A server's state as `status` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// The server's process id.
     pub pid: u32,
@@ -39,6 +45,8 @@ pub struct Status {
     pub has_control: bool,
     /// The migration in progress, if any (`is_mirroring=true`).
     pub migration: Option<MigrationStatus>,
+    /// How the last migration ended, once one has: `done`, `stopped` or `failed` (appended key).
+    pub last_migration: Option<String>,
 }
 
 impl fmt::Display for Status {
@@ -62,6 +70,18 @@ impl fmt::Display for Status {
             if let Some(limit) = m.speed_limit {
                 write!(f, "migration_speed_limit={limit} ")?;
             }
+            if let Some(sent) = m.bytes_sent {
+                write!(f, "migration_bytes_sent={sent} ")?;
+            }
+            if let Some(retries) = m.retries {
+                write!(f, "migration_retries={retries} ")?;
+            }
+            if let Some(phase) = &m.phase {
+                write!(f, "migration_phase={phase} ")?;
+            }
+        }
+        if let Some(last) = &self.last_migration {
+            write!(f, "last_migration={last} ")?;
         }
         Ok(())
     }
@@ -87,6 +107,19 @@ impl Status {
             if let Some(limit) = m.speed_limit {
                 s.push_str(&format!(",\"migration_speed_limit\":{limit}"));
             }
+            if let Some(sent) = m.bytes_sent {
+                s.push_str(&format!(",\"migration_bytes_sent\":{sent}"));
+            }
+            if let Some(retries) = m.retries {
+                s.push_str(&format!(",\"migration_retries\":{retries}"));
+            }
+            if let Some(phase) = &m.phase {
+                // Phases are fixed lower-case words: nothing to escape.
+                s.push_str(&format!(",\"migration_phase\":\"{phase}\""));
+            }
+        }
+        if let Some(last) = &self.last_migration {
+            s.push_str(&format!(",\"last_migration\":\"{last}\""));
         }
         s.push('}');
         s
@@ -124,6 +157,10 @@ impl FromStr for Status {
                 "migration_seconds_left" => m.seconds_left = num()?,
                 "migration_bytes_left" => m.bytes_left = num()?,
                 "migration_speed_limit" => m.speed_limit = Some(num()?),
+                "migration_bytes_sent" => m.bytes_sent = Some(num()?),
+                "migration_retries" => m.retries = Some(num()?),
+                "migration_phase" => m.phase = Some(value.to_owned()),
+                "last_migration" => st.last_migration = Some(value.to_owned()),
                 _ => {} // keys appended by newer versions
             }
         }
@@ -150,13 +187,43 @@ mod tests {
                 seconds_left: 17,
                 bytes_left: 50331648,
                 speed_limit: Some(1000000),
+                ..Default::default()
             }),
+            last_migration: None,
         };
         assert_eq!(
             st.to_string(),
             "pid=29537 size=67108864 is_mirroring=true clients_allowed=true num_clients=0 has_control=true migration_speed=2796202 migration_duration=2 migration_seconds_left=17 migration_bytes_left=50331648 migration_speed_limit=1000000 "
         );
         assert_eq!(st.to_string().parse::<Status>().unwrap(), st);
+    }
+
+    #[test]
+    fn appended_keys_follow_flexnbd_c_keys() {
+        let st = Status {
+            pid: 1,
+            size: 4096,
+            clients_allowed: false,
+            num_clients: 0,
+            has_control: true,
+            migration: Some(MigrationStatus {
+                bytes_left: 5,
+                bytes_sent: Some(4124),
+                retries: Some(2),
+                phase: Some("handover".into()),
+                ..Default::default()
+            }),
+            last_migration: None,
+        };
+        let line = st.to_string();
+        assert!(line.ends_with(
+            "migration_bytes_left=5 migration_bytes_sent=4124 migration_retries=2 migration_phase=handover last_migration=stopped "
+        ));
+        assert_eq!(line.parse::<Status>().unwrap(), st);
+        assert!(
+            st.to_json()
+                .ends_with(r#""migration_retries":2,"migration_phase":"handover"}"#)
+        );
     }
 
     #[test]

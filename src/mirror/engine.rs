@@ -1,0 +1,489 @@
+//! One migration attempt: connect, copy, converge, hand over.
+//!
+//! The attempt's thread sends; a second thread reads the destination's
+//! replies. Up to [`WINDOW`] transfers are in flight at once. Every failure
+//! (a reply error, a bad reply, EOF, no progress within the request limit)
+//! ends the attempt; the supervisor in `mod.rs` decides about retrying.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::backing::is_zero;
+use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader};
+use crate::control::MirrorAction;
+use crate::proto::consts::MIRROR_HANDLE;
+use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
+use crate::proto::wire::Request;
+use crate::server::Server;
+use crate::server::dirty::Tracker;
+
+use super::{AttemptEnd, Commit, MAX_TRANSFER, Mirror, Phase, lock, request_limit};
+
+/// Most transfers in flight at once.
+const WINDOW: usize = 16;
+/// Converge once what is dirty could be sent in this long at the measured rate...
+const CONVERGE_TIME: Duration = Duration::from_millis(50);
+/// ...or is at most this much.
+const CONVERGE_BYTES: u64 = 4 << 20;
+/// How often the handover checks whether the clients have gone.
+const HANDOVER_POLL: Duration = Duration::from_millis(2);
+
+/// Replies outstanding, and the first failure seen by the reply thread.
+#[derive(Debug, Default)]
+struct Window {
+    /// Lengths of the transfers awaiting a reply, oldest first.
+    lens: VecDeque<u64>,
+    failed: Option<String>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Replies {
+    window: Mutex<Window>,
+    cv: Condvar,
+}
+
+impl Replies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail(&self, why: String) {
+        let mut w = self.lock();
+        if w.failed.is_none() {
+            w.failed = Some(why);
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Runs one attempt. `commit` is told the outcome of connecting.
+pub(super) fn attempt(
+    server: &Arc<Server>,
+    mirror: &Mirror,
+    commit: &mut dyn FnMut(Commit),
+) -> AttemptEnd {
+    let limit = request_limit();
+    let opts = ConnectOptions {
+        bind: mirror.request.bind,
+        reply_timeout: limit.unwrap_or(Duration::ZERO),
+        ..ConnectOptions::default()
+    };
+    log::info!("Connecting to mirror {}", mirror.request.target);
+    let client = match NbdClient::connect(mirror.request.target, &opts) {
+        Ok(client) => client,
+        Err(e) => {
+            let outcome = match e.kind() {
+                ErrorKind::Connect => Commit::FailConnect,
+                ErrorKind::NoHello => Commit::FailNoHello,
+                _ => Commit::FailRejected,
+            };
+            match outcome {
+                Commit::FailConnect => log::warn!("Mirror failed to connect: {e}"),
+                Commit::FailNoHello => log::warn!("No NBD Hello received: {e}"),
+                _ => log::warn!("Mirror attempt rejected: {e}"),
+            }
+            commit(outcome);
+            return AttemptEnd::Failed(e.to_string());
+        }
+    };
+    if mirror.abandon.is_triggered() {
+        commit(Commit::Abandoned);
+        return AttemptEnd::Abandoned;
+    }
+    let local = server.backing().size();
+    if client.size() != local {
+        log::warn!(
+            "Remote size ({}) doesn't match local ({local})",
+            client.size()
+        );
+        let _ = client.shutdown();
+        commit(Commit::FailSizeMismatch);
+        return AttemptEnd::Failed(format!(
+            "remote size {} is not local size {local}",
+            client.size()
+        ));
+    }
+    commit(Commit::Go);
+    log::info!(
+        "Starting mirror: {} bytes to {}",
+        local,
+        mirror.request.target
+    );
+
+    let tracker = Arc::new(Tracker::new(local));
+    server.set_tracker(Some(tracker.clone()));
+    // Everything written before this point is in the file: send all of it.
+    tracker.map.mark_all();
+    *lock(&mirror.tracker) = Some(tracker.clone());
+    mirror.set_phase(Phase::Copying);
+
+    let replies = Arc::new(Replies::default());
+    let end = match client.reply_reader() {
+        Err(e) => AttemptEnd::Failed(e.to_string()),
+        Ok(reader) => std::thread::scope(|scope| {
+            let reader_replies = replies.clone();
+            scope.spawn(move || read_replies(reader, &reader_replies, mirror));
+            let mut transfer = Transfer {
+                server,
+                mirror,
+                tracker: &tracker,
+                replies: &replies,
+                client,
+                buf: Vec::new(),
+                next_send: Instant::now(),
+            };
+            let end = transfer.run();
+            if end != AttemptEnd::Done {
+                // Wake the reply thread: the connection is finished.
+                lock_closed(&replies);
+                let _ = transfer.client.shutdown();
+            }
+            end
+        }),
+    };
+    if end != AttemptEnd::Done {
+        tracker.abort();
+        server.set_tracker(None);
+        server.set_clients_allowed(true);
+        if let AttemptEnd::Failed(why) = &end {
+            log::error!("Event loop exited, but mirroring is not complete: {why}");
+        }
+    }
+    end
+}
+
+fn lock_closed(replies: &Replies) {
+    replies.lock().closed = true;
+    replies.cv.notify_all();
+}
+
+/// Reads replies until the connection ends; every reply must be a success for `.MIRROR.`.
+fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
+    loop {
+        match reader.read_reply() {
+            Ok(reply) => {
+                if reply.error != Errno::OK {
+                    replies.fail(format!("Error returned from listener: {}", reply.error));
+                    return;
+                }
+                if reply.handle != MIRROR_HANDLE {
+                    replies.fail("Bad handle returned from listener".to_owned());
+                    return;
+                }
+                let mut w = replies.lock();
+                let Some(len) = w.lens.pop_front() else {
+                    drop(w);
+                    replies.fail("reply from listener without a request".to_owned());
+                    return;
+                };
+                mirror.acked.fetch_add(len, Ordering::SeqCst);
+                mirror.in_flight.fetch_sub(len, Ordering::SeqCst);
+                replies.cv.notify_all();
+            }
+            Err(e) if e.kind() == ErrorKind::Timeout => {
+                let w = replies.lock();
+                if w.closed {
+                    return;
+                }
+                if !w.lens.is_empty() {
+                    drop(w);
+                    log::warn!("Mirror timeout signalled");
+                    replies.fail(format!(
+                        "no reply from listener within the request limit: {e}"
+                    ));
+                    return;
+                }
+                // Idle: nothing was outstanding, keep waiting.
+            }
+            Err(e) => {
+                if !replies.lock().closed {
+                    replies.fail(format!("EOF or error reading response from listener: {e}"));
+                }
+                return;
+            }
+        }
+    }
+}
+
+struct Transfer<'a> {
+    server: &'a Arc<Server>,
+    mirror: &'a Mirror,
+    tracker: &'a Arc<Tracker>,
+    replies: &'a Replies,
+    client: NbdClient,
+    buf: Vec<u8>,
+    next_send: Instant,
+}
+
+/// Why the sender must stop.
+enum Stop {
+    Abandoned,
+    Failed(String),
+}
+
+impl From<Stop> for AttemptEnd {
+    fn from(stop: Stop) -> AttemptEnd {
+        match stop {
+            Stop::Abandoned => AttemptEnd::Abandoned,
+            Stop::Failed(why) => AttemptEnd::Failed(why),
+        }
+    }
+}
+
+impl Transfer<'_> {
+    fn run(&mut self) -> AttemptEnd {
+        match self.copy_and_hand_over() {
+            Ok(end) => end,
+            Err(stop) => stop.into(),
+        }
+    }
+
+    fn copy_and_hand_over(&mut self) -> Result<AttemptEnd, Stop> {
+        // Copying: send dirty runs in file order until little is left.
+        let mut cursor = 0u64;
+        while !self.converged() {
+            self.check()?;
+            match self.tracker.map.take_run(cursor, self.max_transfer()) {
+                Some((offset, len)) => {
+                    self.send_range(offset, len)?;
+                    cursor = offset + len;
+                }
+                None => break,
+            }
+        }
+        // Converging: client writes now wait for the cycle that sends them.
+        self.mirror.set_phase(Phase::Converging);
+        self.tracker.set_write_through(true);
+        log::info!(
+            "Closing clients to allow mirroring to converge ({} bytes dirty)",
+            self.tracker.map.dirty_bytes()
+        );
+        self.cycle()?;
+        if self.mirror.request.action == MirrorAction::Nothing {
+            // flexnbd-c's `nothing`: everything is on the destination; keep serving, no handover.
+            self.tracker.abort();
+            self.server.set_tracker(None);
+            log::info!("Mirror complete; action 'nothing' keeps serving");
+            return Ok(AttemptEnd::Done);
+        }
+
+        // Handover: refuse new clients and stop the connected ones; their
+        // last writes are mirrored by the cycles below before they are answered.
+        self.mirror.set_phase(Phase::Handover);
+        let refused_at = Instant::now();
+        self.server.set_clients_allowed(false);
+        self.server.stop_clients();
+        while self.server.num_clients() > 0 {
+            if let Err(stop) = self.check() {
+                self.server.set_clients_allowed(true);
+                return Err(stop);
+            }
+            self.tracker.wait_for_writes(HANDOVER_POLL);
+            self.cycle()?;
+        }
+        // No client is left to write: one last cycle leaves nothing dirty.
+        self.cycle()?;
+        if !self.tracker.map.is_clean() {
+            return Err(Stop::Failed(
+                "data left dirty after the last cycle".to_owned(),
+            ));
+        }
+        if let Err(stop) = self.check() {
+            self.server.set_clients_allowed(true);
+            return Err(stop);
+        }
+        // Point of no return: close the NBD listener; no source client is served after this.
+        self.mirror.committed.store(true, Ordering::SeqCst);
+        self.tracker.abort();
+        self.server.set_tracker(None);
+        self.server.shutdown();
+        while !self.server.wait_closed(Duration::from_secs(1)) {
+            log::info!("waiting for the NBD listener to close");
+        }
+        log::info!(
+            "handover: new clients refused for {} ms before the listener closed",
+            refused_at.elapsed().as_millis()
+        );
+        let mut result = AttemptEnd::Done;
+        if self.mirror.request.action == MirrorAction::Unlink {
+            let path = self.server.backing().path().to_owned();
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!("unlinked {}", path.display()),
+                Err(e) => {
+                    log::error!("cannot unlink {} after migrating it: {e}", path.display());
+                    result = AttemptEnd::Failed(format!("cannot unlink {}: {e}", path.display()));
+                }
+            }
+        }
+        // Every byte is acknowledged: hand control over.
+        lock_closed(self.replies);
+        let handle = self.client.next_handle();
+        let disc = Request {
+            flags: CmdFlags(0),
+            cmd: Cmd::DISC,
+            handle,
+            offset: 0,
+            len: 0,
+        };
+        match self.client.send_request(&disc, &[]) {
+            Ok(()) => log::info!("Mirror sent."),
+            Err(e) => log::error!("cannot send DISCONNECT to the destination: {e}"),
+        }
+        // Queued bytes still go out before the FIN; this also wakes the reply thread.
+        let _ = self.client.shutdown();
+        log::info!("Server closed, quitting after successful migration");
+        Ok(match result {
+            // The data is on the destination even if the unlink failed: report it, but done.
+            AttemptEnd::Failed(why) => {
+                log::error!("migration completed, but {why}");
+                AttemptEnd::Done
+            }
+            other => other,
+        })
+    }
+
+    /// Whether the dirty data is small enough to start write-through.
+    fn converged(&self) -> bool {
+        let dirty = self.tracker.map.dirty_bytes();
+        if dirty <= CONVERGE_BYTES {
+            return true;
+        }
+        let elapsed = lock(&self.mirror.started).elapsed().as_secs_f64();
+        let rate = self.mirror.acked.load(Ordering::SeqCst) as f64 / elapsed.max(0.001);
+        (dirty as f64) <= rate * CONVERGE_TIME.as_secs_f64()
+    }
+
+    fn max_transfer(&self) -> u64 {
+        MAX_TRANSFER.min(u64::from(self.client.max_request()))
+    }
+
+    /// Fails if the attempt was abandoned or the reply thread saw an error.
+    fn check(&self) -> Result<(), Stop> {
+        if self.mirror.abandon.is_triggered() {
+            return Err(Stop::Abandoned);
+        }
+        if let Some(why) = self.replies.lock().failed.clone() {
+            return Err(Stop::Failed(why));
+        }
+        Ok(())
+    }
+
+    /// One write-through cycle: send everything dirty, wait for every reply.
+    fn cycle(&mut self) -> Result<(), Stop> {
+        let n = self.tracker.begin_cycle();
+        let mut cursor = 0;
+        while let Some((offset, len)) = self.tracker.map.take_run(cursor, self.max_transfer()) {
+            self.check()?;
+            self.send_range(offset, len)?;
+            cursor = offset + len;
+        }
+        self.wait_window(0)?;
+        self.tracker.end_cycle(n);
+        Ok(())
+    }
+
+    /// Waits until at most `most` transfers are in flight.
+    fn wait_window(&self, most: usize) -> Result<(), Stop> {
+        let mut w = self.replies.lock();
+        loop {
+            if let Some(why) = w.failed.clone() {
+                return Err(Stop::Failed(why));
+            }
+            if w.lens.len() <= most {
+                return Ok(());
+            }
+            if self.mirror.abandon.is_triggered() {
+                return Err(Stop::Abandoned);
+            }
+            let (guard, _) = self
+                .replies
+                .cv
+                .wait_timeout(w, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner);
+            w = guard;
+        }
+    }
+
+    /// Waits as the speed limit requires before sending `len` bytes.
+    fn pace(&mut self, len: u64) -> Result<(), Stop> {
+        loop {
+            let bps = self.mirror.max_bps.load(Ordering::SeqCst);
+            if bps == u64::MAX {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if bps > 0 && now >= self.next_send {
+                let start = self.next_send.max(now - Duration::from_millis(100));
+                self.next_send = start + Duration::from_secs_f64(len as f64 / bps as f64);
+                return Ok(());
+            }
+            // A limit of 0 pauses the migration until the limit is raised.
+            let wait = if bps == 0 {
+                Duration::from_millis(200)
+            } else {
+                self.next_send - now
+            };
+            if self
+                .mirror
+                .abandon
+                .wait_timeout(wait.min(Duration::from_millis(200)))
+            {
+                return Err(Stop::Abandoned);
+            }
+            self.check()?;
+        }
+    }
+
+    /// Reads `[offset, offset + len)` from the file now and sends it.
+    fn send_range(&mut self, offset: u64, len: u64) -> Result<(), Stop> {
+        self.pace(len)?;
+        self.wait_window(WINDOW - 1)?;
+        let zeroes_ok = self
+            .client
+            .flags()
+            .contains(TransmissionFlags::SEND_WRITE_ZEROES);
+        let len32 = u32::try_from(len).map_err(|_| Stop::Failed("transfer too long".into()))?;
+        let backing = self.server.backing();
+        let hole = zeroes_ok
+            && backing
+                .extents(offset, len)
+                .is_ok_and(|e| e.len() == 1 && e[0].hole);
+        let (cmd, payload_len) = if hole {
+            (Cmd::WRITE_ZEROES, 0)
+        } else {
+            let n = len32 as usize;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            backing.read_at(&mut self.buf[..n], offset).map_err(|e| {
+                Stop::Failed(format!("cannot read {}: {e}", backing.path().display()))
+            })?;
+            if zeroes_ok && is_zero(&self.buf[..n]) {
+                (Cmd::WRITE_ZEROES, 0)
+            } else {
+                (Cmd::WRITE, n)
+            }
+        };
+        let req = Request {
+            flags: CmdFlags(0),
+            cmd,
+            handle: MIRROR_HANDLE,
+            offset,
+            len: len32,
+        };
+        self.mirror.in_flight.fetch_add(len, Ordering::SeqCst);
+        self.replies.lock().lens.push_back(len);
+        let sent = self.client.send_request(&req, &self.buf[..payload_len]);
+        if let Err(e) = sent {
+            log::warn!("Couldn't write to listener: {e}");
+            return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
+        }
+        self.mirror
+            .wire_bytes
+            .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,0 +1,537 @@
+//! Live migration: copy the served file to another server while clients
+//! keep writing, then hand the data over.
+//!
+//! The source is a running `serve`; the destination is usually a `listen`
+//! (ours or the C flexnbd's). The source connects to the destination as an
+//! ordinary NBD client and the destination sees only what flexnbd-c sends:
+//! WRITEs of at most 8 MiB carrying the handle `.MIRROR.`, then one
+//! DISCONNECT, which tells a `listen` that it now has control. To a newstyle
+//! destination that offers it, ranges that read as zero go as WRITE_ZEROES
+//! instead, so holes are not sent and the destination stays sparse.
+//!
+//! ```text
+//! operator        source (serve + mirror)                  destination (listen)
+//!    | mirror ---->  | connect, check hello and size ---------> |
+//!    | <- 0: Mirror started                                     |
+//!    |               | [copying] mark every block dirty;        |
+//!    |               |   send dirty runs, several in flight --> | WRITE ...
+//!    |               |   <------------------------------------- | replies
+//!    |               |   client writes re-mark their blocks     |
+//!    |               | [converging] dirty set small: client     |
+//!    |               |   writes wait until mirrored (write-through)
+//!    |               | [handover] refuse new clients, stop the  |
+//!    |               |   connected ones (they finish in flight),|
+//!    |               |   send what is left, all acknowledged,   |
+//!    |               |   close the NBD listener, unlink (--unlink)
+//!    |               |   DISCONNECT --------------------------> | has control, exits 0
+//!    |               | exit 0                                   |
+//! ```
+//!
+//! States of a migration (shown as `migration_phase` in `status`):
+//! `connecting` → `copying` → `converging` → `handover` → done; any failure
+//! after the first successful connection goes to `retrying`, which starts a
+//! fresh attempt from the beginning a second later, for ever, until it
+//! completes or `break` (or a signal) abandons it. A failure of the first
+//! attempt before the destination was accepted is reported to the `mirror`
+//! command and not retried.
+//!
+//! Every byte is sent at least once after its last write: a writer marks
+//! its blocks dirty after its data reached the file, and the mirror clears
+//! a block's bit before reading it (see [`crate::server::dirty`]). The
+//! handover starts only once no client is connected, so the last cycle
+//! leaves nothing dirty, and the DISCONNECT goes out only after every
+//! transfer was acknowledged and the listener closed.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::control::{Controlled, MirrorAction, MirrorRequest, Reply};
+use crate::net::AclEntry;
+use crate::server::dirty::Tracker;
+use crate::server::status::{MigrationStatus, Status};
+use crate::server::{Server, Trigger};
+
+mod engine;
+
+/// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
+pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest transfer (flexnbd-c's mirror_longest_write).
+pub const MAX_TRANSFER: u64 = 8 << 20;
+/// The default for `FLEXNBD_MS_REQUEST_LIMIT_SECS`: how long a transfer may make no progress.
+pub const DEFAULT_REQUEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// The request limit from `FLEXNBD_MS_REQUEST_LIMIT_SECS` (seconds, may be
+/// fractional; 0 disables it), or the default.
+pub fn request_limit() -> Option<Duration> {
+    match std::env::var("FLEXNBD_MS_REQUEST_LIMIT_SECS") {
+        Err(_) => Some(DEFAULT_REQUEST_LIMIT),
+        Ok(text) => match text.trim().parse::<f64>() {
+            Ok(0.0) => None,
+            Ok(secs) if secs > 0.0 && secs.is_finite() => {
+                log::info!("mirror request limit is {secs} s from FLEXNBD_MS_REQUEST_LIMIT_SECS");
+                Some(Duration::from_secs_f64(secs))
+            }
+            _ => {
+                log::warn!(
+                    "ignoring FLEXNBD_MS_REQUEST_LIMIT_SECS='{text}': not a number of seconds"
+                );
+                Some(DEFAULT_REQUEST_LIMIT)
+            }
+        },
+    }
+}
+
+/// Where a migration is, as `migration_phase` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting to the destination.
+    Connecting = 0,
+    /// Sending the file and what clients write meanwhile.
+    Copying = 1,
+    /// Little is left; client writes are mirrored before they are acknowledged.
+    Converging = 2,
+    /// Clients are stopped and the last data is sent.
+    Handover = 3,
+    /// Waiting before another attempt.
+    Retrying = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Copying,
+            2 => Phase::Converging,
+            3 => Phase::Handover,
+            4 => Phase::Retrying,
+            _ => Phase::Connecting,
+        }
+    }
+
+    /// The word shown in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Copying => "copying",
+            Phase::Converging => "converging",
+            Phase::Handover => "handover",
+            Phase::Retrying => "retrying",
+        }
+    }
+}
+
+/// How the first connection attempt went: decides the `mirror` command's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Go,
+    FailConnect,
+    FailRejected,
+    FailNoHello,
+    FailSizeMismatch,
+    Abandoned,
+}
+
+impl Commit {
+    fn reply(self) -> Reply {
+        match self {
+            Commit::Go => Reply::ok("Mirror started"),
+            Commit::FailConnect => Reply::error("Mirror failed to connect"),
+            Commit::FailRejected => Reply::error("Mirror was rejected"),
+            Commit::FailNoHello => Reply::error("Remote server failed to respond"),
+            Commit::FailSizeMismatch => Reply::error("Remote size does not match local size"),
+            Commit::Abandoned => Reply::error("Mirroring abandoned"),
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AttemptEnd {
+    /// Handed over (or, with action `nothing`, fully copied).
+    Done,
+    /// `break` or a signal.
+    Abandoned,
+    /// Anything else; the text says what.
+    Failed(String),
+}
+
+/// One migration: its parameters, progress counters and supervisor thread.
+#[derive(Debug)]
+pub struct Mirror {
+    request: MirrorRequest,
+    abandon: Trigger,
+    max_bps: AtomicU64,
+    phase: AtomicU8,
+    retries: AtomicU64,
+    /// Bytes acknowledged by the destination in the current attempt.
+    acked: AtomicU64,
+    /// Payload and header bytes sent over all attempts.
+    wire_bytes: AtomicU64,
+    /// Bytes sent but not acknowledged yet.
+    in_flight: AtomicU64,
+    started: Mutex<Instant>,
+    tracker: Mutex<Option<Arc<Tracker>>>,
+    /// Set when the listener was closed for the handover: past this point it cannot be abandoned.
+    committed: AtomicBool,
+    completed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Mirror {
+    fn new(request: MirrorRequest) -> std::io::Result<Mirror> {
+        Ok(Mirror {
+            request,
+            abandon: Trigger::new()?,
+            max_bps: AtomicU64::new(request.max_bps.unwrap_or(u64::MAX)),
+            phase: AtomicU8::new(Phase::Connecting as u8),
+            retries: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            started: Mutex::new(Instant::now()),
+            tracker: Mutex::new(None),
+            committed: AtomicBool::new(false),
+            completed: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::SeqCst))
+    }
+
+    /// Progress for `status`, with flexnbd-c's definitions where it has them.
+    fn progress(&self, size: u64) -> MigrationStatus {
+        let elapsed = lock(&self.started).elapsed();
+        let acked = self.acked.load(Ordering::SeqCst);
+        // Whole seconds, as flexnbd-c: the speed of an attempt under a second old is its bytes.
+        let speed = acked / elapsed.as_secs().max(1);
+        let dirty = lock(&self.tracker)
+            .as_ref()
+            .map_or(size, |t| t.map.dirty_bytes());
+        let bytes_left = dirty + self.in_flight.load(Ordering::SeqCst);
+        let limit = self.max_bps.load(Ordering::SeqCst);
+        MigrationStatus {
+            speed,
+            duration: elapsed.as_secs(),
+            seconds_left: bytes_left / (speed + 1),
+            bytes_left,
+            speed_limit: (limit != u64::MAX).then_some(limit),
+            bytes_sent: Some(self.wire_bytes.load(Ordering::SeqCst)),
+            retries: Some(self.retries.load(Ordering::SeqCst)),
+            phase: Some(self.phase().as_str().to_owned()),
+        }
+    }
+
+    fn join(&self) {
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the control socket's migration commands act on: the server plus at most one migration.
+#[derive(Debug)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+/// The controller's state, shared with the supervisor thread.
+#[derive(Debug)]
+struct Shared {
+    server: Arc<Server>,
+    slot: Mutex<Slot>,
+    /// A signal arrived while a migration was running (serve then exits 1).
+    signalled_while_mirroring: AtomicBool,
+    /// A migration handed over: the server's file now lives on the destination.
+    migrated: AtomicBool,
+    /// Shutting down: no new migrations.
+    closed: AtomicBool,
+    /// How the last migration ended, for `status` (`last_migration`).
+    last: Mutex<Option<&'static str>>,
+    /// A `status` reported the completed migration (ends the linger early).
+    completion_reported: (Mutex<bool>, std::sync::Condvar),
+}
+
+#[derive(Debug)]
+enum Slot {
+    Idle,
+    Running(Arc<Mirror>),
+}
+
+impl Controller {
+    /// A controller for `server` with no migration running.
+    pub fn new(server: Arc<Server>) -> Arc<Controller> {
+        Arc::new(Controller {
+            shared: Arc::new(Shared {
+                server,
+                slot: Mutex::new(Slot::Idle),
+                signalled_while_mirroring: AtomicBool::new(false),
+                migrated: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                last: Mutex::new(None),
+                completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
+            }),
+        })
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.shared.server
+    }
+
+    /// A termination signal: abandon any migration, refuse new ones, stop the server.
+    pub fn signal(&self) {
+        self.shared.signal();
+    }
+
+    /// Waits for a migration thread that is still running (after the server stopped).
+    pub fn wait(&self) {
+        self.shared.wait();
+    }
+
+    /// The process exit status rule of flexnbd-c: success after a completed
+    /// migration, failure if a signal interrupted one, else whether we have control.
+    pub fn success(&self) -> bool {
+        self.shared.success()
+    }
+
+    /// After a completed migration, keeps the caller (and so the control
+    /// socket) up to `limit` until one `status` has reported the outcome, so
+    /// that `mirror --wait` learns it for sure.
+    pub fn linger_after_migration(&self, limit: Duration) {
+        if !self.shared.migrated.load(Ordering::SeqCst) {
+            return;
+        }
+        let (reported, cv) = &self.shared.completion_reported;
+        let guard = lock(reported);
+        let _ = cv.wait_timeout_while(guard, limit, |r| !*r);
+    }
+}
+
+impl Shared {
+    fn signal(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(mirror) = self.running() {
+            log::warn!("Stop signal received while mirroring.");
+            self.signalled_while_mirroring.store(true, Ordering::SeqCst);
+            mirror.abandon.trigger();
+        }
+        self.server.shutdown();
+    }
+
+    fn wait(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(mirror) = self.running() {
+            mirror.join();
+        }
+    }
+
+    fn success(&self) -> bool {
+        if self.migrated.load(Ordering::SeqCst) {
+            return true;
+        }
+        !self.signalled_while_mirroring.load(Ordering::SeqCst) && self.server.has_control()
+    }
+
+    fn running(&self) -> Option<Arc<Mirror>> {
+        match &*lock(&self.slot) {
+            Slot::Running(m) => Some(m.clone()),
+            Slot::Idle => None,
+        }
+    }
+
+    /// The supervisor: attempts until done, abandoned, or a first attempt fails before GO.
+    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Commit>) {
+        let mut first = Some(first);
+        let mut ever_go = false;
+        loop {
+            *lock(&mirror.started) = Instant::now();
+            mirror.acked.store(0, Ordering::SeqCst);
+            mirror.set_phase(Phase::Connecting);
+            let end = engine::attempt(&self.server, mirror, &mut |commit| {
+                if commit == Commit::Go {
+                    ever_go = true;
+                }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(commit);
+                }
+            });
+            *lock(&mirror.tracker) = None;
+            mirror.in_flight.store(0, Ordering::SeqCst);
+            match end {
+                AttemptEnd::Done => {
+                    log::info!("Mirror supervisor success, exiting");
+                    *lock(&self.last) = Some("done");
+                    mirror.completed.store(true, Ordering::SeqCst);
+                    if mirror.request.action != MirrorAction::Nothing {
+                        self.migrated.store(true, Ordering::SeqCst);
+                    }
+                    break;
+                }
+                AttemptEnd::Abandoned => {
+                    log::info!("Mirror abandoned");
+                    *lock(&self.last) = Some("stopped");
+                    break;
+                }
+                AttemptEnd::Failed(why) if ever_go => {
+                    log::warn!("Mirror failed, retrying: {why}");
+                    mirror.set_phase(Phase::Retrying);
+                    mirror.retries.fetch_add(1, Ordering::SeqCst);
+                    if mirror.abandon.wait_timeout(RETRY_DELAY) {
+                        log::info!("Mirror abandoned");
+                        *lock(&self.last) = Some("stopped");
+                        break;
+                    }
+                }
+                AttemptEnd::Failed(why) => {
+                    log::warn!("Mirror failed before commit, giving up: {why}");
+                    *lock(&self.last) = Some("failed");
+                    break;
+                }
+            }
+        }
+        // Free the slot for the next `mirror`, unless break or shutdown owns it now.
+        let mut slot = lock(&self.slot);
+        if let Slot::Running(m) = &*slot {
+            if Arc::ptr_eq(m, mirror) {
+                *slot = Slot::Idle;
+            }
+        }
+    }
+}
+
+fn spawn_supervisor(
+    shared: &Arc<Shared>,
+    mirror: Arc<Mirror>,
+    first: mpsc::Sender<Commit>,
+) -> std::io::Result<()> {
+    let shared = shared.clone();
+    let thread_mirror = mirror.clone();
+    let handle = std::thread::Builder::new()
+        .name("mirror".into())
+        .spawn(move || shared.supervise(&thread_mirror, first))?;
+    *lock(&mirror.thread) = Some(handle);
+    Ok(())
+}
+
+impl Controlled for Controller {
+    fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    fn set_acl(&self, entries: Vec<AclEntry>) {
+        self.shared.server.set_acl(entries);
+    }
+
+    fn start_mirror(&self, request: MirrorRequest) -> Reply {
+        self.shared.start_mirror(request, &self.shared)
+    }
+
+    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
+        self.shared.set_mirror_max_bps(max_bps)
+    }
+
+    fn break_mirror(&self) -> Reply {
+        self.shared.break_mirror()
+    }
+}
+
+impl Shared {
+    fn status(&self) -> Status {
+        let mut status = self.server.status();
+        if let Some(mirror) = self.running() {
+            status.migration = Some(mirror.progress(status.size));
+        }
+        status.last_migration = lock(&self.last).map(str::to_owned);
+        if status.migration.is_none() && status.last_migration.as_deref() == Some("done") {
+            let (reported, cv) = &self.completion_reported;
+            *lock(reported) = true;
+            cv.notify_all();
+        }
+        status
+    }
+
+    fn start_mirror(&self, request: MirrorRequest, me: &Arc<Shared>) -> Reply {
+        let mirror = {
+            let mut slot = lock(&self.slot);
+            match &*slot {
+                Slot::Running(_) => {
+                    log::warn!("Tried to start a second mirror run");
+                    return Reply::error("mirror already running");
+                }
+                Slot::Idle => {}
+            }
+            if self.closed.load(Ordering::SeqCst) || self.server.is_shutting_down() {
+                return Reply::error("shutting down");
+            }
+            let mirror = match Mirror::new(request) {
+                Ok(m) => Arc::new(m),
+                Err(e) => return Reply::error(format!("cannot start mirror: {e}")),
+            };
+            *slot = Slot::Running(mirror.clone());
+            mirror
+        };
+        log::info!(
+            "Starting mirror to {} ({})",
+            request.target,
+            request.action.as_str()
+        );
+        let (tx, rx) = mpsc::channel();
+        let spawned = spawn_supervisor(me, mirror.clone(), tx);
+        if let Err(e) = spawned {
+            *lock(&self.slot) = Slot::Idle;
+            return Reply::error(format!("cannot start mirror: {e}"));
+        }
+        match rx.recv() {
+            Ok(commit) => {
+                if commit != Commit::Go {
+                    // The supervisor gives up after a failed first attempt; wait so
+                    // that a new `mirror` can start at once (flexnbd-c bug 14.3.4 fixed).
+                    mirror.join();
+                }
+                commit.reply()
+            }
+            Err(_) => Reply::error("Mirror failed to initialise"),
+        }
+    }
+
+    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
+        match self.running() {
+            Some(mirror) => {
+                mirror.max_bps.store(max_bps, Ordering::SeqCst);
+                log::info!("mirror speed limit set to {max_bps} bytes/s");
+                Reply::ok("updated")
+            }
+            None => Reply::error("Not currently mirroring"),
+        }
+    }
+
+    fn break_mirror(&self) -> Reply {
+        let Some(mirror) = self.running() else {
+            log::info!("Not mirroring.");
+            return Reply::error("not mirroring");
+        };
+        mirror.abandon.trigger();
+        mirror.join();
+        if mirror.completed.load(Ordering::SeqCst) && mirror.request.action != MirrorAction::Nothing
+        {
+            Reply::error("mirror completed")
+        } else {
+            Reply::ok("mirror stopped")
+        }
+    }
+}
