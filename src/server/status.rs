@@ -213,7 +213,7 @@ mod tests {
                 phase: Some("handover".into()),
                 ..Default::default()
             }),
-            last_migration: None,
+            last_migration: Some("stopped".into()),
         };
         let line = st.to_string();
         assert!(line.ends_with(
