@@ -30,10 +30,14 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK')
+            [CompletionResult]::new('listen', 'listen', [CompletionResultType]::ParameterValue, 'Listen for an incoming migration on ADDR:PORT')
             [CompletionResult]::new('read', 'read', [CompletionResultType]::ParameterValue, 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET')
             [CompletionResult]::new('write', 'write', [CompletionResultType]::ParameterValue, 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET')
             [CompletionResult]::new('acl', 'acl', [CompletionResultType]::ParameterValue, 'Set the access control list for a server with control socket SOCK')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Get the status for a server with control socket SOCK')
+            [CompletionResult]::new('mirror', 'mirror', [CompletionResultType]::ParameterValue, 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT')
+            [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
+            [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -54,6 +58,28 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--killswitch', '--killswitch', [CompletionResultType]::ParameterName, 'Drop a client whose request takes longer than 120 seconds')
             [CompletionResult]::new('-r', '-r', [CompletionResultType]::ParameterName, 'Export the file read-only: writes, trims and zeroes get EPERM')
             [CompletionResult]::new('--read-only', '--read-only', [CompletionResultType]::ParameterName, 'Export the file read-only: writes, trims and zeroes get EPERM')
+            [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;listen' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
+            [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
+            [CompletionResult]::new('--default-deny', '--default-deny', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
@@ -134,6 +160,60 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'flexnbd;mirror' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to mirror to')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to mirror to')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to mirror to')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to mirror to')
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket of the server to migrate')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket of the server to migrate')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('-m', '-m', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)')
+            [CompletionResult]::new('--max-speed', '--max-speed', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)')
+            [CompletionResult]::new('-u', '-u', [CompletionResultType]::ParameterName, 'Unlink the local file when done')
+            [CompletionResult]::new('--unlink', '--unlink', [CompletionResultType]::ParameterName, 'Unlink the local file when done')
+            [CompletionResult]::new('-w', '-w', [CompletionResultType]::ParameterName, 'Follow the migration until it ends and exit with its outcome')
+            [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'Follow the migration until it ends and exit with its outcome')
+            [CompletionResult]::new('--no-progress', '--no-progress', [CompletionResultType]::ParameterName, 'With --wait, print no progress, only the outcome')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;mirror-speed' {
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('-m', '-m', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec')
+            [CompletionResult]::new('--max-speed', '--max-speed', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;break' {
+            [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'flexnbd;generate' {
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
@@ -187,15 +267,22 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         }
         'flexnbd;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK')
+            [CompletionResult]::new('listen', 'listen', [CompletionResultType]::ParameterValue, 'Listen for an incoming migration on ADDR:PORT')
             [CompletionResult]::new('read', 'read', [CompletionResultType]::ParameterValue, 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET')
             [CompletionResult]::new('write', 'write', [CompletionResultType]::ParameterValue, 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET')
             [CompletionResult]::new('acl', 'acl', [CompletionResultType]::ParameterValue, 'Set the access control list for a server with control socket SOCK')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Get the status for a server with control socket SOCK')
+            [CompletionResult]::new('mirror', 'mirror', [CompletionResultType]::ParameterValue, 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT')
+            [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
+            [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'flexnbd;help;serve' {
+            break
+        }
+        'flexnbd;help;listen' {
             break
         }
         'flexnbd;help;read' {
@@ -208,6 +295,15 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;help;status' {
+            break
+        }
+        'flexnbd;help;mirror' {
+            break
+        }
+        'flexnbd;help;mirror-speed' {
+            break
+        }
+        'flexnbd;help;break' {
             break
         }
         'flexnbd;help;generate' {

@@ -27,10 +27,14 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand serve 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+            cand listen 'Listen for an incoming migration on ADDR:PORT'
             cand read 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
             cand write 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
             cand acl 'Set the access control list for a server with control socket SOCK'
             cand status 'Get the status for a server with control socket SOCK'
+            cand mirror 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
+            cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
+            cand break 'Stop mirroring from the server with control socket SOCK'
             cand generate 'Generate man pages or shell completions (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -50,6 +54,27 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --killswitch 'Drop a client whose request takes longer than 120 seconds'
             cand -r 'Export the file read-only: writes, trims and zeroes get EPERM'
             cand --read-only 'Export the file read-only: writes, trims and zeroes get EPERM'
+            cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;listen'= {
+            cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
+            cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
+            cand -p 'The port to serve on (0 picks a free port)'
+            cand --port 'The port to serve on (0 picks a free port)'
+            cand -f 'The file to receive into; it must exist with the source''s size'
+            cand --file 'The file to receive into; it must exist with the source''s size'
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand -d 'Deny connections by default unless in ACL'
+            cand --default-deny 'Deny connections by default unless in ACL'
             cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
@@ -125,6 +150,57 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'flexnbd;mirror'= {
+            cand -l 'The address to mirror to'
+            cand --addr 'The address to mirror to'
+            cand -p 'The port to mirror to'
+            cand --port 'The port to mirror to'
+            cand -s 'Path to the control socket of the server to migrate'
+            cand --sock 'Path to the control socket of the server to migrate'
+            cand -b 'Bind the local socket to a particular IP address'
+            cand --bind 'Bind the local socket to a particular IP address'
+            cand -m 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)'
+            cand --max-speed 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)'
+            cand -u 'Unlink the local file when done'
+            cand --unlink 'Unlink the local file when done'
+            cand -w 'Follow the migration until it ends and exit with its outcome'
+            cand --wait 'Follow the migration until it ends and exit with its outcome'
+            cand --no-progress 'With --wait, print no progress, only the outcome'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;mirror-speed'= {
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand -m 'Maximum speed of the migration, in bytes/sec'
+            cand --max-speed 'Maximum speed of the migration, in bytes/sec'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;break'= {
+            cand -s 'Path to the control socket'
+            cand --sock 'Path to the control socket'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'flexnbd;generate'= {
             cand -v 'Log more: -v for informational messages, -vv for per-request debug'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
@@ -171,14 +247,20 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         }
         &'flexnbd;help'= {
             cand serve 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+            cand listen 'Listen for an incoming migration on ADDR:PORT'
             cand read 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
             cand write 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
             cand acl 'Set the access control list for a server with control socket SOCK'
             cand status 'Get the status for a server with control socket SOCK'
+            cand mirror 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
+            cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
+            cand break 'Stop mirroring from the server with control socket SOCK'
             cand generate 'Generate man pages or shell completions (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;help;serve'= {
+        }
+        &'flexnbd;help;listen'= {
         }
         &'flexnbd;help;read'= {
         }
@@ -187,6 +269,12 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;help;acl'= {
         }
         &'flexnbd;help;status'= {
+        }
+        &'flexnbd;help;mirror'= {
+        }
+        &'flexnbd;help;mirror-speed'= {
+        }
+        &'flexnbd;help;break'= {
         }
         &'flexnbd;help;generate'= {
             cand man 'Write flexnbd.1 and one page per subcommand into DIR'

@@ -29,10 +29,14 @@ complete -c flexnbd -n "__fish_flexnbd_needs_command" -s q -l quiet -d 'Log noth
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "listen" -d 'Listen for an incoming migration on ADDR:PORT'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "status" -d 'Get the status for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "mirror" -d 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "mirror-speed" -d 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "break" -d 'Stop mirroring from the server with control socket SOCK'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
@@ -48,6 +52,16 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
@@ -77,6 +91,29 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s v -l verbose 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s l -l addr -d 'The address to mirror to' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s p -l port -d 'The port to mirror to' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s s -l sock -d 'Path to the control socket of the server to migrate' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s m -l max-speed -d 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s u -l unlink -d 'Unlink the local file when done'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s w -l wait -d 'Follow the migration until it ends and exit with its outcome'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -l no-progress -d 'With --wait, print no progress, only the outcome'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s m -l max-speed -d 'Maximum speed of the migration, in bytes/sec' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s h -l help -d 'Print help'
@@ -95,12 +132,16 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_see
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "status" -d 'Get the status for a server with control socket SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve read write acl status generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "listen" -d 'Listen for an incoming migration on ADDR:PORT'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "status" -d 'Get the status for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "mirror" -d 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "mirror-speed" -d 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "break" -d 'Stop mirroring from the server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "completions" -d 'Print the completion script for SHELL to stdout'

@@ -41,8 +41,34 @@ const OPTIONS: &[(&str, &[(&str, &str)])] = &[
             ("-b", "--bind"),
         ],
     ),
+    (
+        "listen",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-f", "--file"),
+            ("-s", "--sock"),
+            ("-d", "--default-deny"),
+            ("", "--oldstyle"),
+        ],
+    ),
     ("acl", &[("-s", "--sock")]),
     ("status", &[("-s", "--sock"), ("", "--json")]),
+    (
+        "mirror",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-s", "--sock"),
+            ("-u", "--unlink"),
+            ("-b", "--bind"),
+            ("-m", "--max-speed"),
+            ("-w", "--wait"),
+            ("", "--no-progress"),
+        ],
+    ),
+    ("mirror-speed", &[("-s", "--sock"), ("-m", "--max-speed")]),
+    ("break", &[("-s", "--sock")]),
 ];
 
 /// Options every command and subcommand has.

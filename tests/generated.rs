@@ -20,7 +20,17 @@ const COMPLETIONS: &[(&str, &str)] = &[
 ];
 
 /// The visible subcommands, each of which gets a man page.
-const SUBCOMMANDS: &[&str] = &["serve", "read", "write", "acl", "status"];
+const SUBCOMMANDS: &[&str] = &[
+    "serve",
+    "listen",
+    "read",
+    "write",
+    "acl",
+    "status",
+    "mirror",
+    "mirror-speed",
+    "break",
+];
 
 fn in_repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -253,6 +253,92 @@ fn extra(sub: Option<&str>) -> Extra {
                 USAGE_EXIT,
             ],
         },
+        Some("listen") => Extra {
+            examples: &[
+                (
+                    "Receive a migration into a fresh sparse file of the source's size:",
+                    &[
+                        "$ truncate -s 1G /srv/disk.img",
+                        "$ flexnbd listen -l 0 -p 10809 -f /srv/disk.img -s /run/dest.sock",
+                    ],
+                ),
+                (
+                    "Receive from a C flexnbd source, which speaks only the old-style handshake:",
+                    &["$ flexnbd listen --oldstyle -l 0 -p 4777 -f /srv/disk.img"],
+                ),
+            ],
+            exit_status: &[
+                (
+                    "0",
+                    "The source sent DISCONNECT: the migration is complete and this copy now \
+                     has control.",
+                ),
+                (
+                    "1",
+                    "Stopped by a signal before the migration completed (the partial data is \
+                     left in FILE), or the server could not start.",
+                ),
+                USAGE_EXIT,
+            ],
+        },
+        Some("mirror") => Extra {
+            examples: &[
+                (
+                    "Migrate the server behind ctl.sock to a listen on 10.0.0.2, following it:",
+                    &["$ flexnbd mirror -s ctl.sock -l 10.0.0.2 -p 10809 --wait"],
+                ),
+                (
+                    "Migrate at most 50 MB/s and remove the source file once handed over:",
+                    &["$ flexnbd mirror -s ctl.sock -l 10.0.0.2 -p 10809 -m 50000000 --unlink"],
+                ),
+            ],
+            exit_status: &[
+                (
+                    "0",
+                    "Without --wait: the destination accepted us (Mirror started). With \
+                     --wait: the migration completed and the destination has control.",
+                ),
+                (
+                    "1",
+                    "The destination could not be reached, rejected us, or has another size \
+                     (the reply is printed on stderr); with --wait, the migration was stopped \
+                     or the source went away before the handover.",
+                ),
+                USAGE_EXIT,
+            ],
+        },
+        Some("mirror-speed") => Extra {
+            examples: &[(
+                "Slow a running migration down to 10 MB/s:",
+                &["$ flexnbd mirror-speed -s ctl.sock -m 10000000"],
+            )],
+            exit_status: &[
+                ("0", "The limit was changed (updated is printed)."),
+                (
+                    "1",
+                    "No migration is running, or the control socket could not be reached.",
+                ),
+                USAGE_EXIT,
+            ],
+        },
+        Some("break") => Extra {
+            examples: &[(
+                "Stop a running migration; the source keeps serving:",
+                &["$ flexnbd break -s ctl.sock"],
+            )],
+            exit_status: &[
+                (
+                    "0",
+                    "The migration was stopped (mirror stopped is printed).",
+                ),
+                (
+                    "1",
+                    "No migration was running, it had already completed, or the control \
+                     socket could not be reached.",
+                ),
+                USAGE_EXIT,
+            ],
+        },
         Some(_) => Extra {
             examples: &[],
             exit_status: &[

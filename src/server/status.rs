@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(line.parse::<Status>().unwrap(), st);
         assert!(
             st.to_json()
-                .ends_with(r#""migration_retries":2,"migration_phase":"handover"}"#)
+                .ends_with(r#""migration_phase":"handover","last_migration":"stopped"}"#)
         );
     }
 
