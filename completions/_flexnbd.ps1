@@ -38,6 +38,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror', 'mirror', [CompletionResultType]::ParameterValue, 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT')
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
+            [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -214,6 +215,29 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'flexnbd;proxy' {
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port we will bind to as a proxy, if required')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port we will bind to as a proxy, if required')
+            [CompletionResult]::new('-C', '-C ', [CompletionResultType]::ParameterName, 'Address of the proxied server')
+            [CompletionResult]::new('--conn-addr', '--conn-addr', [CompletionResultType]::ParameterName, 'Address of the proxied server')
+            [CompletionResult]::new('-P', '-P ', [CompletionResultType]::ParameterName, 'Port of the proxied server')
+            [CompletionResult]::new('--conn-port', '--conn-port', [CompletionResultType]::ParameterName, 'Port of the proxied server')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
+            [CompletionResult]::new('--cache', '--cache', [CompletionResultType]::ParameterName, 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)')
+            [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'flexnbd;generate' {
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug')
@@ -275,6 +299,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror', 'mirror', [CompletionResultType]::ParameterValue, 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT')
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
+            [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -304,6 +329,9 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;help;break' {
+            break
+        }
+        'flexnbd;help;proxy' {
             break
         }
         'flexnbd;help;generate' {

@@ -37,6 +37,9 @@ _flexnbd() {
             flexnbd,mirror-speed)
                 cmd="flexnbd__subcmd__mirror__subcmd__speed"
                 ;;
+            flexnbd,proxy)
+                cmd="flexnbd__subcmd__proxy"
+                ;;
             flexnbd,read)
                 cmd="flexnbd__subcmd__read"
                 ;;
@@ -88,6 +91,9 @@ _flexnbd() {
             flexnbd__subcmd__help,mirror-speed)
                 cmd="flexnbd__subcmd__help__subcmd__mirror__subcmd__speed"
                 ;;
+            flexnbd__subcmd__help,proxy)
+                cmd="flexnbd__subcmd__help__subcmd__proxy"
+                ;;
             flexnbd__subcmd__help,read)
                 cmd="flexnbd__subcmd__help__subcmd__read"
                 ;;
@@ -113,7 +119,7 @@ _flexnbd() {
 
     case "${cmd}" in
         flexnbd)
-            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break generate help"
+            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break proxy generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -269,7 +275,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__help)
-            opts="serve listen read write acl status mirror mirror-speed break generate help"
+            opts="serve listen read write acl status mirror mirror-speed break proxy generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -395,6 +401,20 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__help__subcmd__mirror__subcmd__speed)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__help__subcmd__proxy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -584,6 +604,64 @@ _flexnbd() {
                     return 0
                     ;;
                 -m)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__proxy)
+            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --conn-addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --conn-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -P)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

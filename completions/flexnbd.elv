@@ -35,6 +35,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
+            cand proxy 'Resiliently proxy an NBD connection between a client and a server'
             cand generate 'Generate man pages or shell completions (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -201,6 +202,28 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'flexnbd;proxy'= {
+            cand -l 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket'
+            cand --addr 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket'
+            cand -p 'The port we will bind to as a proxy, if required'
+            cand --port 'The port we will bind to as a proxy, if required'
+            cand -C 'Address of the proxied server'
+            cand --conn-addr 'Address of the proxied server'
+            cand -P 'Port of the proxied server'
+            cand --conn-port 'Port of the proxied server'
+            cand -b 'The address we connect from, as a proxy'
+            cand --bind 'The address we connect from, as a proxy'
+            cand --cache 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)'
+            cand --oldstyle 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle'
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'flexnbd;generate'= {
             cand -v 'Log more: -v for informational messages, -vv for per-request debug'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug'
@@ -255,6 +278,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
+            cand proxy 'Resiliently proxy an NBD connection between a client and a server'
             cand generate 'Generate man pages or shell completions (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -275,6 +299,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;help;mirror-speed'= {
         }
         &'flexnbd;help;break'= {
+        }
+        &'flexnbd;help;proxy'= {
         }
         &'flexnbd;help;generate'= {
             cand man 'Write flexnbd.1 and one page per subcommand into DIR'

@@ -80,6 +80,14 @@ pub enum Command {
     ///
     /// The server keeps serving, with control; a new mirror can be started.
     Break(BreakArgs),
+    /// Resiliently proxy an NBD connection between a client and a server.
+    ///
+    /// Serves one client at a time on TCP or a UNIX socket and relays its
+    /// requests to the server at CONN_ADDR:CONN_PORT; when that server dies,
+    /// times out or is replaced (after a migration), the proxy reconnects
+    /// and resends what was in flight, and the client never sees the break.
+    /// Also runs as `flexnbd-proxy` (a symlink to flexnbd), as the C flexnbd-proxy.
+    Proxy(ProxyArgs),
     /// Generate man pages or shell completions (for packagers).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -197,6 +205,45 @@ pub struct MirrorArgs {
     /// With --wait, print no progress, only the outcome.
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
+}
+
+/// Options of `proxy` (and of `flexnbd-proxy`).
+#[derive(Debug, Args, Clone)]
+pub struct ProxyArgs {
+    /// The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket.
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    pub addr: String,
+    /// The port we will bind to as a proxy, if required.
+    #[arg(short, long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Address of the proxied server.
+    #[arg(short = 'C', long, value_name = "ADDR", value_parser = parse_ip)]
+    pub conn_addr: IpAddr,
+    /// Port of the proxied server.
+    #[arg(short = 'P', long, value_name = "PORT")]
+    pub conn_port: u16,
+    /// The address we connect from, as a proxy.
+    #[arg(short, long, value_name = "ADDR", value_parser = parse_ip)]
+    pub bind: Option<IpAddr>,
+    /// Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB).
+    #[arg(long, value_name = "CACHE_BYTES", num_args = 0..=1, require_equals = true,
+          default_missing_value = "4096")]
+    pub cache: Option<usize>,
+    /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
+    #[arg(long)]
+    pub oldstyle: bool,
+}
+
+/// The command line of `flexnbd-proxy`, the proxy under its C name.
+#[derive(Debug, Parser)]
+#[command(name = "flexnbd-proxy", version, infer_long_args = true)]
+pub struct ProxyCli {
+    /// Logging options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The proxy's options.
+    #[command(flatten)]
+    pub args: ProxyArgs,
 }
 
 /// Options of `mirror-speed`.

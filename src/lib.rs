@@ -14,6 +14,8 @@
 //!   transmission with several requests in flight, shutdown.
 //! - [`mirror`]: live migration to another server: the copy engine, its
 //!   supervisor with retries, and the control commands that drive it.
+//! - [`proxy`]: the resilient proxy that hides upstream failures and
+//!   migrations from its one client.
 //! - [`control`]: the UNIX control socket: its line protocol, the listener
 //!   thread, and the client used by `status` and `acl`.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand; only
@@ -32,4 +34,5 @@ pub mod logging;
 pub mod mirror;
 pub mod net;
 pub mod proto;
+pub mod proxy;
 pub mod server;

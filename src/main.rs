@@ -4,10 +4,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use flexnbd::cli::Cli;
+use flexnbd::cli::{Cli, Command, ProxyCli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Run as `flexnbd-proxy` (a symlink), the arguments are the proxy's.
+    let cli = match std::env::args_os().next() {
+        Some(argv0) if flexnbd::proxy::invoked_as_proxy(&argv0) => {
+            let proxy = ProxyCli::parse();
+            Cli {
+                global: proxy.global,
+                command: Command::Proxy(proxy.args),
+            }
+        }
+        _ => Cli::parse(),
+    };
     match flexnbd::cmd::run(cli) {
         Ok(code) => code.into(),
         Err(err) => {

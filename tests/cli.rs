@@ -69,6 +69,18 @@ const OPTIONS: &[(&str, &[(&str, &str)])] = &[
     ),
     ("mirror-speed", &[("-s", "--sock"), ("-m", "--max-speed")]),
     ("break", &[("-s", "--sock")]),
+    (
+        "proxy",
+        &[
+            ("-l", "--addr"),
+            ("-p", "--port"),
+            ("-C", "--conn-addr"),
+            ("-P", "--conn-port"),
+            ("-b", "--bind"),
+            ("", "--cache"),
+            ("", "--oldstyle"),
+        ],
+    ),
 ];
 
 /// Options every command and subcommand has.

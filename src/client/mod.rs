@@ -398,6 +398,12 @@ impl ReplyReader {
         read_reply(&self.stream, self.timeout)
     }
 
+    /// Shuts the socket down in both directions, which also wakes a thread
+    /// blocked writing to it through the [`NbdClient`].
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
     /// Reads the data following a successful `READ` reply; see [`NbdClient::read_payload`].
     ///
     /// # Errors

@@ -339,6 +339,27 @@ fn extra(sub: Option<&str>) -> Extra {
                 USAGE_EXIT,
             ],
         },
+        Some("proxy") => Extra {
+            examples: &[
+                (
+                    "Give a VM a connection that survives its server's migration:",
+                    &["$ flexnbd proxy -l 127.0.0.1 -p 10810 -C 10.0.0.1 -P 10809"],
+                ),
+                (
+                    "The same on a UNIX socket, with a 64 KiB read-ahead cache, under the C name:",
+                    &["$ flexnbd-proxy -l /run/vm1.nbd -C 10.0.0.1 -P 10809 --cache=65536"],
+                ),
+            ],
+            exit_status: &[
+                ("0", "Stopped by SIGINT, SIGTERM or SIGQUIT."),
+                (
+                    "1",
+                    "The first connection to the upstream server failed, or the listening \
+                     socket could not be made.",
+                ),
+                USAGE_EXIT,
+            ],
+        },
         Some(_) => Extra {
             examples: &[],
             exit_status: &[

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod listen;
 pub mod mirror;
 pub mod mirror_speed;
+pub mod proxy;
 pub mod read;
 pub mod serve;
 pub mod status;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mirror(args) => mirror::run(args, global),
         Command::MirrorSpeed(args) => mirror_speed::run(args, global),
         Command::Break(args) => brk::run(args, global),
+        Command::Proxy(args) => proxy::run(args, global),
         Command::Read(args) => read::run(args, global),
         Command::Write(args) => write::run(args, global),
         Command::Acl(args) => acl::run(args, global),

@@ -47,6 +47,7 @@ pub struct Negotiated {
 pub struct ServerNegotiation {
     export: Export,
     no_zeroes: bool,
+    structured_allowed: bool,
     state: Negotiated,
 }
 
@@ -73,8 +74,16 @@ impl ServerNegotiation {
         Ok(ServerNegotiation {
             export,
             no_zeroes: client_flags.contains(ClientFlags::NO_ZEROES),
+            structured_allowed: true,
             state: Negotiated::default(),
         })
+    }
+
+    /// Refuses structured replies and meta contexts with `NBD_REP_ERR_UNSUP`
+    /// (for a server, like the proxy, that can only send simple replies).
+    pub fn without_structured_replies(mut self) -> Self {
+        self.structured_allowed = false;
+        self
     }
 
     /// What has been negotiated so far.
@@ -119,6 +128,17 @@ impl ServerNegotiation {
                     Step::Continue
                 }
             },
+            Opt::STRUCTURED_REPLY | Opt::LIST_META_CONTEXT | Opt::SET_META_CONTEXT
+                if !self.structured_allowed =>
+            {
+                error(
+                    out,
+                    opt,
+                    Rep::ERR_UNSUP,
+                    "structured replies are not supported here",
+                );
+                Step::Continue
+            }
             Opt::STRUCTURED_REPLY => {
                 if !data.is_empty() {
                     error(out, opt, Rep::ERR_INVALID, "STRUCTURED_REPLY takes no data");
@@ -321,6 +341,18 @@ mod tests {
         out.clear();
         neg().handle(Opt::STARTTLS, b"", &mut out);
         assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+    }
+
+    #[test]
+    fn structured_replies_can_be_refused() {
+        let mut n = neg().without_structured_replies();
+        let mut out = Vec::new();
+        n.handle(Opt::STRUCTURED_REPLY, b"", &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+        out.clear();
+        n.handle(Opt::LIST_META_CONTEXT, &meta_payload(&[]), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+        assert!(!n.negotiated().structured);
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! `flexnbd proxy` (or `flexnbd-proxy`): relay one client at a time to an
+//! upstream NBD server, hiding its failures and migrations.
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::cli::{GlobalArgs, ProxyArgs};
+use crate::exit::ExitCode;
+use crate::net::parse_ip;
+use crate::proxy::{Listener, MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
+use crate::server::bind_listener;
+
+/// Runs the proxy until SIGINT, SIGTERM or SIGQUIT (then exits 0).
+///
+/// # Errors
+///
+/// Bad listen address, the first upstream connection fails (unlike the C
+/// flexnbd-proxy, which exits 0 there), or the listening socket cannot be made.
+pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
+    let upstream = SocketAddr::new(args.conn_addr, args.conn_port);
+    crate::logging::init(
+        crate::logging::level_for(global.verbose, global.quiet),
+        &upstream.to_string(),
+    );
+    let listen = if args.addr.starts_with('/') {
+        Listen::Unix(PathBuf::from(&args.addr))
+    } else {
+        let ip = parse_ip(&args.addr).map_err(anyhow::Error::msg)?;
+        let Some(port) = args.port else {
+            bail!("--port is required when listening on an IP address");
+        };
+        Listen::Tcp(SocketAddr::new(ip, port))
+    };
+    let cache = args.cache.map(|c| {
+        if c > MAX_CACHE {
+            log::warn!("cache of {c} bytes capped at {MAX_CACHE}");
+        }
+        c.min(MAX_CACHE)
+    });
+    let config = ProxyConfig {
+        upstream,
+        bind: args.bind,
+        cache: cache.filter(|&c| c > 0),
+        oldstyle: args.oldstyle,
+        timeout: upstream_timeout(),
+    };
+    let proxy = Proxy::connect(config).with_context(|| {
+        format!("couldn't connect to upstream server {upstream} during initialization")
+    })?;
+    let listener = match listen {
+        Listen::Tcp(addr) => {
+            Listener::Tcp(bind_listener(addr).with_context(|| format!("cannot bind {addr}"))?)
+        }
+        Listen::Unix(path) => {
+            let l = UnixListener::bind(&path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            Listener::Unix(l, path)
+        }
+    };
+
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    let signal_proxy = proxy.clone();
+    let signal_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("Exit signalled ({sig})");
+                signal_proxy.shutdown();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    let result = proxy.run(listener).context("the proxy's listener failed");
+    handle.close();
+    let _ = signal_thread.join();
+    result?;
+    Ok(ExitCode::Success)
+}
+
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
