@@ -30,6 +30,7 @@ const SUBCOMMANDS: &[&str] = &[
     "mirror",
     "mirror-speed",
     "break",
+    "proxy",
 ];
 
 fn in_repo(path: &str) -> PathBuf {
