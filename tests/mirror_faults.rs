@@ -1,4 +1,4 @@
-//! Migrations that go wrong.
+//! Migrations that go wrong, and migrations with the C flexnbd.
 //!
 //! 1. Hostile destinations (flexnbd-c's `fakes/dest`, behaviour doc 15.3 and
 //!    15.7): a fake NBD server on a test thread misbehaves at one step, and
@@ -11,6 +11,9 @@
 //!    `--oldstyle`. The listener must keep listening without control and
 //!    serve a well-behaved sender afterwards; only a DISCONNECT hands control
 //!    over (a bad magic does not: flexnbd-c bug 14.3.1 fixed).
+//! 3. The C flexnbd 0.5.0 as the other end, in both directions, with a spy on
+//!    the wire. Skipped with a printed reason if the C binary cannot run,
+//!    except under `CI=true`.
 //!
 //! Sources run with `FLEXNBD_MS_REQUEST_LIMIT_SECS` set low, so that a
 //! destination that never replies is given up on within seconds.
@@ -20,7 +23,8 @@
 
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +40,7 @@ use flexnbd::proto::wire::{
 };
 
 use crate::support::{
-    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
+    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, in_ci, pattern,
 };
 
 /// The size of the sources and destinations that are not about volume.
@@ -51,6 +55,10 @@ const RETRY_WITHIN: Duration = Duration::from_secs(10);
 const EXIT_WITHIN: Duration = Duration::from_secs(15);
 /// The read timeout on every socket a fake uses.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest WRITE flexnbd-c's mirror sends (mirror_longest_write).
+const MAX_MIRROR_WRITE: u32 = 8 << 20;
+/// Where the C flexnbd 0.5.0 lives unless `$FLEXNBD_C` says otherwise.
+const FLEXNBD_C: &str = "/work/shared/peers/flexnbd-c/flexnbd";
 
 // ---------------------------------------------------------------------------
 // Processes: our serve and listen, the CLI, the C flexnbd.
@@ -1111,3 +1119,321 @@ macro_rules! listen_scenarios {
 }
 
 listen_scenarios!(listen_newstyle: super::Style::New, listen_oldstyle: super::Style::Old);
+
+// ---------------------------------------------------------------------------
+// 3. The C flexnbd as the other end.
+
+/// The C flexnbd if it can run here; otherwise prints why the test is
+/// skipped (or fails, under `CI=true`).
+fn c_flexnbd() -> Option<PathBuf> {
+    let path = std::env::var_os("FLEXNBD_C")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(FLEXNBD_C), PathBuf::from);
+    let problem = if path.is_file() {
+        // It prints its usage and exits 1; a missing libev4 makes the loader fail instead.
+        match Command::new(&path)
+            .arg("help")
+            .stdin(Stdio::null())
+            .output()
+        {
+            Err(e) => Some(format!("cannot run {}: {e}", path.display())),
+            Ok(out) if text(&out.stderr).contains("error while loading shared libraries") => {
+                Some(format!(
+                    "{} cannot run: {}",
+                    path.display(),
+                    text(&out.stderr).trim()
+                ))
+            }
+            Ok(_) => None,
+        }
+    } else {
+        Some(format!("{} not found (set FLEXNBD_C)", path.display()))
+    };
+    match problem {
+        None => Some(path),
+        Some(why) => {
+            assert!(!in_ci(), "the C flexnbd is required when CI=true: {why}");
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// The C flexnbd's `serve` or `listen` on `file`, with a control socket.
+#[track_caller]
+fn start_c(env: &TestEnv, c: &Path, mode: &str, file: &Path) -> (Daemon, SocketAddr, PathBuf) {
+    let sock = env.sock_path_named(&format!("c-{mode}.sock"));
+    let (daemon, addr) = start_on_free_port(&sock, |port| {
+        let mut cmd = Command::new(c);
+        cmd.arg(mode)
+            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f"])
+            .arg(file)
+            .arg("-s")
+            .arg(&sock);
+        cmd
+    });
+    (daemon, addr, sock)
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn c_serve_mirrors_into_our_oldstyle_listen_and_holes_stay_holes() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    // 12 MiB, mostly holes: two 8 MiB transfers from the C source, zeroes and all.
+    let size: u64 = 12 << 20;
+    let src = env.image("c-source.img", size);
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    for (offset, len, seed) in [
+        (0u64, 64usize << 10, 1u64),
+        (3 << 20, 4096, 2),
+        ((8 << 20) - 100, 200, 3),
+        (size - 4096, 4096, 4),
+    ] {
+        file.write_all_at(&pattern(len, seed), offset).unwrap();
+    }
+    drop(file);
+    let expected = std::fs::read(&src).unwrap();
+    assert!(
+        allocated(&src) < 1 << 20,
+        "the test file is not sparse here"
+    );
+
+    let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
+    let dest_file = env.image("dest.img", size);
+    let dest_sock = env.sock_path_named("dest.sock");
+    let mut dest = DaemonBuilder::new("listen", &dest_file)
+        .sock(&dest_sock)
+        .args(["-v", "--oldstyle"])
+        .start();
+
+    // Our CLI drives the C source: the control protocol is the same.
+    let port = dest.addr().port().to_string();
+    let out = finish(
+        spawn_cli(&[
+            "mirror".as_ref(),
+            "-s".as_ref(),
+            c_sock.as_os_str(),
+            "-l".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+        ]),
+        Duration::from_secs(40),
+    );
+    assert_cli(&out, 0, "Mirror started");
+    let status = c_source.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
+    let status = dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    crate::support::assert_same_bytes(
+        "destination",
+        &std::fs::read(&dest_file).unwrap(),
+        &expected,
+    );
+    assert!(
+        src.exists(),
+        "the C source removed its file without --unlink"
+    );
+    assert!(
+        allocated(&dest_file) <= allocated(&src) + (256 << 10),
+        "the destination is not sparse: {} bytes allocated, the source {}",
+        allocated(&dest_file),
+        allocated(&src)
+    );
+}
+
+/// A TCP relay that records both directions of one connection.
+struct Spy {
+    addr: SocketAddr,
+    thread: Option<JoinHandle<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl Spy {
+    fn start(target: SocketAddr) -> Spy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let source = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "spy: nobody connected");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("spy: accept failed: {e}"),
+                }
+            };
+            source.set_nonblocking(false).unwrap();
+            let dest = TcpStream::connect_timeout(&target, IO_TIMEOUT).unwrap();
+            let down = {
+                let (from, to) = (dest.try_clone().unwrap(), source.try_clone().unwrap());
+                std::thread::spawn(move || relay(from, to))
+            };
+            let up = relay(source, dest);
+            (up, down.join().unwrap())
+        });
+        Spy {
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    /// (source to destination, destination to source), once both closed.
+    #[track_caller]
+    fn streams(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let t = self.thread.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "spy: the connection never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join().unwrap()
+    }
+}
+
+/// Copies `from` to `to` until EOF, passing the EOF on; returns what went through.
+fn relay(mut from: TcpStream, mut to: TcpStream) -> Vec<u8> {
+    from.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    seen
+}
+
+/// Checks the recorded migration is what flexnbd-c sends: after the hello,
+/// only WRITEs (type 1, flags 0, handle `.MIRROR.`, at most 8 MiB) carrying
+/// the source's bytes and covering the export, each acknowledged, then one
+/// DISCONNECT and nothing after it.
+#[track_caller]
+fn assert_flexnbd_c_wire(up: &[u8], down: &[u8], data: &[u8]) {
+    let size = data.len() as u64;
+    let hello: &[u8; OldstyleHello::SIZE] = down[..OldstyleHello::SIZE].try_into().unwrap();
+    assert_eq!(OldstyleHello::decode(hello).unwrap().size, size);
+    let mut at = 0usize;
+    let mut writes = Vec::new();
+    loop {
+        let head: &[u8; Request::SIZE] = up
+            .get(at..at + Request::SIZE)
+            .unwrap_or_else(|| panic!("the stream ends at {at} without a DISCONNECT"))
+            .try_into()
+            .unwrap();
+        let req = Request::decode(head).unwrap();
+        at += Request::SIZE;
+        assert_eq!(req.flags, CmdFlags(0), "request {req:?}");
+        match req.cmd {
+            Cmd::WRITE => {
+                assert_eq!(req.handle, MIRROR_HANDLE, "request {req:?}");
+                assert!(req.len <= MAX_MIRROR_WRITE, "request {req:?}");
+                let end = req.offset + u64::from(req.len);
+                assert!(end <= size, "request {req:?}");
+                let payload = &up[at..at + req.len as usize];
+                crate::support::assert_same_bytes(
+                    &format!("payload of {req:?}"),
+                    payload,
+                    &data[req.offset as usize..end as usize],
+                );
+                at += req.len as usize;
+                writes.push((req.offset, end));
+            }
+            Cmd::DISC => {
+                assert_eq!((req.offset, req.len), (0, 0), "request {req:?}");
+                break;
+            }
+            other => panic!("unexpected request {other:?}: {req:?}"),
+        }
+    }
+    assert_eq!(at, up.len(), "bytes after the DISCONNECT");
+    writes.sort_unstable();
+    let mut covered = 0;
+    for (start, end) in &writes {
+        assert!(
+            *start <= covered,
+            "a gap at {covered} in the writes {writes:?}"
+        );
+        covered = covered.max(*end);
+    }
+    assert_eq!(covered, size, "the writes do not cover the export");
+    let replies = &down[OldstyleHello::SIZE..];
+    assert_eq!(
+        replies.len(),
+        writes.len() * SimpleReply::SIZE,
+        "one reply per write"
+    );
+    for reply in replies.chunks(SimpleReply::SIZE) {
+        let r = SimpleReply::decode(reply.try_into().unwrap()).unwrap();
+        assert_eq!((r.error, r.handle), (Errno::OK, MIRROR_HANDLE));
+    }
+}
+
+#[test]
+fn our_serve_mirrors_into_c_listen_with_flexnbd_c_wire_protocol() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    // 17 MiB and a bit: transfers of 8, 8 and 1 MiB + 4 KiB, with a hole inside.
+    let size = (17 << 20) + 4096;
+    let mut data = pattern(size, 8);
+    data[(5 << 20)..(7 << 20)].fill(0);
+    let src = env.child("source.img");
+    {
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(size as u64).unwrap();
+        f.write_all_at(&data[..5 << 20], 0).unwrap();
+        f.write_all_at(&data[7 << 20..], 7 << 20).unwrap();
+    }
+    let mut source = Source::start_file(&env, src.clone(), LIMIT);
+    let dest_file = env.image("c-dest.img", size as u64);
+    let (mut c_dest, c_addr, _) = start_c(&env, &c, "listen", &dest_file);
+    let mut spy = Spy::start(c_addr);
+
+    let out = source.mirror(spy.addr.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", source.daemon.stderr());
+    let status = c_dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_dest.stderr());
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        data,
+        "the source file changed"
+    );
+    let (up, down) = spy.streams();
+    assert_flexnbd_c_wire(&up, &down, &data);
+}
+
+#[test]
+fn our_mirror_unlink_into_c_listen_removes_the_source_file() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    let data = pattern(1 << 20, 9);
+    let mut source = Source::start(&env, &data, LIMIT);
+    let dest_file = env.image("c-dest.img", data.len() as u64);
+    let (mut c_dest, c_addr, _) = start_c(&env, &c, "listen", &dest_file);
+
+    let out = source.mirror(c_addr.port(), &["--unlink"]);
+    assert_cli(&out, 0, "Mirror started");
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", source.daemon.stderr());
+    let status = c_dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_dest.stderr());
+    assert!(!source.file.exists(), "--unlink left the source file");
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+}
