@@ -13,5 +13,7 @@ mod client;
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
+/// Migrations that go wrong (fake destinations and sources), and with the C flexnbd.
+mod mirror_faults;
 /// The server in-process, byte by byte: handshakes, commands, bad input, limits.
 mod serve;

@@ -1,0 +1,1439 @@
+//! Migrations that go wrong, and migrations with the C flexnbd.
+//!
+//! 1. Hostile destinations (flexnbd-c's `fakes/dest`, behaviour doc 15.3 and
+//!    15.7): a fake NBD server on a test thread misbehaves at one step, and
+//!    our real `flexnbd serve` is the source, driven by the `flexnbd mirror`
+//!    CLI. We check the CLI's reply, whether the source retries (a new
+//!    connection reaches the fake within a bounded time) or not (none within
+//!    3 s), that the source keeps serving its own clients, and how it exits.
+//! 2. Hostile sources (`fakes/source`, 15.4 and 15.8): a fake sender
+//!    misbehaves against our real `flexnbd listen`, newstyle and
+//!    `--oldstyle`. The listener must keep listening without control and
+//!    serve a well-behaved sender afterwards; only a DISCONNECT hands control
+//!    over (a bad magic does not: flexnbd-c bug 14.3.1 fixed).
+//! 3. The C flexnbd 0.5.0 as the other end, in both directions, with a spy on
+//!    the wire. Skipped with a printed reason if the C binary cannot run,
+//!    except under `CI=true`.
+//!
+//! Sources run with `FLEXNBD_MS_REQUEST_LIMIT_SECS` set low, so that a
+//! destination that never replies is given up on within seconds.
+
+// Test helpers panic on purpose when something is off.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::ffi::OsStr;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use flexnbd::client::{ConnectOptions, NbdClient};
+use flexnbd::proto::consts::{MIRROR_HANDLE, NBD_SIMPLE_REPLY_MAGIC};
+use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, HandshakeFlags, Opt};
+use flexnbd::proto::wire::{
+    ExportNameReply, NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply,
+};
+
+use crate::support::{
+    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, in_ci, pattern,
+};
+
+/// The size of the sources and destinations that are not about volume.
+const SIZE: u64 = 4096;
+/// The source's request limit (`FLEXNBD_MS_REQUEST_LIMIT_SECS`) in most tests.
+const LIMIT: Duration = Duration::from_secs(2);
+/// How long a source that gave up is watched for a reconnection that must not come.
+const NO_RETRY_WINDOW: Duration = Duration::from_secs(3);
+/// How long a source that retries may take to reconnect.
+const RETRY_WITHIN: Duration = Duration::from_secs(10);
+/// How long any daemon may take to exit when it should.
+const EXIT_WITHIN: Duration = Duration::from_secs(15);
+/// The read timeout on every socket a fake uses.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest WRITE flexnbd-c's mirror sends (mirror_longest_write).
+const MAX_MIRROR_WRITE: u32 = 8 << 20;
+/// Where the C flexnbd 0.5.0 lives unless `$FLEXNBD_C` says otherwise.
+const FLEXNBD_C: &str = "/work/shared/peers/flexnbd-c/flexnbd";
+
+// ---------------------------------------------------------------------------
+// Processes: our serve and listen, the CLI, the C flexnbd.
+
+/// Starts `cmd_for(port)` on free ports until one is not taken meanwhile; waits for `sock`.
+#[track_caller]
+fn start_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, SocketAddr) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut daemon = Daemon::spawn(cmd_for(port), vec![Ready::Sock(sock.to_owned())]);
+        match daemon.try_wait_ready(Duration::from_secs(10)) {
+            Ok(()) => return (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            Err(e) if e.is_addr_in_use() => continue,
+            Err(e) => panic!("daemon did not start: {e}"),
+        }
+    }
+    panic!("no free port after 5 attempts");
+}
+
+/// Our `flexnbd serve` with a control socket: the migration's source.
+struct Source {
+    daemon: Daemon,
+    addr: SocketAddr,
+    sock: PathBuf,
+    file: PathBuf,
+}
+
+impl Source {
+    /// Serves a file holding `data`, with the request limit `limit`.
+    #[track_caller]
+    fn start(env: &TestEnv, data: &[u8], limit: Duration) -> Source {
+        let file = env.image_with("source.img", data);
+        Source::start_file(env, file, limit)
+    }
+
+    #[track_caller]
+    fn start_file(env: &TestEnv, file: PathBuf, limit: Duration) -> Source {
+        let sock = env.sock_path_named("source.sock");
+        let builder = DaemonBuilder::new("serve", &file).sock(&sock).arg("-v");
+        let (daemon, addr) = start_on_free_port(&sock, |port| {
+            let mut cmd = builder.command(port);
+            cmd.env(
+                "FLEXNBD_MS_REQUEST_LIMIT_SECS",
+                format!("{}", limit.as_secs_f64()),
+            );
+            cmd
+        });
+        Source {
+            daemon,
+            addr,
+            sock,
+            file,
+        }
+    }
+
+    /// `flexnbd mirror` to 127.0.0.1:`port`, to the end.
+    #[track_caller]
+    fn mirror(&self, port: u16, extra: &[&str]) -> Output {
+        finish(self.spawn_mirror(port, extra), Duration::from_secs(40))
+    }
+
+    fn spawn_mirror(&self, port: u16, extra: &[&str]) -> Child {
+        let port = port.to_string();
+        let mut args: Vec<&OsStr> = vec![
+            "mirror".as_ref(),
+            "-s".as_ref(),
+            self.sock.as_os_str(),
+            "-l".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        spawn_cli(&args)
+    }
+
+    /// The `status` line.
+    #[track_caller]
+    fn status(&self) -> String {
+        let reply = control(&self.sock, "status", &[]);
+        assert!(reply.starts_with("0: pid="), "status failed: {reply:?}");
+        reply
+    }
+
+    /// The source still serves its own clients: a write reads back.
+    #[track_caller]
+    fn assert_serves(&self) {
+        let opts = ConnectOptions {
+            connect_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        };
+        let mut client = NbdClient::connect(self.addr, &opts)
+            .unwrap_or_else(|e| panic!("the source does not serve a client any more: {e}"));
+        let data = pattern(512, 77);
+        client.write_at(512, &data, false).unwrap();
+        let mut back = vec![0u8; 512];
+        client.read_at(512, &mut back).unwrap();
+        assert_eq!(back, data, "the source's client read back something else");
+        client.disconnect().unwrap();
+    }
+
+    /// SIGTERM with no migration running: the source exits 0.
+    #[track_caller]
+    fn stop_cleanly(&mut self) {
+        let status = self.daemon.stop();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "serve did not exit 0 on SIGTERM while not mirroring ({status}); stderr:\n{}",
+            self.daemon.stderr()
+        );
+    }
+}
+
+/// The handshake a `listen` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// Fixed newstyle, our default.
+    New,
+    /// `--oldstyle`, flexnbd-c's handshake.
+    Old,
+}
+
+/// Our `flexnbd listen` with a control socket: the migration's destination.
+struct Listener {
+    daemon: Daemon,
+    addr: SocketAddr,
+    sock: PathBuf,
+    file: PathBuf,
+    style: Style,
+}
+
+impl Listener {
+    /// Listens on a fresh sparse file of `size` bytes.
+    #[track_caller]
+    fn start(env: &TestEnv, size: u64, style: Style) -> Listener {
+        let file = env.image("dest.img", size);
+        let sock = env.sock_path_named("dest.sock");
+        let mut builder = DaemonBuilder::new("listen", &file).sock(&sock).arg("-v");
+        if style == Style::Old {
+            builder = builder.arg("--oldstyle");
+        }
+        let daemon = builder.start();
+        let addr = daemon.addr();
+        Listener {
+            daemon,
+            addr,
+            sock,
+            file,
+            style,
+        }
+    }
+
+    #[track_caller]
+    fn status(&self) -> String {
+        let reply = control(&self.sock, "status", &[]);
+        assert!(reply.starts_with("0: pid="), "status failed: {reply:?}");
+        reply
+    }
+
+    /// Waits (bounded) until no client is connected, so the single slot is free.
+    #[track_caller]
+    fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = self.status();
+            if status.contains(" num_clients=0 ") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a client is still connected: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// After a misbehaving sender: still listening, without control, and a
+    /// well-behaved sender's write and read work.
+    #[track_caller]
+    fn assert_survives(&mut self) {
+        self.wait_idle();
+        assert!(
+            self.daemon.is_running(),
+            "listen exited after a misbehaving sender; stderr:\n{}",
+            self.daemon.stderr()
+        );
+        let status = self.status();
+        assert!(
+            status.contains(" has_control=false "),
+            "listen took control: {status}"
+        );
+        let mut s = FakeSource::connect_when_free(self.addr, self.style);
+        s.write(0x5752_4954_4531_3233, 1024, b"goodbyte");
+        s.expect_reply(0x5752_4954_4531_3233, Errno::OK);
+        assert_eq!(s.read(0x5245_4144_4241_434b, 1024, 8), b"goodbyte");
+        drop(s);
+        self.wait_idle();
+        assert!(
+            self.daemon.is_running(),
+            "listen exited after a clean close"
+        );
+    }
+
+    /// flexnbd-c's `successful_transfer`: hello, an 8-byte write, its reply,
+    /// DISCONNECT. The listener takes control and exits 0 with the data.
+    #[track_caller]
+    fn finish_transfer(&mut self) {
+        let mut s = FakeSource::connect_when_free(self.addr, self.style);
+        s.write(1, 0, b"12345678");
+        s.expect_reply(1, Errno::OK);
+        s.request(Cmd::DISC, 2, 0, 0);
+        let status = self.daemon.wait_exit(EXIT_WITHIN);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "listen did not exit 0 after DISCONNECT ({status}); stderr:\n{}",
+            self.daemon.stderr()
+        );
+        let file = std::fs::read(&self.file).unwrap();
+        assert_eq!(&file[..8], b"12345678");
+    }
+}
+
+/// Spawns `flexnbd ARGS` with its output piped.
+fn spawn_cli(args: &[&OsStr]) -> Child {
+    flexnbd_std()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run flexnbd")
+}
+
+/// Waits up to `timeout` for a CLI child and returns its output; kills it and fails after.
+#[track_caller]
+fn finish(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "flexnbd CLI still running after {timeout:?}; stdout {:?} stderr {:?}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The CLI exited `code` and said `message` on stdout (code 0) or stderr (otherwise).
+#[track_caller]
+fn assert_cli(out: &Output, code: i32, message: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status; stdout {stdout:?} stderr {stderr:?}"
+    );
+    let (said, silent) = if code == 0 {
+        (&stdout, &stderr)
+    } else {
+        (&stderr, &stdout)
+    };
+    assert_eq!(
+        said.trim_end(),
+        message,
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(silent.is_empty(), "stdout {stdout:?} stderr {stderr:?}");
+}
+
+/// Exited with 0 or 1 by itself, not by a signal.
+#[track_caller]
+fn assert_no_crash(status: ExitStatus, stderr: &str) {
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "the source crashed or failed oddly ({status}); stderr:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Fake destinations.
+
+/// A fake destination on 127.0.0.1: the first connection is handed to a
+/// script on its own thread; every later one (a retry) is recorded and
+/// closed at once, before any hello, as flexnbd-c's fakes do.
+struct FakeDest<R> {
+    addr: SocketAddr,
+    reconnects: mpsc::Receiver<Instant>,
+    script: mpsc::Receiver<JoinHandle<R>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl<R: Send + 'static> FakeDest<R> {
+    fn start(script: impl FnOnce(TcpStream) -> R + Send + 'static) -> FakeDest<R> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reconnect_tx, reconnects) = mpsc::channel();
+        let (script_tx, script_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut script = Some(script);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                        match script.take() {
+                            Some(script) => {
+                                let _ = script_tx.send(std::thread::spawn(move || script(stream)));
+                            }
+                            None => {
+                                let _ = reconnect_tx.send(Instant::now());
+                                drop(stream);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("fake destination: accept failed: {e}"),
+                }
+            }
+        });
+        FakeDest {
+            addr,
+            reconnects,
+            script: script_rx,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Whether the source connected again within `within`.
+    fn reconnected_within(&self, within: Duration) -> Option<Instant> {
+        self.reconnects.recv_timeout(within).ok()
+    }
+
+    /// The script's result; it must finish within `within`.
+    #[track_caller]
+    fn result(&self, within: Duration) -> R {
+        let deadline = Instant::now() + within;
+        let handle = self
+            .script
+            .recv_timeout(within)
+            .expect("the source never connected to the fake destination");
+        while !handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the fake destination's script did not finish in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<R> Drop for FakeDest<R> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// FakeDest's old-style hello: `NBDMAGIC`, the magic, `size`, flags 0.
+fn send_hello(s: &mut TcpStream, size: u64) {
+    let mut hello = [0u8; OldstyleHello::SIZE];
+    OldstyleHello { size, flags: 0 }.encode(&mut hello);
+    s.write_all(&hello).unwrap();
+}
+
+/// Reads one mirror WRITE (header and payload) and checks it is flexnbd-c's.
+fn read_mirror_write(s: &mut TcpStream) -> Request {
+    let mut head = [0u8; Request::SIZE];
+    s.read_exact(&mut head)
+        .expect("no write request from the source");
+    let req = Request::decode(&head).expect("bad request magic from the source");
+    assert_eq!(req.cmd, Cmd::WRITE);
+    assert_eq!(req.handle, MIRROR_HANDLE);
+    let mut payload = vec![0u8; req.len as usize];
+    s.read_exact(&mut payload).expect("short write payload");
+    req
+}
+
+fn reply_bytes(error: Errno, handle: u64) -> [u8; SimpleReply::SIZE] {
+    let mut buf = [0u8; SimpleReply::SIZE];
+    SimpleReply { error, handle }.encode(&mut buf);
+    buf
+}
+
+/// Reads until the peer closes; true if it did within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(e) => panic!("fake destination: read failed: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Hostile destinations against our serve (15.3, 15.7).
+
+/// A destination the source gave up on before it started: the CLI's reply,
+/// no reconnection, no migration left, and the source serves on and exits 0.
+#[track_caller]
+fn assert_given_up<R: Send + 'static>(
+    script: impl FnOnce(TcpStream) -> R + Send + 'static,
+    message: &str,
+) -> (R, Duration) {
+    let env = TestEnv::new();
+    let mut source = Source::start(&env, &pattern(SIZE as usize, 1), LIMIT);
+    let fake = FakeDest::start(script);
+    let started = Instant::now();
+    let out = source.mirror(fake.port(), &[]);
+    let took = started.elapsed();
+    assert_cli(&out, 1, message);
+    assert!(
+        source.status().contains(" is_mirroring=false "),
+        "{}",
+        source.status()
+    );
+    let result = fake.result(Duration::from_secs(15));
+    assert!(
+        fake.reconnected_within(NO_RETRY_WINDOW).is_none(),
+        "the source retried a destination that failed before the migration started"
+    );
+    source.assert_serves();
+    source.stop_cleanly();
+    (result, took)
+}
+
+/// A destination that fails after the migration started: `Mirror started`,
+/// then a reconnection; the source serves meanwhile, `break` stops it, and
+/// it exits 0.
+#[track_caller]
+fn assert_retried<R: Send + 'static>(script: impl FnOnce(TcpStream) -> R + Send + 'static) -> R {
+    let env = TestEnv::new();
+    let mut source = Source::start(&env, &pattern(SIZE as usize, 2), LIMIT);
+    let fake = FakeDest::start(script);
+    let out = source.mirror(fake.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    let result = fake.result(Duration::from_secs(20));
+    assert!(
+        fake.reconnected_within(RETRY_WITHIN).is_some(),
+        "the source did not reconnect within {RETRY_WITHIN:?}; stderr:\n{}",
+        source.daemon.stderr()
+    );
+    let status = source.status();
+    assert!(status.contains(" is_mirroring=true "), "{status}");
+    assert!(!status.contains(" migration_retries=0 "), "{status}");
+    source.assert_serves();
+    assert_eq!(control(&source.sock, "break", &[]), "0: mirror stopped\n");
+    assert!(
+        source.status().contains(" is_mirroring=false "),
+        "{}",
+        source.status()
+    );
+    source.stop_cleanly();
+    result
+}
+
+#[test]
+fn unreachable_destination_fails_to_connect_and_leaves_no_mirror_behind() {
+    let env = TestEnv::new();
+    let data = pattern(SIZE as usize, 3);
+    let mut source = Source::start(&env, &data, LIMIT);
+    let out = source.mirror(free_port(), &[]);
+    assert_cli(&out, 1, "Mirror failed to connect");
+    // flexnbd-c bug 14.3.4: the failed mirror stayed and blocked the next one.
+    let status = source.status();
+    assert!(status.contains(" is_mirroring=false "), "{status}");
+    assert!(status.contains(" has_control=true "), "{status}");
+    source.assert_serves();
+    let data = std::fs::read(&source.file).unwrap();
+
+    // A second mirror is accepted, and this one completes.
+    let mut dest = Listener::start(&env, SIZE, Style::New);
+    let out = source.mirror(dest.addr.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", source.daemon.stderr());
+    let status = dest.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.daemon.stderr());
+    assert_eq!(std::fs::read(&dest.file).unwrap(), data);
+}
+
+#[test]
+fn destination_closing_at_once_is_rejected_and_not_retried() {
+    assert_given_up(drop, "Mirror was rejected");
+}
+
+#[test]
+fn hello_with_wrong_magic_is_rejected_and_not_retried() {
+    assert_given_up(
+        |mut s| {
+            let mut hello = [0u8; OldstyleHello::SIZE];
+            OldstyleHello {
+                size: SIZE,
+                flags: 0,
+            }
+            .encode(&mut hello);
+            hello[8..16].copy_from_slice(&0x1234_5678_9abc_def0u64.to_be_bytes());
+            s.write_all(&hello).unwrap();
+            closed_within(&mut s, Duration::from_secs(10))
+        },
+        "Mirror was rejected",
+    );
+}
+
+#[test]
+fn hello_with_wrong_size_is_reported_closed_and_not_retried() {
+    let (closed, _) = assert_given_up(
+        |mut s| {
+            send_hello(&mut s, 12345 * 512);
+            closed_within(&mut s, Duration::from_secs(10))
+        },
+        "Remote size does not match local size",
+    );
+    assert!(closed, "the source kept the mismatched connection open");
+}
+
+#[test]
+fn destination_silent_after_connect_fails_to_respond_after_5s() {
+    let (_, took) = assert_given_up(
+        |s| {
+            // flexnbd-c's hang_after_connect: nothing for 6 s.
+            std::thread::sleep(Duration::from_secs(6));
+            drop(s);
+        },
+        "Remote server failed to respond",
+    );
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(10),
+        "the hello timeout is 5 s, the reply took {took:?}"
+    );
+}
+
+#[test]
+fn close_after_hello_is_retried() {
+    assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        drop(s);
+    });
+}
+
+#[test]
+fn close_after_write_header_is_retried() {
+    assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        let mut head = [0u8; Request::SIZE];
+        s.read_exact(&mut head).unwrap();
+        drop(s);
+    });
+}
+
+#[test]
+fn error_reply_to_a_write_is_retried() {
+    assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        let req = read_mirror_write(&mut s);
+        s.write_all(&reply_bytes(Errno(1), req.handle)).unwrap();
+        closed_within(&mut s, Duration::from_secs(10))
+    });
+}
+
+#[test]
+fn reply_with_wrong_magic_is_retried() {
+    assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        let req = read_mirror_write(&mut s);
+        let mut reply = reply_bytes(Errno::OK, req.handle);
+        reply[..4].copy_from_slice(&(!NBD_SIMPLE_REPLY_MAGIC).to_be_bytes());
+        s.write_all(&reply).unwrap();
+        closed_within(&mut s, Duration::from_secs(10))
+    });
+}
+
+#[test]
+fn reply_with_wrong_handle_is_retried() {
+    assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        read_mirror_write(&mut s);
+        s.write_all(&reply_bytes(Errno::OK, u64::from_be_bytes(*b"NOTMINE!")))
+            .unwrap();
+        closed_within(&mut s, Duration::from_secs(10))
+    });
+}
+
+#[test]
+fn no_reply_to_a_write_is_retried_after_the_request_limit() {
+    let (waited, closed) = assert_retried(|mut s| {
+        send_hello(&mut s, SIZE);
+        read_mirror_write(&mut s);
+        let written = Instant::now();
+        let closed = closed_within(&mut s, Duration::from_secs(15));
+        (written.elapsed(), closed)
+    });
+    assert!(closed, "the source never gave up on the silent destination");
+    assert!(
+        waited >= LIMIT - Duration::from_millis(500) && waited < LIMIT + Duration::from_secs(5),
+        "the request limit is {LIMIT:?}, the source gave up after {waited:?}"
+    );
+}
+
+#[test]
+fn destination_closing_after_acking_everything_does_not_crash_the_source() {
+    let env = TestEnv::new();
+    let mut source = Source::start(&env, &pattern(SIZE as usize, 4), LIMIT);
+    let pid = rustix::process::Pid::from_raw(source.daemon.pid() as i32).unwrap();
+    // flexnbd-c's close_after_writes: one write (the whole 4 KiB export), its
+    // ack and the close reach the source while it is stopped, so it sees them at once.
+    let fake = FakeDest::start(move |mut s| {
+        send_hello(&mut s, SIZE);
+        let req = read_mirror_write(&mut s);
+        assert_eq!((req.offset, req.len), (0, SIZE as u32));
+        rustix::process::kill_process(pid, Signal::STOP).unwrap();
+        let reply = s.write_all(&reply_bytes(Errno::OK, req.handle));
+        drop(s);
+        std::thread::sleep(Duration::from_millis(100));
+        rustix::process::kill_process(pid, Signal::CONT).unwrap();
+        reply.unwrap();
+    });
+    let out = source.mirror(fake.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    fake.result(Duration::from_secs(15));
+    // Either it sent DISCONNECT into the closed socket and exits 0 by itself,
+    // or it saw the close first and retries (then SIGTERM: exit 1). Never a crash.
+    let status = match source.daemon.try_wait_exit(Duration::from_secs(5)) {
+        Some(status) => status,
+        None => {
+            source.assert_serves();
+            source.daemon.signal(Signal::TERM);
+            source.daemon.wait_exit(EXIT_WITHIN)
+        }
+    };
+    assert_no_crash(status, &source.daemon.stderr());
+}
+
+#[test]
+fn break_while_the_destination_is_connected_stops_without_reconnecting() {
+    let env = TestEnv::new();
+    let mut source = Source::start(&env, &pattern(SIZE as usize, 5), Duration::from_secs(30));
+    // flexnbd-c's break_after_hello: the break is queued behind the mirror
+    // command, which is still waiting for the hello.
+    let (accepted_tx, accepted) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let fake = FakeDest::start(move |mut s| {
+        accepted_tx.send(()).unwrap();
+        go.recv_timeout(Duration::from_secs(10)).unwrap();
+        send_hello(&mut s, SIZE);
+        // The write may or may not go out before the break is handled; never answer it.
+        closed_within(&mut s, Duration::from_secs(15))
+    });
+    let mirror = source.spawn_mirror(fake.port(), &[]);
+    accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sock = source.sock.clone();
+    let brk = spawn_cli(&["break".as_ref(), "-s".as_ref(), sock.as_os_str()]);
+    std::thread::sleep(Duration::from_millis(300));
+    go_tx.send(()).unwrap();
+    assert_cli(
+        &finish(mirror, Duration::from_secs(20)),
+        0,
+        "Mirror started",
+    );
+    assert_cli(&finish(brk, Duration::from_secs(20)), 0, "mirror stopped");
+    assert!(
+        fake.result(Duration::from_secs(20)),
+        "the destination's connection was not closed by break"
+    );
+    assert!(
+        fake.reconnected_within(NO_RETRY_WINDOW).is_none(),
+        "the source reconnected after break"
+    );
+    let status = source.status();
+    assert!(status.contains(" is_mirroring=false "), "{status}");
+    assert!(status.contains(" has_control=true "), "{status}");
+    source.assert_serves();
+    source.stop_cleanly();
+}
+
+#[test]
+fn sigterm_while_mirroring_exits_1() {
+    let env = TestEnv::new();
+    let mut source = Source::start(&env, &pattern(SIZE as usize, 6), Duration::from_secs(30));
+    let (written_tx, written) = mpsc::channel();
+    let fake = FakeDest::start(move |mut s| {
+        send_hello(&mut s, SIZE);
+        read_mirror_write(&mut s);
+        written_tx.send(()).unwrap();
+        closed_within(&mut s, Duration::from_secs(15))
+    });
+    let out = source.mirror(fake.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    written.recv_timeout(Duration::from_secs(10)).unwrap();
+    source.daemon.signal(Signal::TERM);
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a signal during a migration must exit 1 ({status}); stderr:\n{}",
+        source.daemon.stderr()
+    );
+    assert!(
+        fake.result(Duration::from_secs(20)),
+        "the destination's connection was not closed"
+    );
+    assert!(source.file.exists(), "the source file went away");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Hostile sources against our listen (15.4, 15.8).
+
+/// A sender speaking to a `listen` byte by byte.
+struct FakeSource {
+    s: TcpStream,
+}
+
+impl FakeSource {
+    fn tcp(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+
+    /// Connects and completes the handshake (old-style: reads the hello;
+    /// newstyle: NO_ZEROES and EXPORT_NAME of the default export).
+    #[track_caller]
+    fn connect(addr: SocketAddr, style: Style) -> FakeSource {
+        let mut s = FakeSource {
+            s: FakeSource::tcp(addr),
+        };
+        let size = s.handshake(style);
+        assert_eq!(size, SIZE);
+        s
+    }
+
+    /// [`FakeSource::connect`], connecting again (for up to 5 s) while the
+    /// listener refuses, i.e. closes before its first byte: a connection
+    /// closed in the backlog still takes the single slot for a moment once
+    /// accepted, and `status` cannot count it before that.
+    #[track_caller]
+    fn connect_when_free(addr: SocketAddr, style: Style) -> FakeSource {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = FakeSource::tcp(addr);
+            match s.peek(&mut [0u8; 1]) {
+                Ok(1) => {
+                    let mut s = FakeSource { s };
+                    assert_eq!(s.handshake(style), SIZE);
+                    return s;
+                }
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("the listener refuses every connection: {other:?}"),
+            }
+        }
+    }
+
+    #[track_caller]
+    fn handshake(&mut self, style: Style) -> u64 {
+        match style {
+            Style::Old => {
+                let mut hello = [0u8; OldstyleHello::SIZE];
+                self.s.read_exact(&mut hello).unwrap();
+                OldstyleHello::decode(&hello).unwrap().size
+            }
+            Style::New => {
+                let mut hello = [0u8; NewstyleHello::SIZE];
+                self.s.read_exact(&mut hello).unwrap();
+                let hello = NewstyleHello::decode(&hello).unwrap();
+                assert!(hello.flags.contains(HandshakeFlags::FIXED_NEWSTYLE));
+                let flags = ClientFlags::FIXED_NEWSTYLE.0 | ClientFlags::NO_ZEROES.0;
+                self.s.write_all(&flags.to_be_bytes()).unwrap();
+                let mut head = [0u8; OptionHeader::SIZE];
+                OptionHeader {
+                    opt: Opt::EXPORT_NAME,
+                    len: 0,
+                }
+                .encode(&mut head);
+                self.s.write_all(&head).unwrap();
+                let mut reply = [0u8; ExportNameReply::SIZE];
+                self.s.read_exact(&mut reply).unwrap();
+                ExportNameReply::decode(&reply).size
+            }
+        }
+    }
+
+    fn header(cmd: Cmd, handle: u64, offset: u64, len: u32) -> [u8; Request::SIZE] {
+        let mut head = [0u8; Request::SIZE];
+        Request {
+            flags: CmdFlags(0),
+            cmd,
+            handle,
+            offset,
+            len,
+        }
+        .encode(&mut head);
+        head
+    }
+
+    fn request(&mut self, cmd: Cmd, handle: u64, offset: u64, len: u32) {
+        self.s
+            .write_all(&FakeSource::header(cmd, handle, offset, len))
+            .unwrap();
+    }
+
+    fn write(&mut self, handle: u64, offset: u64, data: &[u8]) {
+        self.request(Cmd::WRITE, handle, offset, data.len() as u32);
+        self.s.write_all(data).unwrap();
+    }
+
+    #[track_caller]
+    fn reply(&mut self) -> SimpleReply {
+        let mut head = [0u8; SimpleReply::SIZE];
+        self.s.read_exact(&mut head).unwrap();
+        SimpleReply::decode(&head).unwrap()
+    }
+
+    #[track_caller]
+    fn expect_reply(&mut self, handle: u64, error: Errno) {
+        let r = self.reply();
+        assert_eq!((r.error, r.handle), (error, handle));
+    }
+
+    #[track_caller]
+    fn read(&mut self, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+        self.request(Cmd::READ, handle, offset, len);
+        self.expect_reply(handle, Errno::OK);
+        let mut data = vec![0u8; len as usize];
+        self.s.read_exact(&mut data).unwrap();
+        data
+    }
+}
+
+/// The server closes `s` within 2 s without sending a byte.
+#[track_caller]
+fn assert_closed_without_a_byte(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("expected EOF, got {n} bytes: {:02x?}", &buf[..n]),
+        Err(e) => panic!("expected EOF within 2 s: {e}"),
+    }
+}
+
+fn connect_then_close(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    drop(FakeSource::tcp(l.addr));
+    l.assert_survives();
+    // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
+    drop(FakeSource::tcp(l.addr));
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn close_after_hello(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    drop(FakeSource::connect(l.addr, style));
+    l.assert_survives();
+    if style == Style::New {
+        // Also in the middle of the negotiation: greeting read, then gone.
+        let mut s = FakeSource::tcp(l.addr);
+        let mut hello = [0u8; NewstyleHello::SIZE];
+        s.read_exact(&mut hello).unwrap();
+        drop(s);
+        l.assert_survives();
+    }
+    l.finish_transfer();
+}
+
+fn read_request_without_reading_the_hello(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
+    let mut s = FakeSource::tcp(l.addr);
+    s.write_all(&FakeSource::header(Cmd::READ, 1, 0, SIZE as u32))
+        .unwrap();
+    let mut four = [0u8; 4];
+    s.read_exact(&mut four).unwrap();
+    drop(s);
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn second_connection_is_refused_and_the_first_continues(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut first = FakeSource::connect(l.addr, style);
+    let mut second = FakeSource::tcp(l.addr);
+    assert_closed_without_a_byte(&mut second);
+    first.write(7, 2048, b"stillok!");
+    first.expect_reply(7, Errno::OK);
+    assert_eq!(first.read(8, 2048, 8), b"stillok!");
+    drop(first);
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn connection_from_outside_the_acl_sees_eof(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    assert_eq!(control(&l.sock, "acl", &["127.0.0.1"]), "0: updated\n");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0)).into())
+        .unwrap();
+    socket.connect_timeout(&l.addr.into(), IO_TIMEOUT).unwrap();
+    let mut banned: TcpStream = socket.into();
+    assert_closed_without_a_byte(&mut banned);
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn write_out_of_range_gets_an_error_and_the_next_write_works(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    let handle = u64::from_be_bytes(*b"myhandle");
+    s.write(handle, SIZE + 1, &[0xAB; 32]);
+    // ENOSPC in both handshakes, with the handle echoed and the payload drained.
+    s.expect_reply(handle, Errno::ENOSPC);
+    s.write(handle + 1, 0, b"in range");
+    s.expect_reply(handle + 1, Errno::OK);
+    drop(s);
+    l.assert_survives();
+    assert_eq!(&std::fs::read(&l.file).unwrap()[..8], b"in range");
+    l.finish_transfer();
+}
+
+fn write_header_then_close(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    s.request(Cmd::WRITE, 1, 0, 8);
+    drop(s);
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn write_header_and_data_then_close(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    s.write(1, 8, b"partial!");
+    drop(s);
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn bad_magic_gets_an_error_and_does_not_hand_control_over(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    let handle = u64::from_be_bytes(*b"myhandle");
+    let mut head = FakeSource::header(Cmd::WRITE, handle, 0, 0);
+    head[..4].fill(0);
+    s.s.write_all(&head).unwrap();
+    let r = s.reply();
+    assert_eq!(r.handle, handle);
+    assert_ne!(r.error, Errno::OK);
+    let mut rest = Vec::new();
+    s.s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bytes after the error reply: {rest:02x?}");
+    // flexnbd-c bug 14.3.1: C takes control here and exits 0.
+    l.assert_survives();
+    l.finish_transfer();
+}
+
+fn sigterm_before_control_exits_1(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let _s = FakeSource::connect(l.addr, style);
+    l.daemon.signal(Signal::TERM);
+    let status = l.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(1), "{}", l.daemon.stderr());
+}
+
+fn clean_transfer_hands_control_over(style: Style) {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    l.finish_transfer();
+}
+
+macro_rules! per_style {
+    ($module:ident, $style:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario($style);
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! listen_scenarios {
+    ($($module:ident: $style:expr),*) => {
+        $(
+            per_style!($module, $style, [
+                connect_then_close,
+                close_after_hello,
+                read_request_without_reading_the_hello,
+                second_connection_is_refused_and_the_first_continues,
+                connection_from_outside_the_acl_sees_eof,
+                write_out_of_range_gets_an_error_and_the_next_write_works,
+                write_header_then_close,
+                write_header_and_data_then_close,
+                bad_magic_gets_an_error_and_does_not_hand_control_over,
+                sigterm_before_control_exits_1,
+                clean_transfer_hands_control_over,
+            ]);
+        )*
+    };
+}
+
+listen_scenarios!(listen_newstyle: super::Style::New, listen_oldstyle: super::Style::Old);
+
+// ---------------------------------------------------------------------------
+// 3. The C flexnbd as the other end.
+
+/// The C flexnbd if it can run here; otherwise prints why the test is
+/// skipped (or fails, under `CI=true`).
+fn c_flexnbd() -> Option<PathBuf> {
+    let path = std::env::var_os("FLEXNBD_C")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(FLEXNBD_C), PathBuf::from);
+    let problem = if path.is_file() {
+        // It prints its usage and exits 1; a missing libev4 makes the loader fail instead.
+        match Command::new(&path)
+            .arg("help")
+            .stdin(Stdio::null())
+            .output()
+        {
+            Err(e) => Some(format!("cannot run {}: {e}", path.display())),
+            Ok(out) if text(&out.stderr).contains("error while loading shared libraries") => {
+                Some(format!(
+                    "{} cannot run: {}",
+                    path.display(),
+                    text(&out.stderr).trim()
+                ))
+            }
+            Ok(_) => None,
+        }
+    } else {
+        Some(format!("{} not found (set FLEXNBD_C)", path.display()))
+    };
+    match problem {
+        None => Some(path),
+        Some(why) => {
+            assert!(!in_ci(), "the C flexnbd is required when CI=true: {why}");
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// The C flexnbd's `serve` or `listen` on `file`, with a control socket.
+#[track_caller]
+fn start_c(env: &TestEnv, c: &Path, mode: &str, file: &Path) -> (Daemon, SocketAddr, PathBuf) {
+    let sock = env.sock_path_named(&format!("c-{mode}.sock"));
+    let (daemon, addr) = start_on_free_port(&sock, |port| {
+        let mut cmd = Command::new(c);
+        cmd.arg(mode)
+            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f"])
+            .arg(file)
+            .arg("-s")
+            .arg(&sock);
+        cmd
+    });
+    (daemon, addr, sock)
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn c_serve_mirrors_into_our_oldstyle_listen_and_holes_stay_holes() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    // 12 MiB, mostly holes: two 8 MiB transfers from the C source, zeroes and all.
+    let size: u64 = 12 << 20;
+    let src = env.image("c-source.img", size);
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    for (offset, len, seed) in [
+        (0u64, 64usize << 10, 1u64),
+        (3 << 20, 4096, 2),
+        ((8 << 20) - 100, 200, 3),
+        (size - 4096, 4096, 4),
+    ] {
+        file.write_all_at(&pattern(len, seed), offset).unwrap();
+    }
+    drop(file);
+    let expected = std::fs::read(&src).unwrap();
+    assert!(
+        allocated(&src) < 1 << 20,
+        "the test file is not sparse here"
+    );
+
+    let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
+    let dest_file = env.image("dest.img", size);
+    let dest_sock = env.sock_path_named("dest.sock");
+    let mut dest = DaemonBuilder::new("listen", &dest_file)
+        .sock(&dest_sock)
+        .args(["-v", "--oldstyle"])
+        .start();
+
+    // Our CLI drives the C source: the control protocol is the same.
+    let port = dest.addr().port().to_string();
+    let out = finish(
+        spawn_cli(&[
+            "mirror".as_ref(),
+            "-s".as_ref(),
+            c_sock.as_os_str(),
+            "-l".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+        ]),
+        Duration::from_secs(40),
+    );
+    assert_cli(&out, 0, "Mirror started");
+    let status = c_source.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
+    let status = dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    crate::support::assert_same_bytes(
+        "destination",
+        &std::fs::read(&dest_file).unwrap(),
+        &expected,
+    );
+    assert!(
+        src.exists(),
+        "the C source removed its file without --unlink"
+    );
+    assert!(
+        allocated(&dest_file) <= allocated(&src) + (256 << 10),
+        "the destination is not sparse: {} bytes allocated, the source {}",
+        allocated(&dest_file),
+        allocated(&src)
+    );
+}
+
+/// A TCP relay that records both directions of one connection.
+struct Spy {
+    addr: SocketAddr,
+    thread: Option<JoinHandle<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl Spy {
+    fn start(target: SocketAddr) -> Spy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let source = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "spy: nobody connected");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("spy: accept failed: {e}"),
+                }
+            };
+            source.set_nonblocking(false).unwrap();
+            let dest = TcpStream::connect_timeout(&target, IO_TIMEOUT).unwrap();
+            let down = {
+                let (from, to) = (dest.try_clone().unwrap(), source.try_clone().unwrap());
+                std::thread::spawn(move || relay(from, to))
+            };
+            let up = relay(source, dest);
+            (up, down.join().unwrap())
+        });
+        Spy {
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    /// (source to destination, destination to source), once both closed.
+    #[track_caller]
+    fn streams(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let t = self.thread.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "spy: the connection never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join().unwrap()
+    }
+}
+
+/// Copies `from` to `to` until EOF, passing the EOF on; returns what went through.
+fn relay(mut from: TcpStream, mut to: TcpStream) -> Vec<u8> {
+    from.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    seen
+}
+
+/// Checks the recorded migration is what flexnbd-c sends: after the hello,
+/// only WRITEs (type 1, flags 0, handle `.MIRROR.`, at most 8 MiB) carrying
+/// the source's bytes and covering the export, each acknowledged, then one
+/// DISCONNECT and nothing after it.
+#[track_caller]
+fn assert_flexnbd_c_wire(up: &[u8], down: &[u8], data: &[u8]) {
+    let size = data.len() as u64;
+    let hello: &[u8; OldstyleHello::SIZE] = down[..OldstyleHello::SIZE].try_into().unwrap();
+    assert_eq!(OldstyleHello::decode(hello).unwrap().size, size);
+    let mut at = 0usize;
+    let mut writes = Vec::new();
+    loop {
+        let head: &[u8; Request::SIZE] = up
+            .get(at..at + Request::SIZE)
+            .unwrap_or_else(|| panic!("the stream ends at {at} without a DISCONNECT"))
+            .try_into()
+            .unwrap();
+        let req = Request::decode(head).unwrap();
+        at += Request::SIZE;
+        assert_eq!(req.flags, CmdFlags(0), "request {req:?}");
+        match req.cmd {
+            Cmd::WRITE => {
+                assert_eq!(req.handle, MIRROR_HANDLE, "request {req:?}");
+                assert!(req.len <= MAX_MIRROR_WRITE, "request {req:?}");
+                let end = req.offset + u64::from(req.len);
+                assert!(end <= size, "request {req:?}");
+                let payload = &up[at..at + req.len as usize];
+                crate::support::assert_same_bytes(
+                    &format!("payload of {req:?}"),
+                    payload,
+                    &data[req.offset as usize..end as usize],
+                );
+                at += req.len as usize;
+                writes.push((req.offset, end));
+            }
+            Cmd::DISC => {
+                assert_eq!((req.offset, req.len), (0, 0), "request {req:?}");
+                break;
+            }
+            other => panic!("unexpected request {other:?}: {req:?}"),
+        }
+    }
+    assert_eq!(at, up.len(), "bytes after the DISCONNECT");
+    writes.sort_unstable();
+    let mut covered = 0;
+    for (start, end) in &writes {
+        assert!(
+            *start <= covered,
+            "a gap at {covered} in the writes {writes:?}"
+        );
+        covered = covered.max(*end);
+    }
+    assert_eq!(covered, size, "the writes do not cover the export");
+    let replies = &down[OldstyleHello::SIZE..];
+    assert_eq!(
+        replies.len(),
+        writes.len() * SimpleReply::SIZE,
+        "one reply per write"
+    );
+    for reply in replies.chunks(SimpleReply::SIZE) {
+        let r = SimpleReply::decode(reply.try_into().unwrap()).unwrap();
+        assert_eq!((r.error, r.handle), (Errno::OK, MIRROR_HANDLE));
+    }
+}
+
+#[test]
+fn our_serve_mirrors_into_c_listen_with_flexnbd_c_wire_protocol() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    // 17 MiB and a bit: transfers of 8, 8 and 1 MiB + 4 KiB, with a hole inside.
+    let size = (17 << 20) + 4096;
+    let mut data = pattern(size, 8);
+    data[(5 << 20)..(7 << 20)].fill(0);
+    let src = env.child("source.img");
+    {
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(size as u64).unwrap();
+        f.write_all_at(&data[..5 << 20], 0).unwrap();
+        f.write_all_at(&data[7 << 20..], 7 << 20).unwrap();
+    }
+    let mut source = Source::start_file(&env, src.clone(), LIMIT);
+    let dest_file = env.image("c-dest.img", size as u64);
+    let (mut c_dest, c_addr, _) = start_c(&env, &c, "listen", &dest_file);
+    let mut spy = Spy::start(c_addr);
+
+    let out = source.mirror(spy.addr.port(), &[]);
+    assert_cli(&out, 0, "Mirror started");
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", source.daemon.stderr());
+    let status = c_dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_dest.stderr());
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        data,
+        "the source file changed"
+    );
+    let (up, down) = spy.streams();
+    assert_flexnbd_c_wire(&up, &down, &data);
+}
+
+#[test]
+fn our_mirror_unlink_into_c_listen_removes_the_source_file() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    let data = pattern(1 << 20, 9);
+    let mut source = Source::start(&env, &data, LIMIT);
+    let dest_file = env.image("c-dest.img", data.len() as u64);
+    let (mut c_dest, c_addr, _) = start_c(&env, &c, "listen", &dest_file);
+
+    let out = source.mirror(c_addr.port(), &["--unlink"]);
+    assert_cli(&out, 0, "Mirror started");
+    let status = source.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", source.daemon.stderr());
+    let status = c_dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_dest.stderr());
+    assert!(!source.file.exists(), "--unlink left the source file");
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+}
