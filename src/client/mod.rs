@@ -339,6 +339,8 @@ impl NbdClient {
         Ok(ReplyReader {
             stream,
             timeout: self.timeout,
+            partial: [0; SimpleReply::SIZE],
+            filled: 0,
         })
     }
 
@@ -386,6 +388,9 @@ impl NbdClient {
 pub struct ReplyReader {
     stream: TcpStream,
     timeout: Option<Duration>,
+    /// A reply header read in part when a read timed out; the next call goes on from here.
+    partial: [u8; SimpleReply::SIZE],
+    filled: usize,
 }
 
 impl ReplyReader {
@@ -394,8 +399,38 @@ impl ReplyReader {
     /// # Errors
     ///
     /// As [`NbdClient::read_reply`].
+    ///
+    /// A timeout never loses bytes: a header read in part is kept, and the
+    /// next call completes it, so a caller may wait again after a timeout.
     pub fn read_reply(&mut self) -> Result<SimpleReply, ClientError> {
-        read_reply(&self.stream, self.timeout)
+        while self.filled < SimpleReply::SIZE {
+            match (&self.stream).read(&mut self.partial[self.filled..]) {
+                Ok(0) => {
+                    return Err(ClientError::Closed {
+                        what: "reading a reply",
+                    });
+                }
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ClientError::from_io(e, "reading a reply", self.timeout)),
+            }
+        }
+        self.filled = 0;
+        let reply = SimpleReply::decode(&self.partial).map_err(ClientError::BadReply)?;
+        debug!("reply handle {:#x} error {}", reply.handle, reply.error);
+        Ok(reply)
+    }
+
+    /// Sets how long one read may wait for data (the connection's reply
+    /// timeout otherwise); `None` waits for ever.
+    ///
+    /// # Errors
+    ///
+    /// The socket option cannot be set.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// Shuts the socket down in both directions, which also wakes a thread

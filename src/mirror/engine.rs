@@ -39,13 +39,37 @@ struct Window {
     closed: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Replies {
     window: Mutex<Window>,
     cv: Condvar,
+    /// The request limit: how long outstanding transfers may see no progress.
+    limit: Option<Duration>,
+    /// The last send or reply; the limit counts from here, as flexnbd-c's timer.
+    progress: Mutex<Instant>,
 }
 
 impl Replies {
+    fn new(limit: Option<Duration>) -> Replies {
+        Replies {
+            window: Mutex::new(Window::default()),
+            cv: Condvar::new(),
+            limit,
+            progress: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn progressed(&self) {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn since_progress(&self) -> Duration {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -120,8 +144,8 @@ pub(super) fn attempt(
     *lock(&mirror.tracker) = Some(tracker.clone());
     mirror.set_phase(Phase::Copying);
 
-    let replies = Arc::new(Replies::default());
-    let end = match client.reply_reader() {
+    let replies = Arc::new(Replies::new(limit));
+    let end = match reply_reader(&client, limit) {
         Err(e) => AttemptEnd::Failed(e.to_string()),
         Ok(reader) => std::thread::scope(|scope| {
             let reader_replies = replies.clone();
@@ -155,6 +179,17 @@ pub(super) fn attempt(
     end
 }
 
+/// A reply reader that wakes often enough to measure the request limit
+/// from the last progress rather than from the start of its read.
+fn reply_reader(client: &NbdClient, limit: Option<Duration>) -> Result<ReplyReader, String> {
+    let mut reader = client.reply_reader().map_err(|e| e.to_string())?;
+    let tick = limit.map(|l| (l / 4).max(Duration::from_millis(50)));
+    reader
+        .set_read_timeout(tick)
+        .map_err(|e| format!("cannot set a timeout: {e}"))?;
+    Ok(reader)
+}
+
 fn lock_closed(replies: &Replies) {
     replies.lock().closed = true;
     replies.cv.notify_all();
@@ -173,6 +208,7 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
                     replies.fail("Bad handle returned from listener".to_owned());
                     return;
                 }
+                replies.progressed();
                 let mut w = replies.lock();
                 let Some(len) = w.lens.pop_front() else {
                     drop(w);
@@ -188,7 +224,8 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
                 if w.closed {
                     return;
                 }
-                if !w.lens.is_empty() {
+                let expired = replies.limit.is_some_and(|l| replies.since_progress() >= l);
+                if !w.lens.is_empty() && expired {
                     drop(w);
                     log::warn!("Mirror timeout signalled");
                     replies.fail(format!(
@@ -196,7 +233,7 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
                     ));
                     return;
                 }
-                // Idle: nothing was outstanding, keep waiting.
+                // Idle, or still within the limit: keep waiting.
             }
             Err(e) => {
                 if !replies.lock().closed {
@@ -475,12 +512,20 @@ impl Transfer<'_> {
             len: len32,
         };
         self.mirror.in_flight.fetch_add(len, Ordering::SeqCst);
-        self.replies.lock().lens.push_back(len);
+        {
+            let mut w = self.replies.lock();
+            if w.lens.is_empty() {
+                // The limit applies to outstanding transfers: it starts with the first.
+                self.replies.progressed();
+            }
+            w.lens.push_back(len);
+        }
         let sent = self.client.send_request(&req, &self.buf[..payload_len]);
         if let Err(e) = sent {
             log::warn!("Couldn't write to listener: {e}");
             return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
         }
+        self.replies.progressed();
         self.mirror
             .wire_bytes
             .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
