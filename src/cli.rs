@@ -20,7 +20,12 @@ use crate::net::{AclEntry, parse_ip};
 /// the Linux kernel's nbd-client and the libnbd tools, is controlled through
 /// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
 #[derive(Debug, Parser)]
-#[command(name = "flexnbd", version, propagate_version = true, infer_long_args = true)]
+#[command(
+    name = "flexnbd",
+    version,
+    propagate_version = true,
+    infer_long_args = true
+)]
 #[command(after_help = "Run 'flexnbd help <command>' for the options of one command.")]
 pub struct Cli {
     /// Options accepted by every subcommand.
