@@ -659,7 +659,8 @@ fn a_file_in_the_way_of_the_control_socket_is_left_alone() {
         &[],
     );
     let line = one_error_line("serve over a regular file", &out);
-    assert!(line.contains(sock.to_str().unwrap()), "{line}");
+    assert_eq!(line.matches(sock.to_str().unwrap()).count(), 1, "{line}");
+    assert!(line.contains("not a socket"), "{line}");
     assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
 }
 
@@ -687,9 +688,12 @@ fn second_serve_on_the_same_socket_fails_and_leaves_the_first_alone() {
         &[],
     );
     let line = one_error_line("second serve", &out);
-    assert!(
-        line.contains(sock.to_str().unwrap()) && line.contains("in use"),
-        "{line}"
+    assert_eq!(
+        line,
+        format!(
+            "flexnbd: control socket {} is in use by another process",
+            sock.display()
+        )
     );
 
     assert!(first.is_running());
@@ -1029,6 +1033,13 @@ fn serve_start_up_errors_are_one_line_and_leave_no_socket() {
         assert!(line.contains(dir.to_str().unwrap()), "{line}");
         assert!(!sock.exists());
     }
+
+    let nowhere = env.child("no-such-dir").join("ctl.sock");
+    let line = one_error_line(
+        "socket in a missing directory",
+        &serve_once(&disk, 0, &nowhere, &[]),
+    );
+    assert_eq!(line.matches(nowhere.to_str().unwrap()).count(), 1, "{line}");
 
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

@@ -58,12 +58,10 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         })
         .context("cannot start the signal thread")?;
 
-    // The control socket appears only once the NBD listener is bound, as in flexnbd-c.
+    // The control socket appears only once the NBD listener is bound, as in
+    // flexnbd-c. Its errors already name the socket, so they get no context.
     let control = match &args.sock {
-        Some(path) => Some(
-            ControlServer::start(path, server.clone())
-                .with_context(|| format!("cannot create control socket {}", path.display()))?,
-        ),
+        Some(path) => Some(ControlServer::start(path, server.clone())?),
         None => None,
     };
 

@@ -237,7 +237,10 @@ impl ControlServer {
                 server.unlink();
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot start control thread: {e}"),
+                    format!(
+                        "cannot start the thread of control socket {}: {e}",
+                        path.display()
+                    ),
                 ));
             }
         }
