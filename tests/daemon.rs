@@ -609,6 +609,11 @@ fn malformed_control_requests_get_c_replies_and_serving_goes_on() {
         (b"status\r\n\n", "10: unknown command\n"),
         (b"acl\n127.0.0.1\r\n\n", "1: bad spec: 127.0.0.1\r\n"),
     ];
+    let too_long = format!("acl\n{}\n", "127.0.0.1\n".repeat(4096));
+    assert_eq!(
+        text(&control_raw(&sock, too_long.as_bytes())),
+        "1: request too long\n"
+    );
     for (request, reply) in cases {
         assert_eq!(
             text(&control_raw(&sock, request)),
@@ -795,6 +800,37 @@ fn requests_in_flight_at_a_signal_get_their_replies() {
             &expected,
         );
     }
+}
+
+/// A client that stops reading its replies must not keep a stopped server
+/// alive for ever: the operator's SIGTERM should end `serve` in bounded time.
+///
+/// Today the client's thread blocks in a reply write that has no time limit,
+/// `Server::run` waits for it, and `serve` keeps running (its control socket
+/// still answering) until the client goes away; with `-k` the killswitch
+/// would end it after 120 s.
+#[test]
+#[ignore = "bug in src/server: SIGTERM does not stop serve while a client does not read its replies"]
+fn sigterm_stops_serve_while_a_client_ignores_its_replies() {
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", 32 * MIB);
+    let mut d = serve(&env, &disk, Style::Oldstyle, &[]);
+    let mut client = Nbd::connect(d.addr(), Style::Oldstyle);
+    // 256 MiB of replies: far more than the socket buffers hold.
+    for handle in 0..8 {
+        client.request(Cmd::READ, handle, 0, 32 << 20);
+    }
+    // The first reply has started: the server has read a request whose
+    // 32 MiB reply cannot fit in the socket buffers, so it will block.
+    let first = client.reply();
+    assert_eq!((first.error, first.handle), (Errno::OK, 0));
+    d.signal(Signal::TERM);
+    let exited = d.try_wait_exit(EXIT_TIMEOUT);
+    drop(client);
+    assert!(
+        exited.is_some(),
+        "serve still running {EXIT_TIMEOUT:?} after SIGTERM, held by a client that does not read"
+    );
 }
 
 // ---------------------------------------------------------------------------
