@@ -957,6 +957,41 @@ fn read_into_a_pipe_closed_early_exits_0() {
     assert_eq!(stderr, "");
 }
 
+/// A client command stopped by a signal dies of it (no handler, no exit
+/// status), as the README's exit-status section says.
+#[test]
+fn write_waiting_for_stdin_dies_of_sigint() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", MIB);
+    let d = serve(&env, &disk, Style::Newstyle, &[]);
+    let [l, addr, p, port] = d.addr_args();
+    // stdin stays open and empty: write waits for it.
+    let mut child = flexnbd_std()
+        .args(["write", &l, &addr, &p, &port, "-F", "0", "-S", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn write");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, Signal::INT).expect("kill");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("write did not die of SIGINT");
+        }
+        std::thread::sleep(POLL);
+    };
+    assert_eq!(status.signal(), Some(2), "{status}");
+    assert!(env.read(&disk).iter().all(|&b| b == 0));
+}
+
 /// flexnbd-c's 64-block `f` pattern: 1 KiB blocks of little-endian u32 file offsets.
 fn offsets_pattern(blocks: usize) -> Vec<u8> {
     (0..blocks * 256)
