@@ -1170,6 +1170,32 @@ fn nbdinfo_and_qemu_img_see_an_oldstyle_daemon() {
     assert!(qemu.contains("\"virtual-size\": 3146240"), "{qemu}");
 }
 
+/// The README's compatibility promises, seen through the binary: the C
+/// flexnbd's 152-byte hello with `--oldstyle`, and EINVAL for a request over
+/// 32 MiB (after which the connection still works).
+#[test]
+fn oldstyle_hello_is_the_c_bytes_and_big_requests_get_einval() {
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", 40 * MIB + 100);
+    let d = serve(&env, &disk, Style::Oldstyle, &[]);
+    let mut s = TcpStream::connect_timeout(&d.addr(), IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut hello = [0u8; 152];
+    s.read_exact(&mut hello).unwrap();
+    let mut expected = b"NBDMAGIC".to_vec();
+    expected.extend_from_slice(&0x00420281861253_u64.to_be_bytes());
+    expected.extend_from_slice(&(40 * MIB).to_be_bytes());
+    expected.extend_from_slice(&13u32.to_be_bytes());
+    expected.extend_from_slice(&[0u8; 124]);
+    assert_eq!(hello[..], expected[..]);
+
+    let mut client = Nbd { s, size: 40 * MIB };
+    client.request(Cmd::READ, 5, 0, (32 << 20) + 1);
+    let reply = client.reply();
+    assert_eq!((reply.error, reply.handle), (Errno::EINVAL, 5));
+    assert_eq!(client.read(40 * MIB - 512, 512), vec![0u8; 512]);
+}
+
 #[test]
 fn serve_log_lines_have_the_c_layout() {
     let env = TestEnv::new();
@@ -1204,6 +1230,7 @@ fn serve_log_lines_have_the_c_layout() {
         log.contains(&format!("Serving file {}", disk.display())),
         "{log}"
     );
+    assert_eq!(d.stdout(), "", "serve wrote to stdout");
 }
 
 /// The fenced `sh` blocks of a Markdown text.
