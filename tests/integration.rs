@@ -9,6 +9,8 @@ mod support;
 mod cli;
 /// The NBD client library and the `read`/`write` subcommands against real servers.
 mod client;
+/// The real `flexnbd serve` process: status, acl, control socket, signals, read/write, start-up errors.
+mod daemon;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.

@@ -3,7 +3,7 @@
 //! against the server in-process on port 0, newstyle and `--oldstyle`.
 //!
 //! A missing tool skips its test with a printed reason, except with
-//! CI=true, where it fails.
+//! CI=true, where it fails (`support::require_tool`).
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
@@ -13,37 +13,7 @@ use std::process::{Command, Output};
 use flexnbd::server::ServerConfig;
 
 use crate::serve::Harness;
-
-/// Whether `tool` can be run; prints why a test is skipped, and fails in CI.
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required when CI=true"
-        );
-        println!("skipped: {tool} not installed");
-    }
-    found
-}
-
-/// python3 with the libnbd bindings (`nbdsh`'s module), if available.
-fn have_nbdsh() -> bool {
-    let ok = Path::new("/usr/bin/python3").is_file()
-        && Command::new("/usr/bin/python3")
-            .args(["-c", "import nbd"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3-libnbd is required when CI=true"
-        );
-        println!("skipped: python3-libnbd not installed");
-    }
-    ok
-}
+use crate::support::{nbdsh_command, require_tool};
 
 #[track_caller]
 fn run(cmd: &mut Command) -> Output {
@@ -77,7 +47,7 @@ fn data_file(dir: &Path, len: usize) -> std::path::PathBuf {
 
 #[test]
 fn nbdinfo_json_and_map() {
-    if !have("nbdinfo") {
+    if !require_tool("nbdinfo") {
         return;
     }
     let h = Harness::new(8 << 20);
@@ -120,7 +90,7 @@ fn nbdinfo_json_and_map() {
 
 #[test]
 fn qemu_img_convert_and_compare_both_ways() {
-    if !have("qemu-img") {
+    if !require_tool("qemu-img") {
         return;
     }
     let h = Harness::new(8 << 20);
@@ -145,7 +115,7 @@ fn qemu_img_convert_and_compare_both_ways() {
 
 #[test]
 fn qemu_io_patterns() {
-    if !have("qemu-io") {
+    if !require_tool("qemu-io") {
         return;
     }
     let h = Harness::new(4 << 20);
@@ -182,7 +152,7 @@ fn qemu_io_patterns() {
 
 #[test]
 fn nbdcopy_both_ways_with_flush() {
-    if !have("nbdcopy") {
+    if !require_tool("nbdcopy") {
         return;
     }
     let h = Harness::new(16 << 20);
@@ -203,15 +173,14 @@ fn nbdcopy_both_ways_with_flush() {
 
 #[test]
 fn nbdsh_fua_trim_zero_cache_block_status_and_holes() {
-    if !have_nbdsh() {
+    if !require_tool("nbdsh") {
         return;
     }
     let h = Harness::new(4 << 20);
+    // nbdsh makes the handle `h`, asks for base:allocation and connects (in
+    // command-line order) before running the script.
     let script = r#"
-import nbd, sys
-h = nbd.NBD()
-h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-h.connect_uri(sys.argv[1])
+import nbd
 assert h.get_structured_replies_negotiated()
 assert h.can_fua() and h.can_trim() and h.can_zero() and h.can_cache() and h.can_multi_conn()
 assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -245,15 +214,22 @@ except nbd.Error as e:
 h.shutdown()
 print("ok")
 "#;
-    let out = run(Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(h.uri()));
+    let out = nbdsh_command()
+        .args(["--base-allocation", "-u", &h.uri(), "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nbdsh failed with {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout(&out).trim(), "ok");
 }
 
 #[test]
 fn fio_verify_with_four_jobs_at_iodepth_16() {
-    if !have("fio") {
+    if !require_tool("fio") {
         return;
     }
     let h = Harness::new(32 << 20);
@@ -271,6 +247,9 @@ fn fio_verify_with_four_jobs_at_iodepth_16() {
             "--do_verify=1",
             "--verify_fatal=1",
             "--group_reporting",
+            // Otherwise fio leaves local-<name>-<job>-verify.state in the
+            // working directory, the source tree.
+            "--verify_state_save=0",
         ])
         .arg(format!("--uri={}", h.uri())));
     let text = stdout(&out);
@@ -286,7 +265,7 @@ fn fio_verify_with_four_jobs_at_iodepth_16() {
 
 #[test]
 fn oldstyle_reads_with_qemu_io_and_nbdinfo() {
-    if !have("qemu-io") || !have("nbdinfo") {
+    if !require_tool("qemu-io") || !require_tool("nbdinfo") {
         return;
     }
     let h = Harness::start(

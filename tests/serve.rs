@@ -687,11 +687,19 @@ fn shutdown_answers_requests_in_flight_then_closes() {
     for i in 0..32u64 {
         c.write(i, i * 65536, &[3u8; 65536], CmdFlags(0));
     }
-    // Make sure the server has read them all before stopping it.
+    // Make sure the server has read them all before stopping it: requests
+    // are read in order, so once the FLUSH is answered every write has been
+    // read. (Shutdown stops reading at the end of what has reached the
+    // socket; without this wait, writes still in transit were cut off.)
     c.request(Cmd::FLUSH, CmdFlags(0), 99, 0, 0);
-    h.stop().unwrap();
     let mut handles = Vec::new();
-    for _ in 0..33 {
+    while handles.last() != Some(&99) {
+        let r = c.reply();
+        assert_eq!(r.error, Errno::OK);
+        handles.push(r.handle);
+    }
+    h.stop().unwrap();
+    while handles.len() < 33 {
         let r = c.reply();
         assert_eq!(r.error, Errno::OK);
         handles.push(r.handle);

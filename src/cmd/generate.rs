@@ -126,8 +126,9 @@ fn extra(sub: Option<&str>) -> Extra {
                      10: unknown command.",
                 ),
                 (
-                    "130",
-                    "A client command was interrupted before it finished.",
+                    "128+N",
+                    "Not an exit status: a client command stopped by signal N (SIGINT, \
+                     SIGTERM) dies of it, which a shell reports as 128+N, e.g. 130 for Ctrl-C.",
                 ),
             ],
         },
@@ -147,7 +148,7 @@ fn extra(sub: Option<&str>) -> Extra {
                 ),
             ],
             exit_status: &[
-                ("0", "Stopped by SIGINT or SIGTERM."),
+                ("0", "Stopped by SIGINT, SIGTERM or SIGQUIT."),
                 (
                     "1",
                     "The server could not start (the file cannot be opened, the address is in \
@@ -197,8 +198,8 @@ fn extra(sub: Option<&str>) -> Extra {
                 (
                     "1",
                     "Stdin ended before SIZE bytes, the server could not be reached or refused \
-                     the handshake, the range lies outside the export, or the server answered \
-                     with an error.",
+                     the handshake, the range lies outside the export, the export is read-only \
+                     (checked before stdin is read), or the server answered with an error.",
                 ),
                 USAGE_EXIT,
             ],

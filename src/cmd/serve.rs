@@ -87,12 +87,10 @@ pub(crate) fn run_server(
         })
         .context("cannot start the signal thread")?;
 
-    // The control socket appears only once the NBD listener is bound, as in flexnbd-c.
+    // The control socket appears only once the NBD listener is bound, as in
+    // flexnbd-c. Its errors already name the socket, so they get no context.
     let control = match &sock {
-        Some(path) => Some(
-            ControlServer::start(path, controller.clone())
-                .with_context(|| format!("cannot create control socket {}", path.display()))?,
-        ),
+        Some(path) => Some(ControlServer::start(path, controller.clone())?),
         None => None,
     };
 

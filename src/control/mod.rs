@@ -369,7 +369,10 @@ impl ControlServer {
                 server.unlink();
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot start control thread: {e}"),
+                    format!(
+                        "cannot start the thread of control socket {}: {e}",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -585,8 +588,19 @@ fn serve_one(shared: &Shared, stream: UnixStream) {
     let sent = stream
         .set_write_timeout(Some(write_timeout))
         .and_then(|()| (&stream).write_all(&reply.encode()));
-    if let Err(e) = sent {
-        warn!("cannot send control reply '{reply}': {e}");
+    match sent {
+        Ok(()) => {}
+        // A client that hung up without waiting for the reply, such as another
+        // server checking whether this socket is live: nothing went wrong here.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            info!("control client left before the reply '{reply}'");
+        }
+        Err(e) => warn!("cannot send control reply '{reply}': {e}"),
     }
 }
 
