@@ -27,7 +27,6 @@ use flexnbd::proto::wire::{
     SimpleReply,
 };
 
-const FLEXNBD_C: &str = "/work/shared/peers/flexnbd-c/flexnbd";
 const MIB: usize = 1 << 20;
 /// How long any server may take to come up.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -161,7 +160,7 @@ fn nbdkit(extra: &[&str]) -> Option<Daemon> {
 
 /// The C flexnbd serving a file of `size` bytes (old-style); `None` if not installed.
 fn flexnbd_c(size: u64) -> Option<Daemon> {
-    let program = require(FLEXNBD_C)?;
+    let program = crate::support::flexnbd_c()?;
     let dir = TempDir::new().expect("tempdir");
     File::create(dir.path().join("disk.img"))
         .and_then(|f| f.set_len(size))

@@ -40,7 +40,7 @@ use flexnbd::proto::wire::{
 };
 
 use crate::support::{
-    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, in_ci, pattern,
+    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
 };
 
 /// The size of the sources and destinations that are not about volume.
@@ -57,8 +57,6 @@ const EXIT_WITHIN: Duration = Duration::from_secs(15);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest WRITE flexnbd-c's mirror sends (mirror_longest_write).
 const MAX_MIRROR_WRITE: u32 = 8 << 20;
-/// Where the C flexnbd 0.5.0 lives unless `$FLEXNBD_C` says otherwise.
-const FLEXNBD_C: &str = "/work/shared/peers/flexnbd-c/flexnbd";
 
 // ---------------------------------------------------------------------------
 // Processes: our serve and listen, the CLI, the C flexnbd.
@@ -1126,37 +1124,7 @@ listen_scenarios!(listen_newstyle: super::Style::New, listen_oldstyle: super::St
 /// The C flexnbd if it can run here; otherwise prints why the test is
 /// skipped (or fails, under `CI=true`).
 fn c_flexnbd() -> Option<PathBuf> {
-    let path = std::env::var_os("FLEXNBD_C")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from(FLEXNBD_C), PathBuf::from);
-    let problem = if path.is_file() {
-        // It prints its usage and exits 1; a missing libev4 makes the loader fail instead.
-        match Command::new(&path)
-            .arg("help")
-            .stdin(Stdio::null())
-            .output()
-        {
-            Err(e) => Some(format!("cannot run {}: {e}", path.display())),
-            Ok(out) if text(&out.stderr).contains("error while loading shared libraries") => {
-                Some(format!(
-                    "{} cannot run: {}",
-                    path.display(),
-                    text(&out.stderr).trim()
-                ))
-            }
-            Ok(_) => None,
-        }
-    } else {
-        Some(format!("{} not found (set FLEXNBD_C)", path.display()))
-    };
-    match problem {
-        None => Some(path),
-        Some(why) => {
-            assert!(!in_ci(), "the C flexnbd is required when CI=true: {why}");
-            println!("skipped: {why}");
-            None
-        }
-    }
+    crate::support::flexnbd_c()
 }
 
 /// The C flexnbd's `serve` or `listen` on `file`, with a control socket.

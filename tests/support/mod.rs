@@ -9,7 +9,8 @@
 //! - [`control`]: raw requests to a control socket.
 //! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
 //!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
-//!   [`require_flexnbd_c`]: the C flexnbd from `$FLEXNBD_C`, skipped when unset.
+//!   [`flexnbd_c`], [`flexnbd_proxy_c`]: the C flexnbd 0.5.0 programs from
+//!   `../shared/peers/flexnbd-c/`, skipped when missing except under `CI=true`.
 //! - [`assert_same_bytes`]: compares large buffers and reports the first
 //!   difference instead of dumping megabytes.
 //!
@@ -153,32 +154,77 @@ pub(crate) fn tool(program: impl AsRef<OsStr>) -> assert_cmd::Command {
 }
 
 /// The C flexnbd 0.5.0 binary, the reference peer for interop and differential
-/// tests: the path in `$FLEXNBD_C`, if set and executable.
-///
-/// `None` when it is not set, even under `CI=true` (CI does not build the C
-/// program); panics if it is set to something that is not an executable. Run
-/// its `serve` with [`Daemon::spawn`]; it speaks only the old-style handshake.
+/// tests; see [`flexnbd_c_peer`].
 pub(crate) fn flexnbd_c() -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = PathBuf::from(std::env::var_os("FLEXNBD_C").filter(|p| !p.is_empty())?);
-    let executable = path
-        .metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    assert!(
-        executable,
-        "FLEXNBD_C={} is not an executable file",
-        path.display()
-    );
-    Some(path)
+    flexnbd_c_peer("flexnbd")
 }
 
-/// [`flexnbd_c`], printing `skipped: FLEXNBD_C not set` when it is not.
+/// The C flexnbd-proxy 0.5.0 binary; see [`flexnbd_c_peer`].
+pub(crate) fn flexnbd_proxy_c() -> Option<PathBuf> {
+    flexnbd_c_peer("flexnbd-proxy")
+}
+
+/// [`flexnbd_c`] under its older name.
 pub(crate) fn require_flexnbd_c() -> Option<PathBuf> {
-    let path = flexnbd_c();
-    if path.is_none() {
-        eprintln!("skipped: FLEXNBD_C not set (path of the C flexnbd binary)");
-    }
-    path
+    flexnbd_c()
+}
+
+/// One of the C flexnbd 0.5.0 programs (`flexnbd` or `flexnbd-proxy`), the
+/// reference peers: from the directory in `$FLEXNBD_C_DIR`, else
+/// `../shared/peers/flexnbd-c/` beside the checkout (where CI puts it), else
+/// `/work/shared/peers/flexnbd-c/`. `$FLEXNBD_C` overrides the path of
+/// `flexnbd` itself.
+///
+/// `None`, with a printed reason, when it is missing or cannot run (it needs
+/// `libev4`); under `CI=true` that is a test failure instead, since `.ci/run`
+/// installs what it needs.
+pub(crate) fn flexnbd_c_peer(name: &str) -> Option<PathBuf> {
+    let env_path = |var: &str| {
+        std::env::var_os(var)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    let candidates: Vec<PathBuf> = if let (Some(p), "flexnbd") = (env_path("FLEXNBD_C"), name) {
+        vec![p]
+    } else if let Some(dir) = env_path("FLEXNBD_C_DIR") {
+        vec![dir.join(name)]
+    } else {
+        vec![
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/peers/flexnbd-c")
+                .join(name),
+            Path::new("/work/shared/peers/flexnbd-c").join(name),
+        ]
+    };
+    let problem = match candidates.iter().find(|p| p.is_file()) {
+        None => format!("{} not found (set FLEXNBD_C_DIR)", candidates[0].display()),
+        Some(path) => {
+            // It prints its usage and exits non-zero; a missing libev4 makes the loader fail.
+            match Command::new(path)
+                .arg("--help")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+            {
+                Err(e) => format!("cannot run {}: {e}", path.display()),
+                Ok(out)
+                    if String::from_utf8_lossy(&out.stderr)
+                        .contains("error while loading shared libraries") =>
+                {
+                    format!(
+                        "{} cannot run (apt-get install libev4): {}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                }
+                Ok(_) => return Some(path.clone()),
+            }
+        }
+    };
+    assert!(!in_ci(), "the C {name} is required when CI=true: {problem}");
+    eprintln!("skipped: {problem}");
+    None
 }
 
 /// Asserts two byte buffers are equal, reporting the length and the first
