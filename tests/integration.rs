@@ -17,5 +17,7 @@ mod generated;
 mod interop;
 /// Migrations that go wrong (fake destinations and sources), and with the C flexnbd.
 mod mirror_faults;
+/// The proxy (`flexnbd proxy`, `flexnbd-proxy`): relaying, resending across upstream failures and migrations.
+mod proxy;
 /// The server in-process, byte by byte: handshakes, commands, bad input, limits.
 mod serve;

@@ -225,18 +225,7 @@ impl Proxy {
     pub fn connect(config: ProxyConfig) -> Result<Arc<Proxy>, ClientError> {
         let client = NbdClient::connect(config.upstream, &connect_options(&config))?;
         let size = client.size();
-        // What we pass on: no structured replies (so no DF or block status),
-        // and one client at a time (so no multi-conn).
-        let keep = TransmissionFlags::HAS_FLAGS.0
-            | TransmissionFlags::READ_ONLY.0
-            | TransmissionFlags::SEND_FLUSH.0
-            | TransmissionFlags::SEND_FUA.0
-            | TransmissionFlags::ROTATIONAL.0
-            | TransmissionFlags::SEND_TRIM.0
-            | TransmissionFlags::SEND_WRITE_ZEROES.0
-            | TransmissionFlags::SEND_CACHE.0
-            | TransmissionFlags::SEND_FAST_ZERO.0;
-        let flags = TransmissionFlags((client.flags().0 & keep) | TransmissionFlags::HAS_FLAGS.0);
+        let flags = passed_on(client.flags());
         let proxy = Arc::new(Proxy {
             config,
             size,
@@ -689,10 +678,11 @@ impl Proxy {
                                 client.size()
                             );
                         }
-                        if client.flags() != self.flags {
-                            log::info!(
-                                "Upstream transmission flags changed to {:?}",
-                                client.flags()
+                        if passed_on(client.flags()) != self.flags {
+                            log::warn!(
+                                "Upstream transmission flags changed from {:?} to {:?}",
+                                self.flags,
+                                passed_on(client.flags())
                             );
                         }
                         log::info!("reconnected to upstream {}", self.config.upstream);
@@ -793,6 +783,22 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The upstream's transmission flags as the proxy passes them on: no
+/// structured replies (so no DF or block status), and one client at a time
+/// (so no multi-conn).
+fn passed_on(upstream: TransmissionFlags) -> TransmissionFlags {
+    let keep = TransmissionFlags::HAS_FLAGS.0
+        | TransmissionFlags::READ_ONLY.0
+        | TransmissionFlags::SEND_FLUSH.0
+        | TransmissionFlags::SEND_FUA.0
+        | TransmissionFlags::ROTATIONAL.0
+        | TransmissionFlags::SEND_TRIM.0
+        | TransmissionFlags::SEND_WRITE_ZEROES.0
+        | TransmissionFlags::SEND_CACHE.0
+        | TransmissionFlags::SEND_FAST_ZERO.0;
+    TransmissionFlags((upstream.0 & keep) | TransmissionFlags::HAS_FLAGS.0)
 }
 
 fn stream_blocking(stream: &Stream) -> io::Result<()> {
