@@ -205,6 +205,9 @@ pub struct MirrorArgs {
     /// With --wait, print no progress, only the outcome.
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// Options of `proxy` (and of `flexnbd-proxy`).
@@ -232,6 +235,9 @@ pub struct ProxyArgs {
     /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
     #[arg(long)]
     pub oldstyle: bool,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// The command line of `flexnbd-proxy`, the proxy under its C name.
@@ -255,6 +261,9 @@ pub struct MirrorSpeedArgs {
     /// Maximum speed of the migration, in bytes/sec.
     #[arg(short, long, value_name = "BPS")]
     pub max_speed: u64,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// Options of `break`.
@@ -263,6 +272,9 @@ pub struct BreakArgs {
     /// The mirroring server.
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// The server a client subcommand talks to.
@@ -299,6 +311,9 @@ pub struct ReadArgs {
     /// The range to read.
     #[command(flatten)]
     pub range: RangeArgs,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// Options of `write`.
@@ -310,6 +325,9 @@ pub struct WriteArgs {
     /// The range to write; exactly SIZE bytes are read from stdin.
     #[command(flatten)]
     pub range: RangeArgs,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// The control socket of a running server.
@@ -343,6 +361,9 @@ pub struct StatusArgs {
     /// Print the status as one JSON object instead of the key=value line.
     #[arg(long)]
     pub json: bool,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[arg(hide = true, value_name = "IGNORED")]
+    pub ignored: Vec<String>,
 }
 
 /// What `generate` produces.
