@@ -11,6 +11,8 @@ mod cli;
 mod client;
 /// The real `flexnbd serve` process: status, acl, control socket, signals, read/write, start-up errors.
 mod daemon;
+/// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.
+mod differential;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
