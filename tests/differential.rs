@@ -19,6 +19,12 @@
 //!   [`proxy_handshake_and_transmission_bytes`],
 //!   [`migration_wire_bytes`]: the bytes on the wire, compared exactly.
 //! - [`read_and_write_clients`]: `read`/`write` against the same server.
+//! - [`listen_takeover_acl_and_clients`]: listen's takeover on DISCONNECT
+//!   (and not on a bad magic), `--default-deny`, ACL changes at the door and
+//!   under a connected client, `num_clients`.
+//! - [`environment_variables_are_honoured`]: `FLEXNBD_UPSTREAM_TIMEOUT`
+//!   (proxy) and `FLEXNBD_MS_REQUEST_LIMIT_SECS` (mirror), the only two
+//!   flexnbd-c reads (behaviour doc 13), each set to 2 s.
 //!
 //! A row either matches ([`Want::Same`] and friends) or differs on purpose
 //! ([`Want::Differs`]), in which case both sides are checked against what the
@@ -2049,5 +2055,301 @@ fn read_and_write_clients() {
         run(cmd)
     });
     complaints.extend(judge("read out of range", want, &c, &ours));
+    report(&complaints);
+}
+
+// ---------------------------------------------------------------------------
+// 6. listen's takeover, the ACL at the door, and the number of clients.
+
+/// Connects and reads the old-style hello; `None` if the server closes first.
+fn hello(port: u16) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut hello = [0u8; OldstyleHello::SIZE];
+    s.read_exact(&mut hello).ok().map(|()| s)
+}
+
+fn send_request(s: &mut TcpStream, magic_ok: bool, cmd: Cmd) {
+    let mut head = [0u8; Request::SIZE];
+    Request {
+        flags: CmdFlags(0),
+        cmd,
+        handle: 42,
+        offset: 0,
+        len: 0,
+    }
+    .encode(&mut head);
+    if !magic_ok {
+        head[0] ^= 0xff;
+    }
+    s.write_all(&head).unwrap();
+}
+
+#[test]
+fn listen_takeover_acl_and_clients() {
+    let Some(p) = Programs::find() else { return };
+    let p = &p;
+    let observe = move |side: Side| -> Vec<(&'static str, String)> {
+        let env = TestEnv::new();
+        let file = env.image("disc.img", 1 << 20);
+        let mut seen = Vec::new();
+
+        // listen: status before, then a DISCONNECT hands control over.
+        let sock = env.sock_path_named("l1.sock");
+        let (mut listen, port) = p.start_server(side, "listen", &file, &sock);
+        seen.push(("listen status", control_text(&sock, "status\n\n")));
+        let mut s = hello(port).unwrap();
+        seen.push(("listen status with its client", {
+            status_shows(&sock, "num_clients=1", Duration::from_secs(5))
+                .unwrap_or_else(|| control_text(&sock, "status\n\n"))
+        }));
+        send_request(&mut s, true, Cmd::DISC);
+        let status = listen.wait_exit(Duration::from_secs(15));
+        seen.push(("listen exit after DISCONNECT", format!("{status}")));
+        seen.push(("listen socket after takeover", sock.exists().to_string()));
+
+        // listen: a request with a bad magic.
+        let sock = env.sock_path_named("l2.sock");
+        let (mut listen, port) = p.start_server(side, "listen", &file, &sock);
+        let mut s = hello(port).unwrap();
+        send_request(&mut s, false, Cmd::READ);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let exited = listen.try_wait_exit(Duration::from_secs(2));
+        seen.push((
+            "listen after a bad magic",
+            exited.map_or_else(|| "still listening".to_owned(), |s| s.to_string()),
+        ));
+
+        // serve --default-deny: nobody until the ACL allows.
+        let sock = env.sock_path_named("s.sock");
+        let port = free_port();
+        let mut cmd2 = p.server(side, "serve", port, &file, &sock);
+        cmd2.arg("-d");
+        let mut serve = Daemon::spawn(cmd2, vec![Ready::Sock(sock.clone())]);
+        serve.wait_ready();
+        seen.push(("default deny: a client", hello(port).is_some().to_string()));
+        seen.push(("acl 10.0.0.0/8", control_text(&sock, "acl\n10.0.0.0/8\n\n")));
+        seen.push(("still denied", hello(port).is_some().to_string()));
+        seen.push(("acl 127.0.0.1", control_text(&sock, "acl\n127.0.0.1\n\n")));
+        let client = hello(port);
+        seen.push(("allowed", client.is_some().to_string()));
+        seen.push((
+            "status with a client",
+            status_shows(&sock, "num_clients=1", Duration::from_secs(5))
+                .unwrap_or_else(|| control_text(&sock, "status\n\n")),
+        ));
+        // The ACL changes under a connected client: it is dropped.
+        seen.push(("acl empty", control_text(&sock, "acl\n\n")));
+        let mut client = client.unwrap();
+        let dropped = client.read(&mut [0u8; 1]).map_or(true, |n| n == 0);
+        seen.push(("client dropped by the new ACL", dropped.to_string()));
+        seen.push(("serve exit", format!("{}", serve.stop())));
+        seen
+    };
+    let [c, ours] = std::thread::scope(|s| {
+        SIDES
+            .map(|side| s.spawn(move || observe(side)))
+            .map(|h| h.join().unwrap())
+    });
+    let mut complaints = Vec::new();
+    for ((name, c), (_, ours)) in c.iter().zip(&ours) {
+        let ok = match *name {
+            n if n.contains("status") => same_status(c, ours),
+            // C bug 14.3.1: a bad magic hands control over; only DISCONNECT should.
+            "listen after a bad magic" => c == "exit status: 0" && ours == "still listening",
+            _ => c == ours,
+        };
+        if !ok {
+            complaints.push(format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"));
+        }
+    }
+    report(&complaints);
+}
+
+// ---------------------------------------------------------------------------
+// 7. The environment variables flexnbd-c honours (behaviour doc 13).
+
+/// A fake that accepts, sends an old-style hello, reads one request (a
+/// WRITE's payload too), then answers nothing until the peer closes or
+/// `release` is set; reports when the request came and when the peer closed.
+#[allow(clippy::type_complexity)]
+fn swallowing_fake(
+    size: u64,
+    release: Arc<AtomicBool>,
+) -> (
+    u16,
+    std::sync::mpsc::Receiver<(usize, Instant, Option<Instant>)>,
+) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        while Instant::now() < deadline && n < 4 {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let tx = tx.clone();
+            let release = release.clone();
+            std::thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                let mut hello = [0u8; OldstyleHello::SIZE];
+                OldstyleHello { size, flags: 13 }.encode(&mut hello);
+                s.write_all(&hello).unwrap();
+                let mut head = [0u8; Request::SIZE];
+                if s.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let req = Request::decode(&head).unwrap();
+                if req.cmd == Cmd::WRITE {
+                    let mut payload = vec![0u8; req.len as usize];
+                    let _ = s.read_exact(&mut payload);
+                }
+                let got = Instant::now();
+                // Watch for the close, in short steps, until released.
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                let closed = loop {
+                    if release.load(Ordering::SeqCst) || got.elapsed() > Duration::from_secs(40) {
+                        break None;
+                    }
+                    match s.read(&mut [0u8; 4096]) {
+                        Ok(0) => break Some(Instant::now()),
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break Some(Instant::now()),
+                        Ok(_) => {}
+                    }
+                };
+                let _ = tx.send((n, got, closed));
+            });
+            n += 1;
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn environment_variables_are_honoured() {
+    let Some(p) = Programs::find() else { return };
+    let p = &p;
+    // How long each side took to give up on a request that got no reply,
+    // with the variable at 2 s (the defaults are 30 s and 60 s).
+    let observe = move |side: Side| -> Vec<(&'static str, String)> {
+        let mut seen = Vec::new();
+        let bounds = |took: Option<Duration>| match took {
+            Some(t) if t >= Duration::from_millis(1500) && t < Duration::from_secs(15) => {
+                "gave up after about 2 s".to_owned()
+            }
+            other => format!("gave up after {other:?}"),
+        };
+
+        // FLEXNBD_UPSTREAM_TIMEOUT: the proxy reconnects and resends.
+        let release = Arc::new(AtomicBool::new(false));
+        let (up_port, upstream) = swallowing_fake(1 << 20, release.clone());
+        let port = free_port();
+        let mut cmd = p.proxy(side);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-C",
+            "127.0.0.1",
+            "-P",
+        ])
+        .arg(up_port.to_string())
+        .env("FLEXNBD_UPSTREAM_TIMEOUT", "2");
+        if side == Side::Ours {
+            cmd.arg("--oldstyle");
+        }
+        let mut proxy = Daemon::spawn(
+            cmd,
+            vec![Ready::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))],
+        );
+        proxy.wait_ready();
+        let mut client = hello(port).unwrap();
+        let mut head = [0u8; Request::SIZE];
+        Request {
+            flags: CmdFlags(0),
+            cmd: Cmd::WRITE,
+            handle: 7,
+            offset: 0,
+            len: 512,
+        }
+        .encode(&mut head);
+        client.write_all(&head).unwrap();
+        client.write_all(&[1u8; 512]).unwrap();
+        let first = upstream.recv_timeout(Duration::from_secs(30));
+        seen.push((
+            "FLEXNBD_UPSTREAM_TIMEOUT=2",
+            bounds(
+                first
+                    .ok()
+                    .and_then(|(_, got, closed)| closed.map(|c| c - got)),
+            ),
+        ));
+        release.store(true, Ordering::SeqCst);
+        proxy.stop();
+
+        // FLEXNBD_MS_REQUEST_LIMIT_SECS: the mirror gives up on its write.
+        let env = TestEnv::new();
+        let file = env.image_with("source.img", &pattern(1 << 20, 9));
+        let sock = env.sock_path();
+        let release = Arc::new(AtomicBool::new(false));
+        let (dest_port, dest) = swallowing_fake(1 << 20, release.clone());
+        let mut source = {
+            let port = free_port();
+            let mut cmd = p.server(side, "serve", port, &file, &sock);
+            cmd.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "2");
+            let mut d = Daemon::spawn(cmd, vec![Ready::Sock(sock.clone())]);
+            d.wait_ready();
+            d
+        };
+        seen.push((
+            "mirror reply",
+            control_text(&sock, &format!("mirror\n127.0.0.1\n{dest_port}\n\n")),
+        ));
+        let first = dest.recv_timeout(Duration::from_secs(30));
+        seen.push((
+            "FLEXNBD_MS_REQUEST_LIMIT_SECS=2",
+            bounds(
+                first
+                    .ok()
+                    .and_then(|(_, got, closed)| closed.map(|c| c - got)),
+            ),
+        ));
+        release.store(true, Ordering::SeqCst);
+        // C then crashes retrying (bug 14.3.5); ours retries.
+        let exited = source.try_wait_exit(Duration::from_secs(3));
+        seen.push((
+            "source after giving up",
+            exited.map_or_else(|| "still running".to_owned(), |s| s.to_string()),
+        ));
+        seen
+    };
+    let [c, ours] = std::thread::scope(|s| {
+        SIDES
+            .map(|side| s.spawn(move || observe(side)))
+            .map(|h| h.join().unwrap())
+    });
+    let mut complaints = Vec::new();
+    for ((name, c), (_, ours)) in c.iter().zip(&ours) {
+        let ok = match *name {
+            // C bug 14.3.5: a retry after the migration started crashes the source.
+            "source after giving up" => {
+                // (Or it has not crashed yet: it retries after 1 s.)
+                (c.contains("SIGABRT") || c.contains("SIGSEGV") || c == "still running")
+                    && ours == "still running"
+            }
+            _ => c == ours,
+        };
+        if !ok {
+            complaints.push(format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"));
+        }
+    }
     report(&complaints);
 }
