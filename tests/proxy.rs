@@ -695,6 +695,58 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
     assert_eq!(second[1].payload, write);
 }
 
+#[test]
+fn requests_in_flight_are_bounded() {
+    // The fake answers nothing until no more requests come for a second,
+    // then everything: the proxy must have stopped at its limit of 64.
+    const SENT: u64 = 100;
+    let fake = FakeUpstream::start(|_, mut s| {
+        send_hello(&mut s);
+        let mut held = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        loop {
+            let mut head = [0u8; Request::SIZE];
+            match s.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("fake upstream: {e}"),
+            }
+            let req = Request::decode(&head).unwrap();
+            let mut payload = vec![0u8; req.len as usize];
+            s.read_exact(&mut payload).unwrap();
+            held.push(req);
+        }
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let first_batch = held.len();
+        for req in &held {
+            answer(&mut s, req);
+        }
+        for _ in first_batch..SENT as usize {
+            let seen = read_request(&mut s);
+            answer(&mut s, &seen.req);
+        }
+        until_closed(&mut s);
+        first_batch
+    });
+    let mut proxy = start_proxy(fake.addr, Style::New, &[]);
+    let mut c = Client::connect(proxy.addr(), Style::New);
+    for i in 0..SENT {
+        c.send(Cmd::WRITE, 0, i, i * 512 % FAKE_SIZE, 512, &[i as u8; 512]);
+    }
+    let mut handles: Vec<u64> = (0..SENT)
+        .map(|_| {
+            let r = c.reply();
+            assert_eq!(r.error, Errno::OK);
+            r.handle
+        })
+        .collect();
+    handles.sort_unstable();
+    assert_eq!(handles, (0..SENT).collect::<Vec<_>>());
+    c.disconnect();
+    stop_proxy(&mut proxy);
+    assert_eq!(fake.result(0, Duration::from_secs(15)), 64);
+}
+
 fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
     // One connection that records every request it answers.
     let fake = FakeUpstream::start(|_, mut s| {

@@ -17,7 +17,9 @@
 //! upstream, so a late reply on a dead connection can never be taken for
 //! an answer to a resent request.
 //!
-//! Several requests are in flight at once, except with the read-ahead cache
+//! Several requests are in flight at once (at most [`MAX_IN_FLIGHT`], and
+//! [`MAX_IN_FLIGHT_BYTES`] of writes: then the client is not read until
+//! replies come back), except with the read-ahead cache
 //! (`--cache`), which works as flexnbd-c's: one request at a time, a READ of
 //! at most the cache size fetches twice its length and keeps the second
 //! half, a READ inside the kept range is answered locally, and any other
@@ -48,6 +50,12 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RECONNECT_COOLDOWN: Duration = Duration::from_secs(3);
 /// The largest read-ahead cache: a doubled read must still fit one request.
 pub const MAX_CACHE: usize = (MAX_REQUEST_LEN / 2) as usize;
+/// At most this many requests are in flight upstream; the client is not
+/// read meanwhile (each is kept until answered, to be resent if need be).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// At most this many bytes of WRITE data are kept in flight (one request
+/// of any size is always let through).
+pub const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
 /// How long a finished session waits for the replies it still owes.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How long a client may take over each step of the handshake.
@@ -176,6 +184,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Pending {
     entries: BTreeMap<u64, Entry>,
+    /// The WRITE payload bytes held in `entries`.
+    bytes: usize,
     next_handle: u64,
 }
 
@@ -437,9 +447,16 @@ impl Proxy {
                 *answered += 1;
                 continue;
             }
+            // Back-pressure: stop reading the client while too much is in flight.
+            let len = if req.cmd == Cmd::WRITE {
+                req.len as usize
+            } else {
+                0
+            };
+            self.wait_for_room(len);
             let mut payload = Vec::new();
             if req.cmd == Cmd::WRITE {
-                payload.resize(req.len as usize, 0);
+                payload.resize(len, 0);
                 reader.read_exact(&mut payload)?;
             }
             if self.config.cache.is_some() {
@@ -527,6 +544,7 @@ impl Proxy {
             pending.next_handle += 1;
             req.handle = handle;
             let payload = Arc::new(payload);
+            pending.bytes += payload.len();
             pending.entries.insert(
                 handle,
                 Entry {
@@ -573,6 +591,21 @@ impl Proxy {
         }
     }
 
+    /// Waits until one more request of `len` payload bytes fits in flight
+    /// ([`MAX_IN_FLIGHT`], [`MAX_IN_FLIGHT_BYTES`]), or the proxy stops.
+    fn wait_for_room(&self, len: usize) {
+        let mut pending = lock(&self.pending);
+        while !self.stop.is_triggered()
+            && !pending.entries.is_empty()
+            && (pending.entries.len() >= MAX_IN_FLIGHT || pending.bytes + len > MAX_IN_FLIGHT_BYTES)
+        {
+            pending = self
+                .pending_cv
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// Waits until the reply to `handle` was relayed (or the proxy stops).
     fn wait_for(&self, handle: u64) {
         let mut pending = lock(&self.pending);
@@ -596,6 +629,7 @@ impl Proxy {
                     pending.entries.len()
                 );
                 pending.entries.clear();
+                pending.bytes = 0;
                 break;
             }
             pending = self
@@ -747,7 +781,14 @@ impl Proxy {
             if self.generation.load(Ordering::SeqCst) != generation {
                 return;
             }
-            let Some(entry) = lock(&self.pending).entries.remove(&reply.handle) else {
+            let Some(entry) = ({
+                let mut pending = lock(&self.pending);
+                let entry = pending.entries.remove(&reply.handle);
+                if let Some(e) = &entry {
+                    pending.bytes -= e.payload.len();
+                }
+                entry
+            }) else {
                 continue;
             };
             let down_len = entry.down_len as usize;
