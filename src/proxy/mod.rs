@@ -648,7 +648,16 @@ impl Proxy {
         up.failed = false;
         up.client = Some(client);
         let generation = up.generation;
-        self.generation.store(generation, Ordering::SeqCst);
+        // Publish the generation and take what to resend under one lock, the
+        // one a reply thread holds while it checks its generation and takes
+        // an entry: each request is then either answered by the old
+        // connection or resent on this one, never both (a resent write
+        // executing after a later write of the client would undo it).
+        let handles: Vec<u64> = {
+            let pending = lock(&self.pending);
+            self.generation.store(generation, Ordering::SeqCst);
+            pending.entries.keys().copied().collect()
+        };
         lock(&self.cache).data.clear();
         let proxy = self.clone();
         std::thread::Builder::new()
@@ -659,7 +668,6 @@ impl Proxy {
                 source,
             })?;
         // Resend everything still owed, oldest first, on the new connection.
-        let handles: Vec<u64> = lock(&self.pending).entries.keys().copied().collect();
         if !handles.is_empty() {
             log::info!(
                 "resending {} request(s) to the new upstream connection",
@@ -777,12 +785,13 @@ impl Proxy {
                     return;
                 }
             }
-            // Still current? A reply on a connection that was replaced is not relayed.
-            if self.generation.load(Ordering::SeqCst) != generation {
-                return;
-            }
             let Some(entry) = ({
                 let mut pending = lock(&self.pending);
+                // Still current? A reply on a connection that was replaced is
+                // not relayed: its request is being resent (see `install`).
+                if self.generation.load(Ordering::SeqCst) != generation {
+                    return;
+                }
                 let entry = pending.entries.remove(&reply.handle);
                 if let Some(e) = &entry {
                     pending.bytes -= e.payload.len();
