@@ -91,6 +91,7 @@ both_styles!(
     several_requests_in_flight_are_all_resent,
     read_ahead_cache_answers_the_second_half_locally,
     sigterm_mid_session_exits_0,
+    bad_input_from_a_client_does_not_stop_the_proxy,
 );
 
 // ---------------------------------------------------------------------------
@@ -803,6 +804,63 @@ fn sigterm_mid_session_exits_0(style: Style) {
     assert!(matches!(c.s.read(&mut buf), Ok(0) | Err(_)));
 }
 
+fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
+    let env = TestEnv::new();
+    let data = pattern(16 * 1024, 13);
+    let file = env.image_with("disc.img", &data);
+    let upstream = start_upstream(&file, style);
+    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let addr = proxy.addr();
+    let closed = |mut s: TcpStream| {
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    };
+
+    // Garbage instead of a handshake (newstyle) or a request (old-style).
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.write_all(&[0xff; 64]).unwrap();
+    closed(s);
+
+    if style == Style::New {
+        // An option claiming 4 GiB of payload.
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.read_exact(&mut [0u8; NewstyleHello::SIZE]).unwrap();
+        s.write_all(&ClientFlags::FIXED_NEWSTYLE.0.to_be_bytes())
+            .unwrap();
+        let mut head = [0u8; OptionHeader::SIZE];
+        OptionHeader {
+            opt: Opt::GO,
+            len: 0,
+        }
+        .encode(&mut head);
+        head[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        s.write_all(&head).unwrap();
+        closed(s);
+    }
+
+    // Requests no upstream should see: answered EINVAL, and the session goes on.
+    let mut c = Client::connect(addr, style);
+    c.send(Cmd::READ, 0, 1, 0, u32::MAX, &[]);
+    assert_eq!(c.reply().error, Errno::EINVAL);
+    c.send(Cmd::WRITE, 0x8000, 2, 0, 512, &[9; 512]);
+    assert_eq!(c.reply().error, Errno::EINVAL);
+    c.send(Cmd(0x77), 0, 3, 0, 0, &[]);
+    assert_eq!(c.reply().error, Errno::EINVAL);
+    c.send(Cmd::READ, 0, 4, u64::MAX - 10, 512, &[]);
+    assert_ne!(c.reply().error, Errno::OK);
+    assert_eq!(c.read(5, 0, 4096), data[..4096]);
+    // A request with a bad magic ends the session.
+    c.s.write_all(&[0u8; Request::SIZE]).unwrap();
+    closed(c.s);
+
+    let mut c = Client::connect(addr, style);
+    assert_eq!(c.read(6, 4096, 4096), data[4096..8192]);
+    c.disconnect();
+    stop_proxy(&mut proxy);
+}
+
 #[test]
 fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
@@ -896,7 +954,7 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
 #[test]
 fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
     let env = TestEnv::new();
-    let data = pattern(64 * 1024, 12);
+    let mut data = pattern(256 * 1024, 12);
     let file = env.image_with("disc.img", &data);
     let upstream = start_upstream(&file, Style::Old);
     let link = env.child("flexnbd-proxy");
@@ -941,6 +999,27 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
             String::from_utf8_lossy(&out.stdout).trim(),
             data.len().to_string()
         );
+    }
+    if require_tool("qemu-io") {
+        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let out = crate::support::tool("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x5a 4096 64k",
+                "-c",
+                "read -P 0x5a 4096 64k",
+            ])
+            .arg(&uri)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains("fail"), "{out:?}");
+        let mut expected = data.clone();
+        expected[4096..4096 + (64 << 10)].fill(0x5a);
+        crate::support::assert_same_bytes("qemu-io through the proxy", &env.read(&file), &expected);
+        data.clone_from(&expected);
     }
     if require_tool("nbdcopy") {
         let uri = format!("nbd+unix:///?socket={}", path.display());

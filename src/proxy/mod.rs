@@ -58,6 +58,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
 /// How long a finished session waits for the replies it still owes.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// The most options a client may send before it must start transmission.
+const MAX_OPTIONS: usize = 4096;
 /// How long a client may take over each step of the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -413,7 +415,8 @@ impl Proxy {
                 .without_structured_replies();
         let mut payload = Vec::new();
         let mut out = Vec::new();
-        loop {
+        // As the server: a client that never ends its negotiation is dropped.
+        for _ in 0..MAX_OPTIONS {
             let mut head = [0u8; OptionHeader::SIZE];
             down.read_exact(&mut head)?;
             let header = OptionHeader::decode(&head).map_err(invalid)?;
@@ -428,6 +431,7 @@ impl Proxy {
                 Step::Transmit => return Ok(()),
             }
         }
+        Err(io::Error::other("too many options in the negotiation"))
     }
 
     /// Reads the client's requests until DISCONNECT (Ok) or the connection ends (Err).
