@@ -551,6 +551,48 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     );
 }
 
+#[test]
+fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
+    // FLEXNBD_UPSTREAM_TIMEOUT=3. The first request is answered at once; the
+    // second is sent 2 s later and answered 1.5 s after that, within the
+    // timeout. The proxy must not give up on it 3 s after the first reply.
+    let fake = FakeUpstream::start(|_, mut s| {
+        send_hello(&mut s);
+        let mut answered = 0;
+        while let Ok(head) = {
+            let mut head = [0u8; Request::SIZE];
+            s.read_exact(&mut head).map(|()| head)
+        } {
+            let req = Request::decode(&head).unwrap();
+            if answered == 1 {
+                std::thread::sleep(Duration::from_millis(1500)); // a slow server
+            }
+            answer(&mut s, &req);
+            answered += 1;
+        }
+        answered
+    });
+    let mut cmd = proxy_command(fake.addr, Style::New, &[]);
+    cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", "3");
+    let mut proxy = start_proxy_command(cmd);
+    let mut c = Client::connect(proxy.addr(), Style::New);
+    assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
+    std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while
+    assert_eq!(c.read(2, 512, 512), fake_data(512, 512));
+    c.disconnect();
+    stop_proxy(&mut proxy);
+    assert_eq!(
+        fake.result(0, Duration::from_secs(15)),
+        2,
+        "a request was resent"
+    );
+    assert!(
+        !proxy.stderr().contains("Timed out"),
+        "the proxy timed out a request answered within the timeout:\n{}",
+        proxy.stderr()
+    );
+}
+
 fn maximum_write_request_size(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 40 << 20);

@@ -181,6 +181,8 @@ struct Entry {
     /// The client's length (differs from `req.len` for read-ahead).
     down_len: u32,
     payload: Arc<Vec<u8>>,
+    /// When it was (re)sent on the current connection.
+    sent: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -556,6 +558,7 @@ impl Proxy {
                     req,
                     down_len: down.len,
                     payload,
+                    sent: Instant::now(),
                 },
             );
             handle
@@ -679,10 +682,10 @@ impl Proxy {
             );
         }
         for handle in handles {
-            let entry = lock(&self.pending)
-                .entries
-                .get(&handle)
-                .map(|e| (e.req, e.payload.clone()));
+            let entry = lock(&self.pending).entries.get_mut(&handle).map(|e| {
+                e.sent = Instant::now();
+                (e.req, e.payload.clone())
+            });
             let result = match (up.client.as_mut(), entry) {
                 (Some(client), Some((req, payload))) => client.send_request(&req, &payload),
                 _ => Ok(()),
@@ -750,16 +753,34 @@ impl Proxy {
     }
 
     /// Relays replies from one upstream connection to the client.
+    ///
+    /// The upstream timeout runs while a request is owed, from the later of
+    /// the last reply and the oldest owed request's sending: an idle
+    /// connection never times out, and a request sent just before an idle
+    /// wait would have ended gets the whole timeout.
     fn read_replies(self: Arc<Self>, mut reader: ReplyReader, generation: u64) {
+        let timeout = self.config.timeout;
         let mut buf = Vec::new();
+        let mut last_reply = Instant::now();
         loop {
+            let waiting_since = self.oldest_sent().map(|sent| sent.max(last_reply));
+            let wait = waiting_since.map_or(timeout, |since| {
+                timeout
+                    .saturating_sub(since.elapsed())
+                    .max(Duration::from_millis(10))
+            });
+            let _ = reader.set_read_timeout(Some(wait));
             let reply = match reader.read_reply() {
                 Ok(reply) => reply,
                 Err(e) if e.kind() == ErrorKind::Timeout => {
-                    if lock(&self.pending).entries.is_empty() {
-                        continue; // idle: nothing is owed
+                    let since = self.oldest_sent().map(|sent| sent.max(last_reply));
+                    if since.is_none_or(|since| since.elapsed() < timeout) {
+                        continue; // idle, or not long enough
                     }
-                    log::warn!("Timed out waiting for upstream: {e}");
+                    log::warn!(
+                        "Timed out waiting for upstream: no reply for {} s",
+                        timeout.as_secs()
+                    );
                     self.reader_failed(&reader, generation);
                     return;
                 }
@@ -780,8 +801,11 @@ impl Proxy {
                 self.reader_failed(&reader, generation);
                 return;
             };
+            last_reply = Instant::now();
             let with_data = req.cmd == Cmd::READ && reply.error == Errno::OK;
             if with_data {
+                // The data follows at once; the whole timeout for each read of it.
+                let _ = reader.set_read_timeout(Some(timeout));
                 buf.resize(req.len as usize, 0);
                 if let Err(e) = reader.read_payload(&mut buf) {
                     log::info!("upstream connection {generation} ended mid-reply: {e}");
@@ -815,6 +839,11 @@ impl Proxy {
             self.reply_down(entry.down_handle, reply.error, data);
             self.pending_cv.notify_all();
         }
+    }
+
+    /// When the longest-owed request was sent, if any is owed.
+    fn oldest_sent(&self) -> Option<Instant> {
+        lock(&self.pending).entries.values().map(|e| e.sent).min()
     }
 
     /// The reply thread gave up on its connection: shut the socket (waking a
