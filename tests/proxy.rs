@@ -904,6 +904,59 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 }
 
 #[test]
+fn sigterm_while_the_client_does_not_read_its_replies_exits_0() {
+    // 64 reads of 1 MiB, answered by the upstream, never read by the
+    // client: the proxy is stuck writing replies, and must still stop.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    let fake = FakeUpstream::start(move |_, mut s| {
+        send_hello(&mut s);
+        while let Ok(head) = {
+            let mut head = [0u8; Request::SIZE];
+            s.read_exact(&mut head).map(|()| head)
+        } {
+            let req = Request::decode(&head).unwrap();
+            let mut reply = [0u8; SimpleReply::SIZE];
+            SimpleReply {
+                error: Errno::OK,
+                handle: req.handle,
+            }
+            .encode(&mut reply);
+            if s.write_all(&reply).is_err() || s.write_all(&vec![0u8; req.len as usize]).is_err() {
+                break;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut proxy = start_proxy(fake.addr, Style::New, &[]);
+    let mut c = Client::connect(proxy.addr(), Style::New);
+    for i in 0..64 {
+        c.send(Cmd::READ, 0, i, 0, 1 << 20, &[]);
+    }
+    // The upstream sends what fits in the sockets; then everyone is stuck.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (0, Instant::now());
+    loop {
+        let n = answered.load(Ordering::SeqCst);
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if n > 0 && last.1.elapsed() > Duration::from_millis(500) {
+            break; // no progress: the replies are stuck on the client's side
+        }
+        assert!(Instant::now() < deadline, "the upstream never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        answered.load(Ordering::SeqCst) < 64,
+        "the client's socket took 64 MiB"
+    );
+    proxy.signal(Signal::TERM);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    drop(c);
+}
+
+#[test]
 fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
     let env = TestEnv::new();

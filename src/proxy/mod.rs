@@ -58,6 +58,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
 /// How long a finished session waits for the replies it still owes.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How often a thread waiting for something else re-checks the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 /// The most options a client may send before it must start transmission.
 const MAX_OPTIONS: usize = 4096;
 /// How long a client may take over each step of the handshake.
@@ -221,6 +223,14 @@ pub struct Proxy {
     pending_cv: Condvar,
     /// The writing side of the current client, if one is connected.
     down: Mutex<Option<Stream>>,
+    /// Another handle on the current client's socket, only ever locked
+    /// briefly: [`Proxy::shutdown`] closes it even while a reply to a client
+    /// that does not read blocks in `down`.
+    down_ctl: Mutex<Option<Stream>>,
+    /// Another handle on the current upstream socket, likewise: closing it
+    /// wakes a sender blocked on an upstream that does not read (which
+    /// holds `up`).
+    up_ctl: Mutex<Option<ReplyReader>>,
     cache: Mutex<Cache>,
     stop: Trigger,
     sessions: Mutex<u64>,
@@ -253,6 +263,8 @@ impl Proxy {
             }),
             pending_cv: Condvar::new(),
             down: Mutex::new(None),
+            down_ctl: Mutex::new(None),
+            up_ctl: Mutex::new(None),
             cache: Mutex::new(Cache::default()),
             stop: Trigger::new().map_err(|source| ClientError::Io {
                 what: "creating a pipe",
@@ -269,13 +281,20 @@ impl Proxy {
         self.size
     }
 
-    /// Asks [`Proxy::run`] to stop.
+    /// Asks [`Proxy::run`] to stop, at once, even in the middle of a request.
+    ///
+    /// Takes no lock that is held during I/O. The threads waiting on
+    /// `up_cv` and `pending_cv` see the stop within [`STOP_CHECK`] even if
+    /// the notification comes between their check and their wait.
     pub fn shutdown(&self) {
         self.stop.trigger();
         self.up_cv.notify_all();
         self.pending_cv.notify_all();
-        if let Some(down) = lock(&self.down).as_ref() {
+        if let Some(down) = lock(&self.down_ctl).as_ref() {
             down.shutdown();
+        }
+        if let Some(up) = lock(&self.up_ctl).as_ref() {
+            up.shutdown();
         }
     }
 
@@ -296,8 +315,16 @@ impl Proxy {
         if let Listener::Unix(_, path) = &listener {
             let _ = std::fs::remove_file(path);
         }
-        let _ = supervisor.join();
-        if let Some(client) = lock(&self.up).client.take() {
+        // The supervisor may be in the middle of a connection attempt (up to
+        // 15 s): wait for it a little, then leave it to the process's exit.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !supervisor.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if supervisor.is_finished() {
+            let _ = supervisor.join();
+        }
+        if let Some(client) = self.up.try_lock().ok().and_then(|mut up| up.client.take()) {
             let _ = client.shutdown();
         }
         result
@@ -366,10 +393,16 @@ impl Proxy {
                 return 0;
             }
         };
+        *lock(&self.down_ctl) = stream.try_clone().ok();
+        if self.stop.is_triggered() {
+            *lock(&self.down_ctl) = None;
+            return 0;
+        }
         let mut down = stream;
         if let Err(e) = self.handshake(&mut down) {
             log::info!("client handshake ended: {e}");
             down.shutdown();
+            *lock(&self.down_ctl) = None;
             return 0;
         }
         let _ = down.set_timeout(None);
@@ -382,9 +415,10 @@ impl Proxy {
             Err(e) => log::info!("client connection ended: {e}"),
         }
         self.drain();
-        if let Some(down) = lock(&self.down).take() {
+        if let Some(down) = lock(&self.down_ctl).take() {
             down.shutdown();
         }
+        *lock(&self.down) = None;
         answered
     }
 
@@ -608,8 +642,9 @@ impl Proxy {
         {
             pending = self
                 .pending_cv
-                .wait(pending)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(pending, STOP_CHECK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -619,8 +654,9 @@ impl Proxy {
         while pending.entries.contains_key(&handle) && !self.stop.is_triggered() {
             pending = self
                 .pending_cv
-                .wait(pending)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(pending, STOP_CHECK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -641,7 +677,7 @@ impl Proxy {
             }
             pending = self
                 .pending_cv
-                .wait_timeout(pending, deadline - now)
+                .wait_timeout(pending, (deadline - now).min(STOP_CHECK))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -650,6 +686,12 @@ impl Proxy {
     /// Makes `client` the current upstream connection and starts its reply thread.
     fn install(self: &Arc<Self>, client: NbdClient) -> Result<(), ClientError> {
         let reader = client.reply_reader()?;
+        *lock(&self.up_ctl) = Some(client.reply_reader()?);
+        if self.stop.is_triggered() {
+            if let Some(up) = lock(&self.up_ctl).as_ref() {
+                up.shutdown();
+            }
+        }
         let mut up = lock(&self.up);
         up.generation += 1;
         up.failed = false;
@@ -705,7 +747,11 @@ impl Proxy {
             {
                 let mut up = lock(&self.up);
                 while !up.failed && !self.stop.is_triggered() {
-                    up = self.up_cv.wait(up).unwrap_or_else(PoisonError::into_inner);
+                    up = self
+                        .up_cv
+                        .wait_timeout(up, STOP_CHECK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 if self.stop.is_triggered() {
                     return;
