@@ -285,12 +285,18 @@ impl Transfer<'_> {
             self.check()?;
             match self.tracker.map.take_run(cursor, self.max_transfer()) {
                 Some((offset, len)) => {
+                    if offset < cursor {
+                        // A new pass may resend a range still in flight.
+                        self.wait_window(0)?;
+                    }
                     self.send_range(offset, len)?;
                     cursor = offset + len;
                 }
                 None => break,
             }
         }
+        // The cycles below resend ranges the copy may still have in flight.
+        self.wait_window(0)?;
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);
@@ -414,6 +420,10 @@ impl Transfer<'_> {
         let mut cursor = 0;
         while let Some((offset, len)) = self.tracker.map.take_run(cursor, self.max_transfer()) {
             self.check()?;
+            if offset < cursor {
+                // Wrapped round to blocks written meanwhile: one may still be in flight.
+                self.wait_window(0)?;
+            }
             self.send_range(offset, len)?;
             cursor = offset + len;
         }
@@ -423,6 +433,13 @@ impl Transfer<'_> {
     }
 
     /// Waits until at most `most` transfers are in flight.
+    ///
+    /// Two overlapping WRITEs must never be in flight together: NBD does not
+    /// order requests in flight, and a destination that serves them in
+    /// parallel (ours does) may apply a stale copy of a block after a fresh
+    /// one. Ranges taken in one sweep of the dirty map are disjoint; before
+    /// a sweep wraps round, and before the cycles start, everything in
+    /// flight is waited for.
     fn wait_window(&self, most: usize) -> Result<(), Stop> {
         let mut w = self.replies.lock();
         loop {
