@@ -740,24 +740,23 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
 
 #[test]
 fn requests_in_flight_are_bounded() {
-    // The fake answers nothing until no more requests come for a second,
-    // then everything: the proxy must have stopped at its limit of 64.
+    // The fake takes 64 requests and answers none: no 65th may come within
+    // a second. Then it answers everything.
     const SENT: u64 = 100;
     let fake = FakeUpstream::start(|_, mut s| {
         send_hello(&mut s);
-        let mut held = Vec::new();
+        let mut held: Vec<Request> = (0..64).map(|_| read_request(&mut s).req).collect();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        loop {
-            let mut head = [0u8; Request::SIZE];
-            match s.read_exact(&mut head) {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-                Err(e) => panic!("fake upstream: {e}"),
+        let mut head = [0u8; Request::SIZE];
+        match s.read_exact(&mut head) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("fake upstream: {e}"),
+            Ok(()) => {
+                let req = Request::decode(&head).unwrap();
+                let mut payload = vec![0u8; req.len as usize];
+                s.read_exact(&mut payload).unwrap();
+                held.push(req);
             }
-            let req = Request::decode(&head).unwrap();
-            let mut payload = vec![0u8; req.len as usize];
-            s.read_exact(&mut payload).unwrap();
-            held.push(req);
         }
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let first_batch = held.len();
