@@ -170,7 +170,7 @@ pub struct Mirror {
     acked: AtomicU64,
     /// Payload and header bytes sent over all attempts.
     wire_bytes: AtomicU64,
-    /// Bytes sent but not acknowledged yet.
+    /// Bytes taken from the dirty map (sent, or held by the speed limit) but not acknowledged yet.
     in_flight: AtomicU64,
     started: Mutex<Instant>,
     tracker: Mutex<Option<Arc<Tracker>>>,
