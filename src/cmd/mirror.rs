@@ -68,7 +68,8 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(new_bar);
     let plain = progress && bar.is_none();
     let mut last_phase: Option<String> = None;
-    let mut last_line = Instant::now();
+    // The first plain line goes out at once, so even a short migration shows one.
+    let mut last_line: Option<Instant> = None;
     let started = Instant::now();
     loop {
         let reply =
@@ -107,18 +108,20 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
         let done = status.size.saturating_sub(m.bytes_left);
         let phase = m.phase.clone().unwrap_or_default();
         let retries = m.retries.unwrap_or(0);
+        let sent = m.bytes_sent.unwrap_or(0);
         if let Some(bar) = &bar {
             bar.set_length(status.size);
             bar.set_position(done);
             bar.set_message(format!(
-                "{phase}, {} dirty, {retries} retries",
-                indicatif::HumanBytes(m.bytes_left)
+                "{phase}, {} dirty, {} sent, {retries} retries",
+                indicatif::HumanBytes(m.bytes_left),
+                indicatif::HumanBytes(sent)
             ));
-        } else if plain && last_line.elapsed() >= PLAIN_EVERY {
-            last_line = Instant::now();
+        } else if plain && last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+            last_line = Some(Instant::now());
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {retries} retries",
+                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {sent} bytes sent, {retries} retries",
                 status.size,
                 m.speed,
                 m.bytes_left,
