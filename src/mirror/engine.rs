@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backing::is_zero;
-use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader};
+use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader, Style};
 use crate::control::MirrorAction;
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
@@ -368,6 +368,15 @@ impl Transfer<'_> {
                 "data left dirty after the last cycle".to_owned(),
             ));
         }
+        // Acknowledged is not durable everywhere: flexnbd-c's listen syncs
+        // every write before its reply, but a newstyle destination (ours, qemu-nbd,
+        // nbdkit) may only have it in memory. Make it durable before the
+        // source lets go (and unlinks). Old-style destinations get flexnbd-c's
+        // wire unchanged.
+        if let Err(stop) = self.flush_destination() {
+            self.server.set_clients_allowed(true);
+            return Err(stop);
+        }
         if let Err(stop) = self.check() {
             self.server.set_clients_allowed(true);
             return Err(stop);
@@ -420,6 +429,39 @@ impl Transfer<'_> {
             }
             other => other,
         })
+    }
+
+    /// A FLUSH to a newstyle destination that offers it, and its reply.
+    fn flush_destination(&mut self) -> Result<(), Stop> {
+        if self.client.style() != Style::Newstyle
+            || !self.client.flags().contains(TransmissionFlags::SEND_FLUSH)
+        {
+            return Ok(());
+        }
+        let req = Request {
+            flags: CmdFlags(0),
+            cmd: Cmd::FLUSH,
+            handle: MIRROR_HANDLE,
+            offset: 0,
+            len: 0,
+        };
+        {
+            let mut w = self.replies.lock();
+            if w.lens.is_empty() {
+                self.replies.progressed();
+            }
+            w.lens.push_back(0);
+        }
+        if let Err(e) = self.client.send_request(&req, &[]) {
+            return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
+        }
+        self.replies.progressed();
+        self.mirror
+            .wire_bytes
+            .fetch_add(Request::SIZE as u64, Ordering::SeqCst);
+        self.wait_window(0)?;
+        log::info!("the destination has made every byte durable");
+        Ok(())
     }
 
     /// Whether the dirty data is small enough to start write-through.
