@@ -33,6 +33,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flexnbd::client::{ConnectOptions, NbdClient};
+use flexnbd::proto::consts::MIRROR_HANDLE;
+use flexnbd::proto::types::Cmd;
+use flexnbd::proto::wire::Request;
 use flexnbd::server::status::Status;
 
 use crate::support::{
@@ -502,6 +505,8 @@ struct Relay {
     port: u16,
     /// Bytes relayed from the source to the destination.
     up: Arc<AtomicU64>,
+    /// The last bytes relayed from the source to the destination.
+    tail: Arc<std::sync::Mutex<Vec<u8>>>,
     hold: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -514,7 +519,8 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicU64::new(0));
         let hold = Arc::new(AtomicBool::new(true));
-        let (up2, hold2) = (up.clone(), hold.clone());
+        let tail = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, hold2, tail2) = (up.clone(), hold.clone(), tail.clone());
         let acceptor = std::thread::spawn(move || {
             listener.set_nonblocking(true).unwrap();
             let deadline = Instant::now() + STATE_WITHIN;
@@ -536,8 +542,12 @@ impl Relay {
             );
             let counter = up2.clone();
             let upward = std::thread::spawn(move || {
-                copy(src_r, dst_w, |n| {
-                    counter.fetch_add(n as u64, Ordering::SeqCst);
+                copy(src_r, dst_w, |chunk| {
+                    counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    let mut t = tail2.lock().unwrap();
+                    t.extend_from_slice(chunk);
+                    let excess = t.len().saturating_sub(TAIL);
+                    t.drain(..excess);
                 });
             });
             copy(to_dest, from_source, |_| {
@@ -555,6 +565,7 @@ impl Relay {
         Relay {
             port,
             up,
+            tail,
             hold,
             threads: vec![acceptor],
         }
@@ -574,14 +585,17 @@ impl Drop for Relay {
     }
 }
 
-/// Copies until EOF or an error, calling `before(n)` before forwarding each chunk.
-fn copy(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(usize)) {
+/// How many of the last bytes from the source a [`Relay`] keeps: two request headers.
+const TAIL: usize = 2 * Request::SIZE;
+
+/// Copies until EOF or an error, calling `before(chunk)` before forwarding each chunk.
+fn copy(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                before(n);
+                before(&buf[..n]);
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -640,6 +654,21 @@ fn unlink_removes_the_source_only_after_every_byte_was_acknowledged() {
     dest.assert_exits(0, "destination after the handover");
     assert!(!src.exists(), "--unlink left the source file");
     assert_same_files("destination", &dst, &original);
+    // To a newstyle destination the last requests are a FLUSH, so that what
+    // it acknowledged is durable before the source lets go, then DISCONNECT.
+    let tail = relay.tail.lock().unwrap().clone();
+    let flush = Request::decode(tail[..Request::SIZE].try_into().unwrap()).unwrap();
+    let disc = Request::decode(tail[Request::SIZE..].try_into().unwrap()).unwrap();
+    assert_eq!(
+        (flush.cmd, flush.handle, flush.offset, flush.len),
+        (Cmd::FLUSH, MIRROR_HANDLE, 0, 0),
+        "{flush:?}"
+    );
+    assert_eq!(
+        (disc.cmd, disc.offset, disc.len),
+        (Cmd::DISC, 0, 0),
+        "{disc:?}"
+    );
 }
 
 #[test]
