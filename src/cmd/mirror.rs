@@ -112,8 +112,9 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
         if let Some(bar) = &bar {
             bar.set_length(status.size);
             bar.set_position(done);
+            bar.set_prefix(phase.clone());
             bar.set_message(format!(
-                "{phase}, {} dirty, {} sent, {retries} retries",
+                "{} dirty, {} sent, {retries} retries",
                 indicatif::HumanBytes(m.bytes_left),
                 indicatif::HumanBytes(sent)
             ));
@@ -137,7 +138,10 @@ fn new_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            // Two lines, so that an 80-column terminal need not wrap them:
+            // the phase and the bar of bytes on the destination, then the
+            // rate, the estimate and what is left.
+            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {bytes_per_sec}, eta {eta}, {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -151,7 +155,8 @@ fn finish(bar: Option<&ProgressBar>, started: Instant) -> Result<ExitCode> {
         if let Some(len) = bar.length() {
             bar.set_position(len);
         }
-        bar.finish_with_message("handed over");
+        bar.set_prefix("handed over");
+        bar.finish_with_message("the destination has control");
     }
     writeln!(
         std::io::stdout().lock(),
