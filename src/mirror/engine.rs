@@ -331,6 +331,12 @@ impl Transfer<'_> {
                 None => break,
             }
         }
+        // Most of the file is on the destination: have it made durable now,
+        // while clients are served without waiting, so that the FLUSH at the
+        // handover (when new clients are refused) has little left to sync.
+        if self.mirror.request.action != MirrorAction::Nothing {
+            self.flush_destination()?;
+        }
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);
@@ -420,6 +426,12 @@ impl Transfer<'_> {
         }
         // Queued bytes still go out before the FIN; this also wakes the reply thread.
         let _ = self.client.shutdown();
+        log::info!(
+            "handover: {} bytes sent for {} bytes of file in {} attempts",
+            self.mirror.wire_bytes.load(Ordering::SeqCst),
+            self.server.backing().size(),
+            self.mirror.retries.load(Ordering::SeqCst) + 1
+        );
         log::info!("Server closed, quitting after successful migration");
         Ok(match result {
             // The data is on the destination even if the unlink failed: report it, but done.
