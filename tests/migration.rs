@@ -956,7 +956,11 @@ fn source_killed_mid_transfer_leaves_the_destination_listening_without_control()
     let mut source = Node::serve(&env, &src);
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
 
-    start_mirror(&source, dest.port, &["-m", "1048576"]);
+    let waiting = Cli::spawn(&mirror_args(
+        &source,
+        dest.port,
+        &["--wait", "-m", "1048576"],
+    ));
     // The first transfer is acknowledged (the next one waits seconds for the limit).
     source.wait_progress(MAX_TRANSFER);
     let first = MAX_TRANSFER as usize;
@@ -973,6 +977,15 @@ fn source_killed_mid_transfer_leaves_the_destination_listening_without_control()
     );
     source.daemon.signal(Signal::KILL);
     source.daemon.wait_exit(EXIT_WITHIN);
+    // `mirror --wait` reports the loss and fails.
+    let out = waiting.finish(STATE_WITHIN);
+    assert!(
+        out.status.code() == Some(1) && text(&out.stderr).contains("went away before the handover"),
+        "mirror --wait after the source died: {}; stdout {:?} stderr {:?}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // The connection is gone; the destination keeps its partial data and listens on.
     dest.wait_status("the dead source's connection to close", |st| {
