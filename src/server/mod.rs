@@ -5,7 +5,7 @@
 //! accepting, closes the listener, asks every client to stop reading (each
 //! finishes the requests it already has, replies, and closes) and returns
 //! once all clients are gone. Each client runs on its own thread
-//! ([`conn`]), with a few worker threads of its own for requests in flight.
+//! (`conn.rs`), with a few worker threads of its own for requests in flight.
 //!
 //! The server is controlled from other threads through `&self` methods
 //! ([`Server::status`], [`Server::set_acl`], [`Server::shutdown`]); shared
