@@ -1589,7 +1589,14 @@ fn signals_at_each_stage() {
     });
     let mut complaints = Vec::new();
     for (i, (stage, sig)) in STAGES.iter().enumerate() {
-        if c[i] != ours[i] {
+        // Differs on purpose, now and then: a C source stopped while its
+        // (throttled) mirror runs sometimes logs "Stop signal received while
+        // mirroring." and then never exits (seen under load; its abandon
+        // waits on the mirror thread). Ours always exits 1.
+        let c_hung = *stage == "serve mirroring"
+            && c[i].starts_with("still running")
+            && ours[i] == "exit status: 1, socket left behind: false";
+        if c[i] != ours[i] && !c_hung {
             complaints.push(format!(
                 "{stage}, {sig:?}:\n  C:    {}\n  ours: {}",
                 c[i], ours[i]
