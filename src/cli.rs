@@ -40,10 +40,11 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Copy, Default)]
 pub struct GlobalArgs {
     /// Log more: -v for informational messages, -vv for per-request debug.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// With -q as well, the last one given wins (as flexnbd-c).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, overrides_with = "quiet")]
     pub verbose: u8,
     /// Log nothing; errors that end the command are still printed.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, overrides_with = "verbose")]
     pub quiet: bool,
 }
 
