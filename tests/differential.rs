@@ -731,7 +731,7 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
         "proxy: no listen port",
         Prog::Proxy,
         &["-l", "127.0.0.1", "-C", "127.0.0.1", "-P", "{dead}"],
-        abort("Downstream port not specified", 1, "--port is required"),
+        abort("Downstream port not specified", 2, "--port is required"),
     ),
     (
         "proxy: upstream host name",

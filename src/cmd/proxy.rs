@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -32,7 +32,13 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
     } else {
         let ip = parse_ip(&args.addr).map_err(anyhow::Error::msg)?;
         let Some(port) = args.port else {
-            bail!("--port is required when listening on an IP address");
+            // A usage error (exit 2), like every other missing option.
+            let mut cmd = <crate::cli::ProxyCli as clap::CommandFactory>::command();
+            cmd.error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--port is required when --addr is an IP address (not a UNIX socket path)",
+            )
+            .exit();
         };
         Listen::Tcp(SocketAddr::new(ip, port))
     };
