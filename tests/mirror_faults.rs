@@ -1083,6 +1083,82 @@ fn clean_transfer_hands_control_over(style: Style) {
     l.finish_transfer();
 }
 
+/// The pages of `path` in the page cache that are dirty or under writeback
+/// (Linux's `cachestat`, 6.5 and later, called through Python's ctypes), or
+/// `None` if the kernel lacks it.
+#[track_caller]
+fn unsynced_pages(path: &Path) -> Option<u64> {
+    const SCRIPT: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+class Stat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+st = Stat()
+if libc.syscall(451, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0) != 0:
+    print("errno", ctypes.get_errno())
+else:
+    print("pages", st.cache, st.dirty, st.writeback)
+"#;
+    let out = Command::new(crate::support::SYSTEM_PYTHON)
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    let words: Vec<&str> = said.split_whitespace().collect();
+    match words.as_slice() {
+        ["pages", cached, dirty, writeback] => {
+            assert_ne!(*cached, "0", "the page cache holds nothing of {path:?}");
+            Some(dirty.parse::<u64>().unwrap() + writeback.parse::<u64>().unwrap())
+        }
+        ["errno", "38"] => {
+            eprintln!("skipped: this kernel has no cachestat");
+            None
+        }
+        _ => panic!("cachestat failed: {said} {}", text(&out.stderr)),
+    }
+}
+
+/// A plain WRITE to `listen` in `style`, then how many pages of the file are
+/// still dirty right after its reply (`None` without cachestat).
+fn unsynced_after_a_write(style: Style) -> Option<u64> {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    s.write(1, 0, &pattern(SIZE as usize, 9));
+    s.expect_reply(1, Errno::OK);
+    let unsynced = unsynced_pages(&l.file);
+    drop(s);
+    l.finish_transfer();
+    unsynced
+}
+
+/// flexnbd-c's source (old-style, `mirror --unlink`) never sends FLUSH and
+/// deletes its file before the DISCONNECT: an old-style `listen` makes every
+/// write durable before it replies, as flexnbd-c's destination does.
+#[test]
+fn oldstyle_listen_makes_every_write_durable_before_its_reply() {
+    if let Some(pages) = unsynced_after_a_write(Style::Old) {
+        assert_eq!(pages, 0, "pages still dirty after the reply to a WRITE");
+    }
+}
+
+/// A newstyle `listen` leaves durability to FLUSH (which our source sends
+/// before the handover): a write is acknowledged from the page cache. This
+/// also shows that the check above can see a write that was not synced.
+#[test]
+fn newstyle_listen_acknowledges_writes_from_the_page_cache() {
+    if let Some(pages) = unsynced_after_a_write(Style::New) {
+        assert!(
+            pages > 0,
+            "a write was synced before its reply without FUA or FLUSH"
+        );
+    }
+}
+
 macro_rules! per_style {
     ($module:ident, $style:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
