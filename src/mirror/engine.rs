@@ -640,26 +640,21 @@ impl Transfer<'_> {
             .flags()
             .contains(TransmissionFlags::SEND_WRITE_ZEROES);
         let len32 = u32::try_from(len).map_err(|_| Stop::Failed("transfer too long".into()))?;
+        // Holes are found by reading them (the kernel fills them with zeroes
+        // without touching the disk), not with SEEK_DATA: that takes the
+        // file's inode lock, which every client write to it waits for.
         let backing = self.server.backing();
-        let hole = zeroes_ok
-            && backing
-                .extents(offset, len)
-                .is_ok_and(|e| e.len() == 1 && e[0].hole);
-        let (cmd, payload_len) = if hole {
+        let n = len32 as usize;
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        backing
+            .read_at(&mut self.buf[..n], offset)
+            .map_err(|e| Stop::Failed(format!("cannot read {}: {e}", backing.path().display())))?;
+        let (cmd, payload_len) = if zeroes_ok && is_zero(&self.buf[..n]) {
             (Cmd::WRITE_ZEROES, 0)
         } else {
-            let n = len32 as usize;
-            if self.buf.len() < n {
-                self.buf.resize(n, 0);
-            }
-            backing.read_at(&mut self.buf[..n], offset).map_err(|e| {
-                Stop::Failed(format!("cannot read {}: {e}", backing.path().display()))
-            })?;
-            if zeroes_ok && is_zero(&self.buf[..n]) {
-                (Cmd::WRITE_ZEROES, 0)
-            } else {
-                (Cmd::WRITE, n)
-            }
+            (Cmd::WRITE, n)
         };
         let req = Request {
             flags: CmdFlags(0),
