@@ -46,6 +46,8 @@ const FLUSH_QUICK: Duration = Duration::from_millis(40);
 /// Most such rounds: a destination whose disk cannot keep up with the
 /// writers never gets quick, and its handover FLUSH is as long as the last.
 const MAX_FLUSH_ROUNDS: u32 = 4;
+/// A write-through cycle this long is logged.
+const SLOW_CYCLE: Duration = Duration::from_millis(20);
 /// How often the handover checks whether the clients have gone.
 const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
@@ -329,20 +331,22 @@ impl Transfer<'_> {
         // little is left or the passes stop shrinking what is dirty.
         let mut cursor = 0u64;
         let mut passes = Passes::default();
-        let mut converged = self.copy(&mut cursor, &mut passes, true)?;
+        self.copy(&mut cursor, &mut passes, true)?;
         // Most of the file is on the destination: have it made durable now,
         // while clients are served without waiting, so that the FLUSH at the
         // handover (when new clients are refused) has little left to sync.
         // What is written during a FLUSH is sent after it, again without
         // write-through, and flushed in turn, until a FLUSH is quick.
         if self.mirror.request.action != MirrorAction::Nothing && self.can_flush() {
+            // These copies go at the network's pace, not the destination
+            // disk's: passes paced by FLUSHes may stop shrinking what is
+            // dirty (a 4 KiB random writer dirties blocks about as fast as
+            // the disk syncs them), and the first write-through cycle, which
+            // writers wait for, would be that long.
             for _ in 0..MAX_FLUSH_ROUNDS {
                 let took = self.flush_destination()?;
-                if !converged {
-                    break;
-                }
-                converged = self.copy(&mut cursor, &mut Passes::default(), false)?;
-                if took <= FLUSH_QUICK {
+                let converged = self.copy(&mut cursor, &mut Passes::default(), false)?;
+                if !converged || took <= FLUSH_QUICK {
                     break;
                 }
             }
@@ -565,14 +569,24 @@ impl Transfer<'_> {
     /// One write-through cycle: send everything dirty, wait for every reply.
     fn cycle(&mut self) -> Result<(), Stop> {
         let n = self.tracker.begin_cycle();
-        let mut cursor = 0;
+        let started = Instant::now();
+        let (mut cursor, mut bytes, mut transfers) = (0, 0, 0);
         while let Some((offset, len)) = self.tracker.map.take_run(cursor, self.max_transfer()) {
             self.check()?;
             self.send_range(offset, len)?;
             cursor = offset + len;
+            bytes += len;
+            transfers += 1;
         }
         self.wait_window(0)?;
         self.tracker.end_cycle(n);
+        // Writers wait for up to two cycles: a slow one is worth knowing about.
+        if started.elapsed() >= SLOW_CYCLE {
+            log::info!(
+                "a write-through cycle took {} ms for {bytes} bytes in {transfers} transfers",
+                started.elapsed().as_millis()
+            );
+        }
         Ok(())
     }
 
