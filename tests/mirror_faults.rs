@@ -1481,3 +1481,115 @@ fn our_mirror_unlink_into_c_listen_removes_the_source_file() {
     assert!(!source.file.exists(), "--unlink left the source file");
     crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
 }
+
+/// A relay from a migration's source to its destination that passes
+/// requests on one by one and holds the DISCONNECT back: `held` hears when
+/// it arrived, and it goes on once `release` says so. Replies pass as they come.
+fn disconnect_holding_relay(
+    target: SocketAddr,
+    held: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut source = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "relay: nobody connected");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("relay: accept failed: {e}"),
+            }
+        };
+        source.set_nonblocking(false).unwrap();
+        source
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut dest = TcpStream::connect_timeout(&target, IO_TIMEOUT).unwrap();
+        let down = {
+            let (from, to) = (dest.try_clone().unwrap(), source.try_clone().unwrap());
+            std::thread::spawn(move || relay(from, to))
+        };
+        // The hello goes the other way; from the source come only requests.
+        let mut head = [0u8; Request::SIZE];
+        while source.read_exact(&mut head).is_ok() {
+            let req = Request::decode(&head).unwrap();
+            if req.cmd == Cmd::DISC {
+                held.send(()).unwrap();
+                release.recv_timeout(Duration::from_secs(60)).unwrap();
+            }
+            let mut payload = vec![
+                0u8;
+                if req.cmd == Cmd::WRITE {
+                    req.len as usize
+                } else {
+                    0
+                }
+            ];
+            source.read_exact(&mut payload).unwrap();
+            dest.write_all(&head).unwrap();
+            dest.write_all(&payload).unwrap();
+        }
+        let _ = dest.shutdown(Shutdown::Write);
+        down.join().unwrap();
+    });
+    (addr, thread)
+}
+
+/// The case `listen --oldstyle` syncs every write for: flexnbd-c's `mirror
+/// --unlink` deletes the source file after the last reply and only then
+/// sends the DISCONNECT, and never a FLUSH. While the DISCONNECT is held
+/// back, the source file is gone and the destination's copy, the only one,
+/// has no page left unsynced.
+#[test]
+fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    let data = pattern(2 << 20, 11);
+    let src = env.image_with("c-source.img", &data);
+    let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
+    let dest_file = env.image("dest.img", data.len() as u64);
+    let mut dest = DaemonBuilder::new("listen", &dest_file)
+        .sock(env.sock_path_named("dest.sock"))
+        .args(["-v", "--oldstyle"])
+        .start();
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (relay_addr, relay) = disconnect_holding_relay(dest.addr(), held_tx, release_rx);
+
+    let port = relay_addr.port().to_string();
+    let out = finish(
+        spawn_cli(&[
+            "mirror".as_ref(),
+            "-s".as_ref(),
+            c_sock.as_os_str(),
+            "-l".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "--unlink".as_ref(),
+        ]),
+        Duration::from_secs(40),
+    );
+    assert_cli(&out, 0, "Mirror started");
+    held.recv_timeout(Duration::from_secs(60))
+        .expect("the C source sent no DISCONNECT");
+    assert!(!src.exists(), "the C source kept its file with --unlink");
+    if let Some(pages) = unsynced_pages(&dest_file) {
+        assert_eq!(
+            pages, 0,
+            "the destination acknowledged writes it had not synced"
+        );
+    }
+    release.send(()).unwrap();
+    let status = c_source.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
+    let status = dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    relay.join().unwrap();
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+}
