@@ -1083,6 +1083,82 @@ fn clean_transfer_hands_control_over(style: Style) {
     l.finish_transfer();
 }
 
+/// The pages of `path` in the page cache that are dirty or under writeback
+/// (Linux's `cachestat`, 6.5 and later, called through Python's ctypes), or
+/// `None` if the kernel lacks it.
+#[track_caller]
+fn unsynced_pages(path: &Path) -> Option<u64> {
+    const SCRIPT: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+class Stat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+st = Stat()
+if libc.syscall(451, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0) != 0:
+    print("errno", ctypes.get_errno())
+else:
+    print("pages", st.cache, st.dirty, st.writeback)
+"#;
+    let out = Command::new(crate::support::SYSTEM_PYTHON)
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    let words: Vec<&str> = said.split_whitespace().collect();
+    match words.as_slice() {
+        ["pages", cached, dirty, writeback] => {
+            assert_ne!(*cached, "0", "the page cache holds nothing of {path:?}");
+            Some(dirty.parse::<u64>().unwrap() + writeback.parse::<u64>().unwrap())
+        }
+        ["errno", "38"] => {
+            eprintln!("skipped: this kernel has no cachestat");
+            None
+        }
+        _ => panic!("cachestat failed: {said} {}", text(&out.stderr)),
+    }
+}
+
+/// A plain WRITE to `listen` in `style`, then how many pages of the file are
+/// still dirty right after its reply (`None` without cachestat).
+fn unsynced_after_a_write(style: Style) -> Option<u64> {
+    let env = TestEnv::new();
+    let mut l = Listener::start(&env, SIZE, style);
+    let mut s = FakeSource::connect(l.addr, style);
+    s.write(1, 0, &pattern(SIZE as usize, 9));
+    s.expect_reply(1, Errno::OK);
+    let unsynced = unsynced_pages(&l.file);
+    drop(s);
+    l.finish_transfer();
+    unsynced
+}
+
+/// flexnbd-c's source (old-style, `mirror --unlink`) never sends FLUSH and
+/// deletes its file before the DISCONNECT: an old-style `listen` makes every
+/// write durable before it replies, as flexnbd-c's destination does.
+#[test]
+fn oldstyle_listen_makes_every_write_durable_before_its_reply() {
+    if let Some(pages) = unsynced_after_a_write(Style::Old) {
+        assert_eq!(pages, 0, "pages still dirty after the reply to a WRITE");
+    }
+}
+
+/// A newstyle `listen` leaves durability to FLUSH (which our source sends
+/// before the handover): a write is acknowledged from the page cache. This
+/// also shows that the check above can see a write that was not synced.
+#[test]
+fn newstyle_listen_acknowledges_writes_from_the_page_cache() {
+    if let Some(pages) = unsynced_after_a_write(Style::New) {
+        assert!(
+            pages > 0,
+            "a write was synced before its reply without FUA or FLUSH"
+        );
+    }
+}
+
 macro_rules! per_style {
     ($module:ident, $style:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -1403,5 +1479,117 @@ fn our_mirror_unlink_into_c_listen_removes_the_source_file() {
     let status = c_dest.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(0), "{}", c_dest.stderr());
     assert!(!source.file.exists(), "--unlink left the source file");
+    crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
+}
+
+/// A relay from a migration's source to its destination that passes
+/// requests on one by one and holds the DISCONNECT back: `held` hears when
+/// it arrived, and it goes on once `release` says so. Replies pass as they come.
+fn disconnect_holding_relay(
+    target: SocketAddr,
+    held: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut source = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "relay: nobody connected");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("relay: accept failed: {e}"),
+            }
+        };
+        source.set_nonblocking(false).unwrap();
+        source
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut dest = TcpStream::connect_timeout(&target, IO_TIMEOUT).unwrap();
+        let down = {
+            let (from, to) = (dest.try_clone().unwrap(), source.try_clone().unwrap());
+            std::thread::spawn(move || relay(from, to))
+        };
+        // The hello goes the other way; from the source come only requests.
+        let mut head = [0u8; Request::SIZE];
+        while source.read_exact(&mut head).is_ok() {
+            let req = Request::decode(&head).unwrap();
+            if req.cmd == Cmd::DISC {
+                held.send(()).unwrap();
+                release.recv_timeout(Duration::from_secs(60)).unwrap();
+            }
+            let mut payload = vec![
+                0u8;
+                if req.cmd == Cmd::WRITE {
+                    req.len as usize
+                } else {
+                    0
+                }
+            ];
+            source.read_exact(&mut payload).unwrap();
+            dest.write_all(&head).unwrap();
+            dest.write_all(&payload).unwrap();
+        }
+        let _ = dest.shutdown(Shutdown::Write);
+        down.join().unwrap();
+    });
+    (addr, thread)
+}
+
+/// The case `listen --oldstyle` syncs every write for: flexnbd-c's `mirror
+/// --unlink` deletes the source file after the last reply and only then
+/// sends the DISCONNECT, and never a FLUSH. While the DISCONNECT is held
+/// back, the source file is gone and the destination's copy, the only one,
+/// has no page left unsynced.
+#[test]
+fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
+    let Some(c) = c_flexnbd() else { return };
+    let env = TestEnv::new();
+    let data = pattern(2 << 20, 11);
+    let src = env.image_with("c-source.img", &data);
+    let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
+    let dest_file = env.image("dest.img", data.len() as u64);
+    let mut dest = DaemonBuilder::new("listen", &dest_file)
+        .sock(env.sock_path_named("dest.sock"))
+        .args(["-v", "--oldstyle"])
+        .start();
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (relay_addr, relay) = disconnect_holding_relay(dest.addr(), held_tx, release_rx);
+
+    let port = relay_addr.port().to_string();
+    let out = finish(
+        spawn_cli(&[
+            "mirror".as_ref(),
+            "-s".as_ref(),
+            c_sock.as_os_str(),
+            "-l".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "--unlink".as_ref(),
+        ]),
+        Duration::from_secs(40),
+    );
+    assert_cli(&out, 0, "Mirror started");
+    held.recv_timeout(Duration::from_secs(60))
+        .expect("the C source sent no DISCONNECT");
+    assert!(!src.exists(), "the C source kept its file with --unlink");
+    if let Some(pages) = unsynced_pages(&dest_file) {
+        assert_eq!(
+            pages, 0,
+            "the destination acknowledged writes it had not synced"
+        );
+    }
+    release.send(()).unwrap();
+    let status = c_source.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
+    let status = dest.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    relay.join().unwrap();
     crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
 }

@@ -4,6 +4,10 @@
 //! at a time. The migration's source writes the data, then sends
 //! DISCONNECT: control has arrived, the server stops and the process exits
 //! 0. A signal before that exits 1, leaving whatever was written.
+//!
+//! With `--oldstyle` every write is made durable (`fdatasync`) before its
+//! reply, as flexnbd-c's destination does: a flexnbd-c source never sends
+//! FLUSH, and with `--unlink` deletes its copy before the DISCONNECT.
 
 use std::net::SocketAddr;
 
@@ -27,6 +31,11 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         killswitch: None,
         listen_mode: true,
         acl: Acl::new(args.acl, args.default_deny),
+        // An old-style source is flexnbd-c's mirror: plain WRITEs, then (with
+        // --unlink) it deletes its file and sends DISCONNECT, and never a
+        // FLUSH. Its own destination syncs every write before the reply, so
+        // must we. Newstyle sources (ours) FLUSH before the handover.
+        sync_writes: args.oldstyle,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
     super::serve::run_server(&args.file, addr, args.sock, config, global)

@@ -37,6 +37,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         killswitch: args.killswitch.then_some(KILLSWITCH_TIMEOUT),
         listen_mode: false,
         acl: Acl::new(args.acl, args.default_deny),
+        sync_writes: false,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
     run_server(&args.file, addr, args.sock, config, global)

@@ -23,10 +23,31 @@ use super::{AttemptEnd, Commit, MAX_TRANSFER, Mirror, Phase, lock, request_limit
 
 /// Most transfers in flight at once.
 const WINDOW: usize = 16;
-/// Converge once what is dirty could be sent in this long at the measured rate...
-const CONVERGE_TIME: Duration = Duration::from_millis(50);
-/// ...or is at most this much.
-const CONVERGE_BYTES: u64 = 4 << 20;
+/// Converge once at most this much is dirty. The first write-through cycle
+/// sends it while writers wait, and scattered small blocks go much slower
+/// than the measured (mostly sequential) rate: 1 MiB of 4 KiB blocks takes a
+/// few tens of ms. Writers that keep more dirty than this stop the passes
+/// from shrinking it, which converges too (see [`Passes`]).
+const CONVERGE_BYTES: u64 = 1 << 20;
+/// While copying, a FLUSH goes to the destination after this much was sent
+/// since the last one, once every earlier request (that FLUSH included) is
+/// answered, so that its page cache never holds much more unsynced data:
+/// one huge sync stalls its disk (and writers to the source if it shares the
+/// file system) for a long time, and the syncs before converging and at the
+/// handover have little left to do.
+const FLUSH_EVERY: u64 = 32 << 20;
+/// ...or after this many transfers: scattered small blocks cost the
+/// destination's disk one write each, so a sync of many is long too.
+const FLUSH_EVERY_TRANSFERS: u32 = 512;
+/// Before converging the destination is asked to FLUSH, and what was
+/// written meanwhile is sent, until a FLUSH takes at most this long: the
+/// handover's FLUSH (new clients refused meanwhile) then has as little to do.
+const FLUSH_QUICK: Duration = Duration::from_millis(40);
+/// Most such rounds: a destination whose disk cannot keep up with the
+/// writers never gets quick, and its handover FLUSH is as long as the last.
+const MAX_FLUSH_ROUNDS: u32 = 4;
+/// A write-through cycle this long is logged.
+const SLOW_CYCLE: Duration = Duration::from_millis(20);
 /// How often the handover checks whether the clients have gone.
 const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
@@ -310,40 +331,29 @@ impl Transfer<'_> {
         // little is left or the passes stop shrinking what is dirty.
         let mut cursor = 0u64;
         let mut passes = Passes::default();
-        while !self.converged() {
-            self.check()?;
-            match self.tracker.map.take_run(cursor, self.max_transfer()) {
-                Some((offset, len)) => {
-                    if offset < cursor && passes.stalled(self.tracker.map.dirty_bytes() + len) {
-                        // Writers dirty blocks as fast as we send them:
-                        // write-through paces them from here on.
-                        log::info!(
-                            "after {} passes {} bytes are still dirty: converging",
-                            passes.done,
-                            self.tracker.map.dirty_bytes() + len
-                        );
-                        self.tracker.map.mark(offset, len);
-                        break;
-                    }
-                    if offset < cursor {
-                        // A new pass may resend a range still in flight.
-                        self.wait_window(0)?;
-                    }
-                    self.send_range(offset, len)?;
-                    cursor = offset + len;
-                }
-                None => break,
-            }
-        }
-        // The cycles below resend ranges the copy may still have in flight
-        // (the FLUSH waits for them too, but only to a newstyle destination).
-        self.wait_window(0)?;
+        self.copy(&mut cursor, &mut passes, true)?;
         // Most of the file is on the destination: have it made durable now,
         // while clients are served without waiting, so that the FLUSH at the
         // handover (when new clients are refused) has little left to sync.
-        if self.mirror.request.action != MirrorAction::Nothing {
-            self.flush_destination()?;
+        // What is written during a FLUSH is sent after it, again without
+        // write-through, and flushed in turn, until a FLUSH is quick.
+        if self.mirror.request.action != MirrorAction::Nothing && self.can_flush() {
+            // These copies go at the network's pace, not the destination
+            // disk's: passes paced by FLUSHes may stop shrinking what is
+            // dirty (a 4 KiB random writer dirties blocks about as fast as
+            // the disk syncs them), and the first write-through cycle, which
+            // writers wait for, would be that long.
+            for _ in 0..MAX_FLUSH_ROUNDS {
+                let took = self.flush_destination()?;
+                let converged = self.copy(&mut cursor, &mut Passes::default(), false)?;
+                if !converged || took <= FLUSH_QUICK {
+                    break;
+                }
+            }
         }
+        // The cycles below resend ranges the copy may still have in flight
+        // (a FLUSH waits for them too, but only a newstyle destination gets one).
+        self.wait_window(0)?;
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);
@@ -450,13 +460,75 @@ impl Transfer<'_> {
         })
     }
 
-    /// A FLUSH to a newstyle destination that offers it, and its reply.
-    fn flush_destination(&mut self) -> Result<(), Stop> {
-        if self.client.style() != Style::Newstyle
-            || !self.client.flags().contains(TransmissionFlags::SEND_FLUSH)
-        {
-            return Ok(());
+    /// Sends dirty runs until [`Transfer::converged`], or until the passes
+    /// stop shrinking what is dirty; returns whether it converged. With
+    /// `flushes`, a FLUSH follows every [`FLUSH_EVERY`] bytes sent.
+    fn copy(&mut self, cursor: &mut u64, passes: &mut Passes, flushes: bool) -> Result<bool, Stop> {
+        let (mut since_flush, mut transfers) = (0u64, 0u32);
+        while !self.converged() {
+            self.check()?;
+            let Some((offset, len)) = self.tracker.map.take_run(*cursor, self.max_transfer())
+            else {
+                break;
+            };
+            if offset < *cursor && passes.stalled(self.tracker.map.dirty_bytes() + len) {
+                // Writers dirty blocks as fast as we send them:
+                // write-through paces them from here on.
+                log::info!(
+                    "after {} passes {} bytes are still dirty: converging",
+                    passes.done,
+                    self.tracker.map.dirty_bytes() + len
+                );
+                self.tracker.map.mark(offset, len);
+                return Ok(false);
+            }
+            if offset < *cursor {
+                // A new pass may resend a range still in flight.
+                self.wait_window(0)?;
+            }
+            self.send_range(offset, len)?;
+            *cursor = offset + len;
+            since_flush += len;
+            transfers += 1;
+            let due = since_flush >= FLUSH_EVERY || transfers >= FLUSH_EVERY_TRANSFERS;
+            if flushes && due && self.can_flush() {
+                // The last FLUSH (and all before it) must have finished: the
+                // copy goes no faster than the destination's disk.
+                self.wait_window(0)?;
+                self.send_flush()?;
+                (since_flush, transfers) = (0, 0);
+            }
         }
+        Ok(true)
+    }
+
+    /// Whether the destination takes FLUSH: newstyle, and it offers it.
+    fn can_flush(&self) -> bool {
+        self.client.style() == Style::Newstyle
+            && self.client.flags().contains(TransmissionFlags::SEND_FLUSH)
+    }
+
+    /// A FLUSH to a newstyle destination that offers it, and its reply
+    /// (with every reply before it).
+    /// Returns how long it took.
+    fn flush_destination(&mut self) -> Result<Duration, Stop> {
+        if !self.can_flush() {
+            return Ok(Duration::ZERO);
+        }
+        let started = Instant::now();
+        self.send_flush()?;
+        self.wait_window(0)?;
+        log::info!(
+            "the destination has made every byte durable (FLUSH took {} ms)",
+            started.elapsed().as_millis()
+        );
+        Ok(started.elapsed())
+    }
+
+    /// Sends a FLUSH without waiting for its reply; it takes a place in the
+    /// window like a transfer of no bytes.
+    fn send_flush(&mut self) -> Result<(), Stop> {
+        self.wait_window(WINDOW - 1)?;
         let req = Request {
             flags: CmdFlags(0),
             cmd: Cmd::FLUSH,
@@ -478,20 +550,12 @@ impl Transfer<'_> {
         self.mirror
             .wire_bytes
             .fetch_add(Request::SIZE as u64, Ordering::SeqCst);
-        self.wait_window(0)?;
-        log::info!("the destination has made every byte durable");
         Ok(())
     }
 
     /// Whether the dirty data is small enough to start write-through.
     fn converged(&self) -> bool {
-        let dirty = self.tracker.map.dirty_bytes();
-        if dirty <= CONVERGE_BYTES {
-            return true;
-        }
-        let elapsed = lock(&self.mirror.started).elapsed().as_secs_f64();
-        let rate = self.mirror.acked.load(Ordering::SeqCst) as f64 / elapsed.max(0.001);
-        (dirty as f64) <= rate * CONVERGE_TIME.as_secs_f64()
+        self.tracker.map.dirty_bytes() <= CONVERGE_BYTES
     }
 
     fn max_transfer(&self) -> u64 {
@@ -512,7 +576,8 @@ impl Transfer<'_> {
     /// One write-through cycle: send everything dirty, wait for every reply.
     fn cycle(&mut self) -> Result<(), Stop> {
         let n = self.tracker.begin_cycle();
-        let mut cursor = 0;
+        let started = Instant::now();
+        let (mut cursor, mut bytes, mut transfers) = (0, 0, 0);
         while let Some((offset, len)) = self.tracker.map.take_run(cursor, self.max_transfer()) {
             self.check()?;
             if offset < cursor {
@@ -521,9 +586,18 @@ impl Transfer<'_> {
             }
             self.send_range(offset, len)?;
             cursor = offset + len;
+            bytes += len;
+            transfers += 1;
         }
         self.wait_window(0)?;
         self.tracker.end_cycle(n);
+        // Writers wait for up to two cycles: a slow one is worth knowing about.
+        if started.elapsed() >= SLOW_CYCLE {
+            log::info!(
+                "a write-through cycle took {} ms for {bytes} bytes in {transfers} transfers",
+                started.elapsed().as_millis()
+            );
+        }
         Ok(())
     }
 
@@ -598,26 +672,21 @@ impl Transfer<'_> {
             .flags()
             .contains(TransmissionFlags::SEND_WRITE_ZEROES);
         let len32 = u32::try_from(len).map_err(|_| Stop::Failed("transfer too long".into()))?;
+        // Holes are found by reading them (the kernel fills them with zeroes
+        // without touching the disk), not with SEEK_DATA: that takes the
+        // file's inode lock, which every client write to it waits for.
         let backing = self.server.backing();
-        let hole = zeroes_ok
-            && backing
-                .extents(offset, len)
-                .is_ok_and(|e| e.len() == 1 && e[0].hole);
-        let (cmd, payload_len) = if hole {
+        let n = len32 as usize;
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        backing
+            .read_at(&mut self.buf[..n], offset)
+            .map_err(|e| Stop::Failed(format!("cannot read {}: {e}", backing.path().display())))?;
+        let (cmd, payload_len) = if zeroes_ok && is_zero(&self.buf[..n]) {
             (Cmd::WRITE_ZEROES, 0)
         } else {
-            let n = len32 as usize;
-            if self.buf.len() < n {
-                self.buf.resize(n, 0);
-            }
-            backing.read_at(&mut self.buf[..n], offset).map_err(|e| {
-                Stop::Failed(format!("cannot read {}: {e}", backing.path().display()))
-            })?;
-            if zeroes_ok && is_zero(&self.buf[..n]) {
-                (Cmd::WRITE_ZEROES, 0)
-            } else {
-                (Cmd::WRITE, n)
-            }
+            (Cmd::WRITE, n)
         };
         let req = Request {
             flags: CmdFlags(0),

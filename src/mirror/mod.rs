@@ -9,7 +9,11 @@
 //! destination that offers it, ranges that read as zero go as WRITE_ZEROES
 //! instead, so holes are not sent and the destination stays sparse, and a
 //! FLUSH before the handover makes every byte durable there (flexnbd-c's
-//! destination, old-style only, syncs every write before its reply).
+//! destination, old-style only, syncs every write before its reply, and so
+//! does our `listen --oldstyle`). FLUSHes while copying (every 32 MiB or 512
+//! transfers, and in rounds before converging) keep the destination's
+//! unsynced data small, so that no single sync stalls its disk for long and
+//! the one at the handover, while new clients are refused, is short.
 //!
 //! ```text
 //! operator        source (serve + mirror)                  destination (listen)

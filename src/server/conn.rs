@@ -404,7 +404,7 @@ impl Conn<'_> {
 
     /// Performs one request and sends its reply; returns the buffer for reuse.
     fn execute(&self, req: Request, mut buf: Vec<u8>) -> Vec<u8> {
-        let fua = req.flags.contains(CmdFlags::FUA);
+        let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
         let result = match req.cmd {
             Cmd::READ => {
                 buf = self.take_buffer(req.len as usize);

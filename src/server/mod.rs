@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub listen_mode: bool,
     /// The access control list at start-up.
     pub acl: Acl,
+    /// Make every write durable before its reply, as flexnbd-c's server does:
+    /// for an old-style `listen`, whose source never sends FLUSH.
+    pub sync_writes: bool,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             killswitch: None,
             listen_mode: false,
             acl: Acl::default(),
+            sync_writes: false,
         }
     }
 }
