@@ -15,6 +15,9 @@ mod daemon;
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
+/// Live migrations end to end: fio writers, --unlink, break, mirror-speed, sparse files,
+/// killed peers, `mirror --wait`.
+mod migration;
 /// Migrations that go wrong (fake destinations and sources), and with the C flexnbd.
 mod mirror_faults;
 /// The server in-process, byte by byte: handshakes, commands, bad input, limits.

@@ -68,7 +68,8 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(new_bar);
     let plain = progress && bar.is_none();
     let mut last_phase: Option<String> = None;
-    let mut last_line = Instant::now();
+    // The first plain line goes out at once, so even a short migration shows one.
+    let mut last_line: Option<Instant> = None;
     let started = Instant::now();
     loop {
         let reply =
@@ -107,18 +108,21 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
         let done = status.size.saturating_sub(m.bytes_left);
         let phase = m.phase.clone().unwrap_or_default();
         let retries = m.retries.unwrap_or(0);
+        let sent = m.bytes_sent.unwrap_or(0);
         if let Some(bar) = &bar {
             bar.set_length(status.size);
             bar.set_position(done);
+            bar.set_prefix(phase.clone());
             bar.set_message(format!(
-                "{phase}, {} dirty, {retries} retries",
-                indicatif::HumanBytes(m.bytes_left)
+                "{} dirty, {} sent, {retries} retries",
+                indicatif::HumanBytes(m.bytes_left),
+                indicatif::HumanBytes(sent)
             ));
-        } else if plain && last_line.elapsed() >= PLAIN_EVERY {
-            last_line = Instant::now();
+        } else if plain && last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+            last_line = Some(Instant::now());
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {retries} retries",
+                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {sent} bytes sent, {retries} retries",
                 status.size,
                 m.speed,
                 m.bytes_left,
@@ -134,7 +138,10 @@ fn new_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            // Two lines, so that an 80-column terminal need not wrap them:
+            // the phase and the bar of bytes on the destination, then the
+            // rate, the estimate and what is left.
+            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {bytes_per_sec}, eta {eta}, {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -148,7 +155,8 @@ fn finish(bar: Option<&ProgressBar>, started: Instant) -> Result<ExitCode> {
         if let Some(len) = bar.length() {
             bar.set_position(len);
         }
-        bar.finish_with_message("handed over");
+        bar.set_prefix("handed over");
+        bar.finish_with_message("the destination has control");
     }
     writeln!(
         std::io::stdout().lock(),

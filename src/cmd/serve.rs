@@ -94,7 +94,16 @@ pub(crate) fn run_server(
         None => None,
     };
 
-    let result = server.run(listener).context("the NBD listener failed");
+    let mut result = server.run(listener).context("the NBD listener failed");
+    if listen_mode && server.has_control() && result.is_ok() {
+        // A migration arrived: the data is ours alone now, so make it durable
+        // before exiting 0 (flexnbd-c synced every write; an old-style source
+        // sends no FLUSH).
+        result = server
+            .backing()
+            .sync()
+            .with_context(|| format!("cannot sync {file_name} after the migration"));
+    }
     // A migration that closed the listener finishes its handover before we go.
     controller.wait();
     controller.linger_after_migration(LINGER_AFTER_MIGRATION);

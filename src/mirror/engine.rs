@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backing::is_zero;
-use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader};
+use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader, Style};
 use crate::control::MirrorAction;
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
@@ -29,6 +29,33 @@ const CONVERGE_TIME: Duration = Duration::from_millis(50);
 const CONVERGE_BYTES: u64 = 4 << 20;
 /// How often the handover checks whether the clients have gone.
 const HANDOVER_POLL: Duration = Duration::from_millis(2);
+
+/// Most passes over the file before converging whatever is left dirty.
+const MAX_PASSES: u32 = 8;
+
+/// Passes over the dirty map while copying, to notice that they stop converging.
+#[derive(Debug, Default)]
+struct Passes {
+    /// Passes completed.
+    done: u32,
+    /// What was dirty when the last pass ended.
+    last_dirty: Option<u64>,
+}
+
+impl Passes {
+    /// A pass ended with `dirty` bytes left: whether to stop copying and
+    /// converge, because the dirty set no longer shrinks by a tenth per pass
+    /// (the writers dirty blocks as fast as they are sent), or after
+    /// [`MAX_PASSES`].
+    fn stalled(&mut self, dirty: u64) -> bool {
+        self.done += 1;
+        let stalled = self
+            .last_dirty
+            .is_some_and(|last| dirty.saturating_mul(10) >= last.saturating_mul(9));
+        self.last_dirty = Some(dirty);
+        stalled || self.done >= MAX_PASSES
+    }
+}
 
 /// Replies outstanding, and the first failure seen by the reply thread.
 #[derive(Debug, Default)]
@@ -279,17 +306,36 @@ impl Transfer<'_> {
     }
 
     fn copy_and_hand_over(&mut self) -> Result<AttemptEnd, Stop> {
-        // Copying: send dirty runs in file order until little is left.
+        // Copying: send dirty runs in file order, pass after pass, until
+        // little is left or the passes stop shrinking what is dirty.
         let mut cursor = 0u64;
+        let mut passes = Passes::default();
         while !self.converged() {
             self.check()?;
             match self.tracker.map.take_run(cursor, self.max_transfer()) {
                 Some((offset, len)) => {
+                    if offset < cursor && passes.stalled(self.tracker.map.dirty_bytes() + len) {
+                        // Writers dirty blocks as fast as we send them:
+                        // write-through paces them from here on.
+                        log::info!(
+                            "after {} passes {} bytes are still dirty: converging",
+                            passes.done,
+                            self.tracker.map.dirty_bytes() + len
+                        );
+                        self.tracker.map.mark(offset, len);
+                        break;
+                    }
                     self.send_range(offset, len)?;
                     cursor = offset + len;
                 }
                 None => break,
             }
+        }
+        // Most of the file is on the destination: have it made durable now,
+        // while clients are served without waiting, so that the FLUSH at the
+        // handover (when new clients are refused) has little left to sync.
+        if self.mirror.request.action != MirrorAction::Nothing {
+            self.flush_destination()?;
         }
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
@@ -327,6 +373,15 @@ impl Transfer<'_> {
             return Err(Stop::Failed(
                 "data left dirty after the last cycle".to_owned(),
             ));
+        }
+        // Acknowledged is not durable everywhere: flexnbd-c's listen syncs
+        // every write before its reply, but a newstyle destination (ours, qemu-nbd,
+        // nbdkit) may only have it in memory. Make it durable before the
+        // source lets go (and unlinks). Old-style destinations get flexnbd-c's
+        // wire unchanged.
+        if let Err(stop) = self.flush_destination() {
+            self.server.set_clients_allowed(true);
+            return Err(stop);
         }
         if let Err(stop) = self.check() {
             self.server.set_clients_allowed(true);
@@ -371,6 +426,12 @@ impl Transfer<'_> {
         }
         // Queued bytes still go out before the FIN; this also wakes the reply thread.
         let _ = self.client.shutdown();
+        log::info!(
+            "handover: {} bytes sent for {} bytes of file in {} attempts",
+            self.mirror.wire_bytes.load(Ordering::SeqCst),
+            self.server.backing().size(),
+            self.mirror.retries.load(Ordering::SeqCst) + 1
+        );
         log::info!("Server closed, quitting after successful migration");
         Ok(match result {
             // The data is on the destination even if the unlink failed: report it, but done.
@@ -380,6 +441,39 @@ impl Transfer<'_> {
             }
             other => other,
         })
+    }
+
+    /// A FLUSH to a newstyle destination that offers it, and its reply.
+    fn flush_destination(&mut self) -> Result<(), Stop> {
+        if self.client.style() != Style::Newstyle
+            || !self.client.flags().contains(TransmissionFlags::SEND_FLUSH)
+        {
+            return Ok(());
+        }
+        let req = Request {
+            flags: CmdFlags(0),
+            cmd: Cmd::FLUSH,
+            handle: MIRROR_HANDLE,
+            offset: 0,
+            len: 0,
+        };
+        {
+            let mut w = self.replies.lock();
+            if w.lens.is_empty() {
+                self.replies.progressed();
+            }
+            w.lens.push_back(0);
+        }
+        if let Err(e) = self.client.send_request(&req, &[]) {
+            return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
+        }
+        self.replies.progressed();
+        self.mirror
+            .wire_bytes
+            .fetch_add(Request::SIZE as u64, Ordering::SeqCst);
+        self.wait_window(0)?;
+        log::info!("the destination has made every byte durable");
+        Ok(())
     }
 
     /// Whether the dirty data is small enough to start write-through.
@@ -476,6 +570,9 @@ impl Transfer<'_> {
 
     /// Reads `[offset, offset + len)` from the file now and sends it.
     fn send_range(&mut self, offset: u64, len: u64) -> Result<(), Stop> {
+        // The range left the dirty map: it counts as left to send from now
+        // on, also while the speed limit holds it back.
+        self.mirror.in_flight.fetch_add(len, Ordering::SeqCst);
         self.pace(len)?;
         self.wait_window(WINDOW - 1)?;
         let zeroes_ok = self
@@ -511,7 +608,6 @@ impl Transfer<'_> {
             offset,
             len: len32,
         };
-        self.mirror.in_flight.fetch_add(len, Ordering::SeqCst);
         {
             let mut w = self.replies.lock();
             if w.lens.is_empty() {
@@ -530,5 +626,35 @@ impl Transfer<'_> {
             .wire_bytes
             .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_stall_when_the_dirty_set_stops_shrinking() {
+        let mut p = Passes::default();
+        assert!(
+            !p.stalled(1000),
+            "the first pass has nothing to compare with"
+        );
+        assert!(!p.stalled(800), "shrank by a fifth");
+        assert!(p.stalled(750), "shrank by less than a tenth");
+        let mut p = Passes::default();
+        assert!(!p.stalled(100));
+        assert!(p.stalled(200), "grew");
+    }
+
+    #[test]
+    fn passes_end_after_the_most_passes() {
+        let mut p = Passes::default();
+        let mut dirty = 1 << 30;
+        for _ in 1..MAX_PASSES {
+            assert!(!p.stalled(dirty));
+            dirty /= 2;
+        }
+        assert!(p.stalled(dirty));
     }
 }

@@ -7,7 +7,9 @@
 //! WRITEs of at most 8 MiB carrying the handle `.MIRROR.`, then one
 //! DISCONNECT, which tells a `listen` that it now has control. To a newstyle
 //! destination that offers it, ranges that read as zero go as WRITE_ZEROES
-//! instead, so holes are not sent and the destination stays sparse.
+//! instead, so holes are not sent and the destination stays sparse, and a
+//! FLUSH before the handover makes every byte durable there (flexnbd-c's
+//! destination, old-style only, syncs every write before its reply).
 //!
 //! ```text
 //! operator        source (serve + mirror)                  destination (listen)
@@ -170,7 +172,7 @@ pub struct Mirror {
     acked: AtomicU64,
     /// Payload and header bytes sent over all attempts.
     wire_bytes: AtomicU64,
-    /// Bytes sent but not acknowledged yet.
+    /// Bytes taken from the dirty map (sent, or held by the speed limit) but not acknowledged yet.
     in_flight: AtomicU64,
     started: Mutex<Instant>,
     tracker: Mutex<Option<Arc<Tracker>>>,

@@ -5,7 +5,7 @@
 //! accepting, closes the listener, asks every client to stop reading (each
 //! finishes the requests it already has, replies, and closes) and returns
 //! once all clients are gone. Each client runs on its own thread
-//! ([`conn`]), with a few worker threads of its own for requests in flight.
+//! (`conn.rs`), with a few worker threads of its own for requests in flight.
 //!
 //! The server is controlled from other threads through `&self` methods
 //! ([`Server::status`], [`Server::set_acl`], [`Server::shutdown`]); shared
@@ -16,7 +16,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -37,6 +37,9 @@ use status::Status;
 
 /// How long a request may take before the killswitch drops its client (flexnbd-c: 120 s).
 pub const KILLSWITCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stopping server waits for its clients to finish the requests
+/// they have sent before it closes their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How a server behaves.
 #[derive(Debug, Clone)]
@@ -382,15 +385,37 @@ impl Server {
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks every client to stop reading requests, then waits for all of them to finish.
+    /// Asks every client to stop reading requests, then waits for all of
+    /// them to finish. A client still there after [`SHUTDOWN_GRACE`] (one
+    /// that does not read its replies, so a reply cannot be sent) has its
+    /// socket shut down both ways, which fails the blocked write and ends it.
     fn stop_all_clients(&self) {
         self.stop_clients();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut clients = self.lock_clients();
+        let mut forced = false;
         while !clients.is_empty() {
+            let now = Instant::now();
+            if !forced && now >= deadline {
+                for (id, slot) in clients.iter() {
+                    log::warn!(
+                        "client {id} at {} did not finish within {SHUTDOWN_GRACE:?} of shutdown; closing its connection",
+                        slot.peer
+                    );
+                    let _ = slot.socket.shutdown(Shutdown::Both);
+                }
+                forced = true;
+            }
+            let wait = if forced {
+                Duration::from_secs(1)
+            } else {
+                deadline - now
+            };
             clients = self
                 .clients_changed
-                .wait(clients)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(clients, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
