@@ -17,7 +17,9 @@
 //! on the reading thread itself, and their replies are gathered and sent
 //! together once no whole request is left in the read buffer: a client at
 //! queue depth 16 costs one read and one write for 16 requests, not 16
-//! thread hand-offs. Large READs of data with no hole go out with
+//! thread hand-offs. Small WRITEs without FUA are written there too (buffered
+//! writes to one file queue for its inode lock anyway), each acknowledged
+//! only once `pwrite` returned. Large READs of data with no hole go out with
 //! `sendfile`, never copied through user space.
 //!
 //! When the reading side ends (EOF, DISCONNECT, a protocol error, or the
@@ -61,6 +63,10 @@ const ZERO_BLOCK: usize = 4096;
 /// in the page cache, and their replies go out together (one write for all
 /// the requests that arrived in one read).
 const INLINE_READ_MAX: u32 = 64 << 10;
+/// WRITEs up to this size (without FUA) are written from the reading thread:
+/// buffered writes to one file take the inode's lock one at a time anyway, so
+/// workers would only queue for it (and for the CPU).
+const INLINE_WRITE_MAX: u32 = 64 << 10;
 /// Replies gathered on the reading thread are sent once they reach this size.
 const PENDING_MAX: usize = 256 << 10;
 /// READs of at least this size over data with no hole go out with sendfile:
@@ -339,6 +345,31 @@ impl Conn<'_> {
             {
                 continue;
             }
+            if req.cmd == Cmd::WRITE
+                && req.len <= INLINE_WRITE_MAX
+                && !req.flags.contains(CmdFlags::FUA)
+            {
+                let len = req.len as usize;
+                if reader.buffer().len() < len {
+                    self.flush_pending(pending);
+                }
+                if scratch.len() < len {
+                    scratch.resize(len, 0);
+                }
+                // The killswitch's clock runs from the header: a payload that
+                // never comes is a stalled request too.
+                self.begin_request();
+                if let Err(e) = reader.read_exact(&mut scratch[..len]) {
+                    self.end_request();
+                    return if is_disconnect(&e) {
+                        Ok(Outcome::Closed)
+                    } else {
+                        Err(e)
+                    };
+                }
+                self.write_inline(&req, &scratch[..len], pending);
+                continue;
+            }
             self.flush_pending(pending);
             let cost = match req.cmd {
                 Cmd::READ | Cmd::WRITE => u64::from(req.len),
@@ -390,6 +421,30 @@ impl Conn<'_> {
         }
         self.encode_read(req, data, pending);
         true
+    }
+
+    /// Serves a small WRITE here (its payload already read), adding the reply
+    /// to `pending`. The reply is only sent after the data reached the file.
+    /// The caller has called [`Conn::begin_request`]; this ends it.
+    fn write_inline(&self, req: &Request, data: &[u8], pending: &mut Vec<u8>) {
+        let errno = match self.backing.write_at(data, req.offset) {
+            Ok(()) => {
+                self.server.note_write(req.offset, u64::from(req.len));
+                Errno::OK
+            }
+            Err(e) => {
+                log::warn!("{} at {}+{} failed: {e}", req.cmd, req.offset, req.len);
+                errno_for(&e)
+            }
+        };
+        self.end_request();
+        let mut head = [0u8; SimpleReply::SIZE];
+        SimpleReply {
+            error: errno,
+            handle: req.handle,
+        }
+        .encode(&mut head);
+        pending.extend_from_slice(&head);
     }
 
     /// Checks a request against the export and what was negotiated.
