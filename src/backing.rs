@@ -11,7 +11,8 @@
 //! made durable by [`Backing::sync`], which FLUSH and FUA call.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +99,55 @@ impl Backing {
     /// Any I/O error; a file shrunk underneath us gives `UnexpectedEof`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    /// Reads `buf` at `offset` only if it is all in the page cache.
+    ///
+    /// `Ok(false)` means it would have waited for the disk (or the kernel
+    /// cannot tell): use [`Backing::read_at`] on a thread that may block.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error other than "would block".
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let want = buf.len();
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        match rustix::io::preadv2(&self.file, &mut [IoSliceMut::new(buf)], offset, flags) {
+            Ok(n) => Ok(n == want),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `[offset, offset + len)` is data on disk from end to end (no hole inside).
+    ///
+    /// A file system that cannot say reports no holes.
+    pub fn is_all_data(&self, offset: u64, len: u64) -> bool {
+        match rustix::fs::seek(&self.file, SeekFrom::Hole(offset)) {
+            Ok(hole) => hole >= offset.saturating_add(len),
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `len` bytes at `offset` from the file to `out` with `sendfile`,
+    /// so the data never passes through user space.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error; a file shrunk underneath us gives `UnexpectedEof`.
+    /// Some bytes may have been sent already.
+    pub fn send_to(&self, out: impl AsFd, offset: u64, len: usize) -> io::Result<()> {
+        let mut pos = offset;
+        let mut left = len;
+        while left > 0 {
+            match rustix::fs::sendfile(&out, &self.file, Some(&mut pos), left) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => left -= n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Writes `buf` at `offset`, skipping all-zero 4 KiB pieces that land in holes.
@@ -293,6 +343,27 @@ mod tests {
         File::create(&path).unwrap().set_len(len).unwrap();
         let b = Backing::open(&path, false).unwrap();
         (dir, b)
+    }
+
+    #[test]
+    fn cached_reads_holes_and_sendfile() {
+        let (_dir, b) = sparse(1 << 20);
+        b.write_all_at(&[7u8; 8192], 65536).unwrap();
+        // Just written, so in the page cache.
+        let mut buf = [0u8; 8192];
+        assert!(b.read_cached(&mut buf, 65536).unwrap());
+        assert_eq!(buf, [7u8; 8192]);
+        assert!(b.is_all_data(65536, 8192));
+        assert!(!b.is_all_data(0, 65536 + 8192));
+        let (mut rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.send_to(&tx, 65536 + 4096, 4096).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut rx, &mut got).unwrap();
+        assert_eq!(got, vec![7u8; 4096]);
+        // Past the end of the file there is nothing to send.
+        let (_rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(b.send_to(&tx, (1 << 20) - 10, 20).is_err());
     }
 
     fn allocated(b: &Backing) -> u64 {
