@@ -345,9 +345,12 @@ impl Conn<'_> {
             {
                 continue;
             }
+            // A write that must be durable before its reply (FUA, or every
+            // write in `listen --oldstyle`) goes to a worker, which syncs.
             if req.cmd == Cmd::WRITE
                 && req.len <= INLINE_WRITE_MAX
                 && !req.flags.contains(CmdFlags::FUA)
+                && !self.server.config.sync_writes
             {
                 let len = req.len as usize;
                 if reader.buffer().len() < len {
