@@ -1304,11 +1304,13 @@ fn readme_quick_start_works_as_written() {
     let dir = format!("{}/", env.path().display());
     let binary = flexnbd_path().to_str().unwrap().to_owned();
     let edit = |command: &str| -> String {
+        // The binary goes in last: its own path may contain `/tmp/`.
         command
-            .replace("./target/release/flexnbd", &binary)
+            .replace("./target/release/flexnbd", "\u{0}FLEXNBD\u{0}")
             .replace("/tmp/", &dir)
             .replace("10809", &port)
             .replace("10810", &port2)
+            .replace("\u{0}FLEXNBD\u{0}", &binary)
     };
     let words = |command: &str| -> Vec<String> {
         edit(command)
