@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -531,8 +532,11 @@ impl Conn<'_> {
         let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
         let result = match req.cmd {
             Cmd::READ => {
+                // Holes matter only to structured replies, which send them as
+                // hole chunks (unless DF asks for one chunk): only they look.
+                let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
                 if req.len >= SENDFILE_MIN
-                    && self.backing.is_all_data(req.offset, u64::from(req.len))
+                    && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
                 {
                     self.reply_read_sendfile(&req);
                     return buf;
@@ -707,72 +711,19 @@ impl Conn<'_> {
         }
     }
 
-    /// A successful READ: simple reply plus data, or structured chunks where
-    /// runs of zero blocks go out as holes (all of it as one chunk with DF).
+    /// A successful READ, laid out by [`read_reply`], in one vectored write.
     fn reply_read(&self, req: &Request, data: &[u8]) {
-        if !self.negotiated.structured {
-            let mut head = [0u8; SimpleReply::SIZE];
-            SimpleReply {
-                error: Errno::OK,
-                handle: req.handle,
-            }
-            .encode(&mut head);
-            self.send(&mut [IoSlice::new(&head), IoSlice::new(data)]);
-            return;
-        }
-        let runs = if req.flags.contains(CmdFlags::DF) {
-            vec![(0, data.len(), is_zero(data))]
-        } else {
-            zero_runs(data)
-        };
-        if runs.is_empty() {
-            // A zero-length read: one empty chunk carries DONE.
-            let mut head = [0u8; ChunkHeader::SIZE];
-            ChunkHeader {
-                flags: ChunkFlags::DONE,
-                ty: ChunkType::NONE,
-                handle: req.handle,
-                len: 0,
-            }
-            .encode(&mut head);
-            self.send(&mut [IoSlice::new(&head)]);
-            return;
-        }
-        // Each chunk header is 20 bytes plus the offset, plus the length for a hole.
-        let mut heads = vec![[0u8; ChunkHeader::SIZE + 12]; runs.len()];
-        for (i, (&(start, len, hole), head)) in runs.iter().zip(heads.iter_mut()).enumerate() {
-            let flags = if i + 1 == runs.len() {
-                ChunkFlags::DONE
-            } else {
-                ChunkFlags(0)
-            };
-            // Runs lie inside one request, so their lengths fit the wire's u32.
-            let len = u32::try_from(len).unwrap_or(u32::MAX);
-            let (ty, chunk_len) = if hole {
-                (ChunkType::OFFSET_HOLE, 12)
-            } else {
-                (ChunkType::OFFSET_DATA, 8 + len)
-            };
-            let mut h = [0u8; ChunkHeader::SIZE];
-            ChunkHeader {
-                flags,
-                ty,
-                handle: req.handle,
-                len: chunk_len,
-            }
-            .encode(&mut h);
-            head[..ChunkHeader::SIZE].copy_from_slice(&h);
-            head[ChunkHeader::SIZE..ChunkHeader::SIZE + 8]
-                .copy_from_slice(&(req.offset + start as u64).to_be_bytes());
-            head[ChunkHeader::SIZE + 8..].copy_from_slice(&len.to_be_bytes());
-        }
-        let mut parts = Vec::with_capacity(runs.len() * 2);
-        for (&(start, len, hole), head) in runs.iter().zip(heads.iter()) {
-            if hole {
-                parts.push(IoSlice::new(head));
-            } else {
-                parts.push(IoSlice::new(&head[..ChunkHeader::SIZE + 8]));
-                parts.push(IoSlice::new(&data[start..start + len]));
+        let mut heads: Vec<([u8; READ_HEAD_MAX], usize, Option<Range<usize>>)> = Vec::new();
+        read_reply(req, self.negotiated.structured, data, |head, range| {
+            let mut h = [0u8; READ_HEAD_MAX];
+            h[..head.len()].copy_from_slice(head);
+            heads.push((h, head.len(), range));
+        });
+        let mut parts = Vec::with_capacity(heads.len() * 2);
+        for (head, n, range) in &heads {
+            parts.push(IoSlice::new(&head[..*n]));
+            if let Some(range) = range {
+                parts.push(IoSlice::new(&data[range.clone()]));
             }
         }
         self.send(&mut parts);
@@ -824,63 +775,12 @@ impl Conn<'_> {
 
     /// Appends a successful READ's reply to `out`, as [`Conn::reply_read`] sends it.
     fn encode_read(&self, req: &Request, data: &[u8], out: &mut Vec<u8>) {
-        if !self.negotiated.structured {
-            let mut head = [0u8; SimpleReply::SIZE];
-            SimpleReply {
-                error: Errno::OK,
-                handle: req.handle,
+        read_reply(req, self.negotiated.structured, data, |head, range| {
+            out.extend_from_slice(head);
+            if let Some(range) = range {
+                out.extend_from_slice(&data[range]);
             }
-            .encode(&mut head);
-            out.extend_from_slice(&head);
-            out.extend_from_slice(data);
-            return;
-        }
-        let runs = if req.flags.contains(CmdFlags::DF) {
-            vec![(0, data.len(), is_zero(data))]
-        } else {
-            zero_runs(data)
-        };
-        if runs.is_empty() {
-            let mut head = [0u8; ChunkHeader::SIZE];
-            ChunkHeader {
-                flags: ChunkFlags::DONE,
-                ty: ChunkType::NONE,
-                handle: req.handle,
-                len: 0,
-            }
-            .encode(&mut head);
-            out.extend_from_slice(&head);
-            return;
-        }
-        for (i, &(start, len, hole)) in runs.iter().enumerate() {
-            let flags = if i + 1 == runs.len() {
-                ChunkFlags::DONE
-            } else {
-                ChunkFlags(0)
-            };
-            // Runs lie inside one request, so their lengths fit the wire's u32.
-            let len32 = u32::try_from(len).unwrap_or(u32::MAX);
-            let (ty, chunk_len) = if hole {
-                (ChunkType::OFFSET_HOLE, 12)
-            } else {
-                (ChunkType::OFFSET_DATA, 8 + len32)
-            };
-            let mut h = [0u8; ChunkHeader::SIZE];
-            ChunkHeader {
-                flags,
-                ty,
-                handle: req.handle,
-                len: chunk_len,
-            }
-            .encode(&mut h);
-            out.extend_from_slice(&h);
-            out.extend_from_slice(&(req.offset + start as u64).to_be_bytes());
-            if hole {
-                out.extend_from_slice(&len32.to_be_bytes());
-            } else {
-                out.extend_from_slice(&data[start..start + len]);
-            }
-        }
+        });
     }
 
     fn reply_block_status(&self, req: &Request, extents: &[crate::backing::Extent]) {
@@ -912,6 +812,80 @@ impl Conn<'_> {
         }
         .encode(&mut head);
         self.send(&mut [IoSlice::new(&head), IoSlice::new(&body)]);
+    }
+}
+
+/// The longest header piece of a READ reply: a hole chunk (header, offset, length).
+const READ_HEAD_MAX: usize = ChunkHeader::SIZE + 12;
+
+/// Lays out a successful READ's reply, calling `piece(head, data)` for each
+/// piece in order: a simple reply and all of the data, or structured chunks
+/// where runs of zero blocks are holes (all of it one chunk with DF), and an
+/// empty read is one NONE chunk carrying DONE.
+fn read_reply(
+    req: &Request,
+    structured: bool,
+    data: &[u8],
+    mut piece: impl FnMut(&[u8], Option<Range<usize>>),
+) {
+    if !structured {
+        let mut head = [0u8; SimpleReply::SIZE];
+        SimpleReply {
+            error: Errno::OK,
+            handle: req.handle,
+        }
+        .encode(&mut head);
+        piece(&head, Some(0..data.len()));
+        return;
+    }
+    let runs = if req.flags.contains(CmdFlags::DF) {
+        vec![(0, data.len(), is_zero(data))]
+    } else {
+        zero_runs(data)
+    };
+    if runs.is_empty() {
+        let mut head = [0u8; ChunkHeader::SIZE];
+        ChunkHeader {
+            flags: ChunkFlags::DONE,
+            ty: ChunkType::NONE,
+            handle: req.handle,
+            len: 0,
+        }
+        .encode(&mut head);
+        piece(&head, None);
+        return;
+    }
+    for (i, &(start, len, hole)) in runs.iter().enumerate() {
+        let flags = if i + 1 == runs.len() {
+            ChunkFlags::DONE
+        } else {
+            ChunkFlags(0)
+        };
+        // Runs lie inside one request, so their lengths fit the wire's u32.
+        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+        let (ty, chunk_len) = if hole {
+            (ChunkType::OFFSET_HOLE, 12)
+        } else {
+            (ChunkType::OFFSET_DATA, 8 + len32)
+        };
+        let mut chunk = [0u8; ChunkHeader::SIZE];
+        ChunkHeader {
+            flags,
+            ty,
+            handle: req.handle,
+            len: chunk_len,
+        }
+        .encode(&mut chunk);
+        let mut head = [0u8; READ_HEAD_MAX];
+        head[..ChunkHeader::SIZE].copy_from_slice(&chunk);
+        head[ChunkHeader::SIZE..ChunkHeader::SIZE + 8]
+            .copy_from_slice(&(req.offset + start as u64).to_be_bytes());
+        if hole {
+            head[ChunkHeader::SIZE + 8..].copy_from_slice(&len32.to_be_bytes());
+            piece(&head, None);
+        } else {
+            piece(&head[..ChunkHeader::SIZE + 8], Some(start..start + len));
+        }
     }
 }
 
