@@ -536,21 +536,7 @@ impl Transfer<'_> {
             offset: 0,
             len: 0,
         };
-        {
-            let mut w = self.replies.lock();
-            if w.lens.is_empty() {
-                self.replies.progressed();
-            }
-            w.lens.push_back(0);
-        }
-        if let Err(e) = self.client.send_request(&req, &[]) {
-            return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
-        }
-        self.replies.progressed();
-        self.mirror
-            .wire_bytes
-            .fetch_add(Request::SIZE as u64, Ordering::SeqCst);
-        Ok(())
+        self.send_request(&req, 0, 0)
     }
 
     /// Whether the dirty data is small enough to start write-through.
@@ -695,16 +681,21 @@ impl Transfer<'_> {
             offset,
             len: len32,
         };
+        self.send_request(&req, len, payload_len)
+    }
+
+    /// Records `req` in the window (its reply acknowledges `acked` bytes)
+    /// and sends it with the first `payload_len` bytes of the buffer.
+    fn send_request(&mut self, req: &Request, acked: u64, payload_len: usize) -> Result<(), Stop> {
         {
             let mut w = self.replies.lock();
             if w.lens.is_empty() {
                 // The limit applies to outstanding transfers: it starts with the first.
                 self.replies.progressed();
             }
-            w.lens.push_back(len);
+            w.lens.push_back(acked);
         }
-        let sent = self.client.send_request(&req, &self.buf[..payload_len]);
-        if let Err(e) = sent {
+        if let Err(e) = self.client.send_request(req, &self.buf[..payload_len]) {
             log::warn!("Couldn't write to listener: {e}");
             return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
         }
