@@ -38,9 +38,9 @@ use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
 use flexnbd::server::status::Status;
 
+use crate::support::daemon::spawn_on_free_port;
 use crate::support::{
-    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
-    require_tool,
+    Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool,
 };
 
 const MIB: u64 = 1 << 20;
@@ -120,23 +120,16 @@ fn allocated(path: &Path) -> u64 {
 // ---------------------------------------------------------------------------
 // Processes.
 
-/// Starts `builder` on free ports until one is not taken meanwhile.
+/// Starts `builder` on a free port, with the mirror's request limit if given.
 #[track_caller]
 fn start_on_free_port(builder: &DaemonBuilder, sock: &Path, limit: Option<&str>) -> (Daemon, u16) {
-    for _ in 0..5 {
-        let port = free_port();
+    spawn_on_free_port(sock, |port| {
         let mut cmd = builder.command(port);
         if let Some(limit) = limit {
             cmd.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", limit);
         }
-        let mut daemon = Daemon::spawn(cmd, vec![Ready::Sock(sock.to_owned())]);
-        match daemon.try_wait_ready(Duration::from_secs(10)) {
-            Ok(()) => return (daemon, port),
-            Err(e) if e.is_addr_in_use() => continue,
-            Err(e) => panic!("daemon did not start: {e}"),
-        }
-    }
-    panic!("no free port after 5 attempts");
+        cmd
+    })
 }
 
 /// A `flexnbd serve` or `flexnbd listen` with a control socket.

@@ -39,8 +39,9 @@ use flexnbd::proto::wire::{
     ExportNameReply, NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply,
 };
 
+use crate::support::daemon::spawn_on_free_port;
 use crate::support::{
-    Daemon, DaemonBuilder, Ready, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
+    Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
 };
 
 /// The size of the sources and destinations that are not about volume.
@@ -62,18 +63,11 @@ const MAX_MIRROR_WRITE: u32 = 8 << 20;
 // Processes: our serve and listen, the CLI, the C flexnbd.
 
 /// Starts `cmd_for(port)` on free ports until one is not taken meanwhile; waits for `sock`.
+/// [`spawn_on_free_port`], with the address on 127.0.0.1.
 #[track_caller]
 fn start_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, SocketAddr) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut daemon = Daemon::spawn(cmd_for(port), vec![Ready::Sock(sock.to_owned())]);
-        match daemon.try_wait_ready(Duration::from_secs(10)) {
-            Ok(()) => return (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
-            Err(e) if e.is_addr_in_use() => continue,
-            Err(e) => panic!("daemon did not start: {e}"),
-        }
-    }
-    panic!("no free port after 5 attempts");
+    let (daemon, port) = spawn_on_free_port(sock, cmd_for);
+    (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 /// Our `flexnbd serve` with a control socket: the migration's source.

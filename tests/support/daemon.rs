@@ -563,3 +563,19 @@ fn connectable(addr: IpAddr) -> IpAddr {
         a => a,
     }
 }
+
+/// Spawns `cmd_for(port)` on free ports until one is not taken meanwhile,
+/// and waits for its control socket `sock`; returns it with its port.
+#[track_caller]
+pub(crate) fn spawn_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, u16) {
+    for _ in 0..5 {
+        let port = super::free_port();
+        let mut daemon = Daemon::spawn(cmd_for(port), vec![Ready::Sock(sock.to_owned())]);
+        match daemon.try_wait_ready(Duration::from_secs(10)) {
+            Ok(()) => return (daemon, port),
+            Err(e) if e.is_addr_in_use() => continue,
+            Err(e) => panic!("daemon did not start: {e}"),
+        }
+    }
+    panic!("no free port after 5 attempts");
+}
