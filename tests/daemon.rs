@@ -4,13 +4,14 @@
 //! errors, interop tools against the process, and the README's quick start.
 //!
 //! Every server here is a separate process started through
-//! [`support::Daemon`]; NBD traffic that must be exact goes through [`Nbd`],
-//! a small byte-level client built on `flexnbd::proto`.
+//! [`support::Daemon`]; NBD traffic that must be exact goes through
+//! [`support::wire::Client`], a small byte-level client built on
+//! `flexnbd::proto`.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::UnixListener;
@@ -18,12 +19,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flexnbd::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, Opt, Rep};
-use flexnbd::proto::wire::{
-    NewstyleHello, OldstyleHello, OptionHeader, OptionReplyHeader, Request, SimpleReply,
-};
+use flexnbd::proto::types::{Cmd, Errno};
 
 use crate::support::daemon::{EXIT_TIMEOUT, logged_addr};
+use crate::support::wire::{Client, Handshake};
 use crate::support::{
     self, Daemon, Ready, Signal, TestEnv, assert_same_bytes, control, control_raw, flexnbd,
     flexnbd_path, flexnbd_std, free_port, pattern, require_tool, text, tool,
@@ -58,6 +57,14 @@ impl Style {
         match self {
             Style::Newstyle => &[],
             Style::Oldstyle => &["--oldstyle"],
+        }
+    }
+
+    /// The handshake a client speaks to this style: `GO` or old-style.
+    fn handshake(self) -> Handshake {
+        match self {
+            Style::Newstyle => Handshake::Go,
+            Style::Oldstyle => Handshake::Oldstyle,
         }
     }
 }
@@ -258,132 +265,6 @@ fn assert_refused(addr: SocketAddr) {
     }
 }
 
-/// A byte-level NBD client: handshake, then simple requests and replies.
-struct Nbd {
-    s: TcpStream,
-    size: u64,
-}
-
-impl Nbd {
-    /// Connects and completes the handshake of `style`.
-    #[track_caller]
-    fn connect(addr: SocketAddr, style: Style) -> Nbd {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("TCP connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        let mut nbd = Nbd { s, size: 0 };
-        match style {
-            Style::Oldstyle => {
-                let mut hello = [0u8; OldstyleHello::SIZE];
-                nbd.s.read_exact(&mut hello).expect("old-style hello");
-                nbd.size = OldstyleHello::decode(&hello).expect("old-style hello").size;
-            }
-            Style::Newstyle => nbd.go(),
-        }
-        nbd
-    }
-
-    /// Fixed newstyle: client flags, then `NBD_OPT_GO` for the default export.
-    fn go(&mut self) {
-        let mut hello = [0u8; NewstyleHello::SIZE];
-        self.s.read_exact(&mut hello).expect("newstyle hello");
-        let hello = NewstyleHello::decode(&hello).expect("newstyle hello");
-        assert!(hello.flags.contains(HandshakeFlags::FIXED_NEWSTYLE));
-        self.s.write_all(&3u32.to_be_bytes()).expect("client flags");
-        // Empty name, no information requests.
-        let data = [0u8; 6];
-        let mut head = [0u8; OptionHeader::SIZE];
-        OptionHeader {
-            opt: Opt::GO,
-            len: data.len() as u32,
-        }
-        .encode(&mut head);
-        self.s.write_all(&head).expect("GO");
-        self.s.write_all(&data).expect("GO");
-        loop {
-            let mut head = [0u8; OptionReplyHeader::SIZE];
-            self.s.read_exact(&mut head).expect("option reply");
-            let head = OptionReplyHeader::decode(&head).expect("option reply");
-            let mut data = vec![0u8; head.len as usize];
-            self.s.read_exact(&mut data).expect("option reply data");
-            if head.rep == Rep::ACK {
-                return;
-            }
-            assert_eq!(head.rep, Rep::INFO, "unexpected reply to GO");
-            // NBD_INFO_EXPORT: type 0, size, flags.
-            if data.len() == 12 && data[..2] == [0, 0] {
-                self.size = u64::from_be_bytes(data[2..10].try_into().expect("8 bytes"));
-            }
-        }
-    }
-
-    /// Sends a request header.
-    fn request(&mut self, cmd: Cmd, handle: u64, offset: u64, len: u32) {
-        let mut head = [0u8; Request::SIZE];
-        Request {
-            flags: CmdFlags(0),
-            cmd,
-            handle,
-            offset,
-            len,
-        }
-        .encode(&mut head);
-        self.s.write_all(&head).expect("send request");
-    }
-
-    /// Sends a WRITE without waiting for its reply.
-    fn send_write(&mut self, handle: u64, offset: u64, data: &[u8]) {
-        self.request(Cmd::WRITE, handle, offset, data.len() as u32);
-        self.s.write_all(data).expect("send write payload");
-    }
-
-    /// Reads one simple reply.
-    #[track_caller]
-    fn reply(&mut self) -> SimpleReply {
-        let mut head = [0u8; SimpleReply::SIZE];
-        self.s.read_exact(&mut head).expect("reply");
-        SimpleReply::decode(&head).expect("reply")
-    }
-
-    /// The next reply, or `None` once the server has closed the connection.
-    #[track_caller]
-    fn try_reply(&mut self) -> Option<SimpleReply> {
-        let mut head = [0u8; SimpleReply::SIZE];
-        let first = match self.s.read(&mut head) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => 0,
-            Err(e) => panic!("no reply and no close within {IO_TIMEOUT:?}: {e}"),
-        };
-        if first == 0 {
-            return None;
-        }
-        self.s.read_exact(&mut head[first..]).expect("reply");
-        Some(SimpleReply::decode(&head).expect("reply"))
-    }
-
-    /// READ and wait for the data.
-    #[track_caller]
-    fn read(&mut self, offset: u64, len: u32) -> Vec<u8> {
-        self.request(Cmd::READ, 7, offset, len);
-        let reply = self.reply();
-        assert_eq!((reply.error, reply.handle), (Errno::OK, 7), "READ reply");
-        let mut data = vec![0u8; len as usize];
-        self.s.read_exact(&mut data).expect("read payload");
-        data
-    }
-
-    /// Asserts the server closes the connection (bounded) without sending more.
-    #[track_caller]
-    fn assert_closed(&mut self) {
-        let mut rest = Vec::new();
-        match self.s.read_to_end(&mut rest) {
-            Ok(_) => assert!(rest.is_empty(), "{} unexpected bytes", rest.len()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset && rest.is_empty() => {}
-            Err(e) => panic!("connection not closed within {IO_TIMEOUT:?}: {e}"),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 1. status
 
@@ -420,7 +301,7 @@ fn status_json_carries_the_same_data_as_the_line() {
     let env = TestEnv::new();
     let disk = env.image("disk.img", 3 * MIB);
     let d = serve(&env, &disk, Style::Oldstyle, &[]);
-    let _client = Nbd::connect(d.addr(), Style::Oldstyle);
+    let _client = Client::connect(d.addr(), Handshake::Oldstyle);
     let sock = env.sock_path();
     let line = run(&["status", "-s", sock.to_str().unwrap()], &[]);
     let json = run(&["status", "-s", sock.to_str().unwrap(), "--json"], &[]);
@@ -448,10 +329,10 @@ fn status_counts_clients_as_they_connect_and_leave() {
         let d = serve(&env, &disk, style, &[]);
         let sock = env.sock_path();
         assert_eq!(status_value(&sock, "num_clients"), "0", "{style:?}");
-        let first = Nbd::connect(d.addr(), style);
+        let first = Client::connect(d.addr(), style.handshake());
         assert_eq!(first.size, MIB, "{style:?}");
         assert_eq!(status_value(&sock, "num_clients"), "1", "{style:?}");
-        let second = Nbd::connect(d.addr(), style);
+        let second = Client::connect(d.addr(), style.handshake());
         assert_eq!(status_value(&sock, "num_clients"), "2", "{style:?}");
         drop(first);
         wait_num_clients(&sock, 1);
@@ -489,7 +370,7 @@ fn acl_cli_updates_or_rejects_a_bad_entry_keeping_the_old_list() {
     let out = run(&["acl", "-s", sock, "127.0.0.1"], &[]);
     assert_success("acl 127.0.0.1", &out);
     assert_eq!(text(&out.stdout), "updated\n");
-    Nbd::connect(d.addr(), Style::Newstyle);
+    Client::connect(d.addr(), Handshake::Go);
 
     // A list without us, then a bad update that would have let us in.
     let out = run(&["acl", "-s", sock, "10.0.0.0/8"], &[]);
@@ -507,7 +388,7 @@ fn acl_cli_updates_or_rejects_a_bad_entry_keeping_the_old_list() {
     let out = run(&["acl", "-s", sock], &[]);
     assert_success("acl with no entries", &out);
     assert_eq!(text(&out.stdout), "updated\n");
-    Nbd::connect(d.addr(), Style::Newstyle).read(0, 512);
+    Client::connect(d.addr(), Handshake::Go).read(7, 0, 512);
 }
 
 #[test]
@@ -517,8 +398,8 @@ fn acl_without_us_refuses_new_clients_and_drops_connected_ones() {
         let disk = env.image("disk.img", MIB);
         let d = serve(&env, &disk, style, &["127.0.0.1"]);
         let sock = env.sock_path();
-        let mut client = Nbd::connect(d.addr(), style);
-        client.read(0, 4096);
+        let mut client = Client::connect(d.addr(), style.handshake());
+        client.read(7, 0, 4096);
         assert_eq!(status_value(&sock, "num_clients"), "1");
 
         let out = run(
@@ -544,7 +425,7 @@ fn default_deny_with_no_entries_refuses_everyone_until_acl_allows() {
     assert_eq!(status_value(&sock, "clients_allowed"), "true");
 
     assert_success("acl", &run(&["acl", "-s", sock_arg, "127.0.0.0/8"], &[]));
-    Nbd::connect(d.addr(), Style::Newstyle).read(0, 512);
+    Client::connect(d.addr(), Handshake::Go).read(7, 0, 512);
     // An empty list under --default-deny refuses everyone again.
     assert_success("acl", &run(&["acl", "-s", sock_arg], &[]));
     assert_refused(d.addr());
@@ -555,11 +436,11 @@ fn max_clients_closes_connections_beyond_the_limit() {
     let env = TestEnv::new();
     let disk = env.image("disk.img", MIB);
     let d = serve(&env, &disk, Style::Oldstyle, &["--max-clients", "1"]);
-    let first = Nbd::connect(d.addr(), Style::Oldstyle);
+    let first = Client::connect(d.addr(), Handshake::Oldstyle);
     assert_refused(d.addr());
     drop(first);
     wait_num_clients(&env.sock_path(), 0);
-    Nbd::connect(d.addr(), Style::Oldstyle).read(0, 512);
+    Client::connect(d.addr(), Handshake::Oldstyle).read(7, 0, 512);
 }
 
 // ---------------------------------------------------------------------------
@@ -587,8 +468,8 @@ fn control_socket_appears_only_once_the_nbd_port_accepts() {
         // The port was logged before the socket was created, and accepts now.
         let addr = logged_addr(&d.stderr()).expect("no `Bound to` line before the socket");
         let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
-        let mut client = Nbd::connect(addr, Style::Newstyle);
-        assert_eq!(client.read(0, 512), vec![0u8; 512]);
+        let mut client = Client::connect(addr, Handshake::Go);
+        assert_eq!(client.read(7, 0, 512), vec![0u8; 512]);
     }
 }
 
@@ -759,13 +640,13 @@ fn requests_in_flight_at_a_signal_get_their_replies() {
         let env = TestEnv::new();
         let disk = env.image("disk.img", 4 * MIB);
         let mut d = serve(&env, &disk, style, &[]);
-        let mut client = Nbd::connect(d.addr(), style);
+        let mut client = Client::connect(d.addr(), style.handshake());
         let data = pattern(32 * BLOCK, 7);
         let blocks: Vec<&[u8]> = data.chunks(BLOCK).collect();
 
         let mut answered = BTreeSet::new();
         for (i, block) in blocks[..16].iter().enumerate() {
-            client.send_write(handle(i), offset(i), block);
+            client.write(handle(i), offset(i), block);
         }
         client.request(Cmd::FLUSH, FLUSH_HANDLE, 0, 0);
         loop {
@@ -777,7 +658,7 @@ fn requests_in_flight_at_a_signal_get_their_replies() {
             answered.insert(reply.handle);
         }
         for (i, block) in blocks.iter().enumerate().skip(16) {
-            client.send_write(handle(i), offset(i), block);
+            client.write(handle(i), offset(i), block);
         }
         d.signal(sig);
         while let Some(reply) = client.try_reply() {
@@ -811,7 +692,7 @@ fn sigterm_stops_serve_while_a_client_ignores_its_replies() {
     let env = TestEnv::new();
     let disk = env.image("disk.img", 32 * MIB);
     let mut d = serve(&env, &disk, Style::Oldstyle, &[]);
-    let mut client = Nbd::connect(d.addr(), Style::Oldstyle);
+    let mut client = Client::connect(d.addr(), Handshake::Oldstyle);
     // 256 MiB of replies: far more than the socket buffers hold.
     for handle in 0..8 {
         client.request(Cmd::READ, handle, 0, 32 << 20);
@@ -1132,8 +1013,8 @@ fn read_only_serve_refuses_writes() {
         let line = one_error_line("write to a read-only export", &nbd_write(&d, 0, b"abc"));
         assert!(line.contains("read-only"), "{style:?}: {line}");
         // The server itself answers EPERM to a client that writes anyway.
-        let mut client = Nbd::connect(d.addr(), style);
-        client.send_write(9, 0, b"abc");
+        let mut client = Client::connect(d.addr(), style.handshake());
+        client.write(9, 0, b"abc");
         let reply = client.reply();
         assert_eq!((reply.error, reply.handle), (Errno::EPERM, 9), "{style:?}");
         assert_eq!(read_ok(&d, 0, 3), pattern(3, 5));
@@ -1187,11 +1068,11 @@ fn oldstyle_hello_is_the_c_bytes_and_big_requests_get_einval() {
     expected.extend_from_slice(&[0u8; 124]);
     assert_eq!(hello[..], expected[..]);
 
-    let mut client = Nbd { s, size: 40 * MIB };
+    let mut client = Client::new(s);
     client.request(Cmd::READ, 5, 0, (32 << 20) + 1);
     let reply = client.reply();
     assert_eq!((reply.error, reply.handle), (Errno::EINVAL, 5));
-    assert_eq!(client.read(40 * MIB - 512, 512), vec![0u8; 512]);
+    assert_eq!(client.read(7, 40 * MIB - 512, 512), vec![0u8; 512]);
 }
 
 #[test]
@@ -1200,7 +1081,7 @@ fn serve_log_lines_have_the_c_layout() {
     let disk = env.image("disk.img", MIB);
     // Port 0 adds -v, and the port comes from the `Bound to` line.
     let mut d = Daemon::serve(&disk).port(0).sock(env.sock_path()).start();
-    Nbd::connect(d.addr(), Style::Newstyle).read(0, 512);
+    Client::connect(d.addr(), Handshake::Go).read(7, 0, 512);
     assert_eq!(d.stop().code(), Some(0));
     let log = d.stderr();
     let context = format!(" {} ", disk.display());

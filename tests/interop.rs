@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use flexnbd::proto::types::Errno;
 use flexnbd::server::ServerConfig;
 
 use crate::serve::Harness;
@@ -71,13 +72,8 @@ fn nbdinfo_json_and_map() {
         );
     }
     let mut c = h.client(false);
-    c.write(
-        1,
-        1 << 20,
-        &[1u8; 65536],
-        flexnbd::proto::types::CmdFlags(0),
-    );
-    c.expect_ok(1);
+    c.write(1, 1 << 20, &[1u8; 65536]);
+    c.expect_reply(1, Errno::OK);
     let map = stdout(&run(Command::new("nbdinfo").arg("--map").arg(h.uri())));
     let rows: Vec<Vec<&str>> = map
         .lines()
@@ -276,8 +272,8 @@ fn oldstyle_reads_with_qemu_io_and_nbdinfo() {
         },
     );
     let mut c = h.oldstyle();
-    c.write(1, 4096, &[0x5a; 8192], flexnbd::proto::types::CmdFlags(0));
-    c.expect_ok(1);
+    c.write(1, 4096, &[0x5a; 8192]);
+    c.expect_reply(1, Errno::OK);
     let info = stdout(&run(Command::new("nbdinfo").arg(h.uri())));
     assert!(info.contains("protocol: oldstyle"), "{info}");
     assert!(info.contains("export-size: 1048576"), "{info}");

@@ -34,12 +34,13 @@ use std::time::{Duration, Instant};
 
 use flexnbd::client::{ConnectOptions, NbdClient};
 use flexnbd::proto::consts::{MIRROR_HANDLE, NBD_SIMPLE_REPLY_MAGIC};
-use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, HandshakeFlags, Opt};
-use flexnbd::proto::wire::{
-    ExportNameReply, NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply,
-};
+use flexnbd::proto::types::{Cmd, CmdFlags, Errno};
+use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, Request, SimpleReply};
 
 use crate::support::daemon::spawn_on_free_port;
+use crate::support::wire::{
+    self, Client, Handshake, closed_within, read_request, reply_bytes, send_hello,
+};
 use crate::support::{
     Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
 };
@@ -176,6 +177,16 @@ enum Style {
     Old,
 }
 
+impl Style {
+    /// How a sender (a mirror source) greets a `listen` of this style.
+    fn handshake(self) -> Handshake {
+        match self {
+            Style::New => Handshake::ExportName,
+            Style::Old => Handshake::Oldstyle,
+        }
+    }
+}
+
 /// Our `flexnbd listen` with a control socket: the migration's destination.
 struct Listener {
     daemon: Daemon,
@@ -245,7 +256,7 @@ impl Listener {
             status.contains(" has_control=false "),
             "listen took control: {status}"
         );
-        let mut s = FakeSource::connect_when_free(self.addr, self.style);
+        let mut s = connect_when_free(self.addr, self.style);
         s.write(0x5752_4954_4531_3233, 1024, b"goodbyte");
         s.expect_reply(0x5752_4954_4531_3233, Errno::OK);
         assert_eq!(s.read(0x5245_4144_4241_434b, 1024, 8), b"goodbyte");
@@ -261,7 +272,7 @@ impl Listener {
     /// DISCONNECT. The listener takes control and exits 0 with the data.
     #[track_caller]
     fn finish_transfer(&mut self) {
-        let mut s = FakeSource::connect_when_free(self.addr, self.style);
+        let mut s = connect_when_free(self.addr, self.style);
         s.write(1, 0, b"12345678");
         s.expect_reply(1, Errno::OK);
         s.request(Cmd::DISC, 2, 0, 0);
@@ -439,52 +450,13 @@ impl<R> Drop for FakeDest<R> {
     }
 }
 
-/// FakeDest's old-style hello: `NBDMAGIC`, the magic, `size`, flags 0.
-fn send_hello(s: &mut TcpStream, size: u64) {
-    let mut hello = [0u8; OldstyleHello::SIZE];
-    OldstyleHello { size, flags: 0 }.encode(&mut hello);
-    s.write_all(&hello).unwrap();
-}
-
 /// Reads one mirror WRITE (header and payload) and checks it is flexnbd-c's.
+#[track_caller]
 fn read_mirror_write(s: &mut TcpStream) -> Request {
-    let mut head = [0u8; Request::SIZE];
-    s.read_exact(&mut head)
-        .expect("no write request from the source");
-    let req = Request::decode(&head).expect("bad request magic from the source");
+    let req = read_request(s).req;
     assert_eq!(req.cmd, Cmd::WRITE);
     assert_eq!(req.handle, MIRROR_HANDLE);
-    let mut payload = vec![0u8; req.len as usize];
-    s.read_exact(&mut payload).expect("short write payload");
     req
-}
-
-fn reply_bytes(error: Errno, handle: u64) -> [u8; SimpleReply::SIZE] {
-    let mut buf = [0u8; SimpleReply::SIZE];
-    SimpleReply { error, handle }.encode(&mut buf);
-    buf
-}
-
-/// Reads until the peer closes; true if it did within `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(e) => panic!("fake destination: read failed: {e}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -601,7 +573,7 @@ fn hello_with_wrong_magic_is_rejected_and_not_retried() {
 fn hello_with_wrong_size_is_reported_closed_and_not_retried() {
     let (closed, _) = assert_given_up(
         |mut s| {
-            send_hello(&mut s, 12345 * 512);
+            send_hello(&mut s, 12345 * 512, 0);
             closed_within(&mut s, Duration::from_secs(10))
         },
         "Remote size does not match local size",
@@ -628,7 +600,7 @@ fn destination_silent_after_connect_fails_to_respond_after_5s() {
 #[test]
 fn close_after_hello_is_retried() {
     assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         drop(s);
     });
 }
@@ -636,7 +608,7 @@ fn close_after_hello_is_retried() {
 #[test]
 fn close_after_write_header_is_retried() {
     assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         let mut head = [0u8; Request::SIZE];
         s.read_exact(&mut head).unwrap();
         drop(s);
@@ -646,7 +618,7 @@ fn close_after_write_header_is_retried() {
 #[test]
 fn error_reply_to_a_write_is_retried() {
     assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         let req = read_mirror_write(&mut s);
         s.write_all(&reply_bytes(Errno(1), req.handle)).unwrap();
         closed_within(&mut s, Duration::from_secs(10))
@@ -656,7 +628,7 @@ fn error_reply_to_a_write_is_retried() {
 #[test]
 fn reply_with_wrong_magic_is_retried() {
     assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         let req = read_mirror_write(&mut s);
         let mut reply = reply_bytes(Errno::OK, req.handle);
         reply[..4].copy_from_slice(&(!NBD_SIMPLE_REPLY_MAGIC).to_be_bytes());
@@ -668,7 +640,7 @@ fn reply_with_wrong_magic_is_retried() {
 #[test]
 fn reply_with_wrong_handle_is_retried() {
     assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         read_mirror_write(&mut s);
         s.write_all(&reply_bytes(Errno::OK, u64::from_be_bytes(*b"NOTMINE!")))
             .unwrap();
@@ -679,7 +651,7 @@ fn reply_with_wrong_handle_is_retried() {
 #[test]
 fn no_reply_to_a_write_is_retried_after_the_request_limit() {
     let (waited, closed) = assert_retried(|mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         read_mirror_write(&mut s);
         let written = Instant::now();
         let closed = closed_within(&mut s, Duration::from_secs(15));
@@ -700,7 +672,7 @@ fn destination_closing_after_acking_everything_does_not_crash_the_source() {
     // flexnbd-c's close_after_writes: one write (the whole 4 KiB export), its
     // ack and the close reach the source while it is stopped, so it sees them at once.
     let fake = FakeDest::start(move |mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         let req = read_mirror_write(&mut s);
         assert_eq!((req.offset, req.len), (0, SIZE as u32));
         rustix::process::kill_process(pid, Signal::STOP).unwrap();
@@ -737,7 +709,7 @@ fn break_while_the_destination_is_connected_stops_without_reconnecting() {
     let fake = FakeDest::start(move |mut s| {
         accepted_tx.send(()).unwrap();
         go.recv_timeout(Duration::from_secs(10)).unwrap();
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         // The write may or may not go out before the break is handled; never answer it.
         closed_within(&mut s, Duration::from_secs(15))
     });
@@ -774,7 +746,7 @@ fn sigterm_while_mirroring_exits_1() {
     let mut source = Source::start(&env, &pattern(SIZE as usize, 6), Duration::from_secs(30));
     let (written_tx, written) = mpsc::channel();
     let fake = FakeDest::start(move |mut s| {
-        send_hello(&mut s, SIZE);
+        send_hello(&mut s, SIZE, 0);
         read_mirror_write(&mut s);
         written_tx.send(()).unwrap();
         closed_within(&mut s, Duration::from_secs(15))
@@ -800,127 +772,37 @@ fn sigterm_while_mirroring_exits_1() {
 // ---------------------------------------------------------------------------
 // 2. Hostile sources against our listen (15.4, 15.8).
 
-/// A sender speaking to a `listen` byte by byte.
-struct FakeSource {
-    s: TcpStream,
+/// A sender's connection to a `listen`, through the handshake of `style`
+/// (old-style: the hello; newstyle: NO_ZEROES and EXPORT_NAME of the default
+/// export), which must announce [`SIZE`].
+#[track_caller]
+fn connect(addr: SocketAddr, style: Style) -> Client {
+    let c = Client::connect(addr, style.handshake());
+    assert_eq!(c.size, SIZE);
+    c
 }
 
-impl FakeSource {
-    fn tcp(addr: SocketAddr) -> TcpStream {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
-    }
-
-    /// Connects and completes the handshake (old-style: reads the hello;
-    /// newstyle: NO_ZEROES and EXPORT_NAME of the default export).
-    #[track_caller]
-    fn connect(addr: SocketAddr, style: Style) -> FakeSource {
-        let mut s = FakeSource {
-            s: FakeSource::tcp(addr),
-        };
-        let size = s.handshake(style);
-        assert_eq!(size, SIZE);
-        s
-    }
-
-    /// [`FakeSource::connect`], connecting again (for up to 5 s) while the
-    /// listener refuses, i.e. closes before its first byte: a connection
-    /// closed in the backlog still takes the single slot for a moment once
-    /// accepted, and `status` cannot count it before that.
-    #[track_caller]
-    fn connect_when_free(addr: SocketAddr, style: Style) -> FakeSource {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = FakeSource::tcp(addr);
-            match s.peek(&mut [0u8; 1]) {
-                Ok(1) => {
-                    let mut s = FakeSource { s };
-                    assert_eq!(s.handshake(style), SIZE);
-                    return s;
-                }
-                Ok(_) | Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                other => panic!("the listener refuses every connection: {other:?}"),
+/// [`connect`], connecting again (for up to 5 s) while the listener
+/// refuses, i.e. closes before its first byte: a connection closed in the
+/// backlog still takes the single slot for a moment once accepted, and
+/// `status` cannot count it before that.
+#[track_caller]
+fn connect_when_free(addr: SocketAddr, style: Style) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = wire::tcp(addr);
+        match s.peek(&mut [0u8; 1]) {
+            Ok(1) => {
+                let mut c = Client::new(s);
+                c.handshake(style.handshake());
+                assert_eq!(c.size, SIZE);
+                return c;
             }
-        }
-    }
-
-    #[track_caller]
-    fn handshake(&mut self, style: Style) -> u64 {
-        match style {
-            Style::Old => {
-                let mut hello = [0u8; OldstyleHello::SIZE];
-                self.s.read_exact(&mut hello).unwrap();
-                OldstyleHello::decode(&hello).unwrap().size
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            Style::New => {
-                let mut hello = [0u8; NewstyleHello::SIZE];
-                self.s.read_exact(&mut hello).unwrap();
-                let hello = NewstyleHello::decode(&hello).unwrap();
-                assert!(hello.flags.contains(HandshakeFlags::FIXED_NEWSTYLE));
-                let flags = ClientFlags::FIXED_NEWSTYLE.0 | ClientFlags::NO_ZEROES.0;
-                self.s.write_all(&flags.to_be_bytes()).unwrap();
-                let mut head = [0u8; OptionHeader::SIZE];
-                OptionHeader {
-                    opt: Opt::EXPORT_NAME,
-                    len: 0,
-                }
-                .encode(&mut head);
-                self.s.write_all(&head).unwrap();
-                let mut reply = [0u8; ExportNameReply::SIZE];
-                self.s.read_exact(&mut reply).unwrap();
-                ExportNameReply::decode(&reply).size
-            }
+            other => panic!("the listener refuses every connection: {other:?}"),
         }
-    }
-
-    fn header(cmd: Cmd, handle: u64, offset: u64, len: u32) -> [u8; Request::SIZE] {
-        let mut head = [0u8; Request::SIZE];
-        Request {
-            flags: CmdFlags(0),
-            cmd,
-            handle,
-            offset,
-            len,
-        }
-        .encode(&mut head);
-        head
-    }
-
-    fn request(&mut self, cmd: Cmd, handle: u64, offset: u64, len: u32) {
-        self.s
-            .write_all(&FakeSource::header(cmd, handle, offset, len))
-            .unwrap();
-    }
-
-    fn write(&mut self, handle: u64, offset: u64, data: &[u8]) {
-        self.request(Cmd::WRITE, handle, offset, data.len() as u32);
-        self.s.write_all(data).unwrap();
-    }
-
-    #[track_caller]
-    fn reply(&mut self) -> SimpleReply {
-        let mut head = [0u8; SimpleReply::SIZE];
-        self.s.read_exact(&mut head).unwrap();
-        SimpleReply::decode(&head).unwrap()
-    }
-
-    #[track_caller]
-    fn expect_reply(&mut self, handle: u64, error: Errno) {
-        let r = self.reply();
-        assert_eq!((r.error, r.handle), (error, handle));
-    }
-
-    #[track_caller]
-    fn read(&mut self, handle: u64, offset: u64, len: u32) -> Vec<u8> {
-        self.request(Cmd::READ, handle, offset, len);
-        self.expect_reply(handle, Errno::OK);
-        let mut data = vec![0u8; len as usize];
-        self.s.read_exact(&mut data).unwrap();
-        data
     }
 }
 
@@ -940,10 +822,10 @@ fn assert_closed_without_a_byte(s: &mut TcpStream) {
 fn connect_then_close(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    drop(FakeSource::tcp(l.addr));
+    drop(wire::tcp(l.addr));
     l.assert_survives();
     // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
-    drop(FakeSource::tcp(l.addr));
+    drop(wire::tcp(l.addr));
     l.assert_survives();
     l.finish_transfer();
 }
@@ -951,11 +833,11 @@ fn connect_then_close(style: Style) {
 fn close_after_hello(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    drop(FakeSource::connect(l.addr, style));
+    drop(connect(l.addr, style));
     l.assert_survives();
     if style == Style::New {
         // Also in the middle of the negotiation: greeting read, then gone.
-        let mut s = FakeSource::tcp(l.addr);
+        let mut s = wire::tcp(l.addr);
         let mut hello = [0u8; NewstyleHello::SIZE];
         s.read_exact(&mut hello).unwrap();
         drop(s);
@@ -968,8 +850,8 @@ fn read_request_without_reading_the_hello(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
     // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
-    let mut s = FakeSource::tcp(l.addr);
-    s.write_all(&FakeSource::header(Cmd::READ, 1, 0, SIZE as u32))
+    let mut s = wire::tcp(l.addr);
+    s.write_all(&wire::header(Cmd::READ, CmdFlags(0), 1, 0, SIZE as u32))
         .unwrap();
     let mut four = [0u8; 4];
     s.read_exact(&mut four).unwrap();
@@ -981,8 +863,8 @@ fn read_request_without_reading_the_hello(style: Style) {
 fn second_connection_is_refused_and_the_first_continues(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut first = FakeSource::connect(l.addr, style);
-    let mut second = FakeSource::tcp(l.addr);
+    let mut first = connect(l.addr, style);
+    let mut second = wire::tcp(l.addr);
     assert_closed_without_a_byte(&mut second);
     first.write(7, 2048, b"stillok!");
     first.expect_reply(7, Errno::OK);
@@ -1010,7 +892,7 @@ fn connection_from_outside_the_acl_sees_eof(style: Style) {
 fn write_out_of_range_gets_an_error_and_the_next_write_works(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut s = FakeSource::connect(l.addr, style);
+    let mut s = connect(l.addr, style);
     let handle = u64::from_be_bytes(*b"myhandle");
     s.write(handle, SIZE + 1, &[0xAB; 32]);
     // ENOSPC in both handshakes, with the handle echoed and the payload drained.
@@ -1026,7 +908,7 @@ fn write_out_of_range_gets_an_error_and_the_next_write_works(style: Style) {
 fn write_header_then_close(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut s = FakeSource::connect(l.addr, style);
+    let mut s = connect(l.addr, style);
     s.request(Cmd::WRITE, 1, 0, 8);
     drop(s);
     l.assert_survives();
@@ -1036,7 +918,7 @@ fn write_header_then_close(style: Style) {
 fn write_header_and_data_then_close(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut s = FakeSource::connect(l.addr, style);
+    let mut s = connect(l.addr, style);
     s.write(1, 8, b"partial!");
     drop(s);
     l.assert_survives();
@@ -1046,9 +928,9 @@ fn write_header_and_data_then_close(style: Style) {
 fn bad_magic_gets_an_error_and_does_not_hand_control_over(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut s = FakeSource::connect(l.addr, style);
+    let mut s = connect(l.addr, style);
     let handle = u64::from_be_bytes(*b"myhandle");
-    let mut head = FakeSource::header(Cmd::WRITE, handle, 0, 0);
+    let mut head = wire::header(Cmd::WRITE, CmdFlags(0), handle, 0, 0);
     head[..4].fill(0);
     s.s.write_all(&head).unwrap();
     let r = s.reply();
@@ -1065,7 +947,7 @@ fn bad_magic_gets_an_error_and_does_not_hand_control_over(style: Style) {
 fn sigterm_before_control_exits_1(style: Style) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let _s = FakeSource::connect(l.addr, style);
+    let _s = connect(l.addr, style);
     l.daemon.signal(Signal::TERM);
     let status = l.daemon.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(1), "{}", l.daemon.stderr());
@@ -1121,7 +1003,7 @@ else:
 fn unsynced_after_a_write(style: Style) -> Option<u64> {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    let mut s = FakeSource::connect(l.addr, style);
+    let mut s = connect(l.addr, style);
     s.write(1, 0, &pattern(SIZE as usize, 9));
     s.expect_reply(1, Errno::OK);
     let unsynced = unsynced_pages(&l.file);

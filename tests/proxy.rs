@@ -39,11 +39,12 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, HandshakeFlags, Opt};
-use flexnbd::proto::wire::{
-    ExportNameReply, NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply,
-};
+use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, Opt};
+use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply};
 
+use crate::support::wire::{
+    Client, Handshake, Seen, closed_within, read_request, reply_bytes, send_hello,
+};
 use crate::support::{
     Daemon, DaemonBuilder, Ready, Signal, TestEnv, flexnbd_std, pattern, require_tool,
 };
@@ -64,6 +65,16 @@ enum Style {
     Old,
     /// Fixed newstyle, our default.
     New,
+}
+
+impl Style {
+    /// How a client greets the proxy in this style.
+    fn handshake(self) -> Handshake {
+        match self {
+            Style::Old => Handshake::Oldstyle,
+            Style::New => Handshake::ExportName,
+        }
+    }
 }
 
 /// Two tests from one function: `<name>::oldstyle` and `<name>::newstyle`.
@@ -155,107 +166,11 @@ fn stop_proxy(proxy: &mut Daemon) {
 // ---------------------------------------------------------------------------
 // A client speaking to the proxy byte by byte.
 
-struct Client {
-    s: TcpStream,
-    size: u64,
-    flags: u16,
-}
-
-impl Client {
-    /// Connects and completes the handshake (newstyle: NO_ZEROES, EXPORT_NAME "").
-    #[track_caller]
-    fn connect(addr: SocketAddr, style: Style) -> Client {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut c = Client {
-            s,
-            size: 0,
-            flags: 0,
-        };
-        c.handshake(style);
-        c
-    }
-
-    #[track_caller]
-    fn handshake(&mut self, style: Style) {
-        match style {
-            Style::Old => {
-                let mut hello = [0u8; OldstyleHello::SIZE];
-                self.s.read_exact(&mut hello).unwrap();
-                let hello = OldstyleHello::decode(&hello).unwrap();
-                self.size = hello.size;
-                self.flags = hello.flags as u16;
-            }
-            Style::New => {
-                let mut hello = [0u8; NewstyleHello::SIZE];
-                self.s.read_exact(&mut hello).unwrap();
-                let hello = NewstyleHello::decode(&hello).unwrap();
-                assert!(hello.flags.contains(HandshakeFlags::FIXED_NEWSTYLE));
-                let flags = ClientFlags::FIXED_NEWSTYLE.0 | ClientFlags::NO_ZEROES.0;
-                self.s.write_all(&flags.to_be_bytes()).unwrap();
-                let mut head = [0u8; OptionHeader::SIZE];
-                OptionHeader {
-                    opt: Opt::EXPORT_NAME,
-                    len: 0,
-                }
-                .encode(&mut head);
-                self.s.write_all(&head).unwrap();
-                let mut reply = [0u8; ExportNameReply::SIZE];
-                self.s.read_exact(&mut reply).unwrap();
-                let reply = ExportNameReply::decode(&reply);
-                self.size = reply.size;
-                self.flags = reply.flags.0;
-            }
-        }
-    }
-
-    fn send(&mut self, cmd: Cmd, flags: u16, handle: u64, offset: u64, len: u32, data: &[u8]) {
-        let mut head = [0u8; Request::SIZE];
-        Request {
-            flags: CmdFlags(flags),
-            cmd,
-            handle,
-            offset,
-            len,
-        }
-        .encode(&mut head);
-        self.s.write_all(&head).unwrap();
-        self.s.write_all(data).unwrap();
-    }
-
-    #[track_caller]
-    fn reply(&mut self) -> SimpleReply {
-        let mut head = [0u8; SimpleReply::SIZE];
-        self.s
-            .read_exact(&mut head)
-            .unwrap_or_else(|e| panic!("no reply from the proxy: {e}"));
-        SimpleReply::decode(&head).unwrap()
-    }
-
-    /// A WRITE; returns the error of its reply (whose handle is checked).
-    #[track_caller]
-    fn write(&mut self, handle: u64, offset: u64, data: &[u8]) -> Errno {
-        self.send(Cmd::WRITE, 0, handle, offset, data.len() as u32, data);
-        let r = self.reply();
-        assert_eq!(r.handle, handle, "reply to the wrong handle");
-        r.error
-    }
-
-    /// A READ that must succeed; returns the data.
-    #[track_caller]
-    fn read(&mut self, handle: u64, offset: u64, len: u32) -> Vec<u8> {
-        self.send(Cmd::READ, 0, handle, offset, len, &[]);
-        let r = self.reply();
-        assert_eq!((r.handle, r.error), (handle, Errno::OK), "read reply");
-        let mut data = vec![0u8; len as usize];
-        self.s.read_exact(&mut data).unwrap();
-        data
-    }
-
-    fn disconnect(mut self) {
-        self.send(Cmd::DISC, 0, 0xd15c, 0, 0, &[]);
-    }
+/// A [`Client`] of the proxy, through the handshake of `style` (newstyle:
+/// NO_ZEROES, EXPORT_NAME ""), reads and writes bounded by [`IO_TIMEOUT`].
+#[track_caller]
+fn connect(addr: SocketAddr, style: Style) -> Client {
+    Client::connect_within(addr, style.handshake(), IO_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------
@@ -359,48 +274,9 @@ impl<R> Drop for FakeUpstream<R> {
     }
 }
 
-/// flexnbd-c's hello: old-style, `FAKE_SIZE`, flags 13.
-fn send_hello(s: &mut TcpStream) {
-    let mut hello = [0u8; OldstyleHello::SIZE];
-    OldstyleHello {
-        size: FAKE_SIZE,
-        flags: FLEXNBD_C_FLAGS,
-    }
-    .encode(&mut hello);
-    s.write_all(&hello).unwrap();
-}
-
-/// One request as the proxy sent it: the raw header, decoded, and its payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    head: [u8; Request::SIZE],
-    req: Request,
-    payload: Vec<u8>,
-}
-
-/// Reads one request (with a WRITE's payload).
-#[track_caller]
-fn read_request(s: &mut TcpStream) -> Seen {
-    let mut head = [0u8; Request::SIZE];
-    s.read_exact(&mut head).expect("no request from the proxy");
-    let req = Request::decode(&head).expect("bad request magic from the proxy");
-    let mut payload = Vec::new();
-    if req.cmd == Cmd::WRITE {
-        payload.resize(req.len as usize, 0);
-        s.read_exact(&mut payload).expect("short write payload");
-    }
-    Seen { head, req, payload }
-}
-
 /// Answers `req`: error 0, with `len` bytes of `data_at(offset)` for a READ.
 fn answer(s: &mut TcpStream, req: &Request) {
-    let mut reply = [0u8; SimpleReply::SIZE];
-    SimpleReply {
-        error: Errno::OK,
-        handle: req.handle,
-    }
-    .encode(&mut reply);
-    s.write_all(&reply).unwrap();
+    s.write_all(&reply_bytes(Errno::OK, req.handle)).unwrap();
     if req.cmd == Cmd::READ {
         s.write_all(&fake_data(req.offset, req.len)).unwrap();
     }
@@ -413,12 +289,6 @@ fn fake_data(offset: u64, len: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Reads until the proxy closes the connection (or `IO_TIMEOUT`).
-fn until_closed(s: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-}
-
 // ---------------------------------------------------------------------------
 // flexnbd-c's proxy tests (15.6).
 
@@ -428,7 +298,7 @@ fn reads_and_writes_are_proxied(style: Style) {
     let file = env.image_with("disc.img", &data);
     let upstream = start_upstream(&file, style);
     let mut proxy = start_proxy(upstream.addr(), style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     assert_eq!(c.size, data.len() as u64);
     for i in 0..4u64 {
         let got = c.read(0x1000 + i, i * 4096, 4096);
@@ -439,7 +309,10 @@ fn reads_and_writes_are_proxied(style: Style) {
         );
     }
     for i in 0..4u64 {
-        assert_eq!(c.write(0x2000 + i, i * 4096, &[0xff; 4096]), Errno::OK);
+        assert_eq!(
+            c.write_reply(0x2000 + i, i * 4096, &[0xff; 4096]),
+            Errno::OK
+        );
         let on_disc = env.read(&file);
         assert!(
             on_disc[(i * 4096) as usize..][..4096]
@@ -459,16 +332,16 @@ fn resend_after_close(
     send: impl FnOnce(&mut Client) -> Vec<u8>,
 ) -> (Seen, Seen, Vec<u8>) {
     let fake = FakeUpstream::start(|n, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let seen = read_request(&mut s);
         if n > 0 {
             answer(&mut s, &seen.req);
-            until_closed(&mut s);
+            closed_within(&mut s, IO_TIMEOUT);
         }
         seen
     });
     let mut proxy = start_proxy(fake.addr, style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     let got = send(&mut c);
     let first = fake.result(0, Duration::from_secs(15));
     c.disconnect();
@@ -489,7 +362,7 @@ fn write_is_resent_when_the_upstream_dies_part_way(style: Style) {
     let data = pattern(4096, 7);
     let sent = data.clone();
     let (first, second, _) = resend_after_close(style, move |c| {
-        assert_eq!(c.write(0xbeef, 8192, &sent), Errno::OK);
+        assert_eq!(c.write_reply(0xbeef, 8192, &sent), Errno::OK);
         Vec::new()
     });
     assert_eq!((first.req.cmd, first.req.offset), (Cmd::WRITE, 8192));
@@ -506,7 +379,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     let connection_1 = Arc::new(AtomicBool::new(false));
     let seen_1 = connection_1.clone();
     let fake = FakeUpstream::start(move |n, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         if n == 0 {
             let mut head = [0u8; Request::SIZE];
             s.read_exact(&mut head).unwrap();
@@ -520,17 +393,17 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
         }
         let seen = read_request(&mut s);
         answer(&mut s, &seen.req);
-        until_closed(&mut s);
+        closed_within(&mut s, IO_TIMEOUT);
         assert_eq!(seen.payload.len(), len);
         Some((seen.head, Instant::now()))
     });
     let mut cmd = proxy_command(fake.addr, style, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", TIMEOUT_SECS.to_string());
     let mut proxy = start_proxy_command(cmd);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     let data = pattern(len, 8);
     let writer = std::thread::spawn(move || {
-        let e = c.write(0x77, 0, &data);
+        let e = c.write_reply(0x77, 0, &data);
         (c, e)
     });
     let reconnected = fake.accepted(1, Duration::from_secs(30));
@@ -560,7 +433,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     // second is sent 2 s later and answered 1.5 s after that, within the
     // timeout. The proxy must not give up on it 3 s after the first reply.
     let fake = FakeUpstream::start(|_, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut answered = 0;
         while let Ok(head) = {
             let mut head = [0u8; Request::SIZE];
@@ -578,7 +451,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     let mut cmd = proxy_command(fake.addr, Style::New, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", "3");
     let mut proxy = start_proxy_command(cmd);
-    let mut c = Client::connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::New);
     assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
     std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while
     assert_eq!(c.read(2, 512, 512), fake_data(512, 512));
@@ -601,15 +474,15 @@ fn maximum_write_request_size(style: Style) {
     let file = env.image("disc.img", 40 << 20);
     let upstream = start_upstream(&file, style);
     let mut proxy = start_proxy(upstream.addr(), style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     let data = pattern(MAX_REQUEST as usize, 9);
-    assert_eq!(c.write(1, 4096, &data), Errno::OK);
+    assert_eq!(c.write_reply(1, 4096, &data), Errno::OK);
     let on_disc = env.read(&file);
     crate::support::assert_same_bytes("the 32 MiB write", &on_disc[4096..][..data.len()], &data);
     // Longer than any request the proxy relays: flexnbd-c drops the client
     // without a reply; ours answers EINVAL and goes on (the client can recover).
     let too_long = vec![1u8; MAX_REQUEST as usize + 4096];
-    assert_eq!(c.write(2, 0, &too_long), Errno::EINVAL);
+    assert_eq!(c.write_reply(2, 0, &too_long), Errno::EINVAL);
     assert_eq!(c.read(3, 4096, 512), data[..512]);
     c.disconnect();
     stop_proxy(&mut proxy);
@@ -620,11 +493,11 @@ fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
     let file = env.image("disc.img", 16 * 1024);
     let upstream = start_upstream(&file, style);
     let mut proxy = start_proxy(upstream.addr(), style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     // flexnbd-c's test: block 1000 of a 16-block disc; its server says ENOSPC (28).
-    assert_eq!(c.write(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
+    assert_eq!(c.write_reply(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
     assert_eq!(
-        c.write(2, 0, &[0xff; 1024]),
+        c.write_reply(2, 0, &[0xff; 1024]),
         Errno::OK,
         "the session did not go on"
     );
@@ -637,7 +510,7 @@ fn only_one_client_at_a_time(style: Style) {
     let file = env.image("disc.img", 16 * 1024);
     let upstream = start_upstream(&file, style);
     let mut proxy = start_proxy(upstream.addr(), style, &[]);
-    let mut first = Client::connect(proxy.addr(), style);
+    let mut first = connect(proxy.addr(), style);
     let mut second = TcpStream::connect_timeout(&proxy.addr(), IO_TIMEOUT).unwrap();
     second
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -647,16 +520,12 @@ fn only_one_client_at_a_time(style: Style) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         other => panic!("a second client got {other:?} while the first was connected"),
     }
-    assert_eq!(first.write(1, 0, &[7; 512]), Errno::OK);
+    assert_eq!(first.write_reply(1, 0, &[7; 512]), Errno::OK);
     first.disconnect();
     // Once the first has gone, the waiting one is served.
     second.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut c = Client {
-        s: second,
-        size: 0,
-        flags: 0,
-    };
-    c.handshake(style);
+    let mut c = Client::new(second);
+    c.handshake(style.handshake());
     assert_eq!(c.read(2, 0, 512), vec![7; 512]);
     c.disconnect();
     stop_proxy(&mut proxy);
@@ -692,23 +561,23 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
     // The fake takes four requests, closes without answering, then answers
     // all four on the next connection (in reverse order).
     let fake = FakeUpstream::start(|n, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let seen: Vec<Seen> = (0..4).map(|_| read_request(&mut s)).collect();
         if n > 0 {
             for r in seen.iter().rev() {
                 answer(&mut s, &r.req);
             }
-            until_closed(&mut s);
+            closed_within(&mut s, IO_TIMEOUT);
         }
         seen
     });
     let mut proxy = start_proxy(fake.addr, style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     let write = pattern(1024, 10);
-    c.send(Cmd::READ, 0, 10, 0, 1024, &[]);
-    c.send(Cmd::WRITE, 0, 11, 1024, 1024, &write);
-    c.send(Cmd::READ, 0, 12, 2048, 512, &[]);
-    c.send(Cmd::READ, 0, 13, 4096, 4096, &[]);
+    c.send(Cmd::READ, CmdFlags(0), 10, 0, 1024, &[]);
+    c.send(Cmd::WRITE, CmdFlags(0), 11, 1024, 1024, &write);
+    c.send(Cmd::READ, CmdFlags(0), 12, 2048, 512, &[]);
+    c.send(Cmd::READ, CmdFlags(0), 13, 4096, 4096, &[]);
     let mut got = std::collections::BTreeMap::new();
     for _ in 0..4 {
         let r = c.reply();
@@ -747,7 +616,7 @@ fn requests_in_flight_are_bounded() {
     // a second. Then it answers everything.
     const SENT: u64 = 100;
     let fake = FakeUpstream::start(|_, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut held: Vec<Request> = (0..64).map(|_| read_request(&mut s).req).collect();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut head = [0u8; Request::SIZE];
@@ -770,13 +639,20 @@ fn requests_in_flight_are_bounded() {
             let seen = read_request(&mut s);
             answer(&mut s, &seen.req);
         }
-        until_closed(&mut s);
+        closed_within(&mut s, IO_TIMEOUT);
         first_batch
     });
     let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = Client::connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::New);
     for i in 0..SENT {
-        c.send(Cmd::WRITE, 0, i, i * 512 % FAKE_SIZE, 512, &[i as u8; 512]);
+        c.send(
+            Cmd::WRITE,
+            CmdFlags(0),
+            i,
+            i * 512 % FAKE_SIZE,
+            512,
+            &[i as u8; 512],
+        );
     }
     let mut handles: Vec<u64> = (0..SENT)
         .map(|_| {
@@ -795,7 +671,7 @@ fn requests_in_flight_are_bounded() {
 fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
     // One connection that records every request it answers.
     let fake = FakeUpstream::start(|_, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut seen = Vec::new();
         loop {
             let mut head = [0u8; Request::SIZE];
@@ -812,11 +688,11 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
         }
     });
     let mut proxy = start_proxy(fake.addr, style, &["--cache=8192"]);
-    let mut c = Client::connect(proxy.addr(), style);
+    let mut c = connect(proxy.addr(), style);
     assert_eq!(c.read(1, 0, 4096), fake_data(0, 4096));
     assert_eq!(c.read(2, 4096, 4096), fake_data(4096, 4096)); // from the cache
     assert_eq!(c.read(3, 4096, 1024), fake_data(4096, 1024)); // a subrange: still cached
-    assert_eq!(c.write(4, 0, &[0; 512]), Errno::OK); // empties it
+    assert_eq!(c.write_reply(4, 0, &[0; 512]), Errno::OK); // empties it
     assert_eq!(c.read(5, 4096, 1024), fake_data(4096, 1024));
     assert_eq!(c.read(6, 12 * 1024, 4096), fake_data(12 * 1024, 4096)); // 2x would pass the end
     c.disconnect();
@@ -838,8 +714,8 @@ fn sigterm_mid_session_exits_0(style: Style) {
     let file = env.image("disc.img", 16 * 1024);
     let upstream = start_upstream(&file, style);
     let mut proxy = start_proxy(upstream.addr(), style, &[]);
-    let mut c = Client::connect(proxy.addr(), style);
-    assert_eq!(c.write(1, 0, &[1; 512]), Errno::OK);
+    let mut c = connect(proxy.addr(), style);
+    assert_eq!(c.write_reply(1, 0, &[1; 512]), Errno::OK);
     proxy.signal(Signal::TERM);
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
@@ -885,21 +761,21 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
     }
 
     // Requests no upstream should see: answered EINVAL, and the session goes on.
-    let mut c = Client::connect(addr, style);
-    c.send(Cmd::READ, 0, 1, 0, u32::MAX, &[]);
+    let mut c = connect(addr, style);
+    c.send(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]);
     assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::WRITE, 0x8000, 2, 0, 512, &[9; 512]);
+    c.send(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]);
     assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd(0x77), 0, 3, 0, 0, &[]);
+    c.send(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]);
     assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::READ, 0, 4, u64::MAX - 10, 512, &[]);
+    c.send(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]);
     assert_ne!(c.reply().error, Errno::OK);
     assert_eq!(c.read(5, 0, 4096), data[..4096]);
     // A request with a bad magic ends the session.
     c.s.write_all(&[0u8; Request::SIZE]).unwrap();
     closed(c.s);
 
-    let mut c = Client::connect(addr, style);
+    let mut c = connect(addr, style);
     assert_eq!(c.read(6, 4096, 4096), data[4096..8192]);
     c.disconnect();
     stop_proxy(&mut proxy);
@@ -912,7 +788,7 @@ fn sigterm_while_the_client_does_not_read_its_replies_exits_0() {
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = answered.clone();
     let fake = FakeUpstream::start(move |_, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         while let Ok(head) = {
             let mut head = [0u8; Request::SIZE];
             s.read_exact(&mut head).map(|()| head)
@@ -931,9 +807,9 @@ fn sigterm_while_the_client_does_not_read_its_replies_exits_0() {
         }
     });
     let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = Client::connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::New);
     for i in 0..64 {
-        c.send(Cmd::READ, 0, i, 0, 1 << 20, &[]);
+        c.send(Cmd::READ, CmdFlags(0), i, 0, 1 << 20, &[]);
     }
     // The upstream sends what fits in the sockets; then everyone is stuck.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -965,7 +841,7 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     let file = env.image_with("disc.img", &pattern(64 * 1024, 11));
     let upstream = start_upstream(&file, Style::New);
     let mut proxy = start_proxy(upstream.addr(), Style::New, &[]);
-    let mut c = Client::connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::New);
     let flags = F(c.flags);
     for f in [
         F::SEND_FLUSH,
@@ -979,14 +855,14 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         !flags.contains(F::CAN_MULTI_CONN),
         "one client at a time: {flags:?}"
     );
-    assert_eq!(c.write(1, 0, &[5; 4096]), Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA.0, 2, 4096, 4096, &[6; 4096]);
+    assert_eq!(c.write_reply(1, 0, &[5; 4096]), Errno::OK);
+    c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::FLUSH, 0, 3, 0, 0, &[]);
+    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::WRITE_ZEROES, 0, 4, 8192, 8192, &[]);
+    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::TRIM, 0, 5, 32768, 4096, &[]);
+    c.send(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]);
     assert_eq!(c.reply().error, Errno::OK);
     let on_disc = env.read(&file);
     assert!(on_disc[..4096].iter().all(|&b| b == 5));
@@ -1004,7 +880,7 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
     // Behind a flexnbd-c-style upstream (flags 13: FLUSH and FUA only).
     let fake = FakeUpstream::start(|_, mut s| {
-        send_hello(&mut s);
+        send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut seen = Vec::new();
         while let Ok(head) = {
             let mut head = [0u8; Request::SIZE];
@@ -1021,7 +897,7 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         seen
     });
     let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = Client::connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::New);
     let flags = F(c.flags);
     assert!(
         flags.contains(F::SEND_FLUSH) && flags.contains(F::SEND_FUA),
@@ -1031,13 +907,13 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         !flags.contains(F::SEND_TRIM) && !flags.contains(F::SEND_WRITE_ZEROES),
         "{flags:?}"
     );
-    c.send(Cmd::TRIM, 0, 1, 0, 4096, &[]);
+    c.send(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]);
     assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::WRITE_ZEROES, 0, 2, 0, 4096, &[]);
+    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]);
     assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::FLUSH, 0, 3, 0, 0, &[]);
+    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA.0, 4, 0, 512, &[1; 512]);
+    c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
     assert_eq!(c.reply().error, Errno::OK);
     c.disconnect();
     stop_proxy(&mut proxy);

@@ -7,6 +7,7 @@
 //! - [`Daemon`]: a long-running `flexnbd serve` owned by a test, killed on
 //!   drop ([`daemon`]).
 //! - [`control`]: raw requests to a control socket.
+//! - [`wire`]: NBD byte by byte, a raw client and the pieces of a fake server.
 //! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
 //!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
 //!   [`flexnbd_c`], [`flexnbd_proxy_c`]: the C flexnbd 0.5.0 programs from
@@ -23,6 +24,7 @@
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod env;
+pub(crate) mod wire;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
