@@ -7,13 +7,11 @@
 //! exits 1 with one line (C exits 0 after an error reply or a timeout).
 
 use std::io::Write;
-use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use log::warn;
 
 use crate::cli::{GlobalArgs, ReadArgs};
-use crate::client::{ConnectOptions, NbdClient};
 use crate::exit::ExitCode;
 
 /// Runs `read`.
@@ -24,33 +22,19 @@ use crate::exit::ExitCode;
 /// from the server, or a failed write to stdout (a closed pipe is reported
 /// as a `BrokenPipe` I/O error, which `main` treats as success).
 pub fn run(args: ReadArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let target = SocketAddr::new(args.conn.addr, args.conn.port);
-    let opts = ConnectOptions {
-        bind: args.conn.bind,
-        ..ConnectOptions::default()
-    };
-    let mut client = NbdClient::connect(target, &opts)?;
-    let (from, size) = (args.range.from, args.range.size);
+    let (mut client, target) = super::connect(&args.conn, global)?;
     client
-        .check_range(from, size)
+        .check_range(args.range.from, args.range.size)
         .with_context(|| format!("cannot read from {target}"))?;
 
-    let chunk = usize::try_from(size.min(u64::from(client.max_request())))
-        .context("read chunk too large")?;
-    let mut buf = vec![0u8; chunk];
     let mut stdout = std::io::stdout().lock();
-    let mut done = 0u64;
-    while done < size {
-        // A remainder too large for usize is larger than a chunk.
-        let n = usize::try_from(size - done).map_or(chunk, |rest| rest.min(chunk));
-        let piece = &mut buf[..n];
+    let max_request = client.max_request();
+    super::copy_in_pieces(args.range, max_request, "read", |offset, piece| {
         client
-            .read_at(from + done, piece)
+            .read_at(offset, piece)
             .with_context(|| format!("cannot read from {target}"))?;
-        stdout.write_all(piece).context("cannot write to stdout")?;
-        done += n as u64;
-    }
+        stdout.write_all(piece).context("cannot write to stdout")
+    })?;
     stdout.flush().context("cannot write to stdout")?;
 
     if let Err(err) = client.disconnect() {

@@ -8,13 +8,11 @@
 //! so exit 0 means the data is durable on such servers.
 
 use std::io::{ErrorKind, Read};
-use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use log::warn;
 
 use crate::cli::{GlobalArgs, WriteArgs};
-use crate::client::{ConnectOptions, NbdClient};
 use crate::exit::ExitCode;
 use crate::proto::types::TransmissionFlags;
 
@@ -26,36 +24,24 @@ use crate::proto::types::TransmissionFlags;
 /// read-only export, a stdin that fails or ends before SIZE bytes, or an
 /// error from the server.
 pub fn run(args: WriteArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let target = SocketAddr::new(args.conn.addr, args.conn.port);
-    let opts = ConnectOptions {
-        bind: args.conn.bind,
-        ..ConnectOptions::default()
-    };
-    let mut client = NbdClient::connect(target, &opts)?;
+    let (mut client, target) = super::connect(&args.conn, global)?;
     let (from, size) = (args.range.from, args.range.size);
     client
         .check_write(from, size)
         .with_context(|| format!("cannot write to {target}"))?;
 
-    let chunk = usize::try_from(size.min(u64::from(client.max_request())))
-        .context("write chunk too large")?;
-    let mut buf = vec![0u8; chunk];
     let mut stdin = std::io::stdin().lock();
-    let mut done = 0u64;
-    while done < size {
-        // A remainder too large for usize is larger than a chunk.
-        let n = usize::try_from(size - done).map_or(chunk, |rest| rest.min(chunk));
-        let piece = &mut buf[..n];
+    let max_request = client.max_request();
+    super::copy_in_pieces(args.range, max_request, "write", |offset, piece| {
         let got = fill(&mut stdin, piece).context("cannot read stdin")?;
         if got < piece.len() {
+            let done = offset - from;
             bail!("stdin ended after {} of {size} bytes", done + got as u64);
         }
         client
-            .write_at(from + done, piece, false)
-            .with_context(|| format!("cannot write to {target}"))?;
-        done += n as u64;
-    }
+            .write_at(offset, piece, false)
+            .with_context(|| format!("cannot write to {target}"))
+    })?;
     if client.flags().contains(TransmissionFlags::SEND_FLUSH) {
         client
             .flush()
