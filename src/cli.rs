@@ -207,8 +207,8 @@ pub struct MirrorArgs {
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// Options of `proxy` (and of `flexnbd-proxy`).
@@ -237,8 +237,8 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub oldstyle: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// The command line of `flexnbd-proxy`, the proxy under its C name.
@@ -263,8 +263,8 @@ pub struct MirrorSpeedArgs {
     #[arg(short, long, value_name = "BPS")]
     pub max_speed: u64,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// Options of `break`.
@@ -273,6 +273,16 @@ pub struct BreakArgs {
     /// The mirroring server.
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Extra arguments, ignored as the C flexnbd ignores them.
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
+}
+
+/// Extra arguments after the options, accepted and ignored for C
+/// compatibility: the C flexnbd does not check for them, so scripts written
+/// for it may pass them. Hidden from help, man pages and completions.
+#[derive(Debug, Args, Clone, Default)]
+pub struct IgnoredArgs {
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[arg(hide = true, value_name = "IGNORED")]
     pub ignored: Vec<String>,
@@ -313,8 +323,8 @@ pub struct ReadArgs {
     #[command(flatten)]
     pub range: RangeArgs,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// Options of `write`.
@@ -327,8 +337,8 @@ pub struct WriteArgs {
     #[command(flatten)]
     pub range: RangeArgs,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// The control socket of a running server.
@@ -363,8 +373,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[arg(hide = true, value_name = "IGNORED")]
-    pub ignored: Vec<String>,
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
 }
 
 /// What `generate` produces.
