@@ -34,6 +34,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,9 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 const MAX_OPTIONS: usize = 4096;
 /// How long a client may take over each step of the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Proxy::run`] waits at its end for the upstream supervisor, which
+/// may be in a connection attempt, before leaving it to the process's exit.
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(1);
 
 /// The upstream timeout from `FLEXNBD_UPSTREAM_TIMEOUT` (whole seconds > 0), or the default.
 pub fn upstream_timeout() -> Duration {
@@ -182,6 +186,8 @@ struct Entry {
     req: Request,
     /// The client's length (differs from `req.len` for read-ahead).
     down_len: u32,
+    /// A WRITE's data (empty otherwise), shared so that a (re)send clones
+    /// the pointer and not up to 32 MiB of data.
     payload: Arc<Vec<u8>>,
     /// When it was (re)sent on the current connection.
     sent: Instant,
@@ -304,11 +310,16 @@ impl Proxy {
     ///
     /// Only errors of the listener itself.
     pub fn run(self: &Arc<Self>, listener: Listener) -> io::Result<()> {
+        // The supervisor's end drops `done_tx`, which wakes the wait below.
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let supervisor = {
             let proxy = self.clone();
             std::thread::Builder::new()
                 .name("upstream".into())
-                .spawn(move || proxy.supervise())?
+                .spawn(move || {
+                    let _done = done_tx;
+                    proxy.supervise();
+                })?
         };
         let result = self.accept_loop(&listener);
         self.shutdown();
@@ -317,11 +328,9 @@ impl Proxy {
         }
         // The supervisor may be in the middle of a connection attempt (up to
         // 15 s): wait for it a little, then leave it to the process's exit.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while !supervisor.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if supervisor.is_finished() {
+        // It never sends, so the wait ends when it drops `done_tx` (it has
+        // returned, or panicked) or after the second.
+        if done_rx.recv_timeout(SUPERVISOR_GRACE) != Err(RecvTimeoutError::Timeout) {
             let _ = supervisor.join();
         }
         if let Some(client) = self.up.try_lock().ok().and_then(|mut up| up.client.take()) {
