@@ -40,7 +40,7 @@ use flexnbd::server::status::Status;
 
 use crate::support::daemon::spawn_on_free_port;
 use crate::support::{
-    Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool,
+    self, Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool, text,
 };
 
 const MIB: u64 = 1 << 20;
@@ -263,21 +263,7 @@ impl Cli {
     /// Waits up to `timeout` for it to end; fails (after killing it) otherwise.
     #[track_caller]
     fn finish(mut self, timeout: Duration) -> Output {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + timeout;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "flexnbd CLI still running after {timeout:?}; stdout {:?} stderr {:?}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        child.wait_with_output().unwrap()
+        support::finish(self.child.take().unwrap(), timeout)
     }
 }
 
@@ -321,10 +307,6 @@ fn assert_ok(out: &Output, stdout: &str) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A plain `mirror` (no `--wait`) that must reply `Mirror started`.

@@ -42,7 +42,7 @@ use crate::support::wire::{
     self, Client, Handshake, closed_within, read_request, reply_bytes, send_hello,
 };
 use crate::support::{
-    Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, free_port, pattern,
+    Daemon, DaemonBuilder, Signal, TestEnv, control, finish, flexnbd_std, free_port, pattern, text,
 };
 
 /// The size of the sources and destinations that are not about volume.
@@ -296,29 +296,6 @@ fn spawn_cli(args: &[&OsStr]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot run flexnbd")
-}
-
-/// Waits up to `timeout` for a CLI child and returns its output; kills it and fails after.
-#[track_caller]
-fn finish(mut child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "flexnbd CLI still running after {timeout:?}; stdout {:?} stderr {:?}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The CLI exited `code` and said `message` on stdout (code 0) or stderr (otherwise).

@@ -12,6 +12,7 @@
 //!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
 //!   [`flexnbd_c`], [`flexnbd_proxy_c`]: the C flexnbd 0.5.0 programs from
 //!   `../shared/peers/flexnbd-c/`, skipped when missing except under `CI=true`.
+//! - [`finish`]: a CLI child's output, within a time limit.
 //! - [`assert_same_bytes`]: compares large buffers and reports the first
 //!   difference instead of dumping megabytes.
 //!
@@ -28,8 +29,8 @@ pub(crate) mod wire;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 // Re-exported for test modules, which may not use all of them yet.
 #[allow(unused_imports)]
@@ -252,6 +253,26 @@ pub(crate) fn assert_same_bytes(what: &str, actual: &[u8], expected: &[u8]) {
         window(actual),
         window(expected),
     );
+}
+
+/// Waits up to `timeout` for a CLI child (output piped) and returns its
+/// output; kills it (by its handle) and fails after, with what it printed.
+#[track_caller]
+pub(crate) fn finish(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait for the CLI").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output of the CLI");
+            panic!(
+                "flexnbd CLI still running after {timeout:?}; stdout {:?} stderr {:?}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output of the CLI")
 }
 
 /// Output as text, for assertion messages.
