@@ -25,7 +25,8 @@ use crate::support::daemon::{EXIT_TIMEOUT, logged_addr};
 use crate::support::wire::{Client, Handshake};
 use crate::support::{
     self, Daemon, Ready, Signal, TestEnv, assert_same_bytes, control, control_raw, flexnbd,
-    flexnbd_path, flexnbd_std, free_port, pattern, require_tool, text, tool,
+    flexnbd_path, flexnbd_std, flexnbd_std_default_signals, free_port, pattern, require_tool, text,
+    tool,
 };
 
 const KIB: u64 = 1 << 10;
@@ -845,14 +846,23 @@ fn write_waiting_for_stdin_dies_of_sigint() {
     let disk = env.image("disk.img", MIB);
     let d = serve(&env, &disk, Style::Newstyle, &[]);
     let [l, addr, p, port] = d.addr_args();
-    // stdin stays open and empty: write waits for it.
-    let mut child = flexnbd_std()
+    // stdin stays open and empty: write waits for it. `env` execs flexnbd
+    // in the same process, with SIGINT at its default action even when this
+    // test run inherited it ignored.
+    let mut child = flexnbd_std_default_signals()
         .args(["write", &l, &addr, &p, &port, "-F", "0", "-S", "10"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn write");
+    // A signal that comes while `env` still ignores it would be lost: wait for flexnbd.
+    let exe = format!("/proc/{}/exe", child.id());
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_link(&exe).ok().as_deref() != Some(flexnbd_path()) {
+        assert!(Instant::now() < deadline, "env did not exec flexnbd");
+        std::thread::sleep(POLL);
+    }
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, Signal::INT).expect("kill");
     let deadline = Instant::now() + WAIT;

@@ -64,6 +64,19 @@ pub(crate) fn flexnbd_std() -> Command {
     cmd
 }
 
+/// [`flexnbd_std`] with SIGINT, SIGTERM and SIGQUIT at their default action, for
+/// tests of what a signal does to a client command: a test run started in the
+/// background of a non-interactive shell inherits them ignored, and so would
+/// the child (`env --default-signal`, coreutils 8.31 or later).
+pub(crate) fn flexnbd_std_default_signals() -> Command {
+    let mut cmd = Command::new("env");
+    cmd.arg("--default-signal=INT,TERM,QUIT")
+        .arg(flexnbd_path());
+    clean_env(&mut cmd);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// Removes the variables that could change flexnbd's behaviour or output.
 fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
