@@ -8,9 +8,7 @@
 //! Writes are sparse-aware like the C flexnbd's: an all-zero 4 KiB piece
 //! that lands in a hole is not written, so sparse files stay sparse. Unlike
 //! the C flexnbd nothing is mapped and nothing is synced per write: data is
-//! made durable by [`Backing::sync`], which FLUSH and FUA call. Large
-//! sequential writes only start their writeback early
-//! ([`Backing::write_behind`]), so that the final sync has less to wait for.
+//! made durable by [`Backing::sync`], which FLUSH and FUA call.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut};
