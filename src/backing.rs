@@ -24,9 +24,6 @@ pub const BLOCK: u64 = 4096;
 /// The export is the file size rounded down to this, as flexnbd-c.
 pub const SECTOR: u64 = 512;
 
-/// Write-behind granularity: see [`Backing::write_behind`].
-pub const WRITE_BEHIND_CHUNK: u64 = 8 << 20;
-
 /// One run of `base:allocation` state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -191,31 +188,6 @@ impl Backing {
         self.file.write_all_at(buf, offset)
     }
 
-    /// Starts writeback (without waiting) of the aligned chunks of
-    /// [`WRITE_BEHIND_CHUNK`] bytes that a write of `[offset, offset + len)`
-    /// completed, from the start of the chunk it began in up to the last
-    /// chunk boundary at or before its end. Returns that range, if any.
-    ///
-    /// A client streaming a large copy then has the disk busy while data is
-    /// still arriving, instead of all of it waiting for the final FLUSH
-    /// (1 GiB: the `fdatasync` took longer than the transfer). A write that
-    /// crosses no boundary does nothing, so random writes rarely pay for it;
-    /// whole chunks go out as large sequential bios, where kicking each write
-    /// alone did not help. Durability is unchanged: this only starts I/O
-    /// early, FLUSH and FUA still `fdatasync`. It is a hint: errors are
-    /// ignored here, and a failed writeback is still reported by the next
-    /// `fdatasync` (`SYNC_FILE_RANGE_WRITE` alone does not consume it).
-    pub fn write_behind(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        let start = offset - offset % WRITE_BEHIND_CHUNK;
-        let end = offset.saturating_add(len);
-        let end = end - end % WRITE_BEHIND_CHUNK;
-        if end <= start || self.read_only {
-            return None;
-        }
-        sync_file_range_write(&self.file, start, end - start);
-        Some((start, end - start))
-    }
-
     /// Whether `[offset, offset + len)` holds no data on disk.
     fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         match rustix::fs::seek(&self.file, SeekFrom::Data(offset)) {
@@ -345,27 +317,6 @@ impl Backing {
         }
         Ok(out)
     }
-}
-
-/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts
-/// writeback of the range's dirty pages without waiting for it.
-///
-/// Neither std nor rustix wraps `sync_file_range`, hence libc and the one
-/// `unsafe` in the crate. `posix_fadvise(DONTNEED)` would start the same
-/// writeback safely, but it also drops whatever clean pages the range holds
-/// from the page cache.
-#[allow(unsafe_code)]
-fn sync_file_range_write(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the call takes an open descriptor (borrowed from `file` for the
-    // duration of the call) and plain integers; it reads and writes no memory
-    // of ours. A bad argument is an error return, ignored: this is a hint.
-    let _ = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
 }
 
 fn unsupported(e: rustix::io::Errno) -> io::Error {
@@ -505,26 +456,6 @@ mod tests {
         assert!(b.extents(0, 32768).unwrap()[0].hole);
         b.sync().unwrap();
         b.cache(0, 4096).unwrap();
-    }
-
-    #[test]
-    fn write_behind_covers_completed_chunks_only() {
-        const C: u64 = WRITE_BEHIND_CHUNK;
-        let (_d, b) = sparse(4 * C);
-        // Inside one chunk, or ending short of the next boundary: nothing.
-        assert_eq!(b.write_behind(0, 4096), None);
-        assert_eq!(b.write_behind(C - (256 << 10), 4096), None);
-        // Ending on a boundary, or crossing one: the chunk(s) it completed.
-        assert_eq!(b.write_behind(C - (256 << 10), 256 << 10), Some((0, C)));
-        assert_eq!(b.write_behind(2 * C - 4096, 8192), Some((C, C)));
-        assert_eq!(b.write_behind(C + 1, 2 * C), Some((C, 2 * C)));
-        assert_eq!(b.write_behind(u64::MAX - 10, 100), None);
-        // Writes and their data are unaffected.
-        b.write_at(&[5u8; 8192], C - 4096).unwrap();
-        assert!(b.write_behind(C - 4096, 8192).is_some());
-        let mut back = [0u8; 8192];
-        b.read_at(&mut back, C - 4096).unwrap();
-        assert_eq!(back, [5u8; 8192]);
     }
 
     #[test]

@@ -601,10 +601,6 @@ impl Conn<'_> {
                     self.server.note_write(req.offset, u64::from(req.len));
                 }
                 self.reply_simple(req.handle, Errno::OK);
-                // After the reply: starting writeback may wait for the disk's queue.
-                if req.cmd == Cmd::WRITE && !fua {
-                    self.backing.write_behind(req.offset, u64::from(req.len));
-                }
             }
             Err(e) => {
                 let errno = errno_for(&e);
