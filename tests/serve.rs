@@ -324,8 +324,8 @@ fn many_requests_in_flight_are_each_answered_once() {
 #[test]
 fn large_writes_pipelined_with_small_requests_stay_in_step() {
     // Large WRITEs bypass the read buffer (payload and the header after it
-    // come straight from the socket) and start write-behind at 8 MiB
-    // boundaries; small requests behind them go through the buffer again.
+    // come straight from the socket); small requests behind them go through
+    // the buffer again.
     let h = Harness::new(24 << 20);
     let mut c = h.client(false);
     let big = pattern(1 << 20, 3);
@@ -347,8 +347,7 @@ fn large_writes_pipelined_with_small_requests_stay_in_step() {
     let mut expect = vec![0u8; 24 << 20];
     let mut handles = Vec::new();
     for i in 0..16u64 {
-        // Across the first two 8 MiB boundaries, each large write followed
-        // by a small one in the next 4 KiB.
+        // Each large write followed by a small one in the next 4 KiB.
         let off = (7 << 20) + i * ((1 << 20) + 4096);
         req(Cmd::WRITE, CmdFlags(0), 2 * i, off, &big, big.len() as u32);
         expect[off as usize..off as usize + big.len()].copy_from_slice(&big);
