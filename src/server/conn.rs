@@ -54,8 +54,10 @@ const MAX_WORKERS: usize = 8;
 const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// Most requests queued or in service per connection.
 const MAX_INFLIGHT_REQUESTS: u64 = 256;
-/// Pooled buffers kept per connection, in bytes.
-const MAX_POOLED_BYTES: usize = 8 << 20;
+/// Pooled buffers kept per connection, in bytes: enough for the window a
+/// streaming client keeps in flight (nbdcopy: 64 requests of 256 KiB), so
+/// that a sequential copy allocates and faults in its buffers only once.
+const MAX_POOLED_BYTES: usize = 16 << 20;
 /// The read buffer in front of the socket, so small pipelined requests cost few syscalls.
 const READ_BUFFER: usize = 256 << 10;
 /// A READ reply is split into hole and data chunks at this granularity.
@@ -299,13 +301,15 @@ impl Conn<'_> {
         pending: &mut Vec<u8>,
     ) -> io::Result<Outcome> {
         let mut scratch = Vec::new();
+        // Set after a large WRITE's payload: see `read_header`.
+        let mut streaming = false;
         loop {
             // Never wait for the client while holding its replies.
             if reader.buffer().len() < Request::SIZE || pending.len() >= PENDING_MAX {
                 self.flush_pending(pending);
             }
             let mut head = [0u8; Request::SIZE];
-            match reader.read_exact(&mut head) {
+            match read_header(reader, &mut head, std::mem::take(&mut streaming)) {
                 Ok(()) => {}
                 Err(e) if is_disconnect(&e) => return Ok(Outcome::Closed),
                 Err(e) => return Err(e),
@@ -384,7 +388,8 @@ impl Conn<'_> {
             let mut buf = Vec::new();
             if req.cmd == Cmd::WRITE {
                 buf = self.take_buffer(req.len as usize);
-                if let Err(e) = reader.read_exact(&mut buf[..req.len as usize]) {
+                streaming = true;
+                if let Err(e) = read_payload(reader, &mut buf[..req.len as usize]) {
                     self.release(cost);
                     self.end_request();
                     return if is_disconnect(&e) {
@@ -929,6 +934,37 @@ fn send_more(w: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a large WRITE's payload into `buf`: what is already buffered is
+/// copied, the rest comes straight from the socket. Through the read buffer
+/// every byte would be copied twice (socket to buffer, buffer to `buf`).
+fn read_payload(reader: &mut BufReader<&TcpStream>, buf: &mut [u8]) -> io::Result<()> {
+    use std::io::BufRead as _;
+    let buffered = reader.buffer().len().min(buf.len());
+    buf[..buffered].copy_from_slice(&reader.buffer()[..buffered]);
+    reader.consume(buffered);
+    let mut socket = *reader.get_ref();
+    socket.read_exact(&mut buf[buffered..])
+}
+
+/// Reads a request header. With `streaming` (the last request was a large
+/// WRITE whose payload bypassed the read buffer) and an empty read buffer,
+/// only the header is read from the socket: filling the buffer would pull in
+/// the next payload, to be copied once more by [`read_payload`]. A client
+/// sending small requests instead pays one extra read before they are
+/// batched again.
+fn read_header(
+    reader: &mut BufReader<&TcpStream>,
+    head: &mut [u8; Request::SIZE],
+    streaming: bool,
+) -> io::Result<()> {
+    if streaming && reader.buffer().is_empty() {
+        let mut socket = *reader.get_ref();
+        socket.read_exact(head)
+    } else {
+        reader.read_exact(head)
+    }
 }
 
 /// Reads and drops `len` bytes (the payload of a refused WRITE) without allocating for it.
