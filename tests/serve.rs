@@ -524,13 +524,15 @@ fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
     let mut c = h.client(true);
     c.write(1, 0, &data, CmdFlags(0));
     c.expect_ok(1);
+    // The first READ (a hole) goes to a worker; while it is in flight, the
+    // next ones may follow it there, then the rest is sent from the reading thread.
     let reads: [(u64, u64, u32); 6] = [
+        (15, 1 << 20, 256 << 10), // all hole
         (10, 0, 256 << 10),
         (11, 4096, 4096),
         (12, 256 << 10, 512 << 10),
         (13, 100, 64 << 10),
         (14, (768 << 10) + 1, (256 << 10) - 1),
-        (15, 1 << 20, 256 << 10), // all hole
     ];
     for &(handle, offset, len) in &reads {
         c.request(Cmd::READ, CmdFlags(0), handle, offset, len);
