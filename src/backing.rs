@@ -119,6 +119,18 @@ impl Backing {
         }
     }
 
+    /// Whether the first and the last page of `[offset, offset + len)` are
+    /// in the page cache: a cheap guess that a `sendfile` of the range will
+    /// not wait for the disk (sequential readers have the pages between read
+    /// ahead together). Reads one byte of each page with `RWF_NOWAIT`.
+    pub fn looks_cached(&self, offset: u64, len: u64) -> bool {
+        let last = offset.saturating_add(len.saturating_sub(1));
+        let mut byte = [0u8; 1];
+        [offset, last]
+            .iter()
+            .all(|&at| matches!(self.read_cached(&mut byte, at), Ok(true)))
+    }
+
     /// Whether `[offset, offset + len)` is data on disk from end to end (no hole inside).
     ///
     /// A file system that cannot say reports no holes.

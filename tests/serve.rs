@@ -451,6 +451,76 @@ fn structured_reads_send_holes_as_hole_chunks() {
 }
 
 #[test]
+fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
+    // 1 MiB of data (in the page cache after the write, so large READs are
+    // sent from the reading thread), then a hole from 1 MiB on.
+    let h = Harness::new(2 << 20);
+    let data = pattern(1 << 20, 9);
+    let mut c = h.client(true);
+    c.write(1, 0, &data, CmdFlags(0));
+    c.expect_ok(1);
+    // The first READ (a hole) goes to a worker; while it is in flight, the
+    // next ones may follow it there, then the rest is sent from the reading thread.
+    let reads: [(u64, u64, u32); 6] = [
+        (15, 1 << 20, 256 << 10), // all hole
+        (10, 0, 256 << 10),
+        (11, 4096, 4096),
+        (12, 256 << 10, 512 << 10),
+        (13, 100, 64 << 10),
+        (14, (768 << 10) + 1, (256 << 10) - 1),
+    ];
+    for &(handle, offset, len) in &reads {
+        c.request(Cmd::READ, CmdFlags(0), handle, offset, len);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..reads.len() {
+        let (head, body) = c.chunk();
+        assert!(seen.insert(head.handle), "handle {} twice", head.handle);
+        let &(_, offset, len) = reads.iter().find(|r| r.0 == head.handle).unwrap();
+        assert_eq!(
+            head.flags,
+            ChunkFlags::DONE,
+            "one chunk for {}",
+            head.handle
+        );
+        assert_eq!(&body[..8], &offset.to_be_bytes());
+        if offset >= 1 << 20 {
+            assert_eq!(head.ty, ChunkType::OFFSET_HOLE);
+            assert_eq!(&body[8..], &len.to_be_bytes());
+        } else {
+            assert_eq!(head.ty, ChunkType::OFFSET_DATA);
+            let range = offset as usize..offset as usize + len as usize;
+            assert!(body[8..] == data[range], "data of {}", head.handle);
+        }
+    }
+    // A large READ over data and a hole: the hole is still a hole chunk.
+    c.request(
+        Cmd::READ,
+        CmdFlags(0),
+        16,
+        (1 << 20) - (64 << 10),
+        128 << 10,
+    );
+    let (h1, b1) = c.chunk();
+    assert_eq!((h1.ty, h1.flags), (ChunkType::OFFSET_DATA, ChunkFlags(0)));
+    assert!(b1[8..] == data[(1 << 20) - (64 << 10)..]);
+    let (h2, b2) = c.chunk();
+    assert_eq!(
+        (h2.ty, h2.flags),
+        (ChunkType::OFFSET_HOLE, ChunkFlags::DONE)
+    );
+    assert_eq!(&b2[8..], &(64u32 << 10).to_be_bytes());
+    // Simple replies send large READs whole too, holes as zeroes.
+    let mut c = h.client(false);
+    c.request(Cmd::READ, CmdFlags(0), 20, 512 << 10, 1 << 20);
+    c.expect_ok(20);
+    let mut got = vec![0u8; 1 << 20];
+    c.s.read_exact(&mut got).unwrap();
+    assert!(got[..512 << 10] == data[512 << 10..]);
+    assert!(got[512 << 10..].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn block_status_trim_and_write_zeroes() {
     let h = Harness::new(1 << 20);
     let mut c = h.client(true);

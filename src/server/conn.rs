@@ -20,7 +20,9 @@
 //! thread hand-offs. Small WRITEs without FUA are written there too (buffered
 //! writes to one file queue for its inode lock anyway), each acknowledged
 //! only once `pwrite` returned. Large READs of data with no hole go out with
-//! `sendfile`, never copied through user space.
+//! `sendfile`, never copied through user space: from the reading thread when
+//! their data is in the page cache (no hand-off, no contended writer lock),
+//! from a worker when it may have to come from the disk.
 //!
 //! When the reading side ends (EOF, DISCONNECT, a protocol error, or the
 //! server's shutdown calling `shutdown(Read)` on the socket), the queued
@@ -350,6 +352,15 @@ impl Conn<'_> {
             {
                 continue;
             }
+            if req.cmd == Cmd::READ
+                && req.len >= SENDFILE_MIN
+                && self.sendfile_inline(&req, pending)
+            {
+                if self.broken.load(Ordering::SeqCst) {
+                    return Ok(Outcome::Failed);
+                }
+                continue;
+            }
             // A write that must be durable before its reply (FUA, or every
             // write in `listen --oldstyle`) goes to a worker, which syncs.
             if req.cmd == Cmd::WRITE
@@ -430,6 +441,38 @@ impl Conn<'_> {
         }
         self.encode_read(req, data, pending);
         true
+    }
+
+    /// Sends a large READ of cached data with no hole from here, with
+    /// `sendfile` (after the replies in `pending`); false if it must go to a
+    /// worker. Handing it over would cost two thread switches and a contended
+    /// writer lock per request, and the worker would send it under the same
+    /// lock anyway. Data not yet in the page cache goes to the workers, so
+    /// this thread does not wait for the disk and keeps reading requests.
+    fn sendfile_inline(&self, req: &Request, pending: &mut Vec<u8>) -> bool {
+        let len = u64::from(req.len);
+        // Behind a worker's READ (perhaps waiting for the disk while it
+        // holds the writer lock), this thread would only queue for the lock
+        // instead of reading the next requests: leave it to the workers.
+        let cached = self.in_flight.load(Ordering::SeqCst) == 0
+            && self.backing.looks_cached(req.offset, len);
+        if !cached || !self.sendfile_fits(req) {
+            return false;
+        }
+        self.flush_pending(pending);
+        self.begin_request();
+        self.reply_read_sendfile(req);
+        self.end_request();
+        true
+    }
+
+    /// Whether a READ goes out with `sendfile`: large enough, and over data
+    /// with no hole. Holes matter only to structured replies, which send them
+    /// as hole chunks unless DF asks for one chunk: only they look.
+    fn sendfile_fits(&self, req: &Request) -> bool {
+        let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
+        req.len >= SENDFILE_MIN
+            && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
     }
 
     /// Serves a small WRITE here (its payload already read), adding the reply
@@ -537,12 +580,7 @@ impl Conn<'_> {
         let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
         let result = match req.cmd {
             Cmd::READ => {
-                // Holes matter only to structured replies, which send them as
-                // hole chunks (unless DF asks for one chunk): only they look.
-                let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
-                if req.len >= SENDFILE_MIN
-                    && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
-                {
+                if self.sendfile_fits(&req) {
                     self.reply_read_sendfile(&req);
                     return buf;
                 }
