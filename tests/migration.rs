@@ -856,6 +856,42 @@ fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     );
 }
 
+/// The zero check reads a range piece by piece: data far into a range of
+/// zeroes (the last byte of a transfer, a few bytes in its middle, the last
+/// byte of the file) still makes it a WRITE, and the rest stays sparse.
+#[test]
+fn data_deep_inside_ranges_of_zeroes_is_sent() {
+    let env = TestEnv::new();
+    let size = 64 * MIB;
+    let src = env.image("source.img", size);
+    let f = File::options().write(true).open(&src).unwrap();
+    f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
+    f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
+        .unwrap();
+    f.write_all_at(&[0xa5], size - 1).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let dst = env.image("dest.img", size);
+    let mut source = Node::serve(&env, &src);
+    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+
+    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
+    assert!(
+        out.status.success(),
+        "{}; {}",
+        out.status,
+        text(&out.stderr)
+    );
+    source.assert_exits(0, "source after the handover");
+    dest.assert_exits(0, "destination after the handover");
+    assert_same_files("destination", &dst, &src);
+    let a_dst = allocated(&dst);
+    assert!(
+        a_dst <= 3 * MAX_TRANSFER + MIB,
+        "the destination has {a_dst} bytes allocated: ranges of zeroes were written"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. A process killed mid-transfer.
 

@@ -305,6 +305,32 @@ impl NbdClient {
             .map_err(|e| ClientError::from_io(e, "sending a request", self.timeout))
     }
 
+    /// Sends a `WRITE` whose `req.len` payload bytes `payload` writes to the
+    /// socket itself, e.g. with `sendfile` straight from a file, so that
+    /// they never pass through user space. The header goes first with
+    /// `MSG_MORE`, to leave in one segment with the start of the payload.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if a write fails, or
+    /// what `payload` returns. Part of the request may have been sent: the
+    /// connection is then out of step and must be given up.
+    pub fn send_write_with(
+        &mut self,
+        req: &Request,
+        payload: impl FnOnce(&TcpStream) -> io::Result<()>,
+    ) -> Result<(), ClientError> {
+        debug!(
+            "sending {} handle {:#x} offset {} len {} (payload by the caller)",
+            req.cmd, req.handle, req.offset, req.len
+        );
+        let mut header = [0u8; Request::SIZE];
+        req.encode(&mut header);
+        send_more(&self.stream, &header)
+            .and_then(|()| payload(&self.stream))
+            .map_err(|e| ClientError::from_io(e, "sending a request", self.timeout))
+    }
+
     /// Reads the next reply header (checking its magic, not its handle or error).
     ///
     /// For a successful `READ`, [`read_payload`](Self::read_payload) must follow.
@@ -586,6 +612,20 @@ fn wait_for_hello(
             },
         ),
     }
+}
+
+/// Sends `buf` whole with `MSG_MORE`: more of the same request follows at once.
+fn send_more(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    use rustix::net::SendFlags;
+    while !buf.is_empty() {
+        match rustix::net::send(stream, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), ClientError> {

@@ -54,6 +54,14 @@ const HANDOVER_POLL: Duration = Duration::from_millis(2);
 /// Most passes over the file before converging whatever is left dirty.
 const MAX_PASSES: u32 = 8;
 
+/// A range is checked for zeroes in pieces of this size, read into a
+/// buffer this small (it stays in the CPU's cache), up to the first piece
+/// with data; the WRITE's payload then goes from the file to the socket with
+/// `sendfile`, never copied through user space. Reading the whole range
+/// into a buffer and sending it from there cost two copies of every byte,
+/// most of the source's CPU time.
+const ZERO_CHECK_PIECE: usize = 64 << 10;
+
 /// Passes over the dirty map while copying, to notice that they stop converging.
 #[derive(Debug, Default)]
 struct Passes {
@@ -536,7 +544,7 @@ impl Transfer<'_> {
             offset: 0,
             len: 0,
         };
-        self.send_request(&req, 0, 0)
+        self.send_request(&req, 0)
     }
 
     /// Whether the dirty data is small enough to start write-through.
@@ -646,7 +654,8 @@ impl Transfer<'_> {
         }
     }
 
-    /// Reads `[offset, offset + len)` from the file now and sends it.
+    /// Sends `[offset, offset + len)` as it is in the file now: WRITE_ZEROES
+    /// if it reads as zero and the destination takes that, else a WRITE.
     fn send_range(&mut self, offset: u64, len: u64) -> Result<(), Stop> {
         // The range left the dirty map: it counts as left to send from now
         // on, also while the speed limit holds it back.
@@ -658,21 +667,10 @@ impl Transfer<'_> {
             .flags()
             .contains(TransmissionFlags::SEND_WRITE_ZEROES);
         let len32 = u32::try_from(len).map_err(|_| Stop::Failed("transfer too long".into()))?;
-        // Holes are found by reading them (the kernel fills them with zeroes
-        // without touching the disk), not with SEEK_DATA: that takes the
-        // file's inode lock, which every client write to it waits for.
-        let backing = self.server.backing();
-        let n = len32 as usize;
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
-        }
-        backing
-            .read_at(&mut self.buf[..n], offset)
-            .map_err(|e| Stop::Failed(format!("cannot read {}: {e}", backing.path().display())))?;
-        let (cmd, payload_len) = if zeroes_ok && is_zero(&self.buf[..n]) {
-            (Cmd::WRITE_ZEROES, 0)
+        let cmd = if zeroes_ok && self.reads_as_zero(offset, len)? {
+            Cmd::WRITE_ZEROES
         } else {
-            (Cmd::WRITE, n)
+            Cmd::WRITE
         };
         let req = Request {
             flags: CmdFlags(0),
@@ -681,12 +679,44 @@ impl Transfer<'_> {
             offset,
             len: len32,
         };
-        self.send_request(&req, len, payload_len)
+        self.send_request(&req, len)
+    }
+
+    /// Whether `[offset, offset + len)` reads as zero, read piece by piece
+    /// up to the first with data ([`ZERO_CHECK_PIECE`]).
+    ///
+    /// Holes are found by reading them (the kernel fills them with zeroes
+    /// without touching the disk), not with SEEK_DATA: that takes the
+    /// file's inode lock, which every client write to it waits for.
+    fn reads_as_zero(&mut self, offset: u64, len: u64) -> Result<bool, Stop> {
+        let backing = self.server.backing();
+        if self.buf.len() < ZERO_CHECK_PIECE {
+            self.buf.resize(ZERO_CHECK_PIECE, 0);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done)
+                .map_or(ZERO_CHECK_PIECE, |left| left.min(ZERO_CHECK_PIECE));
+            let piece = &mut self.buf[..n];
+            backing.read_at(piece, offset + done).map_err(|e| {
+                Stop::Failed(format!("cannot read {}: {e}", backing.path().display()))
+            })?;
+            if !is_zero(piece) {
+                return Ok(false);
+            }
+            done += n as u64;
+        }
+        Ok(true)
     }
 
     /// Records `req` in the window (its reply acknowledges `acked` bytes)
-    /// and sends it with the first `payload_len` bytes of the buffer.
-    fn send_request(&mut self, req: &Request, acked: u64, payload_len: usize) -> Result<(), Stop> {
+    /// and sends it; a WRITE's payload goes from the file with `sendfile`.
+    ///
+    /// What the payload carries is the file as it is while it is sent (the
+    /// kernel may even send a page changed after `sendfile` returned): a
+    /// client write meanwhile marked its blocks dirty again after it reached
+    /// the file, so they are sent again, later on the same connection.
+    fn send_request(&mut self, req: &Request, acked: u64) -> Result<(), Stop> {
         {
             let mut w = self.replies.lock();
             if w.lens.is_empty() {
@@ -695,7 +725,17 @@ impl Transfer<'_> {
             }
             w.lens.push_back(acked);
         }
-        if let Err(e) = self.client.send_request(req, &self.buf[..payload_len]) {
+        let (sent, payload_len) = if req.cmd == Cmd::WRITE {
+            let backing = self.server.backing();
+            let (offset, len) = (req.offset, req.len as usize);
+            let sent = self
+                .client
+                .send_write_with(req, |socket| backing.send_to(socket, offset, len));
+            (sent, len)
+        } else {
+            (self.client.send_request(req, &[]), 0)
+        };
+        if let Err(e) = sent {
             log::warn!("Couldn't write to listener: {e}");
             return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
         }
