@@ -457,8 +457,8 @@ fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
     let h = Harness::new(2 << 20);
     let data = pattern(1 << 20, 9);
     let mut c = h.client(true);
-    c.write(1, 0, &data, CmdFlags(0));
-    c.expect_ok(1);
+    c.write(1, 0, &data);
+    c.expect_reply(1, Errno::OK);
     // The first READ (a hole) goes to a worker; while it is in flight, the
     // next ones may follow it there, then the rest is sent from the reading thread.
     let reads: [(u64, u64, u32); 6] = [
@@ -470,7 +470,7 @@ fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
         (14, (768 << 10) + 1, (256 << 10) - 1),
     ];
     for &(handle, offset, len) in &reads {
-        c.request(Cmd::READ, CmdFlags(0), handle, offset, len);
+        c.request(Cmd::READ, handle, offset, len);
     }
     let mut seen = std::collections::HashSet::new();
     for _ in 0..reads.len() {
@@ -494,13 +494,7 @@ fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
         }
     }
     // A large READ over data and a hole: the hole is still a hole chunk.
-    c.request(
-        Cmd::READ,
-        CmdFlags(0),
-        16,
-        (1 << 20) - (64 << 10),
-        128 << 10,
-    );
+    c.request(Cmd::READ, 16, (1 << 20) - (64 << 10), 128 << 10);
     let (h1, b1) = c.chunk();
     assert_eq!((h1.ty, h1.flags), (ChunkType::OFFSET_DATA, ChunkFlags(0)));
     assert!(b1[8..] == data[(1 << 20) - (64 << 10)..]);
@@ -512,8 +506,8 @@ fn large_pipelined_reads_come_whole_with_holes_still_as_hole_chunks() {
     assert_eq!(&b2[8..], &(64u32 << 10).to_be_bytes());
     // Simple replies send large READs whole too, holes as zeroes.
     let mut c = h.client(false);
-    c.request(Cmd::READ, CmdFlags(0), 20, 512 << 10, 1 << 20);
-    c.expect_ok(20);
+    c.request(Cmd::READ, 20, 512 << 10, 1 << 20);
+    c.expect_reply(20, Errno::OK);
     let mut got = vec![0u8; 1 << 20];
     c.s.read_exact(&mut got).unwrap();
     assert!(got[..512 << 10] == data[512 << 10..]);

@@ -290,7 +290,7 @@ impl Proxy {
     /// Asks [`Proxy::run`] to stop, at once, even in the middle of a request.
     ///
     /// Takes no lock that is held during I/O. The threads waiting on
-    /// `up_cv` and `pending_cv` see the stop within [`STOP_CHECK`] even if
+    /// `up_cv` and `pending_cv` see the stop within `STOP_CHECK` even if
     /// the notification comes between their check and their wait.
     pub fn shutdown(&self) {
         self.stop.trigger();
