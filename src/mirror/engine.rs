@@ -34,11 +34,14 @@ const CONVERGE_BYTES: u64 = 1 << 20;
 /// answered, so that its page cache never holds much more unsynced data:
 /// one huge sync stalls its disk (and writers to the source if it shares the
 /// file system) for a long time, and the syncs before converging and at the
-/// handover have little left to do.
-const FLUSH_EVERY: u64 = 32 << 20;
+/// handover have little left to do. Each FLUSH drains the window and costs
+/// the destination a journal commit: every 32 MiB made an idle 1 GiB
+/// migration 15-20% slower than qemu-storage-daemon's one final flush;
+/// every 256 MiB ties it idle and beats it under a writer (bench/RESULTS.md).
+const FLUSH_EVERY: u64 = 256 << 20;
 /// ...or after this many transfers: scattered small blocks cost the
 /// destination's disk one write each, so a sync of many is long too.
-const FLUSH_EVERY_TRANSFERS: u32 = 512;
+const FLUSH_EVERY_TRANSFERS: u32 = 4096;
 /// Before converging the destination is asked to FLUSH, and what was
 /// written meanwhile is sent, until a FLUSH takes at most this long: the
 /// handover's FLUSH (new clients refused meanwhile) then has as little to do.

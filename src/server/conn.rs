@@ -77,6 +77,10 @@ const PENDING_MAX: usize = 256 << 10;
 /// READs of at least this size over data with no hole go out with sendfile:
 /// no copy into and out of user space.
 const SENDFILE_MIN: u32 = 64 << 10;
+/// A WRITE larger than this always goes to a worker, even alone in flight:
+/// its hand-off costs little next to the copy, and receiving the next
+/// payload overlaps with writing this one.
+const INLINE_SERVE_WRITE_MAX: u32 = 1 << 20;
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,7 +416,14 @@ impl Conn<'_> {
             }
             // Alone in flight with nothing more to read yet (a client at queue
             // depth 1): serving it here saves two thread hand-offs of latency.
-            if self.in_flight.load(Ordering::SeqCst) == 1 && reader.buffer().is_empty() {
+            // Not a large WRITE: its payload was read straight from the socket,
+            // so the buffer is empty even when the client has the next one on
+            // the way (a migration source streams 8 MiB WRITEs), and a worker
+            // writing it lets this thread receive the next one meanwhile.
+            if self.in_flight.load(Ordering::SeqCst) == 1
+                && reader.buffer().is_empty()
+                && !(req.cmd == Cmd::WRITE && req.len > INLINE_SERVE_WRITE_MAX)
+            {
                 self.serve_job(Job { req, buf, cost });
             } else {
                 {
