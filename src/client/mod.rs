@@ -38,6 +38,7 @@ use std::time::Duration;
 use log::{debug, info};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::net::send_more;
 use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
 use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
 use crate::proto::wire::{
@@ -612,20 +613,6 @@ fn wait_for_hello(
             },
         ),
     }
-}
-
-/// Sends `buf` whole with `MSG_MORE`: more of the same request follows at once.
-fn send_more(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    use rustix::net::SendFlags;
-    while !buf.is_empty() {
-        match rustix::net::send(stream, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), ClientError> {

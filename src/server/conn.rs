@@ -38,6 +38,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::backing::{Backing, is_zero};
+use crate::net::send_more;
 use crate::proto::ProtoError;
 use crate::proto::consts::*;
 use crate::proto::handshake::{Export, Negotiated, ServerNegotiation, Step};
@@ -966,20 +967,6 @@ fn write_all_vectored(mut w: &TcpStream, parts: &mut [IoSlice<'_>]) -> io::Resul
             Ok(n) => IoSlice::advance_slices(&mut parts, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sends `buf` whole with MSG_MORE: more of the same reply follows at once.
-fn send_more(w: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    use rustix::net::SendFlags;
-    while !buf.is_empty() {
-        match rustix::net::send(w, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
