@@ -39,6 +39,7 @@ use flexnbd::proto::wire::Request;
 use flexnbd::server::status::Status;
 
 use crate::support::daemon::spawn_on_free_port;
+use crate::support::wire;
 use crate::support::{
     self, Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool, text,
 };
@@ -291,6 +292,23 @@ fn mirror_args(source: &Node, port: u16, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Runs `mirror --wait` from `source` to `dest` and checks the migration
+/// completed: the CLI, the source and the destination exit 0, and the
+/// destination's file `dst` is the source's `src`.
+#[track_caller]
+fn migrate_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+    let out = Cli::spawn(&mirror_args(source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
+    assert!(
+        out.status.success(),
+        "mirror --wait: {}; stderr {:?}",
+        out.status,
+        text(&out.stderr)
+    );
+    source.assert_exits(0, "source after the handover");
+    dest.assert_exits(0, "destination after the handover");
+    assert_same_files("destination", dst, src);
+}
+
 /// Runs a short CLI command to the end.
 #[track_caller]
 fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
@@ -497,16 +515,7 @@ impl Relay {
         let tail = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (up2, hold2, tail2) = (up.clone(), hold.clone(), tail.clone());
         let acceptor = std::thread::spawn(move || {
-            listener.set_nonblocking(true).unwrap();
-            let deadline = Instant::now() + STATE_WITHIN;
-            let from_source = loop {
-                match listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
-                    Err(e) => panic!("nobody connected to the relay: {e}"),
-                }
-            };
-            from_source.set_nonblocking(false).unwrap();
+            let from_source = wire::accept_within(&listener, STATE_WITHIN, "the relay");
             let to_dest = TcpStream::connect(target).unwrap();
             for s in [&from_source, &to_dest] {
                 s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -694,16 +703,7 @@ fn break_mid_migration_keeps_serving_and_a_new_mirror_completes() {
     assert!(!dest.status().has_control);
 
     // A new migration starts and completes, with the write made after the break.
-    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
-    assert!(
-        out.status.success(),
-        "second mirror --wait: {}; stderr {:?}",
-        out.status,
-        text(&out.stderr)
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
+    migrate_and_check(&mut source, &mut dest, &src, &dst);
     let mut back = vec![0u8; late.len()];
     File::open(&dst)
         .unwrap()
@@ -839,16 +839,7 @@ fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     let mut source = Node::serve(&env, &src);
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
 
-    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
-    assert!(
-        out.status.success(),
-        "{}; {}",
-        out.status,
-        text(&out.stderr)
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
+    migrate_and_check(&mut source, &mut dest, &src, &dst);
     let (a_src, a_dst) = (allocated(&src), allocated(&dst));
     assert!(
         a_dst >= 50 * MIB && a_dst <= a_src + MIB,
@@ -875,16 +866,7 @@ fn data_deep_inside_ranges_of_zeroes_is_sent() {
     let mut source = Node::serve(&env, &src);
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
 
-    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
-    assert!(
-        out.status.success(),
-        "{}; {}",
-        out.status,
-        text(&out.stderr)
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
+    migrate_and_check(&mut source, &mut dest, &src, &dst);
     let a_dst = allocated(&dst);
     assert!(
         a_dst <= 3 * MAX_TRANSFER + MIB,

@@ -1153,20 +1153,8 @@ impl Spy {
     fn start(target: SocketAddr) -> Spy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
         let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let source = loop {
-                match listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "spy: nobody connected");
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("spy: accept failed: {e}"),
-                }
-            };
-            source.set_nonblocking(false).unwrap();
+            let source = wire::accept_within(&listener, Duration::from_secs(60), "spy");
             let dest = TcpStream::connect_timeout(&target, IO_TIMEOUT).unwrap();
             let down = {
                 let (from, to) = (dest.try_clone().unwrap(), source.try_clone().unwrap());
@@ -1345,20 +1333,8 @@ fn disconnect_holding_relay(
 ) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
     let thread = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut source = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "relay: nobody connected");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("relay: accept failed: {e}"),
-            }
-        };
-        source.set_nonblocking(false).unwrap();
+        let mut source = wire::accept_within(&listener, Duration::from_secs(60), "relay");
         source
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();

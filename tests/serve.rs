@@ -210,19 +210,10 @@ fn large_writes_pipelined_with_small_requests_stay_in_step() {
     let h = Harness::new(24 << 20);
     let mut c = h.client(false);
     let big = pattern(1 << 20, 3);
-    let mut wire = Vec::new();
+    let mut stream = Vec::new();
     let mut req = |cmd: Cmd, flags: CmdFlags, handle: u64, offset: u64, data: &[u8], len: u32| {
-        let mut head = [0u8; Request::SIZE];
-        Request {
-            flags,
-            cmd,
-            handle,
-            offset,
-            len,
-        }
-        .encode(&mut head);
-        wire.extend_from_slice(&head);
-        wire.extend_from_slice(data);
+        stream.extend_from_slice(&wire::header(cmd, flags, handle, offset, len));
+        stream.extend_from_slice(data);
     };
     let small = pattern(4096, 9);
     let mut expect = vec![0u8; 24 << 20];
@@ -242,7 +233,7 @@ fn large_writes_pipelined_with_small_requests_stay_in_step() {
     req(Cmd::FLUSH, CmdFlags(0), 101, 0, &[], 0);
     handles.extend([100, 101]);
     let mut tx = c.s.try_clone().unwrap();
-    let sender = std::thread::spawn(move || tx.write_all(&wire).unwrap());
+    let sender = std::thread::spawn(move || tx.write_all(&stream).unwrap());
     let mut seen = std::collections::HashSet::new();
     for _ in 0..handles.len() {
         let r = c.reply();

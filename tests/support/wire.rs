@@ -12,7 +12,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, HandshakeFlags, Opt, Rep};
@@ -23,6 +23,41 @@ use flexnbd::proto::wire::{
 
 /// How long one socket read or write of these helpers may block.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts one connection on `listener` (blocking or not) within `within`,
+/// waiting on the listener rather than polling it; the stream returned is
+/// blocking. Panics naming `what` if nobody connects in time.
+#[track_caller]
+pub(crate) fn accept_within(listener: &TcpListener, within: Duration, what: &str) -> TcpStream {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: nobody connected within {within:?}"
+        );
+        let timeout = Timespec::try_from(left).expect("a timeout in range");
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => panic!("{what}: poll failed: {e}"),
+        }
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("a blocking stream");
+                return s;
+            }
+            // Gone before we took it (a client that gave up): wait again.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{what}: accept failed: {e}"),
+        }
+    }
+}
 
 /// A TCP connection to `addr` with [`IO_TIMEOUT`] on connect, reads and writes.
 #[track_caller]
