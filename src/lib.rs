@@ -5,7 +5,12 @@
 //!
 //! - [`proto`]: the NBD protocol as pure functions over bytes: constants,
 //!   wire headers, the server's option negotiation. No I/O.
-//! - [`net`]: address and ACL parsing, also pure.
+//! - [`sys`]: operating-system helpers any layer may use: the stop
+//!   [`sys::Trigger`], a poison-tolerant lock, the monotonic clock.
+//! - [`nbd`]: the connection layer: the stream NBD runs over (TCP or UNIX),
+//!   listeners, the server side of the handshake, the request reader and
+//!   the reply writer, shared by the server, the proxy and the clients.
+//! - [`net`]: address and ACL parsing.
 //! - [`backing`]: the served file: positioned reads and writes, hole
 //!   punching, zeroing, allocation queries and durable syncs.
 //! - [`client`]: a blocking NBD client (old-style and newstyle) used by
@@ -32,7 +37,9 @@ pub mod control;
 pub mod exit;
 pub mod logging;
 pub mod mirror;
+pub mod nbd;
 pub mod net;
 pub mod proto;
 pub mod proxy;
 pub mod server;
+pub mod sys;

@@ -50,13 +50,6 @@ fn letter(level: Level) -> char {
     }
 }
 
-fn monotonic_ms() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs * 1000 + nanos / 1_000_000
-}
-
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
@@ -69,7 +62,7 @@ impl Log for Logger {
         let thread = std::thread::current();
         let line = format!(
             "{}:{}:{} {} {} {}:{}: {}\n",
-            monotonic_ms(),
+            crate::sys::monotonic_ms(),
             letter(record.level()),
             std::process::id(),
             thread.name().unwrap_or("-"),

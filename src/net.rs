@@ -1,5 +1,4 @@
-//! Address parsing and access control lists, as the C flexnbd reads them,
-//! and [`send_more`], the one socket helper the server and the client share.
+//! Address parsing and access control lists, as the C flexnbd reads them.
 //!
 //! No sockets are opened here. Addresses follow flexnbd-c
 //! section 2.1 (IPv4 or IPv6 text, optionally in brackets, `0` meaning
@@ -7,29 +6,8 @@
 //! silently ignored. ACL entries are `ADDRESS[/MASK]` (section 9).
 
 use std::fmt;
-use std::io;
-use std::net::TcpStream;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
-
-/// Sends `buf` whole with `MSG_MORE`: more of the same message (a payload
-/// after its header) follows at once, so they can leave in one segment.
-///
-/// # Errors
-///
-/// Any error from `send` but `EINTR`, or `WriteZero`.
-pub fn send_more(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    use rustix::net::SendFlags;
-    while !buf.is_empty() {
-        match rustix::net::send(stream, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
 
 /// Parses an IP address as flexnbd-c does: `0` is 0.0.0.0, `[::1]` is ::1.
 ///

@@ -38,7 +38,7 @@ use std::time::Duration;
 use log::{debug, info};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::net::send_more;
+use crate::nbd::{send_more, write_all_vectored};
 use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
 use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
 use crate::proto::wire::{
@@ -527,20 +527,6 @@ fn read_payload(
 }
 
 /// Writes every byte of `bufs`, in as few system calls as the socket allows.
-fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    // Drop leading empty slices, so an empty payload costs nothing.
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -763,40 +749,5 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.errno(), Some(Errno::EINVAL));
-    }
-
-    /// A writer that takes at most three bytes per call.
-    struct Trickle(Vec<u8>);
-
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(3);
-            self.0.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            let first = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .map_or(&[][..], |b| &b[..]);
-            self.write(first)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn vectored_writes_survive_short_writes() {
-        let mut w = Trickle(Vec::new());
-        let mut bufs = [
-            IoSlice::new(b"header"),
-            IoSlice::new(b""),
-            IoSlice::new(b"payload"),
-        ];
-        write_all_vectored(&mut w, &mut bufs).unwrap();
-        assert_eq!(w.0, b"headerpayload");
-        let mut bufs = [IoSlice::new(b""), IoSlice::new(b"")];
-        write_all_vectored(&mut w, &mut bufs).unwrap();
     }
 }

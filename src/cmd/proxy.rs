@@ -11,9 +11,9 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::{GlobalArgs, ProxyArgs};
 use crate::exit::ExitCode;
+use crate::nbd::Listener;
 use crate::net::parse_ip;
-use crate::proxy::{Listener, MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
-use crate::server::bind_listener;
+use crate::proxy::{MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
 
 /// Runs the proxy until SIGINT, SIGTERM or SIGQUIT (then exits 0).
 ///
@@ -60,7 +60,7 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
     })?;
     let listener = match listen {
         Listen::Tcp(addr) => {
-            Listener::Tcp(bind_listener(addr).with_context(|| format!("cannot bind {addr}"))?)
+            Listener::Tcp(Listener::bind_tcp(addr).with_context(|| format!("cannot bind {addr}"))?)
         }
         Listen::Unix(path) => {
             let l = UnixListener::bind(&path)

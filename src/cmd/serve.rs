@@ -16,8 +16,9 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::control::ControlServer;
 use crate::exit::ExitCode;
 use crate::mirror::Controller;
+use crate::nbd::Listener;
 use crate::net::Acl;
-use crate::server::{KILLSWITCH_TIMEOUT, Server, ServerConfig, bind_listener};
+use crate::server::{KILLSWITCH_TIMEOUT, Server, ServerConfig};
 
 /// How long a source keeps its control socket after handing a migration
 /// over, until a `status` has reported the outcome (for `mirror --wait`).
@@ -67,7 +68,7 @@ pub(crate) fn run_server(
     let listen_mode = config.listen_mode;
     let backing = Backing::open(file, config.read_only)
         .with_context(|| format!("cannot open {file_name}"))?;
-    let listener = bind_listener(addr).with_context(|| format!("cannot bind {addr}"))?;
+    let listener = Listener::bind_tcp(addr).with_context(|| format!("cannot bind {addr}"))?;
     let server = Server::new(backing, config).context("cannot start the server")?;
     let controller = Controller::new(server.clone());
     if !listen_mode {

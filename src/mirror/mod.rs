@@ -56,9 +56,10 @@ use std::time::{Duration, Instant};
 
 use crate::control::{Controlled, MirrorAction, MirrorRequest, Reply};
 use crate::net::AclEntry;
+use crate::server::Server;
 use crate::server::dirty::Tracker;
 use crate::server::status::{MigrationStatus, Status};
-use crate::server::{Server, Trigger};
+use crate::sys::Trigger;
 
 mod engine;
 

@@ -1,5 +1,5 @@
-//! The NBD protocol without I/O: constants, wire structures and the
-//! server-side option negotiation.
+//! The NBD protocol without I/O: constants, wire structures, the
+//! server-side option negotiation and the layout of transmission replies.
 //!
 //! Follows the upstream NBD protocol document (`doc/proto.md`, 2026-05
 //! snapshot) with compact (not extended) headers. Supported:
@@ -19,6 +19,7 @@
 
 pub mod consts;
 pub mod handshake;
+pub mod reply;
 pub mod types;
 pub mod wire;
 

@@ -29,21 +29,21 @@
 //! is kept for the next client.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, ConnectOptions, ErrorKind, NbdClient, ReplyReader};
+use crate::nbd::handshake::{HANDSHAKE_TIMEOUT, invalid_data};
+use crate::nbd::{Listener, Offer, RequestReader, Stream, serve_handshake, write_all_vectored};
 use crate::proto::consts::MAX_REQUEST_LEN;
-use crate::proto::handshake::{Export, ServerNegotiation, Step};
-use crate::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, TransmissionFlags};
-use crate::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply};
-use crate::server::Trigger;
+use crate::proto::handshake::Export;
+use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
+use crate::proto::wire::{Request, SimpleReply};
+use crate::sys::{Trigger, lock};
 
 /// The default for `FLEXNBD_UPSTREAM_TIMEOUT`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,10 +61,6 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How often a thread waiting for something else re-checks the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
-/// The most options a client may send before it must start transmission.
-const MAX_OPTIONS: usize = 4096;
-/// How long a client may take over each step of the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Proxy::run`] waits at its end for the upstream supervisor, which
 /// may be in a connection attempt, before leaving it to the process's exit.
 const SUPERVISOR_GRACE: Duration = Duration::from_secs(1);
@@ -88,15 +84,6 @@ pub fn upstream_timeout() -> Duration {
     }
 }
 
-/// Where the proxy listens for its client.
-#[derive(Debug)]
-pub enum Listener {
-    /// A TCP socket.
-    Tcp(TcpListener),
-    /// A UNIX socket, removed when the proxy stops.
-    Unix(UnixListener, PathBuf),
-}
-
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -110,71 +97,6 @@ pub struct ProxyConfig {
     pub oldstyle: bool,
     /// How long the upstream may make no progress on a request before it is abandoned and resent.
     pub timeout: Duration,
-}
-
-/// A client-side socket of either kind.
-#[derive(Debug)]
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(t)?;
-                s.set_write_timeout(t)
-            }
-            Stream::Unix(s) => {
-                s.set_read_timeout(t)?;
-                s.set_write_timeout(t)
-            }
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write_vectored(bufs),
-            Stream::Unix(s) => s.write_vectored(bufs),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A request the client is owed a reply for.
@@ -242,10 +164,6 @@ pub struct Proxy {
     sessions: Mutex<u64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Proxy {
     /// Connects to the upstream (once, at start-up: a failure here is an error).
     ///
@@ -297,7 +215,7 @@ impl Proxy {
         self.up_cv.notify_all();
         self.pending_cv.notify_all();
         if let Some(down) = lock(&self.down_ctl).as_ref() {
-            down.shutdown();
+            let _ = down.shutdown(Shutdown::Both);
         }
         if let Some(up) = lock(&self.up_ctl).as_ref() {
             up.shutdown();
@@ -323,9 +241,7 @@ impl Proxy {
         };
         let result = self.accept_loop(&listener);
         self.shutdown();
-        if let Listener::Unix(_, path) = &listener {
-            let _ = std::fs::remove_file(path);
-        }
+        listener.remove_path();
         // The supervisor may be in the middle of a connection attempt (up to
         // 15 s): wait for it a little, then leave it to the process's exit.
         // It never sends, so the wait ends when it drops `done_tx` (it has
@@ -340,16 +256,8 @@ impl Proxy {
     }
 
     fn accept_loop(self: &Arc<Self>, listener: &Listener) -> io::Result<()> {
-        let fd = match listener {
-            Listener::Tcp(l) => {
-                l.set_nonblocking(true)?;
-                rustix::fd::AsFd::as_fd(l)
-            }
-            Listener::Unix(l, _) => {
-                l.set_nonblocking(true)?;
-                rustix::fd::AsFd::as_fd(l)
-            }
-        };
+        listener.set_nonblocking(true)?;
+        let fd = rustix::fd::AsFd::as_fd(listener);
         let stop_fd = self.stop.fd();
         loop {
             let mut fds = [
@@ -363,15 +271,7 @@ impl Proxy {
             if self.stop.is_triggered() {
                 return Ok(());
             }
-            let accepted = match listener {
-                Listener::Tcp(l) => l.accept().map(|(s, peer)| {
-                    let _ = s.set_nodelay(true);
-                    (Stream::Tcp(s), peer.to_string())
-                }),
-                Listener::Unix(l, path) => l
-                    .accept()
-                    .map(|(s, _)| (Stream::Unix(s), path.display().to_string())),
-            };
+            let accepted = listener.accept();
             match accepted {
                 Ok((stream, peer)) => {
                     let n = {
@@ -394,7 +294,6 @@ impl Proxy {
 
     /// One client from handshake to close; returns the requests answered.
     fn session(&self, stream: Stream) -> u64 {
-        let _ = stream_blocking(&stream);
         let reader = match stream.try_clone() {
             Ok(r) => r,
             Err(e) => {
@@ -407,16 +306,15 @@ impl Proxy {
             *lock(&self.down_ctl) = None;
             return 0;
         }
-        let mut down = stream;
-        if let Err(e) = self.handshake(&mut down) {
+        let down = stream;
+        if let Err(e) = self.handshake(&down) {
             log::info!("client handshake ended: {e}");
-            down.shutdown();
+            let _ = down.shutdown(Shutdown::Both);
             *lock(&self.down_ctl) = None;
             return 0;
         }
-        let _ = down.set_timeout(None);
         *lock(&self.down) = Some(down);
-        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let mut reader = RequestReader::new(&reader);
         let mut answered = 0u64;
         let end = self.relay_requests(&mut reader, &mut answered);
         match end {
@@ -425,72 +323,40 @@ impl Proxy {
         }
         self.drain();
         if let Some(down) = lock(&self.down_ctl).take() {
-            down.shutdown();
+            let _ = down.shutdown(Shutdown::Both);
         }
         *lock(&self.down) = None;
         answered
     }
 
-    fn handshake(&self, down: &mut Stream) -> io::Result<()> {
-        down.set_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let export = Export {
-            size: self.size,
-            flags: self.flags,
-        };
-        if self.config.oldstyle {
-            let mut hello = [0u8; OldstyleHello::SIZE];
-            OldstyleHello {
+    fn handshake(&self, down: &Stream) -> io::Result<()> {
+        let offer = Offer {
+            export: Export {
                 size: self.size,
-                flags: u32::from(self.flags.0),
-            }
-            .encode(&mut hello);
-            return down.write_all(&hello);
+                flags: self.flags,
+            },
+            oldstyle: self.config.oldstyle,
+            // Upstream replies are relayed as they come: simple ones only.
+            structured_replies: false,
+            timeout: HANDSHAKE_TIMEOUT,
+        };
+        match serve_handshake(down, &offer)? {
+            Some(_) => Ok(()),
+            None => Err(io::Error::other("client aborted negotiation")),
         }
-        let mut hello = [0u8; NewstyleHello::SIZE];
-        NewstyleHello {
-            flags: ServerNegotiation::HANDSHAKE_FLAGS,
-        }
-        .encode(&mut hello);
-        down.write_all(&hello)?;
-        let mut flags = [0u8; 4];
-        down.read_exact(&mut flags)?;
-        let mut negotiation =
-            ServerNegotiation::new(export, ClientFlags(u32::from_be_bytes(flags)))
-                .map_err(invalid)?
-                .without_structured_replies();
-        let mut payload = Vec::new();
-        let mut out = Vec::new();
-        // As the server: a client that never ends its negotiation is dropped.
-        for _ in 0..MAX_OPTIONS {
-            let mut head = [0u8; OptionHeader::SIZE];
-            down.read_exact(&mut head)?;
-            let header = OptionHeader::decode(&head).map_err(invalid)?;
-            payload.resize(header.len as usize, 0);
-            down.read_exact(&mut payload)?;
-            out.clear();
-            let step = negotiation.handle(header.opt, &payload, &mut out);
-            down.write_all(&out)?;
-            match step {
-                Step::Continue => {}
-                Step::Abort => return Err(io::Error::other("client aborted negotiation")),
-                Step::Transmit => return Ok(()),
-            }
-        }
-        Err(io::Error::other("too many options in the negotiation"))
     }
 
     /// Reads the client's requests until DISCONNECT (Ok) or the connection ends (Err).
-    fn relay_requests(&self, reader: &mut impl Read, answered: &mut u64) -> io::Result<()> {
+    fn relay_requests(&self, reader: &mut RequestReader<'_>, answered: &mut u64) -> io::Result<()> {
         loop {
-            let mut head = [0u8; Request::SIZE];
-            reader.read_exact(&mut head)?;
-            let req = Request::decode(&head).map_err(invalid)?;
+            let head = reader.read_header()?;
+            let req = Request::decode(&head).map_err(invalid_data)?;
             if req.cmd == Cmd::DISC {
                 return Ok(());
             }
             if let Err(errno) = self.validate(&req) {
                 if req.cmd == Cmd::WRITE {
-                    io::copy(&mut reader.take(u64::from(req.len)), &mut io::sink())?;
+                    reader.discard(u64::from(req.len))?;
                 }
                 self.reply_down(req.handle, errno, &[]);
                 *answered += 1;
@@ -506,7 +372,7 @@ impl Proxy {
             let mut payload = Vec::new();
             if req.cmd == Cmd::WRITE {
                 payload.resize(len, 0);
-                reader.read_exact(&mut payload)?;
+                reader.read_payload(&mut payload)?;
             }
             if self.config.cache.is_some() {
                 if req.cmd == Cmd::READ && self.answer_from_cache(&req) {
@@ -916,7 +782,7 @@ impl Proxy {
             let mut parts = [IoSlice::new(&head), IoSlice::new(data)];
             if let Err(e) = write_all_vectored(stream, &mut parts) {
                 log::info!("cannot reply to the client: {e}");
-                stream.shutdown();
+                let _ = stream.shutdown(Shutdown::Both);
                 *down = None;
             }
         }
@@ -939,13 +805,6 @@ fn passed_on(upstream: TransmissionFlags) -> TransmissionFlags {
     TransmissionFlags((upstream.0 & keep) | TransmissionFlags::HAS_FLAGS.0)
 }
 
-fn stream_blocking(stream: &Stream) -> io::Result<()> {
-    match stream {
-        Stream::Tcp(s) => s.set_nonblocking(false),
-        Stream::Unix(s) => s.set_nonblocking(false),
-    }
-}
-
 fn connect_options(config: &ProxyConfig) -> ConnectOptions {
     ConnectOptions {
         bind: config.bind,
@@ -953,22 +812,6 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,
     }
-}
-
-fn invalid(e: crate::proto::ProtoError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !parts.is_empty() {
-        match w.write_vectored(parts) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Whether the process was started as `flexnbd-proxy` (a symlink), not `flexnbd`.

@@ -13,24 +13,22 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::backing::Backing;
+use crate::nbd::{Listener, Peer, Stream};
 use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
+use crate::sys::{Trigger, monotonic_ms};
 
 mod conn;
 pub mod dirty;
 pub mod status;
-mod trigger;
-
-pub use trigger::Trigger;
 
 use dirty::Tracker;
 use status::Status;
@@ -78,9 +76,9 @@ impl Default for ServerConfig {
 /// A connected client, as the server keeps track of it.
 #[derive(Debug)]
 struct ClientSlot {
-    peer: SocketAddr,
+    peer: Peer,
     /// A handle on the socket, used to stop the client from another thread.
-    socket: TcpStream,
+    socket: Stream,
     /// Monotonic milliseconds since a request started without finishing, or 0 when idle.
     busy_since: Arc<AtomicU64>,
 }
@@ -180,7 +178,7 @@ impl Server {
         };
         log::info!("ACL set");
         for (id, slot) in self.lock_clients().iter() {
-            if !acl.allows(slot.peer.ip()) {
+            if slot.peer.ip().is_some_and(|ip| !acl.allows(ip)) {
                 log::info!(
                     "client {id} at {} is no longer allowed by the ACL",
                     slot.peer
@@ -252,13 +250,15 @@ impl Server {
     /// # Errors
     ///
     /// Only errors of the listener itself; a failing client is logged and dropped.
-    pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+    pub fn run(self: &Arc<Self>, listener: impl Into<Listener>) -> io::Result<()> {
+        let listener = listener.into();
         listener.set_nonblocking(true)?;
         std::thread::scope(|scope| {
             if let Some(limit) = self.config.killswitch {
                 scope.spawn(move || self.killswitch(limit));
             }
             let result = self.accept_loop(&listener);
+            listener.remove_path();
             drop(listener);
             self.closed.trigger();
             self.stop.trigger(); // also ends the killswitch thread
@@ -267,7 +267,7 @@ impl Server {
         })
     }
 
-    fn accept_loop(self: &Arc<Self>, listener: &TcpListener) -> io::Result<()> {
+    fn accept_loop(self: &Arc<Self>, listener: &Listener) -> io::Result<()> {
         let stop_fd = self.stop.fd();
         loop {
             let mut fds = [
@@ -295,32 +295,20 @@ impl Server {
     }
 
     /// Decides whether a new connection is served, and starts its thread.
-    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = configure_client_socket(&stream) {
-            log::warn!("cannot set socket options for {peer}: {e}");
-            return;
-        }
+    fn admit(self: &Arc<Self>, stream: Stream, peer: Peer) {
         if !self.clients_allowed.load(Ordering::SeqCst) {
             log::info!(
-                "Rejecting client {} port {}: new clients are not allowed now",
-                peer.ip(),
-                peer.port()
+                "Rejecting client {}: new clients are not allowed now",
+                words(&peer)
             );
             return;
         }
-        if !self
-            .acl
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .allows(peer.ip())
-        {
-            log::warn!(
-                "Rejecting client {} port {}: Access control error",
-                peer.ip(),
-                peer.port()
-            );
+        let acl = self.acl.read().unwrap_or_else(PoisonError::into_inner);
+        if peer.ip().is_some_and(|ip| !acl.allows(ip)) {
+            log::warn!("Rejecting client {}: Access control error", words(&peer));
             return;
         }
+        drop(acl);
         let socket = match stream.try_clone() {
             Ok(s) => s,
             Err(e) => {
@@ -344,31 +332,33 @@ impl Server {
             clients.insert(
                 id,
                 ClientSlot {
-                    peer,
+                    peer: peer.clone(),
                     socket,
                     busy_since: busy_since.clone(),
                 },
             );
         }
-        log::info!(
-            "Client {} port {} accepted as client {id}",
-            peer.ip(),
-            peer.port()
-        );
-        let server = Arc::clone(self);
+        log::info!("Client {} accepted as client {id}", words(&peer));
+        // Frees the slot however the thread ends, a panic included (which
+        // the thread's panic message already reports on stderr).
+        let slot = SlotGuard {
+            server: Arc::clone(self),
+            id,
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("client-{id}"))
             .spawn(move || {
-                let outcome = conn::serve(&server, stream, &busy_since);
+                let server = &slot.server;
+                let outcome = conn::serve(server, &stream, &busy_since);
                 log::info!("client {id} at {peer} finished: {outcome}");
                 if outcome == conn::Outcome::Disconnected && server.config.listen_mode {
                     server.control_arrived();
                 }
-                server.remove_client(id);
+                drop(slot);
             });
         if let Err(e) = spawned {
-            log::error!("cannot start a thread for client {peer}: {e}");
-            self.remove_client(id);
+            // The closure, and the guard in it, were dropped: the slot is free.
+            log::error!("cannot start a thread for a client: {e}");
         }
     }
 
@@ -430,7 +420,7 @@ impl Server {
             if self.stop.wait_timeout(Duration::from_secs(1)) {
                 return;
             }
-            let now = conn::monotonic_ms();
+            let now = monotonic_ms();
             for (id, slot) in self.lock_clients().iter() {
                 let since = slot.busy_since.load(Ordering::SeqCst);
                 if since != 0 && now.saturating_sub(since) > limit_ms {
@@ -458,50 +448,23 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
-/// TCP options every client socket gets, as flexnbd-c: keepalive 30/10/3 and no Nagle.
-fn configure_client_socket(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+/// A peer in flexnbd-c's log wording: `ADDRESS port PORT`, or the socket path.
+fn words(peer: &Peer) -> String {
+    match peer {
+        Peer::Tcp(addr) => format!("{} port {}", addr.ip(), addr.port()),
+        Peer::Unix(path) => path.display().to_string(),
+    }
 }
 
-/// Binds a listening socket as flexnbd-c does: SO_REUSEADDR, TCP_NODELAY
-/// (inherited by accepted sockets), and EADDRNOTAVAIL retried 10 times a second apart.
-///
-/// # Errors
-///
-/// The address cannot be bound.
-pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let mut tries = 0;
-    loop {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_tcp_nodelay(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(false)?;
-        }
-        match socket.bind(&addr.into()) {
-            Ok(()) => {
-                socket.listen(128)?;
-                let listener: TcpListener = socket.into();
-                let local = listener.local_addr()?;
-                log::info!("Bound to {} port {}", local.ip(), local.port());
-                return Ok(listener);
-            }
-            Err(e)
-                if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error())
-                    && tries < 10 =>
-            {
-                tries += 1;
-                log::warn!("cannot bind {addr} ({e}); retrying");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => return Err(e),
-        }
+/// Removes a client from the table when dropped.
+struct SlotGuard {
+    server: Arc<Server>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.server.remove_client(self.id);
     }
 }
 

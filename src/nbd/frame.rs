@@ -1,0 +1,339 @@
+//! Framing over a [`Stream`]: reading requests (a header, then a bounded
+//! payload or a discard) and writing replies (one vectored write, or a
+//! header followed by file data with `sendfile`).
+//!
+//! Validation of what the bytes mean belongs to `proto` and to the caller;
+//! this module only moves them with as few syscalls and copies as it can.
+
+use std::borrow::Borrow;
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::proto::wire::Request;
+use crate::sys::lock;
+
+use super::Stream;
+
+/// The read buffer in front of the socket, so small pipelined requests cost few syscalls.
+pub const READ_BUFFER: usize = 256 << 10;
+
+/// Reads NBD requests from a stream through a read buffer.
+#[derive(Debug)]
+pub struct RequestReader<'a> {
+    inner: BufReader<&'a Stream>,
+    /// The last payload bypassed the buffer: see [`RequestReader::read_header`].
+    streaming: bool,
+}
+
+impl<'a> RequestReader<'a> {
+    /// A reader over `stream` with a [`READ_BUFFER`]-byte buffer.
+    pub fn new(stream: &'a Stream) -> Self {
+        RequestReader {
+            inner: BufReader::with_capacity(READ_BUFFER, stream),
+            streaming: false,
+        }
+    }
+
+    /// How many bytes are buffered (read from the socket, not yet taken).
+    pub fn buffered(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
+    /// Reads one request header. After a large payload read straight from
+    /// the socket, with nothing buffered, only the header is read: filling
+    /// the buffer would pull in the next payload, to be copied once more by
+    /// [`RequestReader::read_payload`]. A client sending small requests
+    /// instead pays one extra read before they are batched again.
+    ///
+    /// # Errors
+    ///
+    /// As `read(2)`; `UnexpectedEof` when the stream ends mid-header.
+    pub fn read_header(&mut self) -> io::Result<[u8; Request::SIZE]> {
+        let mut head = [0u8; Request::SIZE];
+        if std::mem::take(&mut self.streaming) && self.inner.buffer().is_empty() {
+            let mut socket = *self.inner.get_ref();
+            socket.read_exact(&mut head)?;
+        } else {
+            self.inner.read_exact(&mut head)?;
+        }
+        Ok(head)
+    }
+
+    /// Reads a small payload through the buffer.
+    ///
+    /// # Errors
+    ///
+    /// As `read(2)`; `UnexpectedEof` when the stream ends first.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)
+    }
+
+    /// Reads a large payload into `buf`: what is already buffered is
+    /// copied, the rest comes straight from the socket (through the buffer
+    /// every byte would be copied twice).
+    ///
+    /// # Errors
+    ///
+    /// As `read(2)`; `UnexpectedEof` when the stream ends first.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let buffered = self.inner.buffer().len().min(buf.len());
+        buf[..buffered].copy_from_slice(&self.inner.buffer()[..buffered]);
+        self.inner.consume(buffered);
+        self.streaming = true;
+        let mut socket = *self.inner.get_ref();
+        socket.read_exact(&mut buf[buffered..])
+    }
+
+    /// Reads and drops `len` bytes (the payload of a refused WRITE) without
+    /// allocating for it, so the stream stays in step.
+    ///
+    /// # Errors
+    ///
+    /// As `read(2)`; `UnexpectedEof` when the stream ends first.
+    pub fn discard(&mut self, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut (&mut self.inner).take(len), &mut io::sink())?;
+        if copied < len {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The write side of a connection, shared by the threads that reply: each
+/// reply goes out whole under one lock, so replies never interleave. The
+/// first failed write marks the writer broken and shuts the socket down
+/// (waking the reading thread, so the connection ends); later replies are
+/// dropped, as the client is gone.
+#[derive(Debug)]
+pub struct ReplyWriter<S> {
+    stream: S,
+    /// Held while a reply is being written (the stream itself needs no
+    /// lock to be shut down, so a stuck write cannot block that).
+    turn: Mutex<()>,
+    broken: AtomicBool,
+}
+
+impl<S: Borrow<Stream>> ReplyWriter<S> {
+    /// A writer over `stream`.
+    pub fn new(stream: S) -> Self {
+        ReplyWriter {
+            stream,
+            turn: Mutex::new(()),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a write failed (the connection is ending).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Sends a reply made of several slices in one vectored write.
+    pub fn send(&self, parts: &mut [IoSlice<'_>]) {
+        self.send_with(|mut stream| write_all_vectored(&mut stream, parts));
+    }
+
+    /// Sends `head` with `MSG_MORE`, then whatever `body` writes to the
+    /// stream (file data with `sendfile`), under the same lock. A failure
+    /// half way leaves the reply torn, so it breaks the connection (the
+    /// spec's answer to an error mid-payload).
+    pub fn send_then(&self, head: &[u8], body: impl FnOnce(&Stream) -> io::Result<()>) {
+        self.send_with(|stream| send_more(stream, head).and_then(|()| body(stream)));
+    }
+
+    /// Marks the writer broken and shuts the socket down both ways: the
+    /// connection ends (a reply that will never come must not be waited for).
+    pub fn break_connection(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = self.stream.borrow().shutdown(Shutdown::Both);
+    }
+
+    fn send_with(&self, write: impl FnOnce(&Stream) -> io::Result<()>) {
+        if self.is_broken() {
+            return;
+        }
+        let _turn = lock(&self.turn);
+        let stream: &Stream = self.stream.borrow();
+        if let Err(e) = write(stream) {
+            log::info!("cannot send reply: {e}");
+            self.broken.store(true, Ordering::SeqCst);
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Writes every byte of `parts`, in as few `writev` calls as the socket takes.
+///
+/// # Errors
+///
+/// Any error but `Interrupted`; `WriteZero` when the peer takes nothing.
+pub fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    // Drop leading empty slices, so an empty payload costs nothing and a
+    // list of empty slices is no write at all (not a `WriteZero`).
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `buf` whole with `MSG_MORE`: more of the same message (a payload
+/// after its header) follows at once, so they can leave in one segment.
+///
+/// # Errors
+///
+/// Any error from `send` but `EINTR`, or `WriteZero`.
+pub fn send_more(socket: impl AsFd, mut buf: &[u8]) -> io::Result<()> {
+    use rustix::net::SendFlags;
+    while !buf.is_empty() {
+        match rustix::net::send(&socket, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether an I/O error means the peer went away (or stopped answering)
+/// rather than a fault worth reporting.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Stream, Stream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Stream::from(a), Stream::from(b))
+    }
+
+    #[test]
+    fn headers_payloads_and_discards_stay_in_step() {
+        let (client, server) = pair();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&[1u8; Request::SIZE]);
+        bytes.extend_from_slice(&[2u8; 10]); // small payload
+        bytes.extend_from_slice(&[3u8; Request::SIZE]);
+        bytes.extend_from_slice(&[4u8; 100_000]); // large payload
+        bytes.extend_from_slice(&[5u8; Request::SIZE]);
+        bytes.extend_from_slice(&[6u8; 5000]); // discarded
+        bytes.extend_from_slice(&[7u8; Request::SIZE]);
+        let writer = std::thread::spawn(move || {
+            write_all_vectored(&mut &client, &mut [IoSlice::new(&bytes)]).unwrap();
+        });
+        let mut reader = RequestReader::new(&server);
+        assert_eq!(reader.read_header().unwrap(), [1u8; Request::SIZE]);
+        let mut small = [0u8; 10];
+        reader.read_exact(&mut small).unwrap();
+        assert_eq!(small, [2u8; 10]);
+        assert_eq!(reader.read_header().unwrap(), [3u8; Request::SIZE]);
+        let mut large = vec![0u8; 100_000];
+        reader.read_payload(&mut large).unwrap();
+        assert!(large.iter().all(|&b| b == 4));
+        assert_eq!(reader.read_header().unwrap(), [5u8; Request::SIZE]);
+        reader.discard(5000).unwrap();
+        assert_eq!(reader.read_header().unwrap(), [7u8; Request::SIZE]);
+        writer.join().unwrap();
+        let e = reader.read_header().unwrap_err();
+        assert!(is_disconnect(&e), "{e}");
+        assert!(reader.discard(1).is_err());
+    }
+
+    #[test]
+    fn vectored_writes_send_every_slice_and_skip_empty_ones() {
+        let (a, b) = pair();
+        let big = vec![9u8; 1 << 20];
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            (&b).read_to_end(&mut got).unwrap();
+            got
+        });
+        write_all_vectored(
+            &mut &a,
+            &mut [IoSlice::new(b""), IoSlice::new(b"ab"), IoSlice::new(&big)],
+        )
+        .unwrap();
+        send_more(&a, b"cd").unwrap();
+        drop(a);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), 4 + (1 << 20));
+        assert_eq!(&got[..2], b"ab");
+        assert_eq!(&got[got.len() - 2..], b"cd");
+    }
+
+    #[test]
+    fn a_failed_reply_breaks_the_writer_and_shuts_the_socket() {
+        let (a, b) = pair();
+        let writer = ReplyWriter::new(&a);
+        writer.send(&mut [IoSlice::new(b"one")]);
+        writer.send_then(b"two", |mut s| s.write_all(b"three"));
+        let mut got = [0u8; 11];
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"onetwothree");
+        assert!(!writer.is_broken());
+        drop(b);
+        // The peer is gone: the first send that notices breaks the writer.
+        for _ in 0..3 {
+            writer.send(&mut [IoSlice::new(&[0u8; 65536])]);
+        }
+        assert!(writer.is_broken());
+        let mut buf = [0u8; 1];
+        assert_eq!((&a).read(&mut buf).unwrap(), 0, "shut down for reading too");
+    }
+
+    /// A writer that takes at most 3 bytes per call, from the first non-empty slice.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_short_writes() {
+        let mut w = Trickle(Vec::new());
+        let mut bufs = [
+            IoSlice::new(b"header"),
+            IoSlice::new(b""),
+            IoSlice::new(b"payload"),
+        ];
+        write_all_vectored(&mut w, &mut bufs).unwrap();
+        assert_eq!(w.0, b"headerpayload");
+        let mut bufs = [IoSlice::new(b""), IoSlice::new(b"")];
+        write_all_vectored(&mut w, &mut bufs).unwrap();
+    }
+}

@@ -1,0 +1,240 @@
+//! One client connection: the handshake, then the transmission loop.
+//!
+//! The connection's thread reads requests (header, then payload for
+//! WRITE) and validates them. A valid request goes to a small pool of
+//! worker threads belonging to this connection, so several requests are in
+//! flight at once and replies may go out in any order; each is answered
+//! exactly once. Workers write replies through one lock on the socket's
+//! write side, each reply in one vectored write. Invalid requests are
+//! answered by the reading thread directly, with the payload of a bad
+//! WRITE read and discarded so the connection stays in step.
+//!
+//! Memory is bounded: buffers come from a per-connection pool, and the
+//! reader stops reading while more than [`MAX_INFLIGHT_BYTES`] of payload
+//! are queued or being served.
+//!
+//! Small READs whose data is in the page cache (`RWF_NOWAIT`) are served
+//! on the reading thread itself, and their replies are gathered and sent
+//! together once no whole request is left in the read buffer: a client at
+//! queue depth 16 costs one read and one write for 16 requests, not 16
+//! thread hand-offs. Small WRITEs without FUA are written there too (buffered
+//! writes to one file queue for its inode lock anyway), each acknowledged
+//! only once `pwrite` returned. Large READs of data with no hole go out with
+//! `sendfile`, never copied through user space: from the reading thread when
+//! their data is in the page cache (no hand-off, no contended writer lock),
+//! from a worker when it may have to come from the disk.
+//!
+//! When the reading side ends (EOF, DISCONNECT, a protocol error, or the
+//! server's shutdown calling `shutdown(Read)` on the socket), the queued
+//! requests are still served and replied to before the socket is closed.
+
+//!
+//! The pieces: this file holds the connection's state and its life cycle;
+//! [`requests`] the reading thread's loop and its fast paths; [`workers`]
+//! the worker pool, the in-flight budget and the buffer pool; [`reply`]
+//! what goes back to the client. The bytes on the wire are laid out by
+//! `proto::reply` and moved by the `nbd` connection layer.
+
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::backing::Backing;
+use crate::nbd::handshake::HANDSHAKE_TIMEOUT;
+use crate::nbd::{Offer, ReplyWriter, RequestReader, Stream, serve_handshake};
+use crate::proto::consts::MAX_REQUEST_LEN;
+use crate::proto::handshake::{Export, Negotiated};
+use crate::proto::types::{Cmd, Errno};
+use crate::proto::wire::Request;
+use crate::sys::monotonic_ms;
+
+use super::Server;
+
+mod reply;
+mod requests;
+mod workers;
+
+use workers::{Budget, BufferPool, Queue};
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The client sent NBD_CMD_DISC.
+    Disconnected,
+    /// The client closed the connection, or the server stopped it.
+    Closed,
+    /// The client aborted negotiation.
+    Aborted,
+    /// The client broke the protocol or the socket failed.
+    Failed,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Disconnected => "disconnected",
+            Outcome::Closed => "closed",
+            Outcome::Aborted => "aborted negotiation",
+            Outcome::Failed => "failed",
+        })
+    }
+}
+
+/// Serves one client from handshake to close.
+pub(super) fn serve(server: &Server, stream: &Stream, busy_since: &AtomicU64) -> Outcome {
+    let offer = Offer {
+        export: Export {
+            size: server.backing.size(),
+            flags: server.transmission_flags(),
+        },
+        oldstyle: server.config.oldstyle,
+        structured_replies: true,
+        timeout: HANDSHAKE_TIMEOUT,
+    };
+    let result = serve_handshake(stream, &offer).and_then(|negotiated| match negotiated {
+        None => Ok(Outcome::Aborted),
+        Some(negotiated) => Conn::new(server, stream, negotiated, busy_since).run(stream),
+    });
+    let _ = stream.shutdown(Shutdown::Both);
+    result.unwrap_or_else(|e| {
+        log::info!("connection error: {e}");
+        Outcome::Failed
+    })
+}
+
+/// A request that passed validation, with its payload for WRITE.
+#[derive(Debug)]
+struct Job {
+    req: Request,
+    buf: Vec<u8>,
+    cost: u64,
+}
+
+/// State shared by the reading thread and the workers of one connection.
+struct Conn<'a> {
+    server: &'a Server,
+    backing: &'a Backing,
+    negotiated: Negotiated,
+    oldstyle: bool,
+    read_only: bool,
+    writer: ReplyWriter<&'a Stream>,
+    queue: Queue,
+    budget: Budget,
+    pool: BufferPool,
+    idle_workers: AtomicUsize,
+    /// When the oldest unfinished request started (0: idle), for the killswitch.
+    busy_since: &'a AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl<'a> Conn<'a> {
+    fn new(
+        server: &'a Server,
+        stream: &'a Stream,
+        negotiated: Negotiated,
+        busy_since: &'a AtomicU64,
+    ) -> Self {
+        Conn {
+            server,
+            backing: &server.backing,
+            negotiated,
+            oldstyle: server.config.oldstyle,
+            read_only: server.config.read_only,
+            writer: ReplyWriter::new(stream),
+            queue: Queue::default(),
+            budget: Budget::default(),
+            pool: BufferPool::default(),
+            idle_workers: AtomicUsize::new(0),
+            busy_since,
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// The transmission phase: reads requests on this thread, serves them
+    /// here or on workers started as needed, and returns once the reading
+    /// side ended and every request read was answered.
+    fn run(&self, stream: &Stream) -> io::Result<Outcome> {
+        let mut reader = RequestReader::new(stream);
+        std::thread::scope(|scope| {
+            let mut workers = 0usize;
+            let outcome = self.read_requests(&mut reader, || {
+                if self.idle_workers.load(Ordering::SeqCst) == 0 && workers < workers::MAX_WORKERS {
+                    workers += 1;
+                    let spawned = std::thread::Builder::new()
+                        .name(format!(
+                            "{}-w{workers}",
+                            std::thread::current().name().unwrap_or("client")
+                        ))
+                        .spawn_scoped(scope, || self.work());
+                    if let Err(e) = spawned {
+                        log::warn!("cannot start a worker thread: {e}");
+                        workers -= 1;
+                    }
+                }
+            });
+            // Let the workers drain the queue and exit; the scope joins them.
+            self.queue.close();
+            // Without any worker (none could start), serve what is queued here.
+            if workers == 0 {
+                self.work();
+            }
+            outcome
+        })
+    }
+
+    /// Checks a request against the export and what was negotiated.
+    fn validate(&self, req: &Request) -> Result<(), Errno> {
+        if req.flags.unknown() != 0 {
+            log::warn!("request {} has unknown flags {:?}", req.cmd, req.flags);
+            return Err(Errno::EINVAL);
+        }
+        let writes = matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES);
+        match req.cmd {
+            Cmd::READ | Cmd::WRITE => {
+                if req.len > MAX_REQUEST_LEN {
+                    log::warn!(
+                        "{} of {} bytes is over the {MAX_REQUEST_LEN}-byte limit",
+                        req.cmd,
+                        req.len
+                    );
+                    return Err(Errno::EINVAL);
+                }
+            }
+            Cmd::FLUSH => return Ok(()),
+            Cmd::TRIM | Cmd::WRITE_ZEROES | Cmd::CACHE => {}
+            Cmd::BLOCK_STATUS => {
+                if !self.negotiated.base_allocation || req.len == 0 {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            _ => {
+                log::warn!("Unknown request {:#010X}", req.cmd.0);
+                return Err(Errno::EINVAL);
+            }
+        }
+        if writes && self.read_only {
+            return Err(Errno::EPERM);
+        }
+        if req.end().is_none_or(|end| end > self.backing.size()) {
+            log::warn!("write request {}+{} out of range", req.offset, req.len);
+            // The spec wants ENOSPC for writes and EINVAL otherwise; flexnbd-c (old-style) says ENOSPC to all.
+            let enospc = matches!(req.cmd, Cmd::WRITE | Cmd::WRITE_ZEROES) || self.oldstyle;
+            return Err(if enospc { Errno::ENOSPC } else { Errno::EINVAL });
+        }
+        Ok(())
+    }
+
+    fn begin_request(&self) {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.busy_since.store(monotonic_ms(), Ordering::SeqCst);
+        }
+    }
+
+    fn end_request(&self) {
+        // Progress: restart the killswitch clock, or stop it when idle.
+        let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.busy_since
+            .store(if left == 0 { 0 } else { monotonic_ms() }, Ordering::SeqCst);
+    }
+}

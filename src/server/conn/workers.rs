@@ -1,0 +1,278 @@
+//! The workers of one connection and what bounds them: a queue of
+//! validated requests, a budget of requests and payload bytes in flight
+//! (the reading thread stops reading while it is spent), and a pool of
+//! payload buffers reused across requests.
+
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use crate::proto::types::{Cmd, CmdFlags, Errno};
+use crate::proto::wire::Request;
+use crate::sys::lock;
+
+use super::{Conn, Job};
+
+/// Worker threads per connection.
+pub(super) const MAX_WORKERS: usize = 8;
+/// Most payload bytes queued or in service per connection.
+const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
+/// Most requests queued or in service per connection.
+const MAX_INFLIGHT_REQUESTS: u64 = 256;
+/// Pooled buffers kept per connection, in bytes: enough for the window a
+/// streaming client keeps in flight (nbdcopy: 64 requests of 256 KiB), so
+/// that a sequential copy allocates and faults in its buffers only once.
+const MAX_POOLED_BYTES: usize = 16 << 20;
+
+/// Validated requests waiting for a worker.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// No more jobs will come: workers exit once it is empty.
+    closed: bool,
+}
+
+impl Queue {
+    pub(super) fn push(&self, job: Job) {
+        lock(&self.state).jobs.push_back(job);
+        self.ready.notify_one();
+    }
+
+    pub(super) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next job, waiting for one; `None` once closed and empty.
+    /// `idle` counts the workers waiting here.
+    fn pop(&self, idle: &std::sync::atomic::AtomicUsize) -> Option<Job> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            idle.fetch_add(1, Ordering::SeqCst);
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What one connection has in flight, against its limits.
+#[derive(Debug, Default)]
+pub(super) struct Budget {
+    used: Mutex<InFlight>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    bytes: u64,
+    requests: u64,
+}
+
+impl Budget {
+    /// Waits until a request of `cost` payload bytes fits, then takes it.
+    /// A single request larger than the budget still goes through alone.
+    pub(super) fn acquire(&self, cost: u64) {
+        let mut used = lock(&self.used);
+        while used.requests > 0
+            && (used.bytes + cost > MAX_INFLIGHT_BYTES || used.requests >= MAX_INFLIGHT_REQUESTS)
+        {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        used.bytes += cost;
+        used.requests += 1;
+    }
+
+    /// Gives back what [`Budget::acquire`] took.
+    pub(super) fn release(&self, cost: u64) {
+        let mut used = lock(&self.used);
+        used.bytes -= cost;
+        used.requests -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// Payload buffers kept for reuse, at most [`MAX_POOLED_BYTES`] of them.
+#[derive(Debug, Default)]
+pub(super) struct BufferPool {
+    kept: Mutex<Pooled>,
+}
+
+#[derive(Debug, Default)]
+struct Pooled {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl BufferPool {
+    /// A buffer of at least `len` bytes (its content is not cleared).
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = {
+            let mut kept = lock(&self.kept);
+            match kept.bufs.iter().position(|b| b.len() >= len) {
+                Some(i) => {
+                    let b = kept.bufs.swap_remove(i);
+                    kept.bytes -= b.len();
+                    b
+                }
+                None => Vec::new(),
+            }
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    /// Keeps `buf` for reuse if the pool has room.
+    pub(super) fn give(&self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        let mut kept = lock(&self.kept);
+        if kept.bytes + buf.len() <= MAX_POOLED_BYTES {
+            kept.bytes += buf.len();
+            kept.bufs.push(buf);
+        }
+    }
+}
+
+/// Gives a job's budget back and ends its request when dropped, so that a
+/// panic while serving it frees what it held.
+struct Held<'c, 'a> {
+    conn: &'c Conn<'a>,
+    cost: u64,
+}
+
+impl Drop for Held<'_, '_> {
+    fn drop(&mut self) {
+        self.conn.budget.release(self.cost);
+        self.conn.end_request();
+    }
+}
+
+impl Conn<'_> {
+    /// Worker loop: serve queued jobs until the queue is closed and empty.
+    pub(super) fn work(&self) {
+        while let Some(job) = self.queue.pop(&self.idle_workers) {
+            self.serve_job(job);
+        }
+    }
+
+    /// Performs a job, replies, and returns its resources. A panic while
+    /// serving it is logged and ends the connection (its reply will never
+    /// come, so the client must not wait for it); the budget and the
+    /// request count are given back all the same.
+    pub(super) fn serve_job(&self, job: Job) {
+        let Job { req, buf, cost } = job;
+        let held = Held { conn: self, cost };
+        match catch_unwind(AssertUnwindSafe(|| self.execute(req, buf))) {
+            Ok(buf) => self.pool.give(buf),
+            Err(_) => {
+                log::error!(
+                    "internal error serving {} at {}+{}: closing the connection",
+                    req.cmd,
+                    req.offset,
+                    req.len
+                );
+                self.writer.break_connection();
+            }
+        }
+        drop(held);
+    }
+
+    /// Performs one request and sends its reply; returns the buffer for reuse.
+    fn execute(&self, req: Request, mut buf: Vec<u8>) -> Vec<u8> {
+        let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
+        let result = match req.cmd {
+            Cmd::READ => {
+                if self.sendfile_fits(&req) {
+                    self.reply_read_sendfile(&req);
+                    return buf;
+                }
+                buf = self.pool.take(req.len as usize);
+                let data = &mut buf[..req.len as usize];
+                match self.backing.read_at(data, req.offset) {
+                    Ok(()) => {
+                        self.reply_read(&req, data);
+                        return buf;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Cmd::WRITE => self.backing.write_at(&buf[..req.len as usize], req.offset),
+            Cmd::FLUSH => self.backing.sync(),
+            Cmd::TRIM => self
+                .backing
+                .punch_hole(req.offset, u64::from(req.len))
+                .or_else(|e| {
+                    // TRIM is a hint: a file system that cannot punch holes is not an error.
+                    if e.kind() == io::ErrorKind::Unsupported {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }),
+            Cmd::WRITE_ZEROES => self.backing.write_zeroes(
+                req.offset,
+                u64::from(req.len),
+                !req.flags.contains(CmdFlags::NO_HOLE),
+                req.flags.contains(CmdFlags::FAST_ZERO),
+            ),
+            Cmd::CACHE => self.backing.cache(req.offset, u64::from(req.len)),
+            Cmd::BLOCK_STATUS => match self.backing.extents(req.offset, u64::from(req.len)) {
+                Ok(extents) => {
+                    self.reply_block_status(&req, &extents);
+                    return buf;
+                }
+                Err(e) => Err(e),
+            },
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unknown command",
+            )),
+        };
+        let result = result.and_then(|()| {
+            if fua && matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES) {
+                self.backing.sync()
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                if matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES) {
+                    self.server.note_write(req.offset, u64::from(req.len));
+                }
+                self.reply_simple(req.handle, Errno::OK);
+            }
+            Err(e) => {
+                let errno = super::reply::errno_for(&e);
+                if errno != Errno::ENOTSUP {
+                    log::warn!("{} at {}+{} failed: {e}", req.cmd, req.offset, req.len);
+                }
+                self.reply_error(&req, errno);
+            }
+        }
+        buf
+    }
+}
