@@ -15,6 +15,8 @@ mod daemon;
 mod differential;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
+/// What a hostile or broken client cannot do: panics, log floods.
+mod hardening;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
 /// Live migrations end to end: fio writers, --unlink, break, mirror-speed, sparse files,

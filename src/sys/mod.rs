@@ -1,11 +1,13 @@
 //! Small operating-system helpers every layer may use: a stop signal that
-//! threads and `poll` can wait on, a poison-tolerant lock and the monotonic
-//! clock. Nothing here knows about NBD.
+//! threads and `poll` can wait on, a poison-tolerant lock, the monotonic
+//! clock and a rate limit for log lines. Nothing here knows about NBD.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+mod rate;
 mod trigger;
 
+pub use rate::{RateLimit, Verdict};
 pub use trigger::Trigger;
 
 /// Locks `m`, taking the data even if another thread panicked while holding

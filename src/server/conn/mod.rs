@@ -39,6 +39,7 @@ use std::fmt;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::backing::Backing;
 use crate::nbd::handshake::HANDSHAKE_TIMEOUT;
@@ -47,15 +48,22 @@ use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::handshake::{Export, Negotiated};
 use crate::proto::types::{Cmd, Errno};
 use crate::proto::wire::Request;
-use crate::sys::monotonic_ms;
+use crate::sys::{RateLimit, Verdict, monotonic_ms};
 
 use super::Server;
 
 mod reply;
 mod requests;
+mod test_hooks;
 mod workers;
 
 use workers::{Budget, BufferPool, Queue};
+
+/// Warnings about one client's requests: this many at once, then one per
+/// [`WARN_EVERY`]; the others are counted and reported with the next one.
+const WARN_BURST: u32 = 10;
+/// See [`WARN_BURST`].
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +102,12 @@ pub(super) fn serve(server: &Server, stream: &Stream, busy_since: &AtomicU64) ->
     };
     let result = serve_handshake(stream, &offer).and_then(|negotiated| match negotiated {
         None => Ok(Outcome::Aborted),
-        Some(negotiated) => Conn::new(server, stream, negotiated, busy_since).run(stream),
+        Some(negotiated) => {
+            let conn = Conn::new(server, stream, negotiated, busy_since);
+            let outcome = conn.run(stream);
+            conn.log_suppressed();
+            outcome
+        }
     });
     let _ = stream.shutdown(Shutdown::Both);
     result.unwrap_or_else(|e| {
@@ -123,6 +136,8 @@ struct Conn<'a> {
     budget: Budget,
     pool: BufferPool,
     idle_workers: AtomicUsize,
+    /// Bounds the warnings this client's requests can cause.
+    warnings: RateLimit,
     /// When the oldest unfinished request started (0: idle), for the killswitch.
     busy_since: &'a AtomicU64,
     in_flight: AtomicU64,
@@ -146,6 +161,7 @@ impl<'a> Conn<'a> {
             budget: Budget::default(),
             pool: BufferPool::default(),
             idle_workers: AtomicUsize::new(0),
+            warnings: RateLimit::new(WARN_BURST, WARN_EVERY),
             busy_since,
             in_flight: AtomicU64::new(0),
         }
@@ -157,6 +173,9 @@ impl<'a> Conn<'a> {
     fn run(&self, stream: &Stream) -> io::Result<Outcome> {
         let mut reader = RequestReader::new(stream);
         std::thread::scope(|scope| {
+            // Closes the queue however this closure ends, a panic included,
+            // so the workers exit and the scope can return.
+            let _closer = workers::CloseOnDrop(&self.queue);
             let mut workers = 0usize;
             let outcome = self.read_requests(&mut reader, || {
                 if self.idle_workers.load(Ordering::SeqCst) == 0 && workers < workers::MAX_WORKERS {
@@ -185,19 +204,22 @@ impl<'a> Conn<'a> {
 
     /// Checks a request against the export and what was negotiated.
     fn validate(&self, req: &Request) -> Result<(), Errno> {
+        test_hooks::maybe_panic(test_hooks::Site::Reader, req.offset);
         if req.flags.unknown() != 0 {
-            log::warn!("request {} has unknown flags {:?}", req.cmd, req.flags);
+            self.warn(format_args!(
+                "request {} has unknown flags {:?}",
+                req.cmd, req.flags
+            ));
             return Err(Errno::EINVAL);
         }
         let writes = matches!(req.cmd, Cmd::WRITE | Cmd::TRIM | Cmd::WRITE_ZEROES);
         match req.cmd {
             Cmd::READ | Cmd::WRITE => {
                 if req.len > MAX_REQUEST_LEN {
-                    log::warn!(
+                    self.warn(format_args!(
                         "{} of {} bytes is over the {MAX_REQUEST_LEN}-byte limit",
-                        req.cmd,
-                        req.len
-                    );
+                        req.cmd, req.len
+                    ));
                     return Err(Errno::EINVAL);
                 }
             }
@@ -209,7 +231,7 @@ impl<'a> Conn<'a> {
                 }
             }
             _ => {
-                log::warn!("Unknown request {:#010X}", req.cmd.0);
+                self.warn(format_args!("Unknown request {:#010X}", req.cmd.0));
                 return Err(Errno::EINVAL);
             }
         }
@@ -217,12 +239,35 @@ impl<'a> Conn<'a> {
             return Err(Errno::EPERM);
         }
         if req.end().is_none_or(|end| end > self.backing.size()) {
-            log::warn!("write request {}+{} out of range", req.offset, req.len);
+            self.warn(format_args!(
+                "write request {}+{} out of range",
+                req.offset, req.len
+            ));
             // The spec wants ENOSPC for writes and EINVAL otherwise; flexnbd-c (old-style) says ENOSPC to all.
             let enospc = matches!(req.cmd, Cmd::WRITE | Cmd::WRITE_ZEROES) || self.oldstyle;
             return Err(if enospc { Errno::ENOSPC } else { Errno::EINVAL });
         }
         Ok(())
+    }
+
+    /// Logs a warning caused by the client's requests, rate-limited
+    /// ([`WARN_BURST`], [`WARN_EVERY`]) so a client cannot flood the log.
+    fn warn(&self, message: std::fmt::Arguments<'_>) {
+        match self.warnings.check() {
+            Verdict::Allow { suppressed: 0 } => log::warn!("{message}"),
+            Verdict::Allow { suppressed } => {
+                log::warn!("{message} ({suppressed} similar warning(s) not logged)");
+            }
+            Verdict::Suppress => {}
+        }
+    }
+
+    /// Reports the warnings the rate limit dropped since the last one logged.
+    fn log_suppressed(&self) {
+        let n = self.warnings.pending_suppressed();
+        if n > 0 {
+            log::warn!("{n} more warning(s) about this client's requests were not logged");
+        }
     }
 
     fn begin_request(&self) {

@@ -244,7 +244,10 @@ impl Conn<'_> {
                 Errno::OK
             }
             Err(e) => {
-                log::warn!("{} at {}+{} failed: {e}", req.cmd, req.offset, req.len);
+                self.warn(format_args!(
+                    "{} at {}+{} failed: {e}",
+                    req.cmd, req.offset, req.len
+                ));
                 super::reply::errno_for(&e)
             }
         };

@@ -156,6 +156,15 @@ impl BufferPool {
     }
 }
 
+/// Closes a queue when dropped (see `Conn::run`).
+pub(super) struct CloseOnDrop<'q>(pub(super) &'q Queue);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Gives a job's budget back and ends its request when dropped, so that a
 /// panic while serving it frees what it held.
 struct Held<'c, 'a> {
@@ -202,6 +211,7 @@ impl Conn<'_> {
 
     /// Performs one request and sends its reply; returns the buffer for reuse.
     fn execute(&self, req: Request, mut buf: Vec<u8>) -> Vec<u8> {
+        super::test_hooks::maybe_panic(super::test_hooks::Site::Worker, req.offset);
         let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
         let result = match req.cmd {
             Cmd::READ => {
@@ -268,7 +278,10 @@ impl Conn<'_> {
             Err(e) => {
                 let errno = super::reply::errno_for(&e);
                 if errno != Errno::ENOTSUP {
-                    log::warn!("{} at {}+{} failed: {e}", req.cmd, req.offset, req.len);
+                    self.warn(format_args!(
+                        "{} at {}+{} failed: {e}",
+                        req.cmd, req.offset, req.len
+                    ));
                 }
                 self.reply_error(&req, errno);
             }

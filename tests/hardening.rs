@@ -1,0 +1,130 @@
+//! What a hostile or broken client cannot do to the server: take it down
+//! with a panic, keep a slot after one, or flood the log.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use flexnbd::proto::types::{Cmd, CmdFlags, Errno};
+
+use crate::support::wire::{Client, Handshake};
+use crate::support::{Daemon, DaemonBuilder, TestEnv, control};
+
+const SIZE: u64 = 1 << 20;
+
+/// A `mode` daemon over a fresh image with `env` set, on a free port, with a control socket.
+fn daemon_with_env(t: &TestEnv, mode: &str, env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    let file = t.image("disk.img", SIZE);
+    let sock = t.sock_path();
+    let builder = DaemonBuilder::new(mode, &file).sock(&sock);
+    let (daemon, port) = crate::support::daemon::spawn_on_free_port(&sock, |port| {
+        let mut cmd = builder.command(port);
+        cmd.envs(env.iter().copied());
+        cmd
+    });
+    (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// Polls `status` until `num_clients` reads `want`, or panics after 10 s.
+#[track_caller]
+fn wait_num_clients(d: &Daemon, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = format!("num_clients={want}");
+    loop {
+        let status = control(d.sock(), "status", &[]);
+        if status.split_whitespace().any(|kv| kv == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {want}: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_panic_serving_a_request_closes_only_that_connection() {
+    // Debug builds only: the hook is compiled out of release builds.
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic hook exists in debug builds only");
+        return;
+    }
+    let t = TestEnv::new();
+    let (d, addr) = daemon_with_env(&t, "serve", &[("FLEXNBD_TEST_PANIC_WORKER", "4096")]);
+    let mut other = Client::connect(addr, Handshake::Go);
+    let mut victim = Client::connect(addr, Handshake::Go);
+    // A FUA write always goes through the guarded path (never the inline fast paths).
+    victim.send(Cmd::WRITE, CmdFlags::FUA, 1, 4096, 512, &[5u8; 512]);
+    victim.assert_closed();
+    // Everyone else is still served, and new clients too.
+    assert_eq!(other.read(2, 0, 512), vec![0u8; 512]);
+    let mut fresh = Client::connect(addr, Handshake::Go);
+    fresh.write(3, 0, &[7u8; 512]);
+    fresh.expect_reply(3, Errno::OK);
+    assert_eq!(other.read(4, 0, 512), vec![7u8; 512]);
+    drop(other);
+    drop(fresh);
+    wait_num_clients(&d, 0);
+    assert!(
+        d.stderr()
+            .contains("internal error serving WRITE at 4096+512"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn a_panic_on_the_reading_thread_frees_the_listen_slot() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic hook exists in debug builds only");
+        return;
+    }
+    let t = TestEnv::new();
+    // `listen` takes one client at a time: a leaked slot would lock everyone out.
+    let (d, addr) = daemon_with_env(&t, "listen", &[("FLEXNBD_TEST_PANIC_READER", "8192")]);
+    for round in 0..3u64 {
+        let mut c = Client::connect(addr, Handshake::Go);
+        c.request(Cmd::READ, round, 8192, 512);
+        c.assert_closed();
+        wait_num_clients(&d, 0);
+    }
+    let mut c = Client::connect(addr, Handshake::Go);
+    c.write(9, 0, &[1u8; 4096]);
+    c.expect_reply(9, Errno::OK);
+    assert!(d.stderr().contains("injected panic"), "{}", d.stderr());
+}
+
+#[test]
+fn a_flood_of_bad_requests_logs_a_bounded_number_of_lines() {
+    let t = TestEnv::new();
+    let (d, addr) = daemon_with_env(&t, "serve", &[]);
+    let mut c = Client::connect(addr, Handshake::Go);
+    const BAD: u64 = 5000;
+    let writer = {
+        let mut s = c.s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for i in 0..BAD {
+                // Out of range: each is refused with a warning.
+                let h = crate::support::wire::header(Cmd::READ, CmdFlags(0), i, SIZE, 512);
+                std::io::Write::write_all(&mut s, &h).unwrap();
+            }
+        })
+    };
+    for i in 0..BAD {
+        c.expect_reply(i, Errno::EINVAL);
+    }
+    writer.join().unwrap();
+    c.disconnect();
+    wait_num_clients(&d, 0);
+    let stderr = d.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("out of range"))
+        .count();
+    assert!(
+        (1..=40).contains(&warnings),
+        "{warnings} out-of-range lines for {BAD} bad requests"
+    );
+    assert!(
+        stderr.contains("more warning(s) about this client's requests were not logged")
+            || stderr.contains("similar warning(s) not logged"),
+        "no summary of the dropped warnings:\n{stderr}"
+    );
+}
