@@ -485,7 +485,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --handshake-timeout --max-handshakes --max-clients-per-address --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -520,6 +520,18 @@ _flexnbd() {
                     return 0
                     ;;
                 -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handshake-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-handshakes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-clients-per-address)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -727,7 +739,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --handshake-timeout --max-handshakes --max-clients-per-address --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -766,6 +778,18 @@ _flexnbd() {
                     return 0
                     ;;
                 --max-clients)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handshake-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-handshakes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-clients-per-address)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

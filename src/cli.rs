@@ -138,6 +138,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
+    /// Bounds on connections that have not finished their handshake.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
     ///
     /// An empty list allows everyone unless --default-deny is given; a
@@ -166,9 +169,43 @@ pub struct ListenArgs {
     /// Use this when the source is a C flexnbd, whose mirror only speaks old-style.
     #[arg(long)]
     pub oldstyle: bool,
+    /// Bounds on connections that have not finished their handshake.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Addresses allowed to connect, as ADDRESS[/MASK].
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,
+}
+
+/// Bounds that keep silent or slow connections from locking clients out
+/// (`serve` and `listen`).
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// How long a client may take over each step of the handshake.
+    ///
+    /// A connection that says nothing for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = positive_duration)]
+    pub handshake_timeout: std::time::Duration,
+    /// Most connections still in their handshake at once.
+    ///
+    /// When full, a new connection closes the one that has been in its
+    /// handshake longest, so silent connections cannot keep a real client out.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+    /// Most connections from one address at once (no limit by default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients_per_address: Option<u32>,
+}
+
+/// A duration such as `10s` or `500ms`, more than zero.
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Options of `mirror`.

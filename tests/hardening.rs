@@ -128,3 +128,66 @@ fn a_flood_of_bad_requests_logs_a_bounded_number_of_lines() {
         "no summary of the dropped warnings:\n{stderr}"
     );
 }
+
+#[test]
+fn silent_connections_cannot_lock_a_real_client_out() {
+    let t = TestEnv::new();
+    let (d, addr) = daemon_with_env(&t, "serve", &[]);
+    // As many silent connections as the server has client slots (1024 by
+    // default): before, each took a slot until its handshake timed out.
+    let silent: Vec<std::net::TcpStream> =
+        (0..1024).map(|_| crate::support::wire::tcp(addr)).collect();
+    let started = Instant::now();
+    let mut c = Client::connect(addr, Handshake::Go);
+    c.write(1, 0, &[9u8; 4096]);
+    c.expect_reply(1, Errno::OK);
+    assert_eq!(c.read(2, 0, 4096), vec![9u8; 4096]);
+    eprintln!(
+        "a real client behind 1024 silent connections was served in {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+    c.disconnect();
+    wait_num_clients(&d, 0);
+}
+
+#[test]
+fn handshake_limits_are_flags() {
+    let t = TestEnv::new();
+    let file = t.image("disk.img", SIZE);
+    let sock = t.sock_path();
+    let builder = DaemonBuilder::new("serve", &file).sock(&sock).args([
+        "--handshake-timeout",
+        "300ms",
+        "--max-clients-per-address",
+        "2",
+    ]);
+    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    // A silent connection is closed after the handshake timeout.
+    let mut silent = Client::new(crate::support::wire::tcp(addr));
+    let mut hello = [0u8; 18];
+    std::io::Read::read_exact(&mut silent.s, &mut hello).unwrap();
+    silent.assert_closed();
+    wait_num_clients(&d, 0);
+    // Two connections from one address are served; a third is closed at once.
+    let mut a = Client::connect(addr, Handshake::Go);
+    let _b = Client::connect(addr, Handshake::Go);
+    let mut third = Client::new(crate::support::wire::tcp(addr));
+    third.assert_closed();
+    assert_eq!(a.read(1, 0, 512), vec![0u8; 512]);
+    assert!(
+        d.stderr()
+            .contains("connection(s) from that address already"),
+        "{}",
+        d.stderr()
+    );
+    for bad in ["0s", "soon"] {
+        crate::support::flexnbd()
+            .args(["serve", "-l", "127.0.0.1", "-p", "1", "-f"])
+            .arg(&file)
+            .args(["--handshake-timeout", bad])
+            .assert()
+            .code(2);
+    }
+}

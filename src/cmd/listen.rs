@@ -35,6 +35,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         // --unlink) it deletes its file and sends DISCONNECT, and never a
         // FLUSH. Its own destination syncs every write before the reply, so
         // must we. Newstyle sources (ours) FLUSH before the handover.
+        limits: super::serve::limits(&args.limits),
         sync_writes: args.oldstyle,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);

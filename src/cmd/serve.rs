@@ -12,13 +12,13 @@ use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::backing::Backing;
-use crate::cli::{GlobalArgs, ServeArgs};
+use crate::cli::{GlobalArgs, LimitArgs, ServeArgs};
 use crate::control::ControlServer;
 use crate::exit::ExitCode;
 use crate::mirror::Controller;
 use crate::nbd::Listener;
 use crate::net::Acl;
-use crate::server::{KILLSWITCH_TIMEOUT, Server, ServerConfig};
+use crate::server::{KILLSWITCH_TIMEOUT, Limits, Server, ServerConfig};
 
 /// How long a source keeps its control socket after handing a migration
 /// over, until a `status` has reported the outcome (for `mirror --wait`).
@@ -38,10 +38,21 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         killswitch: args.killswitch.then_some(KILLSWITCH_TIMEOUT),
         listen_mode: false,
         acl: Acl::new(args.acl, args.default_deny),
+        limits: limits(&args.limits),
         sync_writes: false,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
     run_server(&args.file, addr, args.sock, config, global)
+}
+
+/// The server's connection limits from the command line.
+pub(crate) fn limits(args: &LimitArgs) -> Limits {
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    Limits {
+        handshake_timeout: args.handshake_timeout,
+        max_handshakes: count(args.max_handshakes),
+        max_per_address: args.max_clients_per_address.map(count),
+    }
 }
 
 /// Runs a server (`serve` or `listen`) to the end and returns its exit status.

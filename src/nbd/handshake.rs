@@ -32,27 +32,51 @@ pub struct Offer {
     pub timeout: Duration,
 }
 
-/// Runs the server side of the handshake on `stream`. `Ok(None)` means the
-/// client aborted the negotiation. On success the stream's timeouts are
-/// cleared for transmission.
+/// How a handshake ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Transmission starts with what was negotiated.
+    Transmit(Negotiated),
+    /// The client aborted the negotiation.
+    Aborted,
+    /// `admit` said no: the client was sent nothing more.
+    Refused,
+}
+
+/// Runs the server side of the handshake on `stream`. Just before the last
+/// byte that starts transmission is sent (the old-style greeting, or the
+/// reply to `NBD_OPT_GO`/`EXPORT_NAME`), `admit` decides whether this
+/// client may be served; so a client that sees transmission start is
+/// already counted. On success the stream's timeouts are cleared.
 ///
 /// # Errors
 ///
 /// The stream failed or timed out, or the client broke the protocol
 /// (`InvalidData`, with the [`ProtoError`] inside), or sent more than
 /// [`MAX_OPTIONS`] options.
-pub fn serve_handshake(stream: &Stream, offer: &Offer) -> io::Result<Option<Negotiated>> {
+pub fn serve_handshake(
+    stream: &Stream,
+    offer: &Offer,
+    admit: impl FnOnce() -> bool,
+) -> io::Result<Handshake> {
     stream.set_timeouts(Some(offer.timeout))?;
-    let negotiated = negotiate(stream, offer)?;
-    if negotiated.is_some() {
+    let end = negotiate(stream, offer, admit)?;
+    if let Handshake::Transmit(_) = end {
         stream.set_timeouts(None)?;
     }
-    Ok(negotiated)
+    Ok(end)
 }
 
-fn negotiate(mut stream: &Stream, offer: &Offer) -> io::Result<Option<Negotiated>> {
+fn negotiate(
+    mut stream: &Stream,
+    offer: &Offer,
+    admit: impl FnOnce() -> bool,
+) -> io::Result<Handshake> {
     let export = offer.export;
     if offer.oldstyle {
+        if !admit() {
+            return Ok(Handshake::Refused);
+        }
         let mut hello = [0u8; OldstyleHello::SIZE];
         OldstyleHello {
             size: export.size,
@@ -60,7 +84,7 @@ fn negotiate(mut stream: &Stream, offer: &Offer) -> io::Result<Option<Negotiated
         }
         .encode(&mut hello);
         stream.write_all(&hello)?;
-        return Ok(Some(Negotiated::default()));
+        return Ok(Handshake::Transmit(Negotiated::default()));
     }
     let mut hello = [0u8; NewstyleHello::SIZE];
     NewstyleHello {
@@ -77,6 +101,7 @@ fn negotiate(mut stream: &Stream, offer: &Offer) -> io::Result<Option<Negotiated
     }
     let mut payload = Vec::new();
     let mut out = Vec::new();
+    let mut admit = Some(admit);
     for _ in 0..MAX_OPTIONS {
         let mut head = [0u8; OptionHeader::SIZE];
         stream.read_exact(&mut head)?;
@@ -87,11 +112,14 @@ fn negotiate(mut stream: &Stream, offer: &Offer) -> io::Result<Option<Negotiated
         log::debug!("option {} with {} bytes", header.opt, header.len);
         out.clear();
         let step = negotiation.handle(header.opt, &payload, &mut out);
+        if step == Step::Transmit && !admit.take().is_some_and(|admit| admit()) {
+            return Ok(Handshake::Refused);
+        }
         stream.write_all(&out)?;
         match step {
             Step::Continue => {}
-            Step::Abort => return Ok(None),
-            Step::Transmit => return Ok(Some(negotiation.negotiated())),
+            Step::Abort => return Ok(Handshake::Aborted),
+            Step::Transmit => return Ok(Handshake::Transmit(negotiation.negotiated())),
         }
     }
     Err(invalid_data(ProtoError::Invalid("too many options")))
@@ -121,7 +149,15 @@ mod tests {
         }
     }
 
-    fn run(oldstyle: bool, client_bytes: Vec<u8>) -> (io::Result<Option<Negotiated>>, Vec<u8>) {
+    fn run(oldstyle: bool, client_bytes: Vec<u8>) -> (io::Result<Handshake>, Vec<u8>) {
+        run_admitting(oldstyle, client_bytes, true)
+    }
+
+    fn run_admitting(
+        oldstyle: bool,
+        client_bytes: Vec<u8>,
+        admitted: bool,
+    ) -> (io::Result<Handshake>, Vec<u8>) {
         let (a, b) = UnixStream::pair().unwrap();
         let server = Stream::from(a);
         let mut reader = b.try_clone().unwrap();
@@ -137,7 +173,7 @@ mod tests {
             let _ = reader.read_to_end(&mut got);
             got
         });
-        let result = serve_handshake(&server, &offer(oldstyle));
+        let result = serve_handshake(&server, &offer(oldstyle), || admitted);
         drop(server);
         sender.join().unwrap();
         (result, receiver.join().unwrap())
@@ -155,23 +191,31 @@ mod tests {
     #[test]
     fn oldstyle_sends_the_greeting_and_transmits() {
         let (result, got) = run(true, Vec::new());
-        assert!(result.unwrap().is_some());
+        assert!(matches!(result.unwrap(), Handshake::Transmit(_)));
         assert_eq!(got.len(), OldstyleHello::SIZE);
         assert_eq!(&got[..8], b"NBDMAGIC");
+        // Refused: not a byte.
+        let (result, got) = run_admitting(true, Vec::new(), false);
+        assert_eq!(result.unwrap(), Handshake::Refused);
+        assert!(got.is_empty());
     }
 
     #[test]
     fn export_name_starts_transmission_and_abort_ends_it() {
         let mut bytes = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
         bytes.extend(option(Opt::EXPORT_NAME, b""));
-        let (result, got) = run(false, bytes);
-        assert!(result.unwrap().is_some());
+        let (result, got) = run(false, bytes.clone());
+        assert!(matches!(result.unwrap(), Handshake::Transmit(_)));
         assert_eq!(&got[..8], b"NBDMAGIC");
+        // Refused: the greeting, and no reply to EXPORT_NAME.
+        let (result, got) = run_admitting(false, bytes, false);
+        assert_eq!(result.unwrap(), Handshake::Refused);
+        assert_eq!(got.len(), NewstyleHello::SIZE);
 
         let mut bytes = 3u32.to_be_bytes().to_vec();
         bytes.extend(option(Opt::ABORT, b""));
         let (result, _) = run(false, bytes);
-        assert!(result.unwrap().is_none());
+        assert_eq!(result.unwrap(), Handshake::Aborted);
     }
 
     #[test]

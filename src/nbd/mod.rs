@@ -18,5 +18,5 @@ pub mod handshake;
 pub mod stream;
 
 pub use frame::{ReplyWriter, RequestReader, is_disconnect, send_more, write_all_vectored};
-pub use handshake::{Offer, serve_handshake};
+pub use handshake::{Handshake, Offer, serve_handshake};
 pub use stream::{Listener, Peer, Stream};

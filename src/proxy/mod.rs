@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, ConnectOptions, ErrorKind, NbdClient, ReplyReader};
 use crate::nbd::handshake::{HANDSHAKE_TIMEOUT, invalid_data};
-use crate::nbd::{Listener, Offer, RequestReader, Stream, serve_handshake, write_all_vectored};
+use crate::nbd::{
+    Handshake, Listener, Offer, RequestReader, Stream, serve_handshake, write_all_vectored,
+};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::handshake::Export;
 use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
@@ -340,9 +342,11 @@ impl Proxy {
             structured_replies: false,
             timeout: HANDSHAKE_TIMEOUT,
         };
-        match serve_handshake(down, &offer)? {
-            Some(_) => Ok(()),
-            None => Err(io::Error::other("client aborted negotiation")),
+        match serve_handshake(down, &offer, || true)? {
+            Handshake::Transmit(_) => Ok(()),
+            Handshake::Aborted | Handshake::Refused => {
+                Err(io::Error::other("client aborted negotiation"))
+            }
         }
     }
 

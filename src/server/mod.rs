@@ -57,6 +57,37 @@ pub struct ServerConfig {
     /// Make every write durable before its reply, as flexnbd-c's server does:
     /// for an old-style `listen`, whose source never sends FLUSH.
     pub sync_writes: bool,
+    /// Bounds on what connections may hold before and during transmission.
+    pub limits: Limits,
+}
+
+/// Bounds that keep one client, or many silent ones, from locking others out.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a client may take over each step of the handshake.
+    pub handshake_timeout: Duration,
+    /// Most connections still in their handshake at once. When full, a new
+    /// connection closes the one that has been in its handshake longest, so
+    /// silent connections cannot keep a real client out.
+    pub max_handshakes: usize,
+    /// Most connections from one address at once (handshake and
+    /// transmission); `None` for no limit.
+    pub max_per_address: Option<usize>,
+}
+
+/// The default for [`Limits::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default for [`Limits::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_per_address: None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -69,6 +100,7 @@ impl Default for ServerConfig {
             listen_mode: false,
             acl: Acl::default(),
             sync_writes: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -81,6 +113,10 @@ struct ClientSlot {
     socket: Stream,
     /// Monotonic milliseconds since a request started without finishing, or 0 when idle.
     busy_since: Arc<AtomicU64>,
+    /// When the connection was accepted, if it is still in its handshake.
+    handshaking_since: Option<Instant>,
+    /// Closed to make room for a newer handshake.
+    evicted: AtomicBool,
 }
 
 /// An NBD server over one backing file.
@@ -320,21 +356,37 @@ impl Server {
         let busy_since = Arc::new(AtomicU64::new(0));
         {
             let mut clients = self.lock_clients();
-            let limit = if self.config.listen_mode {
-                1
-            } else {
-                self.config.max_clients
-            };
-            if clients.len() >= limit {
+            if let Some(max) = self.config.limits.max_per_address {
+                let ip = peer.ip();
+                let from_peer = clients
+                    .values()
+                    .filter(|c| ip.is_some() && c.peer.ip() == ip)
+                    .count();
+                if from_peer >= max {
+                    log::warn!(
+                        "Rejecting client {}: {max} connection(s) from that address already",
+                        words(&peer)
+                    );
+                    return;
+                }
+            }
+            let transmitting = clients
+                .values()
+                .filter(|c| c.handshaking_since.is_none())
+                .count();
+            if transmitting >= self.client_limit() {
                 log::warn!("too many clients to accept connection from {peer}");
                 return;
             }
+            self.make_room_for_a_handshake(&clients);
             clients.insert(
                 id,
                 ClientSlot {
                     peer: peer.clone(),
                     socket,
                     busy_since: busy_since.clone(),
+                    handshaking_since: Some(Instant::now()),
+                    evicted: AtomicBool::new(false),
                 },
             );
         }
@@ -349,7 +401,7 @@ impl Server {
             .name(format!("client-{id}"))
             .spawn(move || {
                 let server = &slot.server;
-                let outcome = conn::serve(server, &stream, &busy_since);
+                let outcome = conn::serve(server, id, &stream, &busy_since);
                 log::info!("client {id} at {peer} finished: {outcome}");
                 if outcome == conn::Outcome::Disconnected && server.config.listen_mode {
                     server.control_arrived();
@@ -359,6 +411,64 @@ impl Server {
         if let Err(e) = spawned {
             // The closure, and the guard in it, were dropped: the slot is free.
             log::error!("cannot start a thread for a client: {e}");
+        }
+    }
+
+    /// Most clients in transmission at once: one for `listen`.
+    fn client_limit(&self) -> usize {
+        if self.config.listen_mode {
+            1
+        } else {
+            self.config.max_clients
+        }
+    }
+
+    /// When [`Limits::max_handshakes`] connections are in their handshake,
+    /// closes the one that has been there longest (it ends and frees its
+    /// slot on its own thread).
+    fn make_room_for_a_handshake(&self, clients: &HashMap<u64, ClientSlot>) {
+        let handshaking = clients
+            .values()
+            .filter_map(|c| c.handshaking_since.map(|t| (t, c)));
+        if handshaking.clone().count() < self.config.limits.max_handshakes {
+            return;
+        }
+        if let Some((_, oldest)) = handshaking
+            .filter(|(_, c)| !c.evicted.load(Ordering::SeqCst))
+            .min_by_key(|(t, _)| *t)
+        {
+            log::info!(
+                "closing the connection from {} that is longest in its handshake, to make room",
+                oldest.peer
+            );
+            oldest.evicted.store(true, Ordering::SeqCst);
+            let _ = oldest.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Moves client `id` from its handshake to transmission; false if the
+    /// server already serves as many clients as it may (the connection is
+    /// then closed).
+    fn start_transmission(&self, id: u64) -> bool {
+        let mut clients = self.lock_clients();
+        let transmitting = clients
+            .values()
+            .filter(|c| c.handshaking_since.is_none())
+            .count();
+        let limit = self.client_limit();
+        match clients.get_mut(&id) {
+            Some(slot) if transmitting < limit && !slot.evicted.load(Ordering::SeqCst) => {
+                slot.handshaking_since = None;
+                true
+            }
+            Some(slot) => {
+                log::warn!(
+                    "too many clients to serve {} after its handshake",
+                    slot.peer
+                );
+                false
+            }
+            None => false,
         }
     }
 

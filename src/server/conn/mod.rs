@@ -42,8 +42,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::backing::Backing;
-use crate::nbd::handshake::HANDSHAKE_TIMEOUT;
-use crate::nbd::{Offer, ReplyWriter, RequestReader, Stream, serve_handshake};
+use crate::nbd::{Handshake, Offer, ReplyWriter, RequestReader, Stream, serve_handshake};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::handshake::{Export, Negotiated};
 use crate::proto::types::{Cmd, Errno};
@@ -74,6 +73,9 @@ pub(super) enum Outcome {
     Closed,
     /// The client aborted negotiation.
     Aborted,
+    /// The handshake ended with the server full (or the connection made way
+    /// for a newer handshake).
+    Refused,
     /// The client broke the protocol or the socket failed.
     Failed,
 }
@@ -84,13 +86,14 @@ impl fmt::Display for Outcome {
             Outcome::Disconnected => "disconnected",
             Outcome::Closed => "closed",
             Outcome::Aborted => "aborted negotiation",
+            Outcome::Refused => "refused after the handshake: too many clients",
             Outcome::Failed => "failed",
         })
     }
 }
 
 /// Serves one client from handshake to close.
-pub(super) fn serve(server: &Server, stream: &Stream, busy_since: &AtomicU64) -> Outcome {
+pub(super) fn serve(server: &Server, id: u64, stream: &Stream, busy_since: &AtomicU64) -> Outcome {
     let offer = Offer {
         export: Export {
             size: server.backing.size(),
@@ -98,11 +101,13 @@ pub(super) fn serve(server: &Server, stream: &Stream, busy_since: &AtomicU64) ->
         },
         oldstyle: server.config.oldstyle,
         structured_replies: true,
-        timeout: HANDSHAKE_TIMEOUT,
+        timeout: server.config.limits.handshake_timeout,
     };
-    let result = serve_handshake(stream, &offer).and_then(|negotiated| match negotiated {
-        None => Ok(Outcome::Aborted),
-        Some(negotiated) => {
+    let admit = || server.start_transmission(id);
+    let result = serve_handshake(stream, &offer, admit).and_then(|end| match end {
+        Handshake::Aborted => Ok(Outcome::Aborted),
+        Handshake::Refused => Ok(Outcome::Refused),
+        Handshake::Transmit(negotiated) => {
             let conn = Conn::new(server, stream, negotiated, busy_since);
             let outcome = conn.run(stream);
             conn.log_suppressed();
