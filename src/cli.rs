@@ -197,6 +197,19 @@ pub struct LimitArgs {
     /// Most connections from one address at once (no limit by default).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients_per_address: Option<u32>,
+    /// Most bytes of request payloads and read buffers held for all clients.
+    ///
+    /// A connection that would go over waits, without reading, until
+    /// others finish. A WRITE's payload is counted as its bytes arrive.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inflight: u64,
+    /// How long a client may pause in the middle of sending a request's payload.
+    ///
+    /// Its connection is then closed and what it held freed.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = positive_duration)]
+    pub stall_timeout: std::time::Duration,
 }
 
 /// A duration such as `10s` or `500ms`, more than zero.

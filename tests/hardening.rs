@@ -191,3 +191,83 @@ fn handshake_limits_are_flags() {
             .code(2);
     }
 }
+
+/// The server's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[test]
+fn stalled_32m_writes_hold_only_what_they_sent() {
+    let t = TestEnv::new();
+    let file = t.image("disk.img", 64 << 20);
+    let sock = t.sock_path();
+    let builder = DaemonBuilder::new("serve", &file)
+        .sock(&sock)
+        .args(["--max-clients", "2000"]);
+    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    const CONNS: usize = 1024;
+    const SENT: usize = 32 << 10;
+    // Each declares a 32 MiB WRITE, sends 32 KiB of it, and stalls.
+    let stalled: Vec<Client> = (0..CONNS)
+        .map(|i| {
+            let mut c = Client::connect(addr, Handshake::Go);
+            c.send(
+                Cmd::WRITE,
+                CmdFlags(0),
+                i as u64,
+                0,
+                32 << 20,
+                &[0xAB; SENT],
+            );
+            c
+        })
+        .collect();
+    // Another client is still served, reads and writes.
+    let mut c = Client::connect(addr, Handshake::Go);
+    c.write(1, 1 << 20, &[3u8; 1 << 20]);
+    c.expect_reply(1, Errno::OK);
+    assert_eq!(c.read(2, 1 << 20, 1 << 20), vec![3u8; 1 << 20]);
+    let rss = rss_bytes(d.pid());
+    eprintln!(
+        "RSS with {CONNS} connections stalled in a 32 MiB WRITE: {} MiB",
+        rss >> 20
+    );
+    assert!(rss < 300 << 20, "RSS {} MiB", rss >> 20);
+    drop(stalled);
+    c.disconnect();
+    wait_num_clients(&d, 0);
+}
+
+#[test]
+fn a_client_stalled_mid_payload_is_dropped_after_the_stall_timeout() {
+    let t = TestEnv::new();
+    let file = t.image("disk.img", SIZE);
+    let sock = t.sock_path();
+    let builder =
+        DaemonBuilder::new("serve", &file)
+            .sock(&sock)
+            .args(["--stall-timeout", "200ms", "-v"]);
+    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut c = Client::connect(addr, Handshake::Go);
+    c.send(Cmd::WRITE, CmdFlags(0), 1, 0, 512 << 10, &[1u8; 1000]);
+    c.assert_closed();
+    wait_num_clients(&d, 0);
+    assert!(
+        d.stderr().contains("in the middle of a request's payload"),
+        "{}",
+        d.stderr()
+    );
+    // An idle client (between requests) is not affected by the stall timeout.
+    let mut idle = Client::connect(addr, Handshake::Go);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(idle.read(2, 0, 512), vec![0u8; 512]);
+}

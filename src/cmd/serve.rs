@@ -52,6 +52,8 @@ pub(crate) fn limits(args: &LimitArgs) -> Limits {
         handshake_timeout: args.handshake_timeout,
         max_handshakes: count(args.max_handshakes),
         max_per_address: args.max_clients_per_address.map(count),
+        max_inflight: args.max_inflight,
+        stall_timeout: args.stall_timeout,
     }
 }
 

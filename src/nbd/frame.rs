@@ -7,8 +7,9 @@
 
 use std::borrow::Borrow;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,26 +21,60 @@ use super::Stream;
 /// The read buffer in front of the socket, so small pipelined requests cost few syscalls.
 pub const READ_BUFFER: usize = 256 << 10;
 
+/// The first piece of a payload charged by [`RequestReader::read_payload_charged`].
+pub const PIECE_MIN: usize = 64 << 10;
+/// The largest piece charged at once.
+pub const PIECE_MAX: usize = 1 << 20;
+
 /// Reads NBD requests from a stream through a read buffer.
+///
+/// The buffer sits on the concrete socket type, not on `&Stream`: std reads
+/// into a TCP or UNIX socket's uninitialised buffer directly, whereas a
+/// wrapper's default `read_buf` would zero the whole 256 KiB first (making
+/// every idle connection's buffer resident) and zero each payload before
+/// reading it.
 #[derive(Debug)]
 pub struct RequestReader<'a> {
-    inner: BufReader<&'a Stream>,
+    inner: Buffered<'a>,
     /// The last payload bypassed the buffer: see [`RequestReader::read_header`].
     streaming: bool,
+}
+
+#[derive(Debug)]
+enum Buffered<'a> {
+    Tcp(BufReader<&'a TcpStream>),
+    Unix(BufReader<&'a UnixStream>),
+}
+
+/// Runs `$body` with `$r` bound to the `BufReader` of whichever socket it is.
+macro_rules! with_reader {
+    ($self:expr, $r:ident => $body:expr) => {
+        match &mut $self.inner {
+            Buffered::Tcp($r) => $body,
+            Buffered::Unix($r) => $body,
+        }
+    };
 }
 
 impl<'a> RequestReader<'a> {
     /// A reader over `stream` with a [`READ_BUFFER`]-byte buffer.
     pub fn new(stream: &'a Stream) -> Self {
+        let inner = match stream {
+            Stream::Tcp(s) => Buffered::Tcp(BufReader::with_capacity(READ_BUFFER, s)),
+            Stream::Unix(s) => Buffered::Unix(BufReader::with_capacity(READ_BUFFER, s)),
+        };
         RequestReader {
-            inner: BufReader::with_capacity(READ_BUFFER, stream),
+            inner,
             streaming: false,
         }
     }
 
     /// How many bytes are buffered (read from the socket, not yet taken).
     pub fn buffered(&self) -> usize {
-        self.inner.buffer().len()
+        match &self.inner {
+            Buffered::Tcp(r) => r.buffer().len(),
+            Buffered::Unix(r) => r.buffer().len(),
+        }
     }
 
     /// Reads one request header. After a large payload read straight from
@@ -53,12 +88,15 @@ impl<'a> RequestReader<'a> {
     /// As `read(2)`; `UnexpectedEof` when the stream ends mid-header.
     pub fn read_header(&mut self) -> io::Result<[u8; Request::SIZE]> {
         let mut head = [0u8; Request::SIZE];
-        if std::mem::take(&mut self.streaming) && self.inner.buffer().is_empty() {
-            let mut socket = *self.inner.get_ref();
-            socket.read_exact(&mut head)?;
-        } else {
-            self.inner.read_exact(&mut head)?;
-        }
+        let direct = std::mem::take(&mut self.streaming) && self.buffered() == 0;
+        with_reader!(self, r => {
+            if direct {
+                let mut socket = *r.get_ref();
+                socket.read_exact(&mut head)?;
+            } else {
+                r.read_exact(&mut head)?;
+            }
+        });
         Ok(head)
     }
 
@@ -68,7 +106,7 @@ impl<'a> RequestReader<'a> {
     ///
     /// As `read(2)`; `UnexpectedEof` when the stream ends first.
     pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_exact(buf)
+        with_reader!(self, r => r.read_exact(buf))
     }
 
     /// Reads a large payload into `buf`: what is already buffered is
@@ -79,12 +117,80 @@ impl<'a> RequestReader<'a> {
     ///
     /// As `read(2)`; `UnexpectedEof` when the stream ends first.
     pub fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        let buffered = self.inner.buffer().len().min(buf.len());
-        buf[..buffered].copy_from_slice(&self.inner.buffer()[..buffered]);
-        self.inner.consume(buffered);
         self.streaming = true;
-        let mut socket = *self.inner.get_ref();
-        socket.read_exact(&mut buf[buffered..])
+        with_reader!(self, r => {
+            let buffered = r.buffer().len().min(buf.len());
+            buf[..buffered].copy_from_slice(&r.buffer()[..buffered]);
+            r.consume(buffered);
+            let mut socket = *r.get_ref();
+            socket.read_exact(&mut buf[buffered..])
+        })
+    }
+
+    /// Reads a large payload of `len` bytes into `buf` (emptied first; its
+    /// capacity is made at least `len`), charging `charge(n)` before each
+    /// piece of `n` bytes is read: the memory a client makes the server hold
+    /// grows with what it actually sent (the buffer's untouched pages are
+    /// not resident), and a `charge` that blocks stops the reading. Pieces
+    /// start at [`PIECE_MIN`] and double up to [`PIECE_MAX`]. The socket
+    /// read timeout is `stall` while the payload is awaited, so a client
+    /// that stops half way is dropped after `stall` instead of holding its
+    /// share for ever.
+    ///
+    /// # Errors
+    ///
+    /// As `read(2)`; `UnexpectedEof` when the stream ends first; a client
+    /// silent for `stall` mid-payload is an error saying so.
+    pub fn read_payload_charged(
+        &mut self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        stall: std::time::Duration,
+        mut charge: impl FnMut(usize),
+    ) -> io::Result<()> {
+        buf.clear();
+        if buf.capacity() < len {
+            *buf = Vec::with_capacity(len);
+        }
+        self.streaming = true;
+        let result = with_reader!(self, r => {
+            let mut piece = PIECE_MIN;
+            let mut timeout_set = false;
+            let mut read = || -> io::Result<()> {
+                while buf.len() < len {
+                    let n = piece.min(len - buf.len());
+                    charge(n);
+                    let buffered = r.buffer().len().min(n);
+                    buf.extend_from_slice(&r.buffer()[..buffered]);
+                    r.consume(buffered);
+                    let rest = (n - buffered) as u64;
+                    if rest > 0 {
+                        if !timeout_set {
+                            r.get_ref().set_read_timeout(Some(stall))?;
+                            timeout_set = true;
+                        }
+                        // Into the spare capacity: no zeroing, no growth.
+                        let got = (*r.get_ref()).take(rest).read_to_end(buf)?;
+                        if (got as u64) < rest {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                    piece = (piece * 2).min(PIECE_MAX);
+                }
+                Ok(())
+            };
+            let result = read();
+            if timeout_set {
+                r.get_ref().set_read_timeout(None)?;
+            }
+            result
+        });
+        result.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::other(format!(
+                "the client sent nothing for {stall:?} in the middle of a request's payload"
+            )),
+            _ => e,
+        })
     }
 
     /// Reads and drops `len` bytes (the payload of a refused WRITE) without
@@ -94,7 +200,7 @@ impl<'a> RequestReader<'a> {
     ///
     /// As `read(2)`; `UnexpectedEof` when the stream ends first.
     pub fn discard(&mut self, len: u64) -> io::Result<()> {
-        let copied = io::copy(&mut (&mut self.inner).take(len), &mut io::sink())?;
+        let copied = with_reader!(self, r => io::copy(&mut r.take(len), &mut io::sink())?);
         if copied < len {
             Err(io::ErrorKind::UnexpectedEof.into())
         } else {
@@ -335,5 +441,39 @@ mod tests {
         assert_eq!(w.0, b"headerpayload");
         let mut bufs = [IoSlice::new(b""), IoSlice::new(b"")];
         write_all_vectored(&mut w, &mut bufs).unwrap();
+    }
+
+    #[test]
+    fn charged_payloads_are_charged_in_growing_pieces_and_stalls_end() {
+        let (client, server) = pair();
+        let len = 300_000;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            (&client).write_all(&[1u8; Request::SIZE]).unwrap();
+            (&client).write_all(&sent).unwrap();
+            // Half a payload, then silence.
+            (&client).write_all(&[2u8; Request::SIZE]).unwrap();
+            (&client).write_all(&[3u8; 1000]).unwrap();
+            client
+        });
+        let mut reader = RequestReader::new(&server);
+        reader.read_header().unwrap();
+        let mut buf = Vec::new();
+        let mut charges = Vec::new();
+        reader
+            .read_payload_charged(&mut buf, len, std::time::Duration::from_secs(5), |n| {
+                charges.push(n);
+            })
+            .unwrap();
+        assert_eq!(buf, data);
+        assert_eq!(charges, vec![65536, 131072, 103392]);
+        let _client = writer.join().unwrap();
+        reader.read_header().unwrap();
+        let e = reader
+            .read_payload_charged(&mut buf, 5000, std::time::Duration::from_millis(50), |_| {})
+            .unwrap_err();
+        assert!(e.to_string().contains("sent nothing"), "{e}");
+        assert_eq!(buf.len(), 1000);
     }
 }

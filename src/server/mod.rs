@@ -24,7 +24,7 @@ use crate::backing::Backing;
 use crate::nbd::{Listener, Peer, Stream};
 use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
-use crate::sys::{Trigger, monotonic_ms};
+use crate::sys::{ByteBudget, Trigger, monotonic_ms};
 
 mod conn;
 pub mod dirty;
@@ -73,12 +73,24 @@ pub struct Limits {
     /// Most connections from one address at once (handshake and
     /// transmission); `None` for no limit.
     pub max_per_address: Option<usize>,
+    /// Most bytes of request payloads and reply buffers the whole server
+    /// holds at once; a connection that would go over waits, not reading.
+    pub max_inflight: u64,
+    /// How long a client may pause in the middle of sending a payload
+    /// before its connection is closed (and what it held freed).
+    pub stall_timeout: Duration,
 }
 
 /// The default for [`Limits::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default for [`Limits::max_handshakes`].
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// The default for [`Limits::max_inflight`].
+pub const DEFAULT_MAX_INFLIGHT: u64 = 256 << 20;
+/// The default for [`Limits::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of idle payload buffers all connections keep for reuse.
+pub(crate) const MAX_POOLED_TOTAL: u64 = 64 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -86,6 +98,8 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_per_address: None,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -135,6 +149,10 @@ pub struct Server {
     closed: Trigger,
     /// Dirty tracking of a running migration, told about every completed write.
     tracker: RwLock<Option<Arc<Tracker>>>,
+    /// Payload and reply bytes held for all clients ([`Limits::max_inflight`]).
+    memory: ByteBudget,
+    /// Bytes of idle buffers kept by all connections' pools.
+    pooled: AtomicU64,
 }
 
 impl Server {
@@ -148,7 +166,6 @@ impl Server {
             backing: Arc::new(backing),
             acl: RwLock::new(config.acl.clone()),
             has_control: AtomicBool::new(!config.listen_mode),
-            config,
             clients: Mutex::new(HashMap::new()),
             clients_changed: Condvar::new(),
             next_client: AtomicU64::new(1),
@@ -156,6 +173,9 @@ impl Server {
             stop: Trigger::new()?,
             closed: Trigger::new()?,
             tracker: RwLock::new(None),
+            memory: ByteBudget::new(config.limits.max_inflight),
+            pooled: AtomicU64::new(0),
+            config,
         }))
     }
 

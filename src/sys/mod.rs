@@ -1,12 +1,14 @@
 //! Small operating-system helpers every layer may use: a stop signal that
 //! threads and `poll` can wait on, a poison-tolerant lock, the monotonic
-//! clock and a rate limit for log lines. Nothing here knows about NBD.
+//! clock, a rate limit for log lines and a shared byte budget. Nothing here knows about NBD.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+mod budget;
 mod rate;
 mod trigger;
 
+pub use budget::ByteBudget;
 pub use rate::{RateLimit, Verdict};
 pub use trigger::Trigger;
 

@@ -126,7 +126,10 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, busy_since: &Atom
 struct Job {
     req: Request,
     buf: Vec<u8>,
+    /// The share of the connection's budget it holds (`workers::Budget`).
     cost: u64,
+    /// The share of the server's memory budget it holds.
+    charged: u64,
 }
 
 /// State shared by the reading thread and the workers of one connection.
@@ -139,7 +142,7 @@ struct Conn<'a> {
     writer: ReplyWriter<&'a Stream>,
     queue: Queue,
     budget: Budget,
-    pool: BufferPool,
+    pool: BufferPool<'a>,
     idle_workers: AtomicUsize,
     /// Bounds the warnings this client's requests can cause.
     warnings: RateLimit,
@@ -164,7 +167,7 @@ impl<'a> Conn<'a> {
             writer: ReplyWriter::new(stream),
             queue: Queue::default(),
             budget: Budget::default(),
-            pool: BufferPool::default(),
+            pool: BufferPool::new(&server.pooled, super::MAX_POOLED_TOTAL),
             idle_workers: AtomicUsize::new(0),
             warnings: RateLimit::new(WARN_BURST, WARN_EVERY),
             busy_since,

@@ -154,9 +154,24 @@ impl Conn<'_> {
             self.budget.acquire(cost);
             self.begin_request();
             let mut buf = Vec::new();
+            // READ buffers are charged whole (their data comes from our file);
+            // WRITE payloads as their bytes arrive.
+            let mut charged = 0u64;
+            if req.cmd == Cmd::READ {
+                charged = cost;
+                self.server.memory.acquire(charged);
+            }
             if req.cmd == Cmd::WRITE {
-                buf = self.pool.take(req.len as usize);
-                if let Err(e) = reader.read_payload(&mut buf[..req.len as usize]) {
+                buf = self.pool.take_empty(req.len as usize);
+                let memory = &self.server.memory;
+                let stall = self.server.config.limits.stall_timeout;
+                let read = reader.read_payload_charged(&mut buf, req.len as usize, stall, |n| {
+                    let n = n as u64;
+                    memory.acquire(n);
+                    charged += n;
+                });
+                if let Err(e) = read {
+                    self.server.memory.release(charged);
                     self.budget.release(cost);
                     self.end_request();
                     return if is_disconnect(&e) {
@@ -166,6 +181,12 @@ impl Conn<'_> {
                     };
                 }
             }
+            let job = Job {
+                req,
+                buf,
+                cost,
+                charged,
+            };
             // Alone in flight with nothing more to read yet (a client at queue
             // depth 1): serving it here saves two thread hand-offs of latency.
             // Not a large WRITE: its payload was read straight from the socket,
@@ -176,9 +197,9 @@ impl Conn<'_> {
                 && reader.buffered() == 0
                 && !(req.cmd == Cmd::WRITE && req.len > INLINE_SERVE_WRITE_MAX)
             {
-                self.serve_job(Job { req, buf, cost });
+                self.serve_job(job);
             } else {
-                self.queue.push(Job { req, buf, cost });
+                self.queue.push(job);
                 spawn();
             }
             if self.writer.is_broken() {

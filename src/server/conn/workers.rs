@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use crate::proto::types::{Cmd, CmdFlags, Errno};
@@ -24,6 +24,7 @@ const MAX_INFLIGHT_REQUESTS: u64 = 256;
 /// Pooled buffers kept per connection, in bytes: enough for the window a
 /// streaming client keeps in flight (nbdcopy: 64 requests of 256 KiB), so
 /// that a sequential copy allocates and faults in its buffers only once.
+/// All connections together keep at most the server's own limit.
 const MAX_POOLED_BYTES: usize = 16 << 20;
 
 /// Validated requests waiting for a worker.
@@ -111,10 +112,14 @@ impl Budget {
     }
 }
 
-/// Payload buffers kept for reuse, at most [`MAX_POOLED_BYTES`] of them.
-#[derive(Debug, Default)]
-pub(super) struct BufferPool {
+/// Payload buffers kept for reuse, at most [`MAX_POOLED_BYTES`] of them per
+/// connection and `total_max` over all the server's connections.
+#[derive(Debug)]
+pub(super) struct BufferPool<'a> {
     kept: Mutex<Pooled>,
+    /// The bytes kept by every connection's pool.
+    total: &'a AtomicU64,
+    total_max: u64,
 }
 
 #[derive(Debug, Default)]
@@ -123,36 +128,71 @@ struct Pooled {
     bytes: usize,
 }
 
-impl BufferPool {
-    /// A buffer of at least `len` bytes (its content is not cleared).
-    pub(super) fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = {
-            let mut kept = lock(&self.kept);
-            match kept.bufs.iter().position(|b| b.len() >= len) {
-                Some(i) => {
-                    let b = kept.bufs.swap_remove(i);
-                    kept.bytes -= b.len();
-                    b
-                }
-                None => Vec::new(),
-            }
-        };
-        if buf.len() < len {
-            buf.resize(len, 0);
+impl<'a> BufferPool<'a> {
+    /// An empty pool counting its bytes in `total` (shared by the server's
+    /// connections), which it keeps at most `total_max`.
+    pub(super) fn new(total: &'a AtomicU64, total_max: u64) -> Self {
+        BufferPool {
+            kept: Mutex::new(Pooled::default()),
+            total,
+            total_max,
         }
-        buf
     }
 
-    /// Keeps `buf` for reuse if the pool has room.
+    /// A kept buffer whose capacity is at least `len`, if there is one.
+    fn take_kept(&self, len: usize) -> Option<Vec<u8>> {
+        let mut kept = lock(&self.kept);
+        let i = kept.bufs.iter().position(|b| b.capacity() >= len)?;
+        let b = kept.bufs.swap_remove(i);
+        kept.bytes -= b.capacity();
+        self.total.fetch_sub(b.capacity() as u64, Ordering::SeqCst);
+        Some(b)
+    }
+
+    /// A buffer of `len` initialized bytes (their content is not cleared).
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        match self.take_kept(len) {
+            Some(mut b) => {
+                // Within the capacity: no allocation. Only the part beyond
+                // the kept length is zeroed.
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0; len],
+        }
+    }
+
+    /// An empty buffer with room for `len` bytes, for a payload to be read
+    /// into: a kept one, or a new one whose pages are only made resident as
+    /// bytes are written into them.
+    pub(super) fn take_empty(&self, len: usize) -> Vec<u8> {
+        self.take_kept(len).unwrap_or_default()
+    }
+
+    /// Keeps `buf` for reuse if this pool and all pools together have room.
     pub(super) fn give(&self, buf: Vec<u8>) {
-        if buf.is_empty() {
+        let size = buf.capacity();
+        if size == 0 {
             return;
         }
         let mut kept = lock(&self.kept);
-        if kept.bytes + buf.len() <= MAX_POOLED_BYTES {
-            kept.bytes += buf.len();
-            kept.bufs.push(buf);
+        if kept.bytes + size > MAX_POOLED_BYTES {
+            return;
         }
+        let total = self.total.fetch_add(size as u64, Ordering::SeqCst);
+        if total + size as u64 > self.total_max {
+            self.total.fetch_sub(size as u64, Ordering::SeqCst);
+            return;
+        }
+        kept.bytes += size;
+        kept.bufs.push(buf);
+    }
+}
+
+impl Drop for BufferPool<'_> {
+    fn drop(&mut self) {
+        let kept = lock(&self.kept);
+        self.total.fetch_sub(kept.bytes as u64, Ordering::SeqCst);
     }
 }
 
@@ -165,15 +205,17 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Gives a job's budget back and ends its request when dropped, so that a
+/// Gives a job's budgets back and ends its request when dropped, so that a
 /// panic while serving it frees what it held.
 struct Held<'c, 'a> {
     conn: &'c Conn<'a>,
     cost: u64,
+    charged: u64,
 }
 
 impl Drop for Held<'_, '_> {
     fn drop(&mut self) {
+        self.conn.server.memory.release(self.charged);
         self.conn.budget.release(self.cost);
         self.conn.end_request();
     }
@@ -192,8 +234,17 @@ impl Conn<'_> {
     /// come, so the client must not wait for it); the budget and the
     /// request count are given back all the same.
     pub(super) fn serve_job(&self, job: Job) {
-        let Job { req, buf, cost } = job;
-        let held = Held { conn: self, cost };
+        let Job {
+            req,
+            buf,
+            cost,
+            charged,
+        } = job;
+        let held = Held {
+            conn: self,
+            cost,
+            charged,
+        };
         match catch_unwind(AssertUnwindSafe(|| self.execute(req, buf))) {
             Ok(buf) => self.pool.give(buf),
             Err(_) => {
