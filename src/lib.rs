@@ -36,3 +36,4 @@ pub mod net;
 pub mod proto;
 pub mod proxy;
 pub mod server;
+pub mod status;

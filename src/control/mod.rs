@@ -60,7 +60,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::net::{AclEntry, parse_ip};
-use crate::server::status::Status;
+use crate::status::Status;
 
 pub mod client;
 pub mod protocol;

@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 use crate::control::{Controlled, MirrorAction, MirrorRequest, Reply};
 use crate::net::AclEntry;
 use crate::server::dirty::Tracker;
-use crate::server::status::{MigrationStatus, Status};
 use crate::server::{Server, Trigger};
+use crate::status::{MigrationStatus, Outcome, Phase, Status};
 
 mod engine;
 
@@ -90,43 +90,12 @@ pub fn request_limit() -> Option<Duration> {
     }
 }
 
-/// Where a migration is, as `migration_phase` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Connecting to the destination.
-    Connecting = 0,
-    /// Sending the file and what clients write meanwhile.
-    Copying = 1,
-    /// Little is left; client writes are mirrored before they are acknowledged.
-    Converging = 2,
-    /// Clients are stopped and the last data is sent.
-    Handover = 3,
-    /// Waiting before another attempt.
-    Retrying = 4,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            1 => Phase::Copying,
-            2 => Phase::Converging,
-            3 => Phase::Handover,
-            4 => Phase::Retrying,
-            _ => Phase::Connecting,
-        }
-    }
-
-    /// The word shown in `status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Connecting => "connecting",
-            Phase::Copying => "copying",
-            Phase::Converging => "converging",
-            Phase::Handover => "handover",
-            Phase::Retrying => "retrying",
-        }
-    }
+/// The phase stored in [`Mirror`]'s atomic as `phase as u8`, back from that number.
+fn phase_from_u8(v: u8) -> Phase {
+    Phase::ALL
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Phase::Connecting)
 }
 
 /// How the first connection attempt went: decides the `mirror` command's reply.
@@ -215,7 +184,7 @@ impl Mirror {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::SeqCst))
+        phase_from_u8(self.phase.load(Ordering::SeqCst))
     }
 
     /// Progress for `status`, with flexnbd-c's definitions where it has them.
@@ -237,7 +206,7 @@ impl Mirror {
             speed_limit: (limit != u64::MAX).then_some(limit),
             bytes_sent: Some(self.wire_bytes.load(Ordering::SeqCst)),
             retries: Some(self.retries.load(Ordering::SeqCst)),
-            phase: Some(self.phase().as_str().to_owned()),
+            phase: Some(self.phase()),
         }
     }
 
@@ -267,7 +236,7 @@ struct Shared {
     /// Shutting down: no new migrations.
     closed: AtomicBool,
     /// How the last migration ended, for `status` (`last_migration`).
-    last: Mutex<Option<&'static str>>,
+    last: Mutex<Option<Outcome>>,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
 }
@@ -381,7 +350,7 @@ impl Shared {
             match end {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
-                    *lock(&self.last) = Some("done");
+                    *lock(&self.last) = Some(Outcome::Done);
                     mirror.completed.store(true, Ordering::SeqCst);
                     if mirror.request.action != MirrorAction::Nothing {
                         self.migrated.store(true, Ordering::SeqCst);
@@ -390,7 +359,7 @@ impl Shared {
                 }
                 AttemptEnd::Abandoned => {
                     log::info!("Mirror abandoned");
-                    *lock(&self.last) = Some("stopped");
+                    *lock(&self.last) = Some(Outcome::Stopped);
                     break;
                 }
                 AttemptEnd::Failed(why) if ever_go => {
@@ -399,13 +368,13 @@ impl Shared {
                     mirror.retries.fetch_add(1, Ordering::SeqCst);
                     if mirror.abandon.wait_timeout(RETRY_DELAY) {
                         log::info!("Mirror abandoned");
-                        *lock(&self.last) = Some("stopped");
+                        *lock(&self.last) = Some(Outcome::Stopped);
                         break;
                     }
                 }
                 AttemptEnd::Failed(why) => {
                     log::warn!("Mirror failed before commit, giving up: {why}");
-                    *lock(&self.last) = Some("failed");
+                    *lock(&self.last) = Some(Outcome::Failed);
                     break;
                 }
             }
@@ -462,8 +431,8 @@ impl Shared {
         if let Some(mirror) = self.running() {
             status.migration = Some(mirror.progress(status.size));
         }
-        status.last_migration = lock(&self.last).map(str::to_owned);
-        if status.migration.is_none() && status.last_migration.as_deref() == Some("done") {
+        status.last_migration = *lock(&self.last);
+        if status.migration.is_none() && status.last_migration == Some(Outcome::Done) {
             let (reported, cv) = &self.completion_reported;
             *lock(reported) = true;
             cv.notify_all();

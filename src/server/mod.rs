@@ -27,13 +27,12 @@ use crate::proto::types::TransmissionFlags;
 
 mod conn;
 pub mod dirty;
-pub mod status;
 mod trigger;
 
 pub use trigger::Trigger;
 
+use crate::status::Status;
 use dirty::Tracker;
-use status::Status;
 
 /// How long a request may take before the killswitch drops its client (flexnbd-c: 120 s).
 pub const KILLSWITCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -502,15 +501,5 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-impl crate::control::Controlled for Server {
-    fn status(&self) -> Status {
-        Server::status(self)
-    }
-
-    fn set_acl(&self, entries: Vec<AclEntry>) {
-        Server::set_acl(self, entries);
     }
 }

@@ -5,9 +5,100 @@
 //! order, new keys only appended. [`Status::to_json`] gives the same as one
 //! JSON object. `FromStr` parses the line back (used by tests and by
 //! `mirror --wait`).
+//!
+//! The snapshot is plain data shared by the layers that fill it in
+//! (`server`, `mirror`) and those that report it (`control`, `cmd`), so it
+//! sits below all of them and imports nothing from the crate.
 
 use std::fmt;
 use std::str::FromStr;
+
+/// Where a migration is, as `migration_phase` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting to the destination.
+    Connecting,
+    /// Sending the file and what clients write meanwhile.
+    Copying,
+    /// Little is left; client writes are mirrored before they are acknowledged.
+    Converging,
+    /// Clients are stopped and the last data is sent.
+    Handover,
+    /// Waiting before another attempt.
+    Retrying,
+}
+
+impl Phase {
+    /// Every phase, in the order a migration goes through them.
+    pub const ALL: [Phase; 5] = [
+        Phase::Connecting,
+        Phase::Copying,
+        Phase::Converging,
+        Phase::Handover,
+        Phase::Retrying,
+    ];
+
+    /// The word shown in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Copying => "copying",
+            Phase::Converging => "converging",
+            Phase::Handover => "handover",
+            Phase::Retrying => "retrying",
+        }
+    }
+}
+
+/// How the last migration ended, as `last_migration` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It handed over (or, with action `nothing`, copied everything).
+    Done,
+    /// `break` or a signal abandoned it.
+    Stopped,
+    /// Its first attempt failed before the destination was accepted.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 3] = [Outcome::Done, Outcome::Stopped, Outcome::Failed];
+
+    /// The word shown in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Stopped => "stopped",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Display and parsing by the status word, for an enum with `ALL` and `as_str`.
+macro_rules! status_word {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = ParseStatusError;
+
+            fn from_str(word: &str) -> Result<Self, Self::Err> {
+                <$t>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == word)
+                    .ok_or_else(|| ParseStatusError(word.to_owned()))
+            }
+        }
+    };
+}
+
+status_word!(Phase);
+status_word!(Outcome);
 
 /// Progress of a running migration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -26,8 +117,8 @@ pub struct MigrationStatus {
     pub bytes_sent: Option<u64>,
     /// Attempts that failed and were retried (appended key).
     pub retries: Option<u64>,
-    /// `connecting`, `copying`, `converging`, `handover` or `retrying` (appended key).
-    pub phase: Option<String>,
+    /// Where the migration is (appended key).
+    pub phase: Option<Phase>,
 }
 
 /// A server's state as `status` reports it.
@@ -45,8 +136,8 @@ pub struct Status {
     pub has_control: bool,
     /// The migration in progress, if any (`is_mirroring=true`).
     pub migration: Option<MigrationStatus>,
-    /// How the last migration ended, once one has: `done`, `stopped` or `failed` (appended key).
-    pub last_migration: Option<String>,
+    /// How the last migration ended, once one has (appended key).
+    pub last_migration: Option<Outcome>,
 }
 
 impl fmt::Display for Status {
@@ -159,8 +250,8 @@ impl FromStr for Status {
                 "migration_speed_limit" => m.speed_limit = Some(num()?),
                 "migration_bytes_sent" => m.bytes_sent = Some(num()?),
                 "migration_retries" => m.retries = Some(num()?),
-                "migration_phase" => m.phase = Some(value.to_owned()),
-                "last_migration" => st.last_migration = Some(value.to_owned()),
+                "migration_phase" => m.phase = Some(value.parse().map_err(|_| bad())?),
+                "last_migration" => st.last_migration = Some(value.parse().map_err(|_| bad())?),
                 _ => {} // keys appended by newer versions
             }
         }
@@ -210,10 +301,10 @@ mod tests {
                 bytes_left: 5,
                 bytes_sent: Some(4124),
                 retries: Some(2),
-                phase: Some("handover".into()),
+                phase: Some(Phase::Handover),
                 ..Default::default()
             }),
-            last_migration: Some("stopped".into()),
+            last_migration: Some(Outcome::Stopped),
         };
         let line = st.to_string();
         assert!(line.ends_with(
@@ -245,5 +336,19 @@ mod tests {
         );
         assert!("pid=x".parse::<Status>().is_err());
         assert!("garbage".parse::<Status>().is_err());
+        assert!("last_migration=maybe".parse::<Status>().is_err());
+        assert!("migration_phase=Copying".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for phase in Phase::ALL {
+            assert_eq!(phase.to_string().parse::<Phase>(), Ok(phase));
+        }
+        for outcome in Outcome::ALL {
+            assert_eq!(outcome.as_str().parse::<Outcome>(), Ok(outcome));
+        }
+        assert_eq!(Phase::Converging.to_string(), "converging");
+        assert_eq!(Outcome::Done.to_string(), "done");
     }
 }
