@@ -54,13 +54,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::control::{Controlled, MirrorAction, MirrorRequest, Reply};
 use crate::net::AclEntry;
 use crate::server::dirty::Tracker;
 use crate::server::{Server, Trigger};
 use crate::status::{MigrationStatus, Outcome, Phase, Status};
 
 mod engine;
+mod error;
+mod request;
+
+pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
+pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps};
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -98,30 +102,6 @@ fn phase_from_u8(v: u8) -> Phase {
         .unwrap_or(Phase::Connecting)
 }
 
-/// How the first connection attempt went: decides the `mirror` command's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    Go,
-    FailConnect,
-    FailRejected,
-    FailNoHello,
-    FailSizeMismatch,
-    Abandoned,
-}
-
-impl Commit {
-    fn reply(self) -> Reply {
-        match self {
-            Commit::Go => Reply::ok("Mirror started"),
-            Commit::FailConnect => Reply::error("Mirror failed to connect"),
-            Commit::FailRejected => Reply::error("Mirror was rejected"),
-            Commit::FailNoHello => Reply::error("Remote server failed to respond"),
-            Commit::FailSizeMismatch => Reply::error("Remote size does not match local size"),
-            Commit::Abandoned => Reply::error("Mirroring abandoned"),
-        }
-    }
-}
-
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum AttemptEnd {
@@ -129,8 +109,8 @@ enum AttemptEnd {
     Done,
     /// `break` or a signal.
     Abandoned,
-    /// Anything else; the text says what.
-    Failed(String),
+    /// Anything else.
+    Failed(MirrorError),
 }
 
 /// One migration: its parameters, progress counters and supervisor thread.
@@ -273,6 +253,44 @@ impl Controller {
         self.shared.signal();
     }
 
+    /// A snapshot for `status`: the server's, with the migration's progress and last outcome.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Replaces the server's access control list.
+    pub fn set_acl(&self, entries: Vec<AclEntry>) {
+        self.shared.server.set_acl(entries);
+    }
+
+    /// Starts a migration and waits for its first connection attempt (about 20 s at most).
+    ///
+    /// # Errors
+    ///
+    /// Why no migration is running now: one already was, the server is
+    /// stopping, or the first attempt failed (it is not retried).
+    pub fn start_mirror(&self, request: MirrorRequest) -> Result<(), StartError> {
+        self.shared.start_mirror(request, &self.shared)
+    }
+
+    /// Changes the running migration's bandwidth limit (bytes per second; 0 pauses it).
+    ///
+    /// # Errors
+    ///
+    /// [`NotMirroring`] when no migration is running.
+    pub fn set_mirror_max_bps(&self, max_bps: u64) -> Result<(), NotMirroring> {
+        self.shared.set_mirror_max_bps(max_bps)
+    }
+
+    /// Stops the running migration, waits until it has stopped, and tells how it had ended.
+    ///
+    /// # Errors
+    ///
+    /// [`NotMirroring`] when no migration is running.
+    pub fn break_mirror(&self) -> Result<Broken, NotMirroring> {
+        self.shared.break_mirror()
+    }
+
     /// Waits for a migration thread that is still running (after the server stopped).
     pub fn wait(&self) {
         self.shared.wait();
@@ -330,7 +348,7 @@ impl Shared {
     }
 
     /// The supervisor: attempts until done, abandoned, or a first attempt fails before GO.
-    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Commit>) {
+    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Result<(), StartError>>) {
         let mut first = Some(first);
         let mut ever_go = false;
         loop {
@@ -338,9 +356,7 @@ impl Shared {
             mirror.acked.store(0, Ordering::SeqCst);
             mirror.set_phase(Phase::Connecting);
             let end = engine::attempt(&self.server, mirror, &mut |commit| {
-                if commit == Commit::Go {
-                    ever_go = true;
-                }
+                ever_go |= commit.is_ok();
                 if let Some(tx) = first.take() {
                     let _ = tx.send(commit);
                 }
@@ -392,7 +408,7 @@ impl Shared {
 fn spawn_supervisor(
     shared: &Arc<Shared>,
     mirror: Arc<Mirror>,
-    first: mpsc::Sender<Commit>,
+    first: mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
     let shared = shared.clone();
     let thread_mirror = mirror.clone();
@@ -401,28 +417,6 @@ fn spawn_supervisor(
         .spawn(move || shared.supervise(&thread_mirror, first))?;
     *lock(&mirror.thread) = Some(handle);
     Ok(())
-}
-
-impl Controlled for Controller {
-    fn status(&self) -> Status {
-        self.shared.status()
-    }
-
-    fn set_acl(&self, entries: Vec<AclEntry>) {
-        self.shared.server.set_acl(entries);
-    }
-
-    fn start_mirror(&self, request: MirrorRequest) -> Reply {
-        self.shared.start_mirror(request, &self.shared)
-    }
-
-    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
-        self.shared.set_mirror_max_bps(max_bps)
-    }
-
-    fn break_mirror(&self) -> Reply {
-        self.shared.break_mirror()
-    }
 }
 
 impl Shared {
@@ -440,23 +434,20 @@ impl Shared {
         status
     }
 
-    fn start_mirror(&self, request: MirrorRequest, me: &Arc<Shared>) -> Reply {
+    fn start_mirror(&self, request: MirrorRequest, me: &Arc<Shared>) -> Result<(), StartError> {
         let mirror = {
             let mut slot = lock(&self.slot);
             match &*slot {
                 Slot::Running(_) => {
                     log::warn!("Tried to start a second mirror run");
-                    return Reply::error("mirror already running");
+                    return Err(StartError::AlreadyRunning);
                 }
                 Slot::Idle => {}
             }
             if self.closed.load(Ordering::SeqCst) || self.server.is_shutting_down() {
-                return Reply::error("shutting down");
+                return Err(StartError::ShuttingDown);
             }
-            let mirror = match Mirror::new(request) {
-                Ok(m) => Arc::new(m),
-                Err(e) => return Reply::error(format!("cannot start mirror: {e}")),
-            };
+            let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
             mirror
         };
@@ -469,44 +460,36 @@ impl Shared {
         let spawned = spawn_supervisor(me, mirror.clone(), tx);
         if let Err(e) = spawned {
             *lock(&self.slot) = Slot::Idle;
-            return Reply::error(format!("cannot start mirror: {e}"));
+            return Err(StartError::Setup(e));
         }
-        match rx.recv() {
-            Ok(commit) => {
-                if commit != Commit::Go {
-                    // The supervisor gives up after a failed first attempt; wait so
-                    // that a new `mirror` can start at once (flexnbd-c bug 14.3.4 fixed).
-                    mirror.join();
-                }
-                commit.reply()
-            }
-            Err(_) => Reply::error("Mirror failed to initialise"),
+        let first = rx.recv().unwrap_or(Err(StartError::NoOutcome));
+        if first.is_err() {
+            // The supervisor gives up after a failed first attempt; wait so
+            // that a new `mirror` can start at once (flexnbd-c bug 14.3.4 fixed).
+            mirror.join();
         }
+        first
     }
 
-    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
-        match self.running() {
-            Some(mirror) => {
-                mirror.max_bps.store(max_bps, Ordering::SeqCst);
-                log::info!("mirror speed limit set to {max_bps} bytes/s");
-                Reply::ok("updated")
-            }
-            None => Reply::error("Not currently mirroring"),
-        }
+    fn set_mirror_max_bps(&self, max_bps: u64) -> Result<(), NotMirroring> {
+        let mirror = self.running().ok_or(NotMirroring)?;
+        mirror.max_bps.store(max_bps, Ordering::SeqCst);
+        log::info!("mirror speed limit set to {max_bps} bytes/s");
+        Ok(())
     }
 
-    fn break_mirror(&self) -> Reply {
+    fn break_mirror(&self) -> Result<Broken, NotMirroring> {
         let Some(mirror) = self.running() else {
             log::info!("Not mirroring.");
-            return Reply::error("not mirroring");
+            return Err(NotMirroring);
         };
         mirror.abandon.trigger();
         mirror.join();
         if mirror.completed.load(Ordering::SeqCst) && mirror.request.action != MirrorAction::Nothing
         {
-            Reply::error("mirror completed")
+            Ok(Broken::Completed)
         } else {
-            Reply::ok("mirror stopped")
+            Ok(Broken::Stopped)
         }
     }
 }
