@@ -970,10 +970,3 @@ fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::
     }
     Ok(())
 }
-
-/// Whether the process was started as `flexnbd-proxy` (a symlink), not `flexnbd`.
-pub fn invoked_as_proxy(argv0: &std::ffi::OsStr) -> bool {
-    std::path::Path::new(argv0)
-        .file_name()
-        .is_some_and(|n| n == "flexnbd-proxy")
-}
