@@ -1,23 +1,28 @@
 //! flexnbd: an NBD server that serves a file and can live-migrate it.
 //!
 //! The crate is a library with a thin binary (`src/main.rs`). Layers, from
-//! the bottom up (each depends only on those before it):
+//! the bottom up (each depends only on those before it; the `layering`
+//! test enforces this table):
 //!
 //! - [`proto`]: the NBD protocol as pure functions over bytes: constants,
 //!   wire headers, the server's option negotiation. No I/O.
-//! - [`net`]: address and ACL parsing, also pure.
+//! - [`status`]: the status snapshot that `status` reports, as plain data.
+//! - [`net`]: address and ACL parsing (pure), and the one socket send helper
+//!   the server and the client share.
 //! - [`backing`]: the served file: positioned reads and writes, hole
 //!   punching, zeroing, allocation queries and durable syncs.
 //! - [`client`]: a blocking NBD client (old-style and newstyle) used by
-//!   `read`, `write` and, later, `mirror` and `proxy`.
+//!   `read`, `write`, `mirror` and `proxy`.
 //! - [`server`]: the NBD server: accept loop, ACL, per-connection
 //!   transmission with several requests in flight, shutdown.
 //! - [`mirror`]: live migration to another server: the copy engine, its
-//!   supervisor with retries, and the control commands that drive it.
+//!   supervisor with retries, the `mirror` command's request and its typed
+//!   outcomes.
 //! - [`proxy`]: the resilient proxy that hides upstream failures and
 //!   migrations from its one client.
 //! - [`control`]: the UNIX control socket: its line protocol, the listener
-//!   thread, and the client used by `status` and `acl`.
+//!   thread, the commands and their reply texts, and the client used by
+//!   `status`, `acl`, `mirror` and `break`.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand; only
 //!   these print to stdout.
 //! - [`logging`], [`exit`]: the stderr logger and exit codes.

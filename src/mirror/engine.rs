@@ -35,9 +35,8 @@ const CONVERGE_BYTES: u64 = 1 << 20;
 /// one huge sync stalls its disk (and writers to the source if it shares the
 /// file system) for a long time, and the syncs before converging and at the
 /// handover have little left to do. Each FLUSH drains the window and costs
-/// the destination a journal commit: every 32 MiB made an idle 1 GiB
-/// migration 15-20% slower than qemu-storage-daemon's one final flush;
-/// every 256 MiB ties it idle and beats it under a writer (bench/RESULTS.md).
+/// the destination a journal commit, so they are rare: the measurements
+/// behind this figure are in bench/RESULTS.md.
 const FLUSH_EVERY: u64 = 256 << 20;
 /// ...or after this many transfers: scattered small blocks cost the
 /// destination's disk one write each, so a sync of many is long too.
@@ -60,9 +59,9 @@ const MAX_PASSES: u32 = 8;
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
 /// with data; the WRITE's payload then goes from the file to the socket with
-/// `sendfile`, never copied through user space. Reading the whole range
-/// into a buffer and sending it from there cost two copies of every byte,
-/// most of the source's CPU time.
+/// `sendfile`, never copied through user space: sending from a buffer of
+/// the whole range would cost two copies of every byte, most of the
+/// source's CPU time.
 const ZERO_CHECK_PIECE: usize = 64 << 10;
 
 /// Passes over the dirty map while copying, to notice that they stop converging.

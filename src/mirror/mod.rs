@@ -10,7 +10,7 @@
 //! instead, so holes are not sent and the destination stays sparse, and a
 //! FLUSH before the handover makes every byte durable there (flexnbd-c's
 //! destination, old-style only, syncs every write before its reply, and so
-//! does our `listen --oldstyle`). FLUSHes while copying (every 32 MiB or 512
+//! does our `listen --oldstyle`). FLUSHes while copying (every 256 MiB or 4096
 //! transfers, and in rounds before converging) keep the destination's
 //! unsynced data small, so that no single sync stalls its disk for long and
 //! the one at the handover, while new clients are refused, is short.
@@ -47,6 +47,12 @@
 //! handover starts only once no client is connected, so the last cycle
 //! leaves nothing dirty, and the DISCONNECT goes out only after every
 //! transfer was acknowledged and the listener closed.
+//!
+//! The control socket drives migrations through [`Controller`]'s methods,
+//! which take a parsed [`MirrorRequest`] and answer with typed results
+//! ([`StartError`], [`NotMirroring`], [`Broken`]); an attempt's failure is a
+//! [`MirrorError`] whose [`ErrorKind`] tells what failed. This module never
+//! words a control-socket reply: `control` does.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc;
