@@ -35,6 +35,8 @@ pub mod client;
 pub mod cmd;
 pub mod control;
 pub mod exit;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod mirror;
 pub mod net;
