@@ -21,10 +21,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("status", &[]),
     ("sys", &[]),
-    ("logging", &[]),
     ("exit", &[]),
     ("net", &[]),
-    ("backing", &[]),
+    // Utilities over the leaves (the connection layer's versions on main
+    // use these: the logger's clock, the backing file's reply layout).
+    ("logging", &["sys"]),
+    ("backing", &["proto"]),
     // The NBD connection layer (handshake, request reader, reply writer).
     ("nbd", &["proto", "sys"]),
     ("client", &["proto", "nbd", "net", "sys"]),

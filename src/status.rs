@@ -140,80 +140,78 @@ pub struct Status {
     pub last_migration: Option<Outcome>,
 }
 
-impl fmt::Display for Status {
+/// A value on the status line: a number, a flag, or a word (quoted in JSON).
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Num(u64),
+    Flag(bool),
+    Word(&'static str),
+}
+
+impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pid={} size={} is_mirroring={} clients_allowed={} num_clients={} has_control={} ",
-            self.pid,
-            self.size,
-            self.migration.is_some(),
-            self.clients_allowed,
-            self.num_clients,
-            self.has_control
-        )?;
-        if let Some(m) = &self.migration {
-            write!(
-                f,
-                "migration_speed={} migration_duration={} migration_seconds_left={} migration_bytes_left={} ",
-                m.speed, m.duration, m.seconds_left, m.bytes_left
-            )?;
-            if let Some(limit) = m.speed_limit {
-                write!(f, "migration_speed_limit={limit} ")?;
-            }
-            if let Some(sent) = m.bytes_sent {
-                write!(f, "migration_bytes_sent={sent} ")?;
-            }
-            if let Some(retries) = m.retries {
-                write!(f, "migration_retries={retries} ")?;
-            }
-            if let Some(phase) = &m.phase {
-                write!(f, "migration_phase={phase} ")?;
-            }
+        match self {
+            Value::Num(n) => write!(f, "{n}"),
+            Value::Flag(b) => write!(f, "{b}"),
+            Value::Word(w) => f.write_str(w),
         }
-        if let Some(last) = &self.last_migration {
-            write!(f, "last_migration={last} ")?;
-        }
-        Ok(())
     }
 }
 
 impl Status {
+    /// The keys and values in flexnbd-c's order, appended keys last: the
+    /// one list both the line and the JSON are made from.
+    fn pairs(&self) -> Vec<(&'static str, Value)> {
+        let mut pairs = vec![
+            ("pid", Value::Num(u64::from(self.pid))),
+            ("size", Value::Num(self.size)),
+            ("is_mirroring", Value::Flag(self.migration.is_some())),
+            ("clients_allowed", Value::Flag(self.clients_allowed)),
+            ("num_clients", Value::Num(self.num_clients)),
+            ("has_control", Value::Flag(self.has_control)),
+        ];
+        if let Some(m) = &self.migration {
+            pairs.extend([
+                ("migration_speed", Value::Num(m.speed)),
+                ("migration_duration", Value::Num(m.duration)),
+                ("migration_seconds_left", Value::Num(m.seconds_left)),
+                ("migration_bytes_left", Value::Num(m.bytes_left)),
+            ]);
+            let optional = [
+                ("migration_speed_limit", m.speed_limit.map(Value::Num)),
+                ("migration_bytes_sent", m.bytes_sent.map(Value::Num)),
+                ("migration_retries", m.retries.map(Value::Num)),
+                ("migration_phase", m.phase.map(|p| Value::Word(p.as_str()))),
+            ];
+            pairs.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        }
+        if let Some(last) = self.last_migration {
+            pairs.push(("last_migration", Value::Word(last.as_str())));
+        }
+        pairs
+    }
+
     /// The status as one JSON object with the same keys as the line.
     pub fn to_json(&self) -> String {
-        let mut s = format!(
-            "{{\"pid\":{},\"size\":{},\"is_mirroring\":{},\"clients_allowed\":{},\"num_clients\":{},\"has_control\":{}",
-            self.pid,
-            self.size,
-            self.migration.is_some(),
-            self.clients_allowed,
-            self.num_clients,
-            self.has_control
-        );
-        if let Some(m) = &self.migration {
-            s.push_str(&format!(
-                ",\"migration_speed\":{},\"migration_duration\":{},\"migration_seconds_left\":{},\"migration_bytes_left\":{}",
-                m.speed, m.duration, m.seconds_left, m.bytes_left
-            ));
-            if let Some(limit) = m.speed_limit {
-                s.push_str(&format!(",\"migration_speed_limit\":{limit}"));
-            }
-            if let Some(sent) = m.bytes_sent {
-                s.push_str(&format!(",\"migration_bytes_sent\":{sent}"));
-            }
-            if let Some(retries) = m.retries {
-                s.push_str(&format!(",\"migration_retries\":{retries}"));
-            }
-            if let Some(phase) = &m.phase {
-                // Phases are fixed lower-case words: nothing to escape.
-                s.push_str(&format!(",\"migration_phase\":\"{phase}\""));
-            }
-        }
-        if let Some(last) = &self.last_migration {
-            s.push_str(&format!(",\"last_migration\":\"{last}\""));
-        }
-        s.push('}');
-        s
+        // Keys and words are fixed lower-case ASCII: nothing to escape.
+        let members: Vec<String> = self
+            .pairs()
+            .into_iter()
+            .map(|(key, value)| match value {
+                Value::Word(w) => format!("\"{key}\":\"{w}\""),
+                _ => format!("\"{key}\":{value}"),
+            })
+            .collect();
+        format!("{{{}}}", members.join(","))
+    }
+}
+
+impl fmt::Display for Status {
+    /// `key=value` pairs, each followed by one space, as flexnbd-c prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.pairs()
+            .into_iter()
+            .try_for_each(|(key, value)| write!(f, "{key}={value} "))
     }
 }
 
@@ -287,6 +285,10 @@ mod tests {
             "pid=29537 size=67108864 is_mirroring=true clients_allowed=true num_clients=0 has_control=true migration_speed=2796202 migration_duration=2 migration_seconds_left=17 migration_bytes_left=50331648 migration_speed_limit=1000000 "
         );
         assert_eq!(st.to_string().parse::<Status>().unwrap(), st);
+        assert_eq!(
+            st.to_json(),
+            r#"{"pid":29537,"size":67108864,"is_mirroring":true,"clients_allowed":true,"num_clients":0,"has_control":true,"migration_speed":2796202,"migration_duration":2,"migration_seconds_left":17,"migration_bytes_left":50331648,"migration_speed_limit":1000000}"#
+        );
     }
 
     #[test]
