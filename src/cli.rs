@@ -7,8 +7,9 @@
 //! hidden `generate` subcommand. This module imports only the small parsing
 //! types it needs, never server or I/O code.
 
+use std::ffi::OsStr;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -303,6 +304,32 @@ pub struct ProxyCli {
     pub args: ProxyArgs,
 }
 
+/// Whether the process was started as `flexnbd-proxy` (a symlink), not `flexnbd`.
+pub fn invoked_as_proxy(argv0: &OsStr) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n == "flexnbd-proxy")
+}
+
+impl Cli {
+    /// Parses the process's arguments; started as `flexnbd-proxy`, they are
+    /// [`ProxyCli`]'s, run as the `proxy` subcommand.
+    ///
+    /// A usage error exits as clap does: its message, and status 2.
+    pub fn parse_invoked() -> Cli {
+        match std::env::args_os().next() {
+            Some(argv0) if invoked_as_proxy(&argv0) => {
+                let proxy = ProxyCli::parse();
+                Cli {
+                    global: proxy.global,
+                    command: Command::Proxy(proxy.args),
+                }
+            }
+            _ => Cli::parse(),
+        }
+    }
+}
+
 /// Options of `mirror-speed`.
 #[derive(Debug, Args, Clone)]
 pub struct MirrorSpeedArgs {
@@ -522,6 +549,22 @@ mod tests {
             panic!("not read")
         };
         assert_eq!(args.range.size, 9);
+    }
+
+    #[test]
+    fn the_proxy_is_known_by_its_file_name() {
+        for argv0 in ["flexnbd-proxy", "/usr/bin/flexnbd-proxy", "./flexnbd-proxy"] {
+            assert!(invoked_as_proxy(OsStr::new(argv0)), "{argv0}");
+        }
+        for argv0 in [
+            "flexnbd",
+            "/usr/bin/flexnbd",
+            "flexnbd-proxy.old",
+            "/flexnbd-proxy/flexnbd",
+            "",
+        ] {
+            assert!(!invoked_as_proxy(OsStr::new(argv0)), "{argv0}");
+        }
     }
 
     #[test]

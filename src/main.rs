@@ -2,23 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use flexnbd::cli::{Cli, Command, ProxyCli};
+use flexnbd::cli::Cli;
 
 fn main() -> ExitCode {
     // Run as `flexnbd-proxy` (a symlink), the arguments are the proxy's.
-    let cli = match std::env::args_os().next() {
-        Some(argv0) if flexnbd::proxy::invoked_as_proxy(&argv0) => {
-            let proxy = ProxyCli::parse();
-            Cli {
-                global: proxy.global,
-                command: Command::Proxy(proxy.args),
-            }
-        }
-        _ => Cli::parse(),
-    };
-    match flexnbd::cmd::run(cli) {
+    match flexnbd::cmd::run(Cli::parse_invoked()) {
         Ok(code) => code.into(),
         Err(err) => {
             // A closed stdout (e.g. `flexnbd read ... | head`) is not a failure.

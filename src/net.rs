@@ -9,21 +9,42 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+/// Text that is not an IPv4 or IPv6 address (host names are not looked up).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an IPv4 or IPv6 address (host names are not looked up)")]
+pub struct ParseIpError(pub String);
+
+/// Text that is not an ACL entry, `ADDRESS[/MASK]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseAclError {
+    /// The address part is not an IP address.
+    #[error("bad ACL entry '{0}'")]
+    Address(String),
+    /// The mask is not a number of bits from 1 to the address's length.
+    #[error("bad ACL entry '{entry}': mask must be 1..{max}")]
+    Mask {
+        /// The whole entry.
+        entry: String,
+        /// The address's length in bits: 32 or 128.
+        max: u8,
+    },
+}
+
 /// Parses an IP address as flexnbd-c does: `0` is 0.0.0.0, `[::1]` is ::1.
 ///
 /// # Errors
 ///
-/// Returns a one-line message when the text is not an IPv4 or IPv6 address.
-pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+/// [`ParseIpError`] when the text is not an IPv4 or IPv6 address.
+pub fn parse_ip(text: &str) -> Result<IpAddr, ParseIpError> {
     let inner = text
         .strip_prefix('[')
         .map_or(text, |rest| rest.strip_suffix(']').unwrap_or(rest));
     if inner == "0" {
         return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
-    inner.parse::<IpAddr>().map_err(|_| {
-        format!("'{text}' is not an IPv4 or IPv6 address (host names are not looked up)")
-    })
+    inner
+        .parse::<IpAddr>()
+        .map_err(|_| ParseIpError(text.to_owned()))
 }
 
 /// One access-control entry: an address and the number of leading bits that must match.
@@ -58,20 +79,25 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 }
 
 impl FromStr for AclEntry {
-    type Err = String;
+    type Err = ParseAclError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ParseAclError> {
         let (addr_text, mask_text) = match text.split_once('/') {
             Some((a, m)) => (a, Some(m)),
             None => (text, None),
         };
-        let addr = parse_ip(addr_text).map_err(|_| format!("bad ACL entry '{text}'"))?;
+        let addr = parse_ip(addr_text).map_err(|_| ParseAclError::Address(text.to_owned()))?;
         let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let bits = match mask_text {
             None => max,
             Some(m) => match m.parse::<u8>() {
                 Ok(b) if (1..=max).contains(&b) => b,
-                _ => return Err(format!("bad ACL entry '{text}': mask must be 1..{max}")),
+                _ => {
+                    return Err(ParseAclError::Mask {
+                        entry: text.to_owned(),
+                        max,
+                    });
+                }
             },
         };
         Ok(AclEntry { addr, bits })
@@ -133,6 +159,10 @@ mod tests {
         assert!(parse_ip("localhost").is_err());
         assert!(parse_ip("1.2.3.4foo").is_err());
         assert!(parse_ip("").is_err());
+        assert_eq!(
+            parse_ip("localhost").unwrap_err().to_string(),
+            "'localhost' is not an IPv4 or IPv6 address (host names are not looked up)"
+        );
     }
 
     #[test]
@@ -167,6 +197,16 @@ mod tests {
         ] {
             assert!(bad.parse::<AclEntry>().is_err(), "{bad}");
         }
+        let message = |text: &str| text.parse::<AclEntry>().unwrap_err().to_string();
+        assert_eq!(message("x/8"), "bad ACL entry 'x/8'");
+        assert_eq!(
+            message("::1/129"),
+            "bad ACL entry '::1/129': mask must be 1..128"
+        );
+        assert_eq!(
+            message("1.2.3.4/"),
+            "bad ACL entry '1.2.3.4/': mask must be 1..32"
+        );
     }
 
     #[test]

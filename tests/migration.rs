@@ -36,7 +36,7 @@ use flexnbd::client::{ConnectOptions, NbdClient};
 use flexnbd::proto::consts::MIRROR_HANDLE;
 use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
-use flexnbd::server::status::Status;
+use flexnbd::status::{Phase, Status};
 
 use crate::support::daemon::spawn_on_free_port;
 use crate::support::wire;
@@ -223,7 +223,7 @@ impl Node {
     fn wait_progress(&mut self, bytes: u64) -> Status {
         self.wait_status("migration progress", |st| {
             st.migration.as_ref().is_some_and(|m| {
-                st.size - m.bytes_left >= bytes && m.phase.as_deref() != Some("connecting")
+                st.size - m.bytes_left >= bytes && m.phase != Some(Phase::Connecting)
             })
         })
     }
@@ -811,7 +811,7 @@ fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
         "migration_speed {} with limits {fast} then {slow}",
         a.speed
     );
-    assert_eq!(a.phase.as_deref(), Some("copying"), "{a:?}");
+    assert_eq!(a.phase, Some(Phase::Copying), "{a:?}");
 
     // Lift the limit: it completes.
     assert_ok(

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{GlobalArgs, MirrorArgs};
 use crate::control::client;
 use crate::exit::ExitCode;
-use crate::server::status::Status;
+use crate::status::{Outcome, Phase, Status};
 
 /// How often `--wait` asks for the status.
 const POLL: Duration = Duration::from_millis(100);
@@ -67,7 +67,7 @@ pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
 fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(new_bar);
     let plain = progress && bar.is_none();
-    let mut last_phase: Option<String> = None;
+    let mut last_phase: Option<Phase> = None;
     // The first plain line goes out at once, so even a short migration shows one.
     let mut last_line: Option<Instant> = None;
     let started = Instant::now();
@@ -77,7 +77,7 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
                 Ok(reply) => reply,
                 Err(e) => {
                     // The source closes its control socket once it has handed over.
-                    if last_phase.as_deref() == Some("handover") {
+                    if last_phase == Some(Phase::Handover) {
                         return finish(bar.as_ref(), started);
                     }
                     if let Some(bar) = &bar {
@@ -91,28 +91,32 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
         }
         let status = Status::from_str(&reply.text)?;
         let Some(m) = status.migration else {
-            return match status.last_migration.as_deref() {
-                Some("done") => finish(bar.as_ref(), started),
+            return match status.last_migration {
+                Some(Outcome::Done) => finish(bar.as_ref(), started),
                 other => {
                     if let Some(bar) = &bar {
                         bar.abandon();
                     }
                     match other {
-                        Some("stopped") => bail!("the migration was stopped before the handover"),
-                        Some("failed") => bail!("the migration failed"),
-                        _ => bail!("no migration is running on {}", sock.display()),
+                        Some(Outcome::Stopped) => {
+                            bail!("the migration was stopped before the handover")
+                        }
+                        Some(Outcome::Failed) => bail!("the migration failed"),
+                        Some(Outcome::Done) | None => {
+                            bail!("no migration is running on {}", sock.display())
+                        }
                     }
                 }
             };
         };
         let done = status.size.saturating_sub(m.bytes_left);
-        let phase = m.phase.clone().unwrap_or_default();
+        let phase = m.phase.map_or("", Phase::as_str);
         let retries = m.retries.unwrap_or(0);
         let sent = m.bytes_sent.unwrap_or(0);
         if let Some(bar) = &bar {
             bar.set_length(status.size);
             bar.set_position(done);
-            bar.set_prefix(phase.clone());
+            bar.set_prefix(phase);
             bar.set_message(format!(
                 "{} dirty, {} sent, {retries} retries",
                 indicatif::HumanBytes(m.bytes_left),

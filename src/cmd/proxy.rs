@@ -30,7 +30,7 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
     let listen = if args.addr.starts_with('/') {
         Listen::Unix(PathBuf::from(&args.addr))
     } else {
-        let ip = parse_ip(&args.addr).map_err(anyhow::Error::msg)?;
+        let ip = parse_ip(&args.addr)?;
         let Some(port) = args.port else {
             // A usage error (exit 2), like every other missing option.
             let mut cmd = <crate::cli::ProxyCli as clap::CommandFactory>::command();

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::control::client;
 use crate::exit::ExitCode;
-use crate::server::status::Status;
+use crate::status::Status;
 
 /// Runs `status`.
 ///

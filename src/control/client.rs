@@ -1,4 +1,4 @@
-//! The client side of the control socket, used by `status`, `acl` and (later) `mirror` and `break`.
+//! The client side of the control socket, used by `status`, `acl`, `mirror`, `mirror-speed` and `break`.
 //!
 //! One connection carries one request and one reply, as flexnbd-c's client
 //! does (behaviour doc, section 1.4): send the command, its arguments and an

@@ -16,13 +16,15 @@
 //! [`ControlServer`] owns the socket and one thread named `control`, which
 //! serves connections one at a time; others wait in the listen backlog of 5.
 //! The server side is reached only through the [`Controlled`] trait, so this
-//! module knows nothing of the NBD server's internals. Commands:
+//! module knows nothing of the NBD server's internals; the migration
+//! commands' arguments are parsed by [`crate::mirror`], whose typed results
+//! the `commands` module words as flexnbd-c's replies. Commands:
 //!
 //! | request | reply |
 //! |---|---|
 //! | `status` (arguments ignored) | `0: <status line>` |
 //! | `acl` and zero or more entries | `0: updated`, or `1: bad spec: <entry>` and the old list stays |
-//! | `mirror ADDR PORT [ACTION [BIND [MAX_BPS]]]` | `0: Mirror started`, or `1: <why not>` (see [`parse_mirror`]) |
+//! | `mirror ADDR PORT [ACTION [BIND [MAX_BPS]]]` | `0: Mirror started`, or `1: <why not>` (see [`crate::mirror::MirrorRequest::parse`]) |
 //! | `mirror_max_bps BPS` | `0: updated`, `1: Not currently mirroring`, `1: Bad format` |
 //! | `break` (arguments ignored) | `0: mirror stopped`, `1: not mirroring`, `1: mirror completed` |
 //! | no command (empty first line, or EOF before one) | `9: missing command` |
@@ -57,14 +59,11 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use std::net::{IpAddr, SocketAddr};
-
-use crate::net::{AclEntry, parse_ip};
-use crate::server::status::Status;
-
 pub mod client;
+mod commands;
 pub mod protocol;
 
+pub use commands::{Controlled, dispatch};
 pub use protocol::{Reply, Request};
 use protocol::{RequestError, read_request};
 
@@ -76,201 +75,6 @@ const BACKLOG: i32 = 5;
 
 /// How long to back off after `accept` fails for a reason other than shutdown (e.g. out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
-/// What the control socket can ask of a running server.
-///
-/// Implemented by the NBD server (and by fakes in tests). Methods run on the
-/// control thread, one at a time; they may block, and the control socket
-/// serves nobody else meanwhile.
-pub trait Controlled: Send + Sync + 'static {
-    /// A snapshot of the server's state for the `status` command.
-    fn status(&self) -> Status;
-
-    /// Replaces the access control list with `entries` (possibly none).
-    ///
-    /// The start-up default-deny setting is kept, and connected clients
-    /// should be audited against the new list.
-    fn set_acl(&self, entries: Vec<AclEntry>);
-
-    /// Starts a migration; the reply tells how its first connection attempt went.
-    ///
-    /// May block until that attempt has an outcome (about 20 s at most).
-    fn start_mirror(&self, request: MirrorRequest) -> Reply {
-        let _ = request;
-        Reply::error("mirroring is not supported here")
-    }
-
-    /// Changes the bandwidth limit of the running migration (bytes per second).
-    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
-        let _ = max_bps;
-        Reply::error("Not currently mirroring")
-    }
-
-    /// Stops the running migration and waits until it has stopped.
-    fn break_mirror(&self) -> Reply {
-        Reply::error("not mirroring")
-    }
-}
-
-/// What happens to the source when a migration completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MirrorAction {
-    /// Close the NBD listener, send DISCONNECT, exit 0 (the default).
-    Exit,
-    /// As `Exit`, and delete the served file just before the DISCONNECT.
-    Unlink,
-    /// Keep serving and send no DISCONNECT (flexnbd-c's `nothing`).
-    Nothing,
-}
-
-impl MirrorAction {
-    /// The word used on the control socket.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MirrorAction::Exit => "exit",
-            MirrorAction::Unlink => "unlink",
-            MirrorAction::Nothing => "nothing",
-        }
-    }
-}
-
-/// A validated `mirror` command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MirrorRequest {
-    /// The destination's NBD address.
-    pub target: SocketAddr,
-    /// What to do on completion.
-    pub action: MirrorAction,
-    /// The local address to connect from.
-    pub bind: Option<IpAddr>,
-    /// The bandwidth limit in bytes per second, if any.
-    pub max_bps: Option<u64>,
-}
-
-/// Validates `mirror` arguments in flexnbd-c's order, with its reply texts.
-///
-/// Stricter than flexnbd-c where it silently accepted nonsense: a port or
-/// speed that is not a number is an error, not 0.
-///
-/// # Errors
-///
-/// The `1: ...` reply to send.
-pub fn parse_mirror(args: &[String]) -> Result<MirrorRequest, Reply> {
-    if args.len() < 2 {
-        return Err(Reply::error("mirror takes at least two parameters"));
-    }
-    let ip = parse_ip(&args[0]).map_err(|_| Reply::error("bad IP address"))?;
-    let port = args[1]
-        .parse::<u16>()
-        .map_err(|_| Reply::error("bad IP port number"))?;
-    let action = match args.get(2).map(String::as_str) {
-        None | Some("exit") => MirrorAction::Exit,
-        Some("unlink") => MirrorAction::Unlink,
-        Some("nothing") => MirrorAction::Nothing,
-        Some(_) => return Err(Reply::error("action must be 'exit' or 'nothing'")),
-    };
-    let bind = match args.get(3) {
-        None => None,
-        Some(b) => Some(parse_ip(b).map_err(|_| Reply::error("bad bind address"))?),
-    };
-    let max_bps = args.get(4).map(|b| parse_bps(b)).transpose()?;
-    if args.len() > 5 {
-        return Err(Reply::error("unrecognised parameters to mirror"));
-    }
-    Ok(MirrorRequest {
-        target: SocketAddr::new(ip, port),
-        action,
-        bind,
-        max_bps,
-    })
-}
-
-/// Parses a bytes-per-second figure as flexnbd-c's replies describe it.
-fn parse_bps(text: &str) -> Result<u64, Reply> {
-    match text.parse::<u64>() {
-        Ok(v) => Ok(v),
-        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
-            Err(Reply::error("max_bps out of range"))
-        }
-        Err(_) => Err(Reply::error("max_bps couldn't be parsed")),
-    }
-}
-
-/// Runs one request against `target` and returns the reply to send.
-///
-/// Pure apart from the calls to `target` and logging: no socket I/O.
-pub fn dispatch(target: &dyn Controlled, request: &Request) -> Reply {
-    let Some(command) = request.command() else {
-        info!("control request without a command");
-        return Reply::missing_command();
-    };
-    // Arguments that are not UTF-8 cannot be valid for any command; keep
-    // them printable for error replies.
-    let args: Vec<String> = request
-        .args()
-        .iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    match command {
-        b"status" => {
-            info!("status command received");
-            Reply::ok(target.status().to_string())
-        }
-        b"acl" => {
-            info!("acl command received");
-            acl(target, &args)
-        }
-        b"mirror" => {
-            info!("mirror command received");
-            match parse_mirror(&args) {
-                Ok(request) => target.start_mirror(request),
-                Err(reply) => reply,
-            }
-        }
-        b"mirror_max_bps" => {
-            info!("mirror_max_bps command received");
-            if target.status().migration.is_none() {
-                Reply::error("Not currently mirroring")
-            } else if args.len() != 1 {
-                Reply::error("Bad format")
-            } else {
-                match parse_bps(&args[0]) {
-                    Ok(bps) => target.set_mirror_max_bps(bps),
-                    Err(reply) => reply,
-                }
-            }
-        }
-        b"break" => {
-            info!("break command received");
-            target.break_mirror()
-        }
-        _ => {
-            warn!(
-                "unknown control command '{}'",
-                String::from_utf8_lossy(command).escape_debug()
-            );
-            Reply::unknown_command()
-        }
-    }
-}
-
-/// `acl`: all entries must parse, or nothing changes.
-fn acl(target: &dyn Controlled, args: &[String]) -> Reply {
-    let mut entries = Vec::with_capacity(args.len());
-    for arg in args {
-        match arg.parse::<AclEntry>() {
-            Ok(entry) => entries.push(entry),
-            Err(_) => {
-                warn!("bad acl spec '{}'", arg.escape_debug());
-                return Reply::error(format!("bad spec: {arg}"));
-            }
-        }
-    }
-    let count = entries.len();
-    target.set_acl(entries);
-    info!("acl set ({count} entries)");
-    Reply::ok("updated")
-}
 
 /// The control socket of a running server, and the thread that serves it.
 ///
@@ -640,6 +444,8 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::net::AclEntry;
+    use crate::status::Status;
 
     /// Long enough for any step of a test on a loaded 2-core box.
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -679,13 +485,16 @@ mod tests {
         }
     }
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    /// The reply line (without its newline) to a request of these lines.
+    fn reply_to(target: &dyn Controlled, lines: &[&str]) -> String {
+        let request = Request::from_lines(lines.iter().map(|l| l.as_bytes().to_vec()).collect());
+        dispatch(target, &request).to_string()
     }
 
     #[test]
     fn mirror_arguments_are_checked_in_flexnbd_c_order() {
-        let err = |a: &[&str]| parse_mirror(&args(a)).unwrap_err().to_string();
+        let fake = Fake::default();
+        let err = |a: &[&str]| reply_to(&fake, &[&["mirror"], a].concat());
         assert_eq!(
             err(&["127.0.0.1"]),
             "1: mirror takes at least two parameters"
@@ -713,41 +522,22 @@ mod tests {
             err(&["127.0.0.1", "1", "exit", "0", "5", "more"]),
             "1: unrecognised parameters to mirror"
         );
-        let ok = parse_mirror(&args(&["::1", "4777", "unlink", "127.0.0.2", "1000"])).unwrap();
-        assert_eq!(ok.target, "[::1]:4777".parse().unwrap());
-        assert_eq!(ok.action, MirrorAction::Unlink);
-        assert_eq!(ok.bind, Some("127.0.0.2".parse().unwrap()));
-        assert_eq!(ok.max_bps, Some(1000));
-        let default = parse_mirror(&args(&["0", "1"])).unwrap();
-        assert_eq!(
-            (default.action, default.bind, default.max_bps),
-            (MirrorAction::Exit, None, None)
-        );
     }
 
     #[test]
     fn mirror_commands_on_a_server_without_mirroring() {
         let fake = Fake::default();
-        let run = |lines: &[&[u8]]| {
-            dispatch(
-                &fake,
-                &Request::from_lines(lines.iter().map(|l| l.to_vec()).collect()),
-            )
-            .to_string()
-        };
+        let run = |lines: &[&str]| reply_to(&fake, lines);
         assert_eq!(
-            run(&[b"mirror", b"127.0.0.1", b"1"]),
+            run(&["mirror", "127.0.0.1", "1"]),
             "1: mirroring is not supported here"
         );
         assert_eq!(
-            run(&[b"mirror", b"127.0.0.1"]),
+            run(&["mirror", "127.0.0.1"]),
             "1: mirror takes at least two parameters"
         );
-        assert_eq!(
-            run(&[b"mirror_max_bps", b"5"]),
-            "1: Not currently mirroring"
-        );
-        assert_eq!(run(&[b"break"]), "1: not mirroring");
+        assert_eq!(run(&["mirror_max_bps", "5"]), "1: Not currently mirroring");
+        assert_eq!(run(&["break"]), "1: not mirroring");
     }
 
     fn entries(list: &[&str]) -> Vec<AclEntry> {

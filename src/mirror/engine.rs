@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::backing::is_zero;
 use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader, Style};
-use crate::control::MirrorAction;
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
 use crate::proto::wire::Request;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
 
-use super::{AttemptEnd, Commit, MAX_TRANSFER, Mirror, Phase, lock, request_limit};
+use super::error::{ErrorKind as Kind, MirrorError, StartError};
+use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
 
 /// Most transfers in flight at once.
 const WINDOW: usize = 16;
@@ -35,9 +35,8 @@ const CONVERGE_BYTES: u64 = 1 << 20;
 /// one huge sync stalls its disk (and writers to the source if it shares the
 /// file system) for a long time, and the syncs before converging and at the
 /// handover have little left to do. Each FLUSH drains the window and costs
-/// the destination a journal commit: every 32 MiB made an idle 1 GiB
-/// migration 15-20% slower than qemu-storage-daemon's one final flush;
-/// every 256 MiB ties it idle and beats it under a writer (bench/RESULTS.md).
+/// the destination a journal commit, so they are rare: the measurements
+/// behind this figure are in bench/RESULTS.md.
 const FLUSH_EVERY: u64 = 256 << 20;
 /// ...or after this many transfers: scattered small blocks cost the
 /// destination's disk one write each, so a sync of many is long too.
@@ -60,9 +59,9 @@ const MAX_PASSES: u32 = 8;
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
 /// with data; the WRITE's payload then goes from the file to the socket with
-/// `sendfile`, never copied through user space. Reading the whole range
-/// into a buffer and sending it from there cost two copies of every byte,
-/// most of the source's CPU time.
+/// `sendfile`, never copied through user space: sending from a buffer of
+/// the whole range would cost two copies of every byte, most of the
+/// source's CPU time.
 const ZERO_CHECK_PIECE: usize = 64 << 10;
 
 /// Passes over the dirty map while copying, to notice that they stop converging.
@@ -94,7 +93,7 @@ impl Passes {
 struct Window {
     /// Lengths of the transfers awaiting a reply, oldest first.
     lens: VecDeque<u64>,
-    failed: Option<String>,
+    failed: Option<MirrorError>,
     closed: bool,
 }
 
@@ -133,7 +132,7 @@ impl Replies {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fail(&self, why: String) {
+    fn fail(&self, why: MirrorError) {
         let mut w = self.lock();
         if w.failed.is_none() {
             w.failed = Some(why);
@@ -142,11 +141,12 @@ impl Replies {
     }
 }
 
-/// Runs one attempt. `commit` is told the outcome of connecting.
+/// Runs one attempt. `commit` is told the outcome of connecting: `Ok`
+/// once the destination is accepted.
 pub(super) fn attempt(
     server: &Arc<Server>,
     mirror: &Mirror,
-    commit: &mut dyn FnMut(Commit),
+    commit: &mut dyn FnMut(Result<(), StartError>),
 ) -> AttemptEnd {
     let limit = request_limit();
     let opts = ConnectOptions {
@@ -158,22 +158,18 @@ pub(super) fn attempt(
     let client = match NbdClient::connect(mirror.request.target, &opts) {
         Ok(client) => client,
         Err(e) => {
-            let outcome = match e.kind() {
-                ErrorKind::Connect => Commit::FailConnect,
-                ErrorKind::NoHello => Commit::FailNoHello,
-                _ => Commit::FailRejected,
-            };
-            match outcome {
-                Commit::FailConnect => log::warn!("Mirror failed to connect: {e}"),
-                Commit::FailNoHello => log::warn!("No NBD Hello received: {e}"),
+            let e = MirrorError::from(e);
+            match e.kind() {
+                Kind::Connect => log::warn!("Mirror failed to connect: {e}"),
+                Kind::NoHello => log::warn!("No NBD Hello received: {e}"),
                 _ => log::warn!("Mirror attempt rejected: {e}"),
             }
-            commit(outcome);
-            return AttemptEnd::Failed(e.to_string());
+            commit(Err(StartError::Failed(e.clone())));
+            return AttemptEnd::Failed(e);
         }
     };
     if mirror.abandon.is_triggered() {
-        commit(Commit::Abandoned);
+        commit(Err(StartError::Abandoned));
         return AttemptEnd::Abandoned;
     }
     let local = server.backing().size();
@@ -183,13 +179,14 @@ pub(super) fn attempt(
             client.size()
         );
         let _ = client.shutdown();
-        commit(Commit::FailSizeMismatch);
-        return AttemptEnd::Failed(format!(
-            "remote size {} is not local size {local}",
-            client.size()
-        ));
+        let e = MirrorError::new(
+            Kind::SizeMismatch,
+            format!("remote size {} is not local size {local}", client.size()),
+        );
+        commit(Err(StartError::Failed(e.clone())));
+        return AttemptEnd::Failed(e);
     }
-    commit(Commit::Go);
+    commit(Ok(()));
     log::info!(
         "Starting mirror: {} bytes to {}",
         local,
@@ -205,7 +202,7 @@ pub(super) fn attempt(
 
     let replies = Arc::new(Replies::new(limit));
     let end = match reply_reader(&client, limit) {
-        Err(e) => AttemptEnd::Failed(e.to_string()),
+        Err(e) => AttemptEnd::Failed(e),
         Ok(reader) => std::thread::scope(|scope| {
             let reader_replies = replies.clone();
             scope.spawn(move || read_replies(reader, &reader_replies, mirror));
@@ -240,12 +237,12 @@ pub(super) fn attempt(
 
 /// A reply reader that wakes often enough to measure the request limit
 /// from the last progress rather than from the start of its read.
-fn reply_reader(client: &NbdClient, limit: Option<Duration>) -> Result<ReplyReader, String> {
-    let mut reader = client.reply_reader().map_err(|e| e.to_string())?;
+fn reply_reader(client: &NbdClient, limit: Option<Duration>) -> Result<ReplyReader, MirrorError> {
+    let mut reader = client.reply_reader()?;
     let tick = limit.map(|l| (l / 4).max(Duration::from_millis(50)));
     reader
         .set_read_timeout(tick)
-        .map_err(|e| format!("cannot set a timeout: {e}"))?;
+        .map_err(|e| MirrorError::new(Kind::Connection, format!("cannot set a timeout: {e}")))?;
     Ok(reader)
 }
 
@@ -260,18 +257,27 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
         match reader.read_reply() {
             Ok(reply) => {
                 if reply.error != Errno::OK {
-                    replies.fail(format!("Error returned from listener: {}", reply.error));
+                    replies.fail(MirrorError::new(
+                        Kind::Reply,
+                        format!("Error returned from listener: {}", reply.error),
+                    ));
                     return;
                 }
                 if reply.handle != MIRROR_HANDLE {
-                    replies.fail("Bad handle returned from listener".to_owned());
+                    replies.fail(MirrorError::new(
+                        Kind::Reply,
+                        "Bad handle returned from listener",
+                    ));
                     return;
                 }
                 replies.progressed();
                 let mut w = replies.lock();
                 let Some(len) = w.lens.pop_front() else {
                     drop(w);
-                    replies.fail("reply from listener without a request".to_owned());
+                    replies.fail(MirrorError::new(
+                        Kind::Reply,
+                        "reply from listener without a request",
+                    ));
                     return;
                 };
                 mirror.acked.fetch_add(len, Ordering::SeqCst);
@@ -287,8 +293,9 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
                 if !w.lens.is_empty() && expired {
                     drop(w);
                     log::warn!("Mirror timeout signalled");
-                    replies.fail(format!(
-                        "no reply from listener within the request limit: {e}"
+                    replies.fail(MirrorError::new(
+                        Kind::Timeout,
+                        format!("no reply from listener within the request limit: {e}"),
                     ));
                     return;
                 }
@@ -296,7 +303,10 @@ fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
             }
             Err(e) => {
                 if !replies.lock().closed {
-                    replies.fail(format!("EOF or error reading response from listener: {e}"));
+                    replies.fail(MirrorError::new(
+                        Kind::Connection,
+                        format!("EOF or error reading response from listener: {e}"),
+                    ));
                 }
                 return;
             }
@@ -317,7 +327,7 @@ struct Transfer<'a> {
 /// Why the sender must stop.
 enum Stop {
     Abandoned,
-    Failed(String),
+    Failed(MirrorError),
 }
 
 impl From<Stop> for AttemptEnd {
@@ -398,9 +408,10 @@ impl Transfer<'_> {
         // No client is left to write: one last cycle leaves nothing dirty.
         self.cycle()?;
         if !self.tracker.map.is_clean() {
-            return Err(Stop::Failed(
-                "data left dirty after the last cycle".to_owned(),
-            ));
+            return Err(Stop::Failed(MirrorError::new(
+                Kind::Internal,
+                "data left dirty after the last cycle",
+            )));
         }
         // Acknowledged is not durable everywhere: flexnbd-c's listen syncs
         // every write before its reply, but a newstyle destination (ours, qemu-nbd,
@@ -427,15 +438,16 @@ impl Transfer<'_> {
             "handover: new clients refused for {} ms before the listener closed",
             refused_at.elapsed().as_millis()
         );
-        let mut result = AttemptEnd::Done;
         if self.mirror.request.action == MirrorAction::Unlink {
             let path = self.server.backing().path().to_owned();
             match std::fs::remove_file(&path) {
                 Ok(()) => log::info!("unlinked {}", path.display()),
-                Err(e) => {
-                    log::error!("cannot unlink {} after migrating it: {e}", path.display());
-                    result = AttemptEnd::Failed(format!("cannot unlink {}: {e}", path.display()));
-                }
+                // The data is on the destination even if the unlink failed:
+                // report it, but the migration is done.
+                Err(e) => log::error!(
+                    "migration completed, but cannot unlink {} after migrating it: {e}",
+                    path.display()
+                ),
             }
         }
         // Every byte is acknowledged: hand control over.
@@ -461,14 +473,7 @@ impl Transfer<'_> {
             self.mirror.retries.load(Ordering::SeqCst) + 1
         );
         log::info!("Server closed, quitting after successful migration");
-        Ok(match result {
-            // The data is on the destination even if the unlink failed: report it, but done.
-            AttemptEnd::Failed(why) => {
-                log::error!("migration completed, but {why}");
-                AttemptEnd::Done
-            }
-            other => other,
-        })
+        Ok(AttemptEnd::Done)
     }
 
     /// Sends dirty runs until [`Transfer::converged`], or until the passes
@@ -669,7 +674,8 @@ impl Transfer<'_> {
             .client
             .flags()
             .contains(TransmissionFlags::SEND_WRITE_ZEROES);
-        let len32 = u32::try_from(len).map_err(|_| Stop::Failed("transfer too long".into()))?;
+        let len32 = u32::try_from(len)
+            .map_err(|_| Stop::Failed(MirrorError::new(Kind::Internal, "transfer too long")))?;
         let cmd = if zeroes_ok && self.reads_as_zero(offset, len)? {
             Cmd::WRITE_ZEROES
         } else {
@@ -702,7 +708,10 @@ impl Transfer<'_> {
                 .map_or(ZERO_CHECK_PIECE, |left| left.min(ZERO_CHECK_PIECE));
             let piece = &mut self.buf[..n];
             backing.read_at(piece, offset + done).map_err(|e| {
-                Stop::Failed(format!("cannot read {}: {e}", backing.path().display()))
+                Stop::Failed(MirrorError::new(
+                    Kind::Local,
+                    format!("cannot read {}: {e}", backing.path().display()),
+                ))
             })?;
             if !is_zero(piece) {
                 return Ok(false);
@@ -740,7 +749,10 @@ impl Transfer<'_> {
         };
         if let Err(e) = sent {
             log::warn!("Couldn't write to listener: {e}");
-            return Err(Stop::Failed(format!("Couldn't write to listener: {e}")));
+            return Err(Stop::Failed(MirrorError::new(
+                Kind::Connection,
+                format!("Couldn't write to listener: {e}"),
+            )));
         }
         self.replies.progressed();
         self.mirror

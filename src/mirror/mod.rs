@@ -10,7 +10,7 @@
 //! instead, so holes are not sent and the destination stays sparse, and a
 //! FLUSH before the handover makes every byte durable there (flexnbd-c's
 //! destination, old-style only, syncs every write before its reply, and so
-//! does our `listen --oldstyle`). FLUSHes while copying (every 32 MiB or 512
+//! does our `listen --oldstyle`). FLUSHes while copying (every 256 MiB or 4096
 //! transfers, and in rounds before converging) keep the destination's
 //! unsynced data small, so that no single sync stalls its disk for long and
 //! the one at the handover, while new clients are refused, is short.
@@ -47,6 +47,12 @@
 //! handover starts only once no client is connected, so the last cycle
 //! leaves nothing dirty, and the DISCONNECT goes out only after every
 //! transfer was acknowledged and the listener closed.
+//!
+//! The control socket drives migrations through [`Controller`]'s methods,
+//! which take a parsed [`MirrorRequest`] and answer with typed results
+//! ([`StartError`], [`NotMirroring`], [`Broken`]); an attempt's failure is a
+//! [`MirrorError`] whose [`ErrorKind`] tells what failed. This module never
+//! words a control-socket reply: `control` does.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -54,14 +60,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::control::{Controlled, MirrorAction, MirrorRequest, Reply};
 use crate::net::AclEntry;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
-use crate::server::status::{MigrationStatus, Status};
+use crate::status::{MigrationStatus, Outcome, Phase, Status};
 use crate::sys::Trigger;
 
 mod engine;
+mod error;
+mod request;
+
+pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
+pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps};
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -91,67 +101,12 @@ pub fn request_limit() -> Option<Duration> {
     }
 }
 
-/// Where a migration is, as `migration_phase` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Connecting to the destination.
-    Connecting = 0,
-    /// Sending the file and what clients write meanwhile.
-    Copying = 1,
-    /// Little is left; client writes are mirrored before they are acknowledged.
-    Converging = 2,
-    /// Clients are stopped and the last data is sent.
-    Handover = 3,
-    /// Waiting before another attempt.
-    Retrying = 4,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            1 => Phase::Copying,
-            2 => Phase::Converging,
-            3 => Phase::Handover,
-            4 => Phase::Retrying,
-            _ => Phase::Connecting,
-        }
-    }
-
-    /// The word shown in `status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Connecting => "connecting",
-            Phase::Copying => "copying",
-            Phase::Converging => "converging",
-            Phase::Handover => "handover",
-            Phase::Retrying => "retrying",
-        }
-    }
-}
-
-/// How the first connection attempt went: decides the `mirror` command's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    Go,
-    FailConnect,
-    FailRejected,
-    FailNoHello,
-    FailSizeMismatch,
-    Abandoned,
-}
-
-impl Commit {
-    fn reply(self) -> Reply {
-        match self {
-            Commit::Go => Reply::ok("Mirror started"),
-            Commit::FailConnect => Reply::error("Mirror failed to connect"),
-            Commit::FailRejected => Reply::error("Mirror was rejected"),
-            Commit::FailNoHello => Reply::error("Remote server failed to respond"),
-            Commit::FailSizeMismatch => Reply::error("Remote size does not match local size"),
-            Commit::Abandoned => Reply::error("Mirroring abandoned"),
-        }
-    }
+/// The phase stored in [`Mirror`]'s atomic as `phase as u8`, back from that number.
+fn phase_from_u8(v: u8) -> Phase {
+    Phase::ALL
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Phase::Connecting)
 }
 
 /// How an attempt ended.
@@ -161,8 +116,8 @@ enum AttemptEnd {
     Done,
     /// `break` or a signal.
     Abandoned,
-    /// Anything else; the text says what.
-    Failed(String),
+    /// Anything else.
+    Failed(MirrorError),
 }
 
 /// One migration: its parameters, progress counters and supervisor thread.
@@ -216,7 +171,7 @@ impl Mirror {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::SeqCst))
+        phase_from_u8(self.phase.load(Ordering::SeqCst))
     }
 
     /// Progress for `status`, with flexnbd-c's definitions where it has them.
@@ -238,7 +193,7 @@ impl Mirror {
             speed_limit: (limit != u64::MAX).then_some(limit),
             bytes_sent: Some(self.wire_bytes.load(Ordering::SeqCst)),
             retries: Some(self.retries.load(Ordering::SeqCst)),
-            phase: Some(self.phase().as_str().to_owned()),
+            phase: Some(self.phase()),
         }
     }
 
@@ -268,7 +223,7 @@ struct Shared {
     /// Shutting down: no new migrations.
     closed: AtomicBool,
     /// How the last migration ended, for `status` (`last_migration`).
-    last: Mutex<Option<&'static str>>,
+    last: Mutex<Option<Outcome>>,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
 }
@@ -303,6 +258,44 @@ impl Controller {
     /// A termination signal: abandon any migration, refuse new ones, stop the server.
     pub fn signal(&self) {
         self.shared.signal();
+    }
+
+    /// A snapshot for `status`: the server's, with the migration's progress and last outcome.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Replaces the server's access control list.
+    pub fn set_acl(&self, entries: Vec<AclEntry>) {
+        self.shared.server.set_acl(entries);
+    }
+
+    /// Starts a migration and waits for its first connection attempt (about 20 s at most).
+    ///
+    /// # Errors
+    ///
+    /// Why no migration is running now: one already was, the server is
+    /// stopping, or the first attempt failed (it is not retried).
+    pub fn start_mirror(&self, request: MirrorRequest) -> Result<(), StartError> {
+        self.shared.start_mirror(request, &self.shared)
+    }
+
+    /// Changes the running migration's bandwidth limit (bytes per second; 0 pauses it).
+    ///
+    /// # Errors
+    ///
+    /// [`NotMirroring`] when no migration is running.
+    pub fn set_mirror_max_bps(&self, max_bps: u64) -> Result<(), NotMirroring> {
+        self.shared.set_mirror_max_bps(max_bps)
+    }
+
+    /// Stops the running migration, waits until it has stopped, and tells how it had ended.
+    ///
+    /// # Errors
+    ///
+    /// [`NotMirroring`] when no migration is running.
+    pub fn break_mirror(&self) -> Result<Broken, NotMirroring> {
+        self.shared.break_mirror()
     }
 
     /// Waits for a migration thread that is still running (after the server stopped).
@@ -362,7 +355,7 @@ impl Shared {
     }
 
     /// The supervisor: attempts until done, abandoned, or a first attempt fails before GO.
-    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Commit>) {
+    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Result<(), StartError>>) {
         let mut first = Some(first);
         let mut ever_go = false;
         loop {
@@ -370,9 +363,7 @@ impl Shared {
             mirror.acked.store(0, Ordering::SeqCst);
             mirror.set_phase(Phase::Connecting);
             let end = engine::attempt(&self.server, mirror, &mut |commit| {
-                if commit == Commit::Go {
-                    ever_go = true;
-                }
+                ever_go |= commit.is_ok();
                 if let Some(tx) = first.take() {
                     let _ = tx.send(commit);
                 }
@@ -382,7 +373,7 @@ impl Shared {
             match end {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
-                    *lock(&self.last) = Some("done");
+                    *lock(&self.last) = Some(Outcome::Done);
                     mirror.completed.store(true, Ordering::SeqCst);
                     if mirror.request.action != MirrorAction::Nothing {
                         self.migrated.store(true, Ordering::SeqCst);
@@ -391,7 +382,7 @@ impl Shared {
                 }
                 AttemptEnd::Abandoned => {
                     log::info!("Mirror abandoned");
-                    *lock(&self.last) = Some("stopped");
+                    *lock(&self.last) = Some(Outcome::Stopped);
                     break;
                 }
                 AttemptEnd::Failed(why) if ever_go => {
@@ -400,13 +391,13 @@ impl Shared {
                     mirror.retries.fetch_add(1, Ordering::SeqCst);
                     if mirror.abandon.wait_timeout(RETRY_DELAY) {
                         log::info!("Mirror abandoned");
-                        *lock(&self.last) = Some("stopped");
+                        *lock(&self.last) = Some(Outcome::Stopped);
                         break;
                     }
                 }
                 AttemptEnd::Failed(why) => {
                     log::warn!("Mirror failed before commit, giving up: {why}");
-                    *lock(&self.last) = Some("failed");
+                    *lock(&self.last) = Some(Outcome::Failed);
                     break;
                 }
             }
@@ -424,7 +415,7 @@ impl Shared {
 fn spawn_supervisor(
     shared: &Arc<Shared>,
     mirror: Arc<Mirror>,
-    first: mpsc::Sender<Commit>,
+    first: mpsc::Sender<Result<(), StartError>>,
 ) -> std::io::Result<()> {
     let shared = shared.clone();
     let thread_mirror = mirror.clone();
@@ -435,36 +426,14 @@ fn spawn_supervisor(
     Ok(())
 }
 
-impl Controlled for Controller {
-    fn status(&self) -> Status {
-        self.shared.status()
-    }
-
-    fn set_acl(&self, entries: Vec<AclEntry>) {
-        self.shared.server.set_acl(entries);
-    }
-
-    fn start_mirror(&self, request: MirrorRequest) -> Reply {
-        self.shared.start_mirror(request, &self.shared)
-    }
-
-    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
-        self.shared.set_mirror_max_bps(max_bps)
-    }
-
-    fn break_mirror(&self) -> Reply {
-        self.shared.break_mirror()
-    }
-}
-
 impl Shared {
     fn status(&self) -> Status {
         let mut status = self.server.status();
         if let Some(mirror) = self.running() {
             status.migration = Some(mirror.progress(status.size));
         }
-        status.last_migration = lock(&self.last).map(str::to_owned);
-        if status.migration.is_none() && status.last_migration.as_deref() == Some("done") {
+        status.last_migration = *lock(&self.last);
+        if status.migration.is_none() && status.last_migration == Some(Outcome::Done) {
             let (reported, cv) = &self.completion_reported;
             *lock(reported) = true;
             cv.notify_all();
@@ -472,23 +441,20 @@ impl Shared {
         status
     }
 
-    fn start_mirror(&self, request: MirrorRequest, me: &Arc<Shared>) -> Reply {
+    fn start_mirror(&self, request: MirrorRequest, me: &Arc<Shared>) -> Result<(), StartError> {
         let mirror = {
             let mut slot = lock(&self.slot);
             match &*slot {
                 Slot::Running(_) => {
                     log::warn!("Tried to start a second mirror run");
-                    return Reply::error("mirror already running");
+                    return Err(StartError::AlreadyRunning);
                 }
                 Slot::Idle => {}
             }
             if self.closed.load(Ordering::SeqCst) || self.server.is_shutting_down() {
-                return Reply::error("shutting down");
+                return Err(StartError::ShuttingDown);
             }
-            let mirror = match Mirror::new(request) {
-                Ok(m) => Arc::new(m),
-                Err(e) => return Reply::error(format!("cannot start mirror: {e}")),
-            };
+            let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
             mirror
         };
@@ -501,44 +467,36 @@ impl Shared {
         let spawned = spawn_supervisor(me, mirror.clone(), tx);
         if let Err(e) = spawned {
             *lock(&self.slot) = Slot::Idle;
-            return Reply::error(format!("cannot start mirror: {e}"));
+            return Err(StartError::Setup(e));
         }
-        match rx.recv() {
-            Ok(commit) => {
-                if commit != Commit::Go {
-                    // The supervisor gives up after a failed first attempt; wait so
-                    // that a new `mirror` can start at once (flexnbd-c bug 14.3.4 fixed).
-                    mirror.join();
-                }
-                commit.reply()
-            }
-            Err(_) => Reply::error("Mirror failed to initialise"),
+        let first = rx.recv().unwrap_or(Err(StartError::NoOutcome));
+        if first.is_err() {
+            // The supervisor gives up after a failed first attempt; wait so
+            // that a new `mirror` can start at once (flexnbd-c bug 14.3.4 fixed).
+            mirror.join();
         }
+        first
     }
 
-    fn set_mirror_max_bps(&self, max_bps: u64) -> Reply {
-        match self.running() {
-            Some(mirror) => {
-                mirror.max_bps.store(max_bps, Ordering::SeqCst);
-                log::info!("mirror speed limit set to {max_bps} bytes/s");
-                Reply::ok("updated")
-            }
-            None => Reply::error("Not currently mirroring"),
-        }
+    fn set_mirror_max_bps(&self, max_bps: u64) -> Result<(), NotMirroring> {
+        let mirror = self.running().ok_or(NotMirroring)?;
+        mirror.max_bps.store(max_bps, Ordering::SeqCst);
+        log::info!("mirror speed limit set to {max_bps} bytes/s");
+        Ok(())
     }
 
-    fn break_mirror(&self) -> Reply {
+    fn break_mirror(&self) -> Result<Broken, NotMirroring> {
         let Some(mirror) = self.running() else {
             log::info!("Not mirroring.");
-            return Reply::error("not mirroring");
+            return Err(NotMirroring);
         };
         mirror.abandon.trigger();
         mirror.join();
         if mirror.completed.load(Ordering::SeqCst) && mirror.request.action != MirrorAction::Nothing
         {
-            Reply::error("mirror completed")
+            Ok(Broken::Completed)
         } else {
-            Reply::ok("mirror stopped")
+            Ok(Broken::Stopped)
         }
     }
 }

@@ -817,10 +817,3 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         reply_timeout: config.timeout,
     }
 }
-
-/// Whether the process was started as `flexnbd-proxy` (a symlink), not `flexnbd`.
-pub fn invoked_as_proxy(argv0: &std::ffi::OsStr) -> bool {
-    std::path::Path::new(argv0)
-        .file_name()
-        .is_some_and(|n| n == "flexnbd-proxy")
-}

@@ -28,10 +28,9 @@ use crate::sys::{ByteBudget, Trigger, monotonic_ms};
 
 mod conn;
 pub mod dirty;
-pub mod status;
 
+use crate::status::Status;
 use dirty::Tracker;
-use status::Status;
 
 /// How long a request may take before the killswitch drops its client (flexnbd-c: 120 s).
 pub const KILLSWITCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -595,15 +594,5 @@ struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.server.remove_client(self.id);
-    }
-}
-
-impl crate::control::Controlled for Server {
-    fn status(&self) -> Status {
-        Server::status(self)
-    }
-
-    fn set_acl(&self, entries: Vec<AclEntry>) {
-        Server::set_acl(self, entries);
     }
 }

@@ -1,0 +1,193 @@
+//! What a migration is asked to do, and the parser of the `mirror` command's arguments.
+//!
+//! Parsing checks the arguments in flexnbd-c's order and reports the first
+//! problem as a [`RequestError`]; the control socket turns it into
+//! flexnbd-c's reply text. Nothing here touches a socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::IntErrorKind;
+
+use crate::net::parse_ip;
+
+/// What happens to the source when a migration completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorAction {
+    /// Close the NBD listener, send DISCONNECT, exit 0 (the default).
+    Exit,
+    /// As `Exit`, and delete the served file just before the DISCONNECT.
+    Unlink,
+    /// Keep serving and send no DISCONNECT (flexnbd-c's `nothing`).
+    Nothing,
+}
+
+impl MirrorAction {
+    /// The word used on the control socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorAction::Exit => "exit",
+            MirrorAction::Unlink => "unlink",
+            MirrorAction::Nothing => "nothing",
+        }
+    }
+}
+
+/// A validated `mirror` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorRequest {
+    /// The destination's NBD address.
+    pub target: SocketAddr,
+    /// What to do on completion.
+    pub action: MirrorAction,
+    /// The local address to connect from.
+    pub bind: Option<IpAddr>,
+    /// The bandwidth limit in bytes per second, if any.
+    pub max_bps: Option<u64>,
+}
+
+/// The first problem with the `mirror` command's arguments, in flexnbd-c's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Fewer than the address and the port.
+    #[error("a migration needs at least an address and a port")]
+    TooFewArgs,
+    /// The destination address is not an IP address.
+    #[error("the destination is not an IP address")]
+    BadAddress,
+    /// The port is not a number from 0 to 65535.
+    #[error("the destination port is not a number from 0 to 65535")]
+    BadPort,
+    /// The action is not `exit`, `unlink` or `nothing`.
+    #[error("the action is not exit, unlink or nothing")]
+    BadAction,
+    /// The local address to bind is not an IP address.
+    #[error("the bind address is not an IP address")]
+    BadBind,
+    /// The bandwidth limit is not a number of bytes per second.
+    #[error(transparent)]
+    Bps(#[from] BpsError),
+    /// More than five arguments.
+    #[error("too many arguments for a migration")]
+    TooManyArgs,
+}
+
+/// A bandwidth limit that is not a number of bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BpsError {
+    /// A number too large for 64 bits.
+    #[error("the bandwidth limit is out of range")]
+    OutOfRange,
+    /// Not a decimal number.
+    #[error("the bandwidth limit is not a number")]
+    NotANumber,
+}
+
+impl MirrorRequest {
+    /// Parses the `mirror` command's arguments: `ADDR PORT [ACTION [BIND [MAX_BPS]]]`.
+    ///
+    /// Stricter than flexnbd-c where it silently accepted nonsense: a port or
+    /// speed that is not a number is an error, not 0.
+    ///
+    /// # Errors
+    ///
+    /// The first problem, checked in flexnbd-c's order.
+    pub fn parse(args: &[String]) -> Result<MirrorRequest, RequestError> {
+        if args.len() < 2 {
+            return Err(RequestError::TooFewArgs);
+        }
+        let ip = parse_ip(&args[0]).map_err(|_| RequestError::BadAddress)?;
+        let port = args[1].parse::<u16>().map_err(|_| RequestError::BadPort)?;
+        let action = match args.get(2).map(String::as_str) {
+            None | Some("exit") => MirrorAction::Exit,
+            Some("unlink") => MirrorAction::Unlink,
+            Some("nothing") => MirrorAction::Nothing,
+            Some(_) => return Err(RequestError::BadAction),
+        };
+        let bind = match args.get(3) {
+            None => None,
+            Some(b) => Some(parse_ip(b).map_err(|_| RequestError::BadBind)?),
+        };
+        let max_bps = args.get(4).map(|b| parse_bps(b)).transpose()?;
+        if args.len() > 5 {
+            return Err(RequestError::TooManyArgs);
+        }
+        Ok(MirrorRequest {
+            target: SocketAddr::new(ip, port),
+            action,
+            bind,
+            max_bps,
+        })
+    }
+}
+
+/// Parses a bandwidth limit in bytes per second (decimal, no unit).
+///
+/// # Errors
+///
+/// Whether it is too large or not a number at all.
+pub fn parse_bps(text: &str) -> Result<u64, BpsError> {
+    text.parse::<u64>().map_err(|e| match e.kind() {
+        IntErrorKind::PosOverflow => BpsError::OutOfRange,
+        _ => BpsError::NotANumber,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> Result<MirrorRequest, RequestError> {
+        let args: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+        MirrorRequest::parse(&args)
+    }
+
+    #[test]
+    fn arguments_are_checked_in_flexnbd_c_order() {
+        use RequestError::*;
+        assert_eq!(parse(&["127.0.0.1"]), Err(TooFewArgs));
+        assert_eq!(parse(&["host", "1"]), Err(BadAddress));
+        assert_eq!(parse(&["host", "x", "stay"]), Err(BadAddress));
+        assert_eq!(parse(&["127.0.0.1", "70000"]), Err(BadPort));
+        assert_eq!(parse(&["127.0.0.1", "x"]), Err(BadPort));
+        assert_eq!(parse(&["127.0.0.1", "1", "stay"]), Err(BadAction));
+        assert_eq!(parse(&["127.0.0.1", "1", "exit", "nowhere"]), Err(BadBind));
+        assert_eq!(
+            parse(&["127.0.0.1", "1", "exit", "0", "99999999999999999999"]),
+            Err(Bps(BpsError::OutOfRange))
+        );
+        assert_eq!(
+            parse(&["127.0.0.1", "1", "exit", "0", "fast"]),
+            Err(Bps(BpsError::NotANumber))
+        );
+        assert_eq!(
+            parse(&["127.0.0.1", "1", "exit", "0", "5", "more"]),
+            Err(TooManyArgs)
+        );
+    }
+
+    #[test]
+    fn a_full_request_and_the_defaults() {
+        let ok = parse(&["::1", "4777", "unlink", "127.0.0.2", "1000"]).unwrap();
+        assert_eq!(ok.target, "[::1]:4777".parse().unwrap());
+        assert_eq!(ok.action, MirrorAction::Unlink);
+        assert_eq!(ok.bind, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(ok.max_bps, Some(1000));
+        let default = parse(&["0", "1"]).unwrap();
+        assert_eq!(
+            (default.action, default.bind, default.max_bps),
+            (MirrorAction::Exit, None, None)
+        );
+        assert_eq!(
+            parse(&["0", "1", "nothing"]).unwrap().action,
+            MirrorAction::Nothing
+        );
+    }
+
+    #[test]
+    fn bandwidth_limits() {
+        assert_eq!(parse_bps("0"), Ok(0));
+        assert_eq!(parse_bps("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_bps("18446744073709551616"), Err(BpsError::OutOfRange));
+        assert_eq!(parse_bps("-1"), Err(BpsError::NotANumber));
+        assert_eq!(parse_bps(""), Err(BpsError::NotANumber));
+    }
+}
