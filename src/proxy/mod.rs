@@ -11,13 +11,13 @@
 //! ```
 //!
 //! Threads: the accept loop runs one session at a time on the caller's
-//! thread, reading requests from the client ([`session`]); a reply thread
+//! thread, reading requests from the client (`session.rs`); a reply thread
 //! per upstream connection relays replies, and a supervisor thread
-//! reconnects whenever an upstream connection fails ([`upstream`]).
+//! reconnects whenever an upstream connection fails (`upstream.rs`).
 //!
 //! Requests go upstream with the client's own handles, first send and
 //! resend alike, as flexnbd-c's proxy sends them (captures and upstream
-//! logs can be read by handle). The in-flight table ([`inflight`]) keeps
+//! logs can be read by handle). The in-flight table (`inflight.rs`) keeps
 //! each request until its reply has been relayed and numbers the upstream
 //! connections: a reply is relayed only from the connection its request
 //! was last sent on, so a late reply on a replaced connection is never
@@ -27,7 +27,7 @@
 //! Several requests are in flight at once (at most [`MAX_IN_FLIGHT`], and
 //! [`MAX_IN_FLIGHT_BYTES`] of writes: then the client is not read until
 //! replies come back), except with the read-ahead cache
-//! (`--cache`, [`cache`]), which works as flexnbd-c's: one request at a
+//! (`--cache`, `cache.rs`), which works as flexnbd-c's: one request at a
 //! time, a READ of at most the cache size fetches twice its length and keeps
 //! the second half, a READ inside the kept range is answered locally, and
 //! any other request or a reconnection empties the cache.
