@@ -26,5 +26,7 @@ mod migration;
 mod mirror_faults;
 /// The proxy (`flexnbd proxy`, `flexnbd-proxy`): relaying, resending across upstream failures and migrations.
 mod proxy;
+/// The proxy's request handles upstream: the client's own, on first send and resend; a reused one is refused.
+mod proxy_handles;
 /// The server in-process, byte by byte: handshakes, commands, bad input, limits.
 mod serve;
