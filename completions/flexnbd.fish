@@ -48,6 +48,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
@@ -63,6 +65,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'

@@ -9,9 +9,12 @@
 //! answered by the reading thread directly, with the payload of a bad
 //! WRITE read and discarded so the connection stays in step.
 //!
-//! Memory is bounded: buffers come from a per-connection pool, and the
-//! reader stops reading while more than [`MAX_INFLIGHT_BYTES`] of payload
-//! are queued or being served.
+//! Memory is bounded: buffers come from a per-connection pool (all pools
+//! together are capped server-wide); the reader stops reading while more
+//! than 64 MiB of this connection's payloads or 256 requests are queued or
+//! being served, or while the server's memory budget (`--max-inflight`) is
+//! spent; a WRITE's payload is charged to that budget piece by piece as it
+//! arrives, and a client silent mid-payload is dropped (`--stall-timeout`).
 //!
 //! Small READs whose data is in the page cache (`RWF_NOWAIT`) are served
 //! on the reading thread itself, and their replies are gathered and sent

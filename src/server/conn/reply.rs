@@ -1,6 +1,6 @@
-//! What goes back to the client: each reply laid out by `proto::reply`
-//! and written whole through the connection's [`ReplyWriter`]
-//! (`crate::nbd::ReplyWriter`), and the NBD error for a failed file operation.
+//! What goes back to the client: each reply laid out by `proto::reply` and
+//! written whole through the connection's [`crate::nbd::ReplyWriter`], and
+//! the NBD error for a failed file operation.
 
 use std::io::{self, IoSlice};
 
