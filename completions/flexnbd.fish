@@ -50,6 +50,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
@@ -67,6 +68,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-handshake
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'

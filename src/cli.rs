@@ -211,6 +211,14 @@ pub struct LimitArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s",
           value_parser = positive_duration)]
     pub stall_timeout: std::time::Duration,
+    /// At a migration's handover, how long clients have to finish their requests.
+    ///
+    /// Clients still connected then (one that does not read its replies,
+    /// say) have their connections closed, so no client can hold up the
+    /// handover for longer.
+    #[arg(long, value_name = "DURATION", default_value = "1s",
+          value_parser = positive_duration)]
+    pub handover_grace: std::time::Duration,
 }
 
 /// A duration such as `10s` or `500ms`, more than zero.

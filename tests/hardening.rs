@@ -271,3 +271,118 @@ fn a_client_stalled_mid_payload_is_dropped_after_the_stall_timeout() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(idle.read(2, 0, 512), vec![0u8; 512]);
 }
+
+/// A `mode` daemon on `file` with a control socket named `sock_name`; its port.
+fn node(
+    t: &TestEnv,
+    mode: &str,
+    file: &std::path::Path,
+    sock_name: &str,
+    args: &[&str],
+) -> (Daemon, u16, std::path::PathBuf) {
+    let sock = t.sock_path_named(sock_name);
+    let builder = DaemonBuilder::new(mode, file).sock(&sock).args(args);
+    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
+    (d, port, sock)
+}
+
+/// Ten clients write 8 KiB blocks as fast as they can and never read a
+/// reply; a migration to `listen` must still hand over, bounded.
+fn handover_with_clients_that_never_read(oldstyle: bool) {
+    const FILE: u64 = 20 << 20;
+    let t = TestEnv::new();
+    let src = t.image_with("src.img", &crate::support::pattern(20 << 20, 7));
+    let dst = t.image("dst.img", FILE);
+    let style: &[&str] = if oldstyle {
+        &["--oldstyle", "-v"]
+    } else {
+        &["-v"]
+    };
+    let (mut source, sport, ssock) = node(&t, "serve", &src, "src.sock", style);
+    let (mut dest, dport, _) = node(&t, "listen", &dst, "dst.sock", style);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, sport));
+    let handshake = if oldstyle {
+        Handshake::Oldstyle
+    } else {
+        Handshake::Go
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..10u8)
+        .map(|w| {
+            let mut c = Client::connect(addr, handshake);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let block = [w + 1; 8192];
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    let offset = (i * 8192 * 10 + u64::from(w) * 8192) % FILE;
+                    let h = crate::support::wire::header(Cmd::WRITE, CmdFlags(0), i, offset, 8192);
+                    let sent = std::io::Write::write_all(&mut c.s, &h)
+                        .and_then(|()| std::io::Write::write_all(&mut c.s, &block));
+                    if sent.is_err() {
+                        break; // closed by the handover
+                    }
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200)); // writers are at full speed
+    let started = Instant::now();
+    let out = crate::support::flexnbd()
+        .args(["mirror", "-l", "127.0.0.1", "-p"])
+        .arg(dport.to_string())
+        .arg("-s")
+        .arg(&ssock)
+        .arg("--wait")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("mirror");
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert!(
+        out.status.success(),
+        "mirror --wait: {:?}\n{}",
+        out,
+        source.stderr()
+    );
+    source.wait_exit(Duration::from_secs(30));
+    dest.wait_exit(Duration::from_secs(30));
+    let stderr = source.stderr();
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{stderr}");
+    }
+    let wire: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.split("handover: ")
+                .nth(1)?
+                .split(" bytes sent")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("no handover line");
+    eprintln!(
+        "oldstyle={oldstyle}: handover with 10 non-reading writers ({sent} writes sent) took {took:?}, {:.2} bytes per byte",
+        wire as f64 / FILE as f64
+    );
+    assert_eq!(
+        std::fs::read(&dst).expect("destination"),
+        std::fs::read(&src).expect("source"),
+        "destination differs from the source"
+    );
+}
+
+#[test]
+fn handover_with_oldstyle_clients_that_never_read_is_bounded() {
+    handover_with_clients_that_never_read(true);
+}
+
+#[test]
+fn handover_with_newstyle_clients_that_never_read_is_bounded() {
+    handover_with_clients_that_never_read(false);
+}

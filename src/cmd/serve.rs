@@ -54,6 +54,7 @@ pub(crate) fn limits(args: &LimitArgs) -> Limits {
         max_per_address: args.max_clients_per_address.map(count),
         max_inflight: args.max_inflight,
         stall_timeout: args.stall_timeout,
+        handover_grace: args.handover_grace,
     }
 }
 

@@ -55,6 +55,10 @@ const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
 /// Most passes over the file before converging whatever is left dirty.
 const MAX_PASSES: u32 = 8;
+/// The passes send at most this many times the file's size before
+/// converging whatever is left dirty (with write-through, which holds each
+/// writer only for the cycle that sends its write).
+const COPY_BUDGET: u64 = 2;
 
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
@@ -71,20 +75,31 @@ struct Passes {
     done: u32,
     /// What was dirty when the last pass ended.
     last_dirty: Option<u64>,
+    /// Bytes sent in the pass under way.
+    sent: u64,
+    /// Bytes sent in all passes.
+    total: u64,
+    /// Converge once the passes have sent this much, however they shrink:
+    /// writers that keep redirtying the file are then paced by
+    /// write-through instead of being chased pass after pass.
+    limit: Option<u64>,
 }
 
 impl Passes {
     /// A pass ended with `dirty` bytes left: whether to stop copying and
     /// converge, because the dirty set no longer shrinks by a tenth per pass
     /// (the writers dirty blocks as fast as they are sent), or after
-    /// [`MAX_PASSES`].
+    /// [`MAX_PASSES`]. The first pass is measured against what it sent: if
+    /// the writers dirtied nine tenths of that meanwhile, another pass would
+    /// only send it all again. Past [`Passes::limit`] bytes sent, too.
     fn stalled(&mut self, dirty: u64) -> bool {
         self.done += 1;
-        let stalled = self
-            .last_dirty
-            .is_some_and(|last| dirty.saturating_mul(10) >= last.saturating_mul(9));
+        self.total += self.sent;
+        let before = self.last_dirty.unwrap_or(self.sent);
+        let stalled = before > 0 && dirty.saturating_mul(10) >= before.saturating_mul(9);
         self.last_dirty = Some(dirty);
-        stalled || self.done >= MAX_PASSES
+        self.sent = 0;
+        stalled || self.done >= MAX_PASSES || self.limit.is_some_and(|l| self.total >= l)
     }
 }
 
@@ -351,8 +366,11 @@ impl Transfer<'_> {
         // Copying: send dirty runs in file order, pass after pass, until
         // little is left or the passes stop shrinking what is dirty.
         let mut cursor = 0u64;
-        let mut passes = Passes::default();
-        self.copy(&mut cursor, &mut passes, true)?;
+        let mut passes = Passes {
+            limit: Some(COPY_BUDGET * self.server.backing().size()),
+            ..Passes::default()
+        };
+        let converged = self.copy(&mut cursor, &mut passes, true)?;
         // Most of the file is on the destination: have it made durable now,
         // while clients are served without waiting, so that the FLUSH at the
         // handover (when new clients are refused) has little left to sync.
@@ -364,8 +382,13 @@ impl Transfer<'_> {
             // dirty (a 4 KiB random writer dirties blocks about as fast as
             // the disk syncs them), and the first write-through cycle, which
             // writers wait for, would be that long.
+            // Writers that kept the passes from converging would be chased
+            // again by these copies: one FLUSH, and write-through from there.
             for _ in 0..MAX_FLUSH_ROUNDS {
                 let took = self.flush_destination()?;
+                if !converged {
+                    break;
+                }
                 let converged = self.copy(&mut cursor, &mut Passes::default(), false)?;
                 if !converged || took <= FLUSH_QUICK {
                     break;
@@ -379,8 +402,9 @@ impl Transfer<'_> {
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);
         log::info!(
-            "Closing clients to allow mirroring to converge ({} bytes dirty)",
-            self.tracker.map.dirty_bytes()
+            "Closing clients to allow mirroring to converge ({} bytes dirty, {} bytes sent)",
+            self.tracker.map.dirty_bytes(),
+            self.mirror.wire_bytes.load(Ordering::SeqCst)
         );
         self.cycle()?;
         if self.mirror.request.action == MirrorAction::Nothing {
@@ -397,10 +421,28 @@ impl Transfer<'_> {
         let refused_at = Instant::now();
         self.server.set_clients_allowed(false);
         self.server.stop_clients();
+        // Clients finish what they sent within the grace; one that does not
+        // read its replies (a paused VM, a half-open connection) would hold
+        // its last reply, and the handover, for ever: its socket is shut.
+        log::info!(
+            "handover: asking clients to stop ({} bytes sent)",
+            self.mirror.wire_bytes.load(Ordering::SeqCst)
+        );
+        let grace = self.server.handover_grace();
+        let mut forced = false;
         while self.server.num_clients() > 0 {
             if let Err(stop) = self.check() {
                 self.server.set_clients_allowed(true);
                 return Err(stop);
+            }
+            if !forced && refused_at.elapsed() >= grace {
+                log::warn!(
+                    "handover: {} client(s) still connected {} ms after being asked to stop; closing their connections",
+                    self.server.num_clients(),
+                    grace.as_millis()
+                );
+                self.server.close_clients();
+                forced = true;
             }
             self.tracker.wait_for_writes(HANDOVER_POLL);
             self.cycle()?;
@@ -504,6 +546,7 @@ impl Transfer<'_> {
             }
             self.send_range(offset, len)?;
             *cursor = offset + len;
+            passes.sent += len;
             since_flush += len;
             transfers += 1;
             let due = since_flush >= FLUSH_EVERY || transfers >= FLUSH_EVERY_TRANSFERS;
@@ -778,6 +821,39 @@ mod tests {
         let mut p = Passes::default();
         assert!(!p.stalled(100));
         assert!(p.stalled(200), "grew");
+    }
+
+    #[test]
+    fn a_first_pass_whose_bytes_were_all_dirtied_again_stalls() {
+        let mut p = Passes {
+            sent: 20 << 20,
+            ..Passes::default()
+        };
+        assert!(p.stalled(19 << 20), "writers redirtied 95% of the pass");
+        let mut p = Passes {
+            sent: 1 << 30,
+            ..Passes::default()
+        };
+        assert!(
+            !p.stalled(100 << 20),
+            "a writer dirtied a tenth of the pass"
+        );
+        assert_eq!(p.sent, 0, "each pass counts its own bytes");
+    }
+
+    #[test]
+    fn passes_end_once_they_sent_their_budget() {
+        let mut p = Passes {
+            limit: Some(2000),
+            ..Passes::default()
+        };
+        // Shrinking by a fifth each time, which alone would go on.
+        for (sent, dirty) in [(1000, 800), (800, 640)] {
+            p.sent = sent;
+            assert!(!p.stalled(dirty));
+        }
+        p.sent = 640;
+        assert!(p.stalled(500), "2440 bytes sent of a 2000-byte budget");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct Limits {
     /// How long a client may pause in the middle of sending a payload
     /// before its connection is closed (and what it held freed).
     pub stall_timeout: Duration,
+    /// At a migration's handover, how long connected clients have to finish
+    /// the requests they sent before their connections are closed.
+    pub handover_grace: Duration,
 }
 
 /// The default for [`Limits::handshake_timeout`].
@@ -86,6 +89,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// The default for [`Limits::max_inflight`].
 pub const DEFAULT_MAX_INFLIGHT: u64 = 256 << 20;
+/// The default for [`Limits::handover_grace`].
+pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(1);
 /// The default for [`Limits::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of idle payload buffers all connections keep for reuse.
@@ -99,6 +104,7 @@ impl Default for Limits {
             max_per_address: None,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            handover_grace: DEFAULT_HANDOVER_GRACE,
         }
     }
 }
@@ -124,8 +130,8 @@ struct ClientSlot {
     peer: Peer,
     /// A handle on the socket, used to stop the client from another thread.
     socket: Stream,
-    /// Monotonic milliseconds since a request started without finishing, or 0 when idle.
-    busy_since: Arc<AtomicU64>,
+    /// What the connection's threads and the server share.
+    shared: Arc<conn::Shared>,
     /// When the connection was accepted, if it is still in its handshake.
     handshaking_since: Option<Instant>,
     /// Closed to make room for a newer handshake.
@@ -269,12 +275,29 @@ impl Server {
         self.clients_allowed.store(allowed, Ordering::SeqCst);
     }
 
-    /// Asks every connected client to stop: each finishes the requests it
-    /// has read, replies, and closes. Returns at once.
+    /// Asks every connected client to stop: each finishes the requests
+    /// being served, replies to them, and closes; requests read but not yet
+    /// started are dropped unanswered (as flexnbd-c, which reads one request
+    /// at a time, never has any), so a stop waits for a handful of requests,
+    /// not for a queue. Returns at once.
     pub fn stop_clients(&self) {
         for slot in self.lock_clients().values() {
+            slot.shared.stopping.store(true, Ordering::SeqCst);
             let _ = slot.socket.shutdown(Shutdown::Read);
         }
+    }
+
+    /// Closes every client's connection both ways, now: a reply being sent
+    /// to a client that does not read fails, and the client ends.
+    pub fn close_clients(&self) {
+        for slot in self.lock_clients().values() {
+            let _ = slot.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// How long clients get to finish at a migration's handover ([`Limits::handover_grace`]).
+    pub fn handover_grace(&self) -> Duration {
+        self.config.limits.handover_grace
     }
 
     /// The number of connected clients.
@@ -372,7 +395,7 @@ impl Server {
             }
         };
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let busy_since = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(conn::Shared::default());
         {
             let mut clients = self.lock_clients();
             if let Some(max) = self.config.limits.max_per_address {
@@ -403,7 +426,7 @@ impl Server {
                 ClientSlot {
                     peer: peer.clone(),
                     socket,
-                    busy_since: busy_since.clone(),
+                    shared: shared.clone(),
                     handshaking_since: Some(Instant::now()),
                     evicted: AtomicBool::new(false),
                 },
@@ -420,7 +443,7 @@ impl Server {
             .name(format!("client-{id}"))
             .spawn(move || {
                 let server = &slot.server;
-                let outcome = conn::serve(server, id, &stream, &busy_since);
+                let outcome = conn::serve(server, id, &stream, &shared);
                 log::info!("client {id} at {peer} finished: {outcome}");
                 if outcome == conn::Outcome::Disconnected && server.config.listen_mode {
                     server.control_arrived();
@@ -551,7 +574,7 @@ impl Server {
             }
             let now = monotonic_ms();
             for (id, slot) in self.lock_clients().iter() {
-                let since = slot.busy_since.load(Ordering::SeqCst);
+                let since = slot.shared.busy_since.load(Ordering::SeqCst);
                 if since != 0 && now.saturating_sub(since) > limit_ms {
                     log::warn!("Killswitch for client {id} activated, calling shutdown on socket");
                     let _ = slot.socket.shutdown(Shutdown::Both);

@@ -41,7 +41,7 @@
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::backing::Backing;
@@ -96,7 +96,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Serves one client from handshake to close.
-pub(super) fn serve(server: &Server, id: u64, stream: &Stream, busy_since: &AtomicU64) -> Outcome {
+pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) -> Outcome {
     let offer = Offer {
         export: Export {
             size: server.backing.size(),
@@ -111,7 +111,7 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, busy_since: &Atom
         Handshake::Aborted => Ok(Outcome::Aborted),
         Handshake::Refused => Ok(Outcome::Refused),
         Handshake::Transmit(negotiated) => {
-            let conn = Conn::new(server, stream, negotiated, busy_since);
+            let conn = Conn::new(server, stream, negotiated, shared);
             let outcome = conn.run(stream);
             conn.log_suppressed();
             outcome
@@ -122,6 +122,25 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, busy_since: &Atom
         log::info!("connection error: {e}");
         Outcome::Failed
     })
+}
+
+/// What a connection's threads share with the server, which holds it in the
+/// client table.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Monotonic milliseconds since a request started without finishing,
+    /// or 0 when idle: the killswitch's clock.
+    pub(super) busy_since: AtomicU64,
+    /// The server asked the client to stop: read no more requests, and
+    /// drop those read but not started.
+    pub(super) stopping: AtomicBool,
+}
+
+impl Conn<'_> {
+    /// Whether the server asked this client to stop.
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
 }
 
 /// A request that passed validation, with its payload for WRITE.
@@ -149,8 +168,8 @@ struct Conn<'a> {
     idle_workers: AtomicUsize,
     /// Bounds the warnings this client's requests can cause.
     warnings: RateLimit,
-    /// When the oldest unfinished request started (0: idle), for the killswitch.
-    busy_since: &'a AtomicU64,
+    /// What the server sees of this connection.
+    shared: &'a Shared,
     in_flight: AtomicU64,
 }
 
@@ -159,7 +178,7 @@ impl<'a> Conn<'a> {
         server: &'a Server,
         stream: &'a Stream,
         negotiated: Negotiated,
-        busy_since: &'a AtomicU64,
+        shared: &'a Shared,
     ) -> Self {
         Conn {
             server,
@@ -173,7 +192,7 @@ impl<'a> Conn<'a> {
             pool: BufferPool::new(&server.pooled, super::MAX_POOLED_TOTAL),
             idle_workers: AtomicUsize::new(0),
             warnings: RateLimit::new(WARN_BURST, WARN_EVERY),
-            busy_since,
+            shared,
             in_flight: AtomicU64::new(0),
         }
     }
@@ -283,14 +302,17 @@ impl<'a> Conn<'a> {
 
     fn begin_request(&self) {
         if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.busy_since.store(monotonic_ms(), Ordering::SeqCst);
+            self.shared
+                .busy_since
+                .store(monotonic_ms(), Ordering::SeqCst);
         }
     }
 
     fn end_request(&self) {
         // Progress: restart the killswitch clock, or stop it when idle.
         let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.busy_since
+        self.shared
+            .busy_since
             .store(if left == 0 { 0 } else { monotonic_ms() }, Ordering::SeqCst);
     }
 }

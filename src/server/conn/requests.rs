@@ -68,6 +68,10 @@ impl Conn<'_> {
             if reader.buffered() < Request::SIZE || pending.len() >= PENDING_MAX {
                 self.flush_pending(pending);
             }
+            if self.stopping() {
+                // Asked to stop: what is left in the read buffer is not served.
+                return Ok(Outcome::Closed);
+            }
             let head = match reader.read_header() {
                 Ok(head) => head,
                 Err(e) if is_disconnect(&e) => return Ok(Outcome::Closed),

@@ -225,8 +225,29 @@ impl Conn<'_> {
     /// Worker loop: serve queued jobs until the queue is closed and empty.
     pub(super) fn work(&self) {
         while let Some(job) = self.queue.pop(&self.idle_workers) {
-            self.serve_job(job);
+            if self.stopping() {
+                self.drop_job(job);
+            } else {
+                self.serve_job(job);
+            }
         }
+    }
+
+    /// Drops a job read but not started (the server asked the client to
+    /// stop): no reply, nothing done, its budgets freed.
+    fn drop_job(&self, job: Job) {
+        log::debug!(
+            "dropping {} at {}+{}: the client was asked to stop",
+            job.req.cmd,
+            job.req.offset,
+            job.req.len
+        );
+        let _held = Held {
+            conn: self,
+            cost: job.cost,
+            charged: job.charged,
+        };
+        self.pool.give(job.buf);
     }
 
     /// Performs a job, replies, and returns its resources. A panic while
