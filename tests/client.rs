@@ -7,17 +7,14 @@
 
 #![allow(clippy::cast_possible_truncation)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use tempfile::TempDir;
 
 use flexnbd::client::{ClientError, ConnectOptions, ErrorKind, NbdClient, Style};
 use flexnbd::proto::consts::{MAX_REQUEST_LEN, NBD_INIT_PASSWD, NBD_OPTS_MAGIC};
@@ -27,158 +24,46 @@ use flexnbd::proto::wire::{
     SimpleReply,
 };
 
+use crate::support::daemon::start_on_free_port;
+use crate::support::{
+    self, COMMAND_TIMEOUT, Daemon, TestEnv, finish, flexnbd, flexnbd_std, free_port, pattern,
+    require_tool, text,
+};
+
 const MIB: usize = 1 << 20;
-/// How long any server may take to come up.
-const STARTUP: Duration = Duration::from_secs(10);
-/// How long any spawned `flexnbd read`/`write` may run.
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
-// Helpers: tools, servers, fakes.
-
-/// The path of `tool` if it is installed; otherwise prints the skip line (or
-/// fails under `CI=true`) and returns `None`.
-fn require(tool: &str) -> Option<PathBuf> {
-    let found = if tool.contains('/') {
-        Some(PathBuf::from(tool)).filter(|p| p.is_file())
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-    };
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} not installed, and CI=true"
-        );
-        println!("skipped: {tool} not installed");
-    }
-    found
-}
-
-/// A port that was free a moment ago (servers retry on a clash).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A server process, killed (by its PID, through `Child`) on drop.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl Daemon {
-    /// Starts `program args...` on a free port and waits until `ready(addr,
-    /// dir)` holds, retrying on another port if the server exits first (a
-    /// port clash). In `args`, `{port}` and `{dir}` are replaced.
-    fn start(
-        dir: TempDir,
-        program: &Path,
-        args: &[&str],
-        ready: impl Fn(SocketAddr, &Path) -> bool,
-    ) -> Daemon {
-        let log_path = dir.path().join("server.log");
-        for _attempt in 0..5 {
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| a.replace("{port}", &port.to_string()))
-                .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
-                .collect();
-            let log = File::create(&log_path).expect("log file");
-            let mut child = std::process::Command::new(program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn server");
-            let deadline = Instant::now() + STARTUP;
-            while Instant::now() < deadline {
-                if child.try_wait().expect("try_wait").is_some() {
-                    break; // probably a port clash: try another port
-                }
-                if ready(addr, dir.path()) {
-                    return Daemon { child, addr, dir };
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!(
-                "{} did not start on port {port}: {}",
-                program.display(),
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        panic!("{} did not start after 5 attempts", program.display());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("server log:\n{}", self.log());
-        }
-    }
-}
+// Helpers: servers, fakes.
 
 /// nbdkit serving `extra` (plugin, filters, parameters) on 127.0.0.1; `None` if not installed.
 fn nbdkit(extra: &[&str]) -> Option<Daemon> {
-    let nbdkit = require("nbdkit")?;
-    let mut args = vec![
-        "-f",
-        "--exit-with-parent",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        "{port}",
-    ];
-    args.extend_from_slice(extra);
-    let dir = TempDir::new().expect("tempdir");
-    Some(Daemon::start(dir, &nbdkit, &args, |addr, _| {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    if !require_tool("nbdkit") {
+        return None;
+    }
+    Some(start_on_free_port(None, |port| {
+        let mut cmd = std::process::Command::new("nbdkit");
+        cmd.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(extra);
+        cmd
     }))
 }
 
-/// The C flexnbd serving a file of `size` bytes (old-style); `None` if not installed.
-fn flexnbd_c(size: u64) -> Option<Daemon> {
-    let program = crate::support::flexnbd_c()?;
-    let dir = TempDir::new().expect("tempdir");
-    File::create(dir.path().join("disk.img"))
-        .and_then(|f| f.set_len(size))
-        .expect("image");
-    let args = [
-        "serve",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "{port}",
-        "-f",
-        "{dir}/disk.img",
-        "-s",
-        "{dir}/ctl.sock",
-    ];
-    // It is up when its control socket exists (created after the NBD listener).
-    Some(Daemon::start(dir, &program, &args, |_, dir| {
-        dir.join("ctl.sock").exists()
+/// The C flexnbd serving `disk.img` of `size` bytes in `env` (old-style);
+/// `None` if it cannot run here.
+fn flexnbd_c(env: &TestEnv, size: u64) -> Option<Daemon> {
+    let program = support::flexnbd_c()?;
+    let disk = env.image("disk.img", size);
+    let sock = env.sock_path();
+    Some(start_on_free_port(Some(&sock), |port| {
+        let mut cmd = std::process::Command::new(&program);
+        cmd.args(["serve", "-l", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg("-f")
+            .arg(&disk)
+            .arg("-s")
+            .arg(&sock);
+        cmd
     }))
 }
 
@@ -194,13 +79,6 @@ fn quick() -> ConnectOptions {
 
 fn connect(addr: SocketAddr) -> NbdClient {
     NbdClient::connect(addr, &quick()).expect("connect")
-}
-
-/// Bytes that differ from their neighbours and from any other offset's pattern.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 12) as u8))
-        .collect()
 }
 
 /// A fake server: one connection, handled by `script` on a thread.
@@ -297,12 +175,6 @@ fn serve_one_read(s: &mut TcpStream, byte: u8) {
     drain(s);
 }
 
-fn flexnbd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexnbd"));
-    cmd.timeout(CMD_TIMEOUT);
-    cmd
-}
-
 /// `flexnbd read` of `size` bytes at `from`.
 fn read_cmd(addr: SocketAddr, from: u64, size: u64) -> Command {
     let mut cmd = flexnbd();
@@ -353,7 +225,7 @@ fn newstyle_round_trip_against_nbdkit() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Newstyle);
     assert_eq!(client.size(), MIB as u64);
     assert!(client.max_request() <= MAX_REQUEST_LEN && client.max_request() > 0);
@@ -379,7 +251,7 @@ fn oldstyle_round_trip_against_nbdkit() {
     let Some(server) = nbdkit(&["-o", "memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Oldstyle);
     assert_eq!(client.size(), MIB as u64);
     assert_eq!(client.max_request(), MAX_REQUEST_LEN);
@@ -393,16 +265,17 @@ fn oldstyle_round_trip_against_nbdkit() {
 
 #[test]
 fn oldstyle_round_trip_against_flexnbd_c_reaches_the_file() {
-    let Some(server) = flexnbd_c(MIB as u64) else {
+    let env = TestEnv::new();
+    let Some(server) = flexnbd_c(&env, MIB as u64) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Oldstyle);
     assert_eq!(client.size(), MIB as u64);
     let data = pattern(200_000, 3);
     library_round_trip(&mut client, 512, &data);
     client.disconnect().expect("disconnect");
-    let file = std::fs::read(server.dir.path().join("disk.img")).expect("image");
+    let file = env.read(&env.child("disk.img"));
     assert!(file[512..512 + data.len()] == data[..], "file differs");
 }
 
@@ -417,7 +290,7 @@ fn requests_are_split_at_the_servers_maximum() {
     ]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.max_request(), MIB as u32);
     // 40 MiB as 40 requests each way; one larger request would get EINVAL.
     library_round_trip(&mut client, 3 * MIB as u64, &pattern(40 * MIB, 4));
@@ -428,7 +301,7 @@ fn replies_can_be_read_on_another_thread() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     client
         .write_at(0, &pattern(8 * 4096, 5), false)
         .expect("write");
@@ -473,7 +346,7 @@ fn read_only_export_refuses_writes_before_sending() {
     let Some(server) = nbdkit(&["-r", "memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     let err = client.write_at(0, b"x", false).unwrap_err();
     assert!(matches!(err, ClientError::ReadOnly), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
@@ -771,7 +644,7 @@ fn binary_round_trip_against_nbdkit_newstyle() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    binary_round_trip(server.addr, 1000, &pattern(300_000, 6));
+    binary_round_trip(server.addr(), 1000, &pattern(300_000, 6));
 }
 
 #[test]
@@ -780,10 +653,10 @@ fn binary_read_against_nbdkit_oldstyle() {
         return;
     };
     let data = pattern(70_000, 7);
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     client.write_at(100, &data, false).expect("write");
     client.disconnect().expect("disconnect");
-    let out = read_cmd(server.addr, 100, data.len() as u64)
+    let out = read_cmd(server.addr(), 100, data.len() as u64)
         .assert()
         .success();
     assert!(out.get_output().stdout == data);
@@ -791,12 +664,13 @@ fn binary_read_against_nbdkit_oldstyle() {
 
 #[test]
 fn binary_round_trip_against_flexnbd_c() {
-    let Some(server) = flexnbd_c(MIB as u64) else {
+    let env = TestEnv::new();
+    let Some(server) = flexnbd_c(&env, MIB as u64) else {
         return;
     };
     let data = pattern(123_456, 8);
-    binary_round_trip(server.addr, 4096, &data);
-    let file = std::fs::read(server.dir.path().join("disk.img")).expect("image");
+    binary_round_trip(server.addr(), 4096, &data);
+    let file = env.read(&env.child("disk.img"));
     assert!(file[4096..4096 + data.len()] == data[..], "file differs");
 }
 
@@ -811,7 +685,7 @@ fn binary_splits_40_mib_at_the_servers_maximum() {
     ]) else {
         return;
     };
-    binary_round_trip(server.addr, MIB as u64, &pattern(40 * MIB, 9));
+    binary_round_trip(server.addr(), MIB as u64, &pattern(40 * MIB, 9));
 }
 
 #[test]
@@ -819,7 +693,7 @@ fn binary_moves_40_mib_in_32_mib_requests() {
     let Some(server) = nbdkit(&["memory", "64M"]) else {
         return;
     };
-    binary_round_trip(server.addr, 0, &pattern(40 * MIB, 10));
+    binary_round_trip(server.addr(), 0, &pattern(40 * MIB, 10));
 }
 
 #[test]
@@ -827,7 +701,7 @@ fn binary_out_of_range_fails_before_sending() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    read_cmd(server.addr, 1_048_000, 1000)
+    read_cmd(server.addr(), 1_048_000, 1000)
         .assert()
         .code(1)
         .stdout("")
@@ -835,7 +709,7 @@ fn binary_out_of_range_fails_before_sending() {
             "request of 1000 bytes at offset 1048000 is out of range given export size 1048576",
         ));
     // write checks the range before it reads stdin.
-    write_cmd(server.addr, 1_048_576, 1)
+    write_cmd(server.addr(), 1_048_576, 1)
         .write_stdin("")
         .assert()
         .code(1)
@@ -849,7 +723,7 @@ fn binary_write_with_short_stdin_fails() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, 0, 4096)
+    write_cmd(server.addr(), 0, 4096)
         .write_stdin(vec![1u8; 100])
         .assert()
         .code(1)
@@ -863,7 +737,7 @@ fn binary_write_with_short_stdin_fails() {
     ]) else {
         return;
     };
-    write_cmd(small.addr, 0, 4 * MIB as u64)
+    write_cmd(small.addr(), 0, 4 * MIB as u64)
         .write_stdin(vec![1u8; 2 * MIB + 5])
         .assert()
         .code(1)
@@ -879,7 +753,7 @@ fn binary_write_to_read_only_export_fails() {
     let Some(server) = nbdkit(&["-r", "memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, 0, 1)
+    write_cmd(server.addr(), 0, 1)
         .write_stdin("x")
         .assert()
         .code(1)
@@ -918,8 +792,8 @@ fn binary_read_into_a_closed_pipe_exits_0() {
     let Some(server) = nbdkit(&["memory", "64M"]) else {
         return;
     };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flexnbd"))
-        .args(["read", "-l", "127.0.0.1", "-p", &server.port()])
+    let mut child = flexnbd_std()
+        .args(["read", "-l", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-F", "0", "-S", &(64 * MIB).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -929,24 +803,8 @@ fn binary_read_into_a_closed_pipe_exits_0() {
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).expect("first byte");
     drop(stdout);
-    let deadline = Instant::now() + CMD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("read did not stop after its stdout closed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    let out = finish(child, COMMAND_TIMEOUT);
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert!(status.success(), "{status}: {stderr}");
 }
 
@@ -955,11 +813,11 @@ fn binary_write_and_read_of_nothing() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, MIB as u64, 0)
+    write_cmd(server.addr(), MIB as u64, 0)
         .write_stdin("")
         .assert()
         .success();
-    read_cmd(server.addr, MIB as u64, 0)
+    read_cmd(server.addr(), MIB as u64, 0)
         .assert()
         .success()
         .stdout("");

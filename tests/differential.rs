@@ -53,7 +53,9 @@ use std::time::{Duration, Instant};
 use flexnbd::proto::types::{Cmd, CmdFlags};
 use flexnbd::proto::wire::{OldstyleHello, Request, SimpleReply};
 
-use crate::support::{Daemon, Ready, Signal, TestEnv, control_raw, free_port, pattern};
+use crate::support::control::status_pairs;
+use crate::support::daemon::start_on_free_port;
+use crate::support::{Daemon, FakePeer, Ready, Signal, TestEnv, control_raw, free_port, pattern};
 
 /// The longest one command may run.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
@@ -126,19 +128,9 @@ impl Programs {
     /// A server of `side` with a control socket, on a free port.
     #[track_caller]
     fn start_server(&self, side: Side, mode: &str, file: &Path, sock: &Path) -> (Daemon, u16) {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut d = Daemon::spawn(
-                self.server(side, mode, port, file, sock),
-                vec![Ready::Sock(sock.to_owned())],
-            );
-            match d.try_wait_ready(Duration::from_secs(10)) {
-                Ok(()) => return (d, port),
-                Err(e) if e.is_addr_in_use() => continue,
-                Err(e) => panic!("{side:?} {mode} did not start: {e}"),
-            }
-        }
-        panic!("no free port after 5 attempts");
+        let d = start_on_free_port(Some(sock), |port| self.server(side, mode, port, file, sock));
+        let port = d.port();
+        (d, port)
     }
 }
 
@@ -862,14 +854,7 @@ fn cli_usage_help_and_start_up_errors() {
 // ---------------------------------------------------------------------------
 // 2. The control socket and its CLI clients.
 
-/// A fake migration destination on one port, accepting any number of
-/// connections and doing the same to each.
-struct FakeDest {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
+/// What a fake migration destination does on each connection.
 #[derive(Debug, Clone, Copy)]
 enum Dest {
     /// Closes at once.
@@ -880,54 +865,22 @@ enum Dest {
     Silent,
 }
 
-impl FakeDest {
-    fn start(kind: Dest) -> FakeDest {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        std::thread::spawn(move || match kind {
-                            Dest::Rejecting => drop(s),
-                            Dest::Hello(size) => {
-                                let mut hello = [0u8; OldstyleHello::SIZE];
-                                OldstyleHello { size, flags: 13 }.encode(&mut hello);
-                                let _ = s.write_all(&hello);
-                                let _ = s.read_to_end(&mut Vec::new());
-                            }
-                            Dest::Silent => {
-                                let _ = s.read_to_end(&mut Vec::new());
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("fake destination: accept failed: {e}"),
-                }
+impl Dest {
+    /// A fake destination on one port, accepting any number of connections
+    /// and doing the same to each.
+    fn start(self) -> FakePeer<()> {
+        FakePeer::start(move |_, mut s| match self {
+            Dest::Rejecting => drop(s),
+            Dest::Hello(size) => {
+                let mut hello = [0u8; OldstyleHello::SIZE];
+                OldstyleHello { size, flags: 13 }.encode(&mut hello);
+                let _ = s.write_all(&hello);
+                let _ = s.read_to_end(&mut Vec::new());
             }
-        });
-        FakeDest {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for FakeDest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            Dest::Silent => {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        })
     }
 }
 
@@ -1240,18 +1193,6 @@ fn cli_text(seen: &Seen) -> String {
     )
 }
 
-/// The keys and values of a status line (`0: pid=...` or `pid=...`).
-fn status_pairs(line: &str) -> Vec<(String, String)> {
-    line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':' || c == ' ')
-        .split(' ')
-        .filter(|w| !w.is_empty() && w.contains('='))
-        .map(|w| {
-            let (k, v) = w.split_once('=').unwrap();
-            (k.to_owned(), v.trim().to_owned())
-        })
-        .collect()
-}
-
 /// Compares status lines: C's keys are a prefix of ours, in order, with the
 /// same values except the pid and the migration's figures; the layout
 /// (one space after each pair, so a trailing space) is the same.
@@ -1311,14 +1252,14 @@ fn control_steps(p: &Programs, side: Side, ports: &[(&str, u16)]) -> Vec<String>
 #[test]
 fn control_socket_and_its_clients() {
     let Some(p) = Programs::find() else { return };
-    let rejecting = FakeDest::start(Dest::Rejecting);
-    let silent = FakeDest::start(Dest::Silent);
-    let wrong = FakeDest::start(Dest::Hello((1 << 20) + 512));
+    let rejecting = Dest::Rejecting.start();
+    let silent = Dest::Silent.start();
+    let wrong = Dest::Hello((1 << 20) + 512).start();
     let ports = [
         ("{dead}", free_port()),
-        ("{rejecting}", rejecting.addr.port()),
-        ("{silent}", silent.addr.port()),
-        ("{wrong}", wrong.addr.port()),
+        ("{rejecting}", rejecting.port()),
+        ("{silent}", silent.port()),
+        ("{wrong}", wrong.port()),
     ];
     let p = &p;
     let ports = &ports;

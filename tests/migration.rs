@@ -23,7 +23,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::str::FromStr;
@@ -38,10 +38,10 @@ use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
 use flexnbd::server::status::Status;
 
-use crate::support::daemon::spawn_on_free_port;
 use crate::support::wire;
 use crate::support::{
-    self, Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool, text,
+    self, Daemon, DaemonBuilder, Signal, TestEnv, allocated, control, control::status_line,
+    flexnbd_std, pattern, require_tool, text,
 };
 
 const MIB: u64 = 1 << 20;
@@ -113,25 +113,8 @@ fn assert_same_files(what: &str, a: &Path, b: &Path) {
     }
 }
 
-/// Bytes allocated on disk for `path`.
-fn allocated(path: &Path) -> u64 {
-    path.metadata().unwrap().blocks() * 512
-}
-
 // ---------------------------------------------------------------------------
 // Processes.
-
-/// Starts `builder` on a free port, with the mirror's request limit if given.
-#[track_caller]
-fn start_on_free_port(builder: &DaemonBuilder, sock: &Path, limit: Option<&str>) -> (Daemon, u16) {
-    spawn_on_free_port(sock, |port| {
-        let mut cmd = builder.command(port);
-        if let Some(limit) = limit {
-            cmd.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", limit);
-        }
-        cmd
-    })
-}
 
 /// A `flexnbd serve` or `flexnbd listen` with a control socket.
 struct Node {
@@ -146,8 +129,11 @@ impl Node {
     #[track_caller]
     fn serve(env: &TestEnv, file: &Path) -> Node {
         let sock = env.sock_path_named("source.sock");
-        let builder = DaemonBuilder::new("serve", file).sock(&sock).arg("-v");
-        let (daemon, port) = start_on_free_port(&builder, &sock, None);
+        let daemon = DaemonBuilder::new("serve", file)
+            .sock(&sock)
+            .arg("-v")
+            .start();
+        let port = daemon.port();
         Node {
             daemon,
             port,
@@ -161,13 +147,11 @@ impl Node {
     fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
         let sock = env.sock_path_named(sock_name);
         let mut builder = DaemonBuilder::new("listen", file).sock(&sock).arg("-v");
-        let (daemon, port) = match port {
-            Some(p) => {
-                builder = builder.port(p);
-                (builder.start(), p)
-            }
-            None => start_on_free_port(&builder, &sock, None),
-        };
+        if let Some(p) = port {
+            builder = builder.port(p);
+        }
+        let daemon = builder.start();
+        let port = daemon.port();
         Node {
             daemon,
             port,
@@ -185,15 +169,10 @@ impl Node {
         Status::from_str(line.trim_end_matches('\n')).unwrap()
     }
 
-    /// The raw status line, after `0: `.
+    /// The status reply, `0: ` and all.
     #[track_caller]
     fn status_line(&self) -> String {
-        let reply = control(&self.sock, "status", &[]);
-        reply
-            .strip_prefix("0: ")
-            .unwrap_or_else(|| panic!("status failed: {reply:?}"))
-            .trim_end_matches('\n')
-            .to_owned()
+        status_line(&self.sock)
     }
 
     /// Polls `status` until `pred` holds; panics with the last status after [`STATE_WITHIN`].
@@ -715,9 +694,11 @@ fn break_mid_migration_keeps_serving_and_a_new_mirror_completes() {
     );
 }
 
-/// The keys of a status line, in order.
+/// The keys of a status reply, in order.
 fn keys(line: &str) -> Vec<&str> {
-    line.split_whitespace()
+    line.strip_prefix("0: ")
+        .unwrap_or(line)
+        .split_whitespace()
         .map(|pair| pair.split_once('=').unwrap().0)
         .collect()
 }
@@ -886,8 +867,12 @@ fn destination_killed_and_restarted(fresh: bool) {
     let dst = env.image("dest.img", size);
     // A short request limit: the source notices a dead destination quickly.
     let sock = env.sock_path_named("source.sock");
-    let builder = DaemonBuilder::new("serve", &src).sock(&sock).arg("-v");
-    let (daemon, port) = start_on_free_port(&builder, &sock, Some("5"));
+    let daemon = DaemonBuilder::new("serve", &src)
+        .sock(&sock)
+        .arg("-v")
+        .env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
+        .start();
+    let port = daemon.port();
     let mut source = Node {
         daemon,
         port,
