@@ -55,6 +55,7 @@ use flexnbd::proto::wire::{OldstyleHello, Request, SimpleReply};
 
 use crate::support::control::status_pairs;
 use crate::support::daemon::start_on_free_port;
+use crate::support::env::refusing_port;
 use crate::support::{Daemon, FakePeer, Ready, Signal, TestEnv, control_raw, free_port, pattern};
 
 /// The longest one command may run.
@@ -1087,8 +1088,9 @@ fn control_socket_and_its_clients() {
     let rejecting = Dest::Rejecting.start();
     let silent = Dest::Silent.start();
     let wrong = Dest::Hello((1 << 20) + 512).start();
+    let (_dead, dead_port) = refusing_port();
     let ports = [
-        ("{dead}", free_port()),
+        ("{dead}", dead_port),
         ("{rejecting}", rejecting.port()),
         ("{silent}", silent.port()),
         ("{wrong}", wrong.port()),

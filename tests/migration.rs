@@ -125,39 +125,39 @@ struct Node {
 }
 
 impl Node {
-    /// `flexnbd serve -v` on `file`: a migration's source.
+    /// `flexnbd <mode> -v` on `file` with the control socket `sock_name`,
+    /// with `more` done to its builder.
     #[track_caller]
-    fn serve(env: &TestEnv, file: &Path) -> Node {
-        let sock = env.sock_path_named("source.sock");
-        let daemon = DaemonBuilder::new("serve", file)
-            .sock(&sock)
-            .arg("-v")
-            .start();
-        let port = daemon.port();
+    fn start(
+        env: &TestEnv,
+        mode: &str,
+        file: &Path,
+        sock_name: &str,
+        more: impl FnOnce(DaemonBuilder) -> DaemonBuilder,
+    ) -> Node {
+        let sock = env.sock_path_named(sock_name);
+        let daemon = more(DaemonBuilder::new(mode, file).sock(&sock).arg("-v")).start();
         Node {
+            port: daemon.port(),
             daemon,
-            port,
             sock,
             file: file.to_owned(),
         }
     }
 
+    /// `flexnbd serve -v` on `file`: a migration's source.
+    #[track_caller]
+    fn serve(env: &TestEnv, file: &Path) -> Node {
+        Node::start(env, "serve", file, "source.sock", |b| b)
+    }
+
     /// `flexnbd listen -v` on `file`, on `port` if given: a migration's destination.
     #[track_caller]
     fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
-        let sock = env.sock_path_named(sock_name);
-        let mut builder = DaemonBuilder::new("listen", file).sock(&sock).arg("-v");
-        if let Some(p) = port {
-            builder = builder.port(p);
-        }
-        let daemon = builder.start();
-        let port = daemon.port();
-        Node {
-            daemon,
-            port,
-            sock,
-            file: file.to_owned(),
-        }
+        Node::start(env, "listen", file, sock_name, |b| match port {
+            Some(p) => b.port(p),
+            None => b,
+        })
     }
 
     #[track_caller]
@@ -310,6 +310,25 @@ fn assert_ok(out: &Output, stdout: &str) {
 #[track_caller]
 fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
     assert_ok(&run(&mirror_args(source, port, extra)), "Mirror started");
+}
+
+/// A source of `size` bytes of data (from `seed`) migrating into an empty
+/// destination under `mirror --wait` at 1 MiB/s, once its first transfer
+/// is acknowledged: the first 8 MiB go at once, the next one seconds later.
+/// The source's file, the destination's, both nodes and the `mirror --wait`.
+#[track_caller]
+fn throttled_migration(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node, Cli) {
+    let src = data_image(env, "source.img", size, seed);
+    let dst = env.image("dest.img", size);
+    let mut source = Node::serve(env, &src);
+    let dest = Node::listen(env, &dst, "dest.sock", None);
+    let waiting = Cli::spawn(&mirror_args(
+        &source,
+        dest.port,
+        &["--wait", "-m", "1048576"],
+    ));
+    source.wait_progress(MAX_TRANSFER);
+    (src, dst, source, dest, waiting)
 }
 
 /// A client of `node` writes `data` at `offset` and reads it back.
@@ -638,18 +657,7 @@ fn unlink_removes_the_source_only_after_every_byte_was_acknowledged() {
 fn break_mid_migration_keeps_serving_and_a_new_mirror_completes() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 3);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-
-    // 1 MiB/s: the first 8 MiB go at once, the next one seconds later.
-    let waiting = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "-m", "1048576"],
-    ));
-    source.wait_progress(MAX_TRANSFER);
+    let (src, dst, mut source, mut dest, waiting) = throttled_migration(&env, size, 3);
     assert_ok(
         &run(&["break", "-s", source.sock.to_str().unwrap()]),
         "mirror stopped",
@@ -866,19 +874,9 @@ fn destination_killed_and_restarted(fresh: bool) {
     let src = data_image(&env, "source.img", size, 5);
     let dst = env.image("dest.img", size);
     // A short request limit: the source notices a dead destination quickly.
-    let sock = env.sock_path_named("source.sock");
-    let daemon = DaemonBuilder::new("serve", &src)
-        .sock(&sock)
-        .arg("-v")
-        .env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
-        .start();
-    let port = daemon.port();
-    let mut source = Node {
-        daemon,
-        port,
-        sock,
-        file: src.clone(),
-    };
+    let mut source = Node::start(&env, "serve", &src, "source.sock", |b| {
+        b.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
+    });
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
     let dest_port = dest.port;
 
@@ -929,18 +927,7 @@ fn destination_killed_and_restarted_on_a_fresh_file_gets_everything() {
 fn source_killed_mid_transfer_leaves_the_destination_listening_without_control() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 6);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-
-    let waiting = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "-m", "1048576"],
-    ));
-    // The first transfer is acknowledged (the next one waits seconds for the limit).
-    source.wait_progress(MAX_TRANSFER);
+    let (src, dst, mut source, mut dest, waiting) = throttled_migration(&env, size, 6);
     let first = MAX_TRANSFER as usize;
     let mut a = vec![0u8; first];
     File::open(&src).unwrap().read_exact_at(&mut a, 0).unwrap();

@@ -120,6 +120,25 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP port on 127.0.0.1 that refuses connections, and that nobody else
+/// can take while the socket returned is kept: bound, never listening.
+/// (A port from [`free_port`] may be taken by a server started meanwhile.)
+#[track_caller]
+pub(crate) fn refusing_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+    socket
+        .bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("cannot bind 127.0.0.1:0");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address")
+        .port();
+    (socket, port)
+}
+
 /// The bytes allocated on disk for `path`.
 #[track_caller]
 pub(crate) fn allocated(path: &Path) -> u64 {
