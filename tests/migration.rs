@@ -283,6 +283,25 @@ fn migrate_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path)
         out.status,
         text(&out.stderr)
     );
+    finish_and_check(source, dest, src, dst);
+}
+
+/// Lifts the speed limit of the running migration from `source` to `dest`
+/// and checks it completes as [`migrate_and_check`] does.
+#[track_caller]
+fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+    let sock = source.sock.to_str().unwrap();
+    assert_ok(
+        &run(&["mirror-speed", "-s", sock, "-m", UNLIMITED]),
+        "updated",
+    );
+    finish_and_check(source, dest, src, dst);
+}
+
+/// The source and the destination exit 0 by themselves, and the
+/// destination's file `dst` is the source's `src`.
+#[track_caller]
+fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     assert_same_files("destination", dst, src);
@@ -312,16 +331,43 @@ fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
     assert_ok(&run(&mirror_args(source, port, extra)), "Mirror started");
 }
 
+/// A source serving `size` bytes of data (from `seed`) and an empty
+/// destination listening: both files and both nodes.
+#[track_caller]
+fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
+    let src = data_image(env, "source.img", size, seed);
+    let dst = env.image("dest.img", size);
+    let source = Node::serve(env, &src);
+    let dest = Node::listen(env, &dst, "dest.sock", None);
+    (src, dst, source, dest)
+}
+
+/// A sparse source of `size` bytes with what `write` writes to it (synced),
+/// and an empty destination listening: both files and both nodes.
+#[track_caller]
+fn sparse_pair(
+    env: &TestEnv,
+    size: u64,
+    write: impl FnOnce(&File),
+) -> (PathBuf, PathBuf, Node, Node) {
+    let src = env.image("source.img", size);
+    let f = File::options().write(true).open(&src).unwrap();
+    write(&f);
+    f.sync_all().unwrap();
+    drop(f);
+    let dst = env.image("dest.img", size);
+    let source = Node::serve(env, &src);
+    let dest = Node::listen(env, &dst, "dest.sock", None);
+    (src, dst, source, dest)
+}
+
 /// A source of `size` bytes of data (from `seed`) migrating into an empty
 /// destination under `mirror --wait` at 1 MiB/s, once its first transfer
 /// is acknowledged: the first 8 MiB go at once, the next one seconds later.
 /// The source's file, the destination's, both nodes and the `mirror --wait`.
 #[track_caller]
 fn throttled_migration(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node, Cli) {
-    let src = data_image(env, "source.img", size, seed);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(env, &src);
-    let dest = Node::listen(env, &dst, "dest.sock", None);
+    let (src, dst, mut source, dest) = data_pair(env, size, seed);
     let waiting = Cli::spawn(&mirror_args(
         &source,
         dest.port,
@@ -431,12 +477,9 @@ fn migrate_under_fio(jobs: &str, writers: u64, max_speed: &str) {
     }
     let env = TestEnv::new();
     let size = 256 * MIB;
-    let src = data_image(&env, "source.img", size, 1);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 1);
     let original = env.child("original.img");
     std::fs::copy(&src, &original).unwrap();
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
 
     let mut fio = Fio::start(&env, &format!("nbd://127.0.0.1:{}", source.port), jobs);
     // Every writer is connected before the migration starts.
@@ -591,12 +634,9 @@ fn copy(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
 fn unlink_removes_the_source_only_after_every_byte_was_acknowledged() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 2);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 2);
     let original = env.child("original.img");
     std::fs::copy(&src, &original).unwrap();
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
     let relay = Relay::start(dest.addr());
 
     start_mirror(&source, relay.port, &["--unlink"]);
@@ -730,10 +770,7 @@ const C_KEYS: [&str; 11] = [
 fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
     let env = TestEnv::new();
     let size = 256 * MIB;
-    let src = data_image(&env, "source.img", size, 4);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 4);
     let sock = source.sock.to_str().unwrap().to_owned();
 
     let fast = 32 * MIB;
@@ -803,30 +840,19 @@ fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
     assert_eq!(a.phase.as_deref(), Some("copying"), "{a:?}");
 
     // Lift the limit: it completes.
-    assert_ok(
-        &run(&["mirror-speed", "-s", &sock, "-m", UNLIMITED]),
-        "updated",
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
 }
 
 #[test]
 fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     let env = TestEnv::new();
     let size = 1024 * MIB;
-    let src = env.image("source.img", size);
-    let f = File::options().write(true).open(&src).unwrap();
-    for i in 0..50u64 {
-        f.write_all_at(&pattern(MIB as usize, 100 + i), i * 20 * MIB + 4096)
-            .unwrap();
-    }
-    f.sync_all().unwrap();
-    drop(f);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
+        for i in 0..50u64 {
+            f.write_all_at(&pattern(MIB as usize, 100 + i), i * 20 * MIB + 4096)
+                .unwrap();
+        }
+    });
 
     migrate_and_check(&mut source, &mut dest, &src, &dst);
     let (a_src, a_dst) = (allocated(&src), allocated(&dst));
@@ -843,17 +869,12 @@ fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
 fn data_deep_inside_ranges_of_zeroes_is_sent() {
     let env = TestEnv::new();
     let size = 64 * MIB;
-    let src = env.image("source.img", size);
-    let f = File::options().write(true).open(&src).unwrap();
-    f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
-    f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
-        .unwrap();
-    f.write_all_at(&[0xa5], size - 1).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
+        f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
+        f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
+            .unwrap();
+        f.write_all_at(&[0xa5], size - 1).unwrap();
+    });
 
     migrate_and_check(&mut source, &mut dest, &src, &dst);
     let a_dst = allocated(&dst);
@@ -898,19 +919,7 @@ fn destination_killed_and_restarted(fresh: bool) {
     let mut dest = Node::listen(&env, &dst2, "dest2.sock", Some(dest_port));
     // The new destination gets the migration again from the start.
     dest.wait_status("the source reconnecting", |st| st.num_clients == 1);
-    assert_ok(
-        &run(&[
-            "mirror-speed",
-            "-s",
-            source.sock.to_str().unwrap(),
-            "-m",
-            UNLIMITED,
-        ]),
-        "updated",
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "restarted destination after the handover");
-    assert_same_files("restarted destination", &dst2, &src);
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst2);
 }
 
 #[test]
