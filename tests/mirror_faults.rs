@@ -101,22 +101,11 @@ impl Source {
     /// `flexnbd mirror` to 127.0.0.1:`port`, to the end.
     #[track_caller]
     fn mirror(&self, port: u16, extra: &[&str]) -> Output {
-        finish(self.spawn_mirror(port, extra), Duration::from_secs(40))
+        mirror_cli(&self.sock, port, extra)
     }
 
     fn spawn_mirror(&self, port: u16, extra: &[&str]) -> Child {
-        let port = port.to_string();
-        let mut args: Vec<&OsStr> = vec![
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            self.sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-        ];
-        args.extend(extra.iter().map(OsStr::new));
-        spawn_cli(&args)
+        spawn_mirror_cli(&self.sock, port, extra)
     }
 
     /// The `status` line.
@@ -264,6 +253,28 @@ fn spawn_cli(args: &[&OsStr]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot run flexnbd")
+}
+
+/// `flexnbd mirror -s sock -l 127.0.0.1 -p port EXTRA`, to the end.
+#[track_caller]
+fn mirror_cli(sock: &Path, port: u16, extra: &[&str]) -> Output {
+    finish(spawn_mirror_cli(sock, port, extra), Duration::from_secs(40))
+}
+
+/// [`mirror_cli`], started.
+fn spawn_mirror_cli(sock: &Path, port: u16, extra: &[&str]) -> Child {
+    let port = port.to_string();
+    let mut args: Vec<&OsStr> = vec![
+        "mirror".as_ref(),
+        "-s".as_ref(),
+        sock.as_os_str(),
+        "-l".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port.as_ref(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    spawn_cli(&args)
 }
 
 /// The CLI exited `code` and said `message` on stdout (code 0) or stderr (otherwise).
@@ -680,129 +691,123 @@ fn assert_closed_without_a_byte(s: &mut TcpStream) {
     }
 }
 
-fn connect_then_close(style: Style) {
+/// Starts a `listen` in `style`, lets `misbehave` do its worst to it, then
+/// checks it survives ([`Listener::assert_survives`]) and still takes a clean
+/// transfer.
+fn survives(style: Style, misbehave: impl FnOnce(&mut Listener)) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    drop(wire::tcp(l.addr));
-    l.assert_survives();
-    // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
-    drop(wire::tcp(l.addr));
+    misbehave(&mut l);
     l.assert_survives();
     l.finish_transfer();
+}
+
+fn connect_then_close(style: Style) {
+    survives(style, |l| {
+        drop(wire::tcp(l.addr));
+        l.assert_survives();
+        // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
+        drop(wire::tcp(l.addr));
+    });
 }
 
 fn close_after_hello(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    drop(connect(l.addr, style));
-    l.assert_survives();
-    if style == Style::Newstyle {
-        // Also in the middle of the negotiation: greeting read, then gone.
-        let mut s = wire::tcp(l.addr);
-        let mut hello = [0u8; NewstyleHello::SIZE];
-        s.read_exact(&mut hello).unwrap();
-        drop(s);
-        l.assert_survives();
-    }
-    l.finish_transfer();
+    survives(style, |l| {
+        drop(connect(l.addr, style));
+        if style == Style::Newstyle {
+            l.assert_survives();
+            // Also in the middle of the negotiation: greeting read, then gone.
+            let mut s = wire::tcp(l.addr);
+            let mut hello = [0u8; NewstyleHello::SIZE];
+            s.read_exact(&mut hello).unwrap();
+            drop(s);
+        }
+    });
 }
 
 fn read_request_without_reading_the_hello(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
-    let mut s = wire::tcp(l.addr);
-    s.write_all(&wire::header(Cmd::READ, CmdFlags(0), 1, 0, SIZE as u32))
-        .unwrap();
-    let mut four = [0u8; 4];
-    s.read_exact(&mut four).unwrap();
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
+        let mut s = wire::tcp(l.addr);
+        s.write_all(&wire::header(Cmd::READ, CmdFlags(0), 1, 0, SIZE as u32))
+            .unwrap();
+        let mut four = [0u8; 4];
+        s.read_exact(&mut four).unwrap();
+        drop(s);
+    });
 }
 
 fn second_connection_is_refused_and_the_first_continues(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut first = connect(l.addr, style);
-    let mut second = wire::tcp(l.addr);
-    assert_closed_without_a_byte(&mut second);
-    first.write(7, 2048, b"stillok!");
-    first.expect_reply(7, Errno::OK);
-    assert_eq!(first.read(8, 2048, 8), b"stillok!");
-    drop(first);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut first = connect(l.addr, style);
+        let mut second = wire::tcp(l.addr);
+        assert_closed_without_a_byte(&mut second);
+        first.write(7, 2048, b"stillok!");
+        first.expect_reply(7, Errno::OK);
+        assert_eq!(first.read(8, 2048, 8), b"stillok!");
+        drop(first);
+    });
 }
 
 fn connection_from_outside_the_acl_sees_eof(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    assert_eq!(control(&l.sock, "acl", &["127.0.0.1"]), "0: updated\n");
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0)).into())
-        .unwrap();
-    socket.connect_timeout(&l.addr.into(), IO_TIMEOUT).unwrap();
-    let mut banned: TcpStream = socket.into();
-    assert_closed_without_a_byte(&mut banned);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        assert_eq!(control(&l.sock, "acl", &["127.0.0.1"]), "0: updated\n");
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0)).into())
+            .unwrap();
+        socket.connect_timeout(&l.addr.into(), IO_TIMEOUT).unwrap();
+        let mut banned: TcpStream = socket.into();
+        assert_closed_without_a_byte(&mut banned);
+    });
 }
 
 fn write_out_of_range_gets_an_error_and_the_next_write_works(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    let handle = u64::from_be_bytes(*b"myhandle");
-    s.write(handle, SIZE + 1, &[0xAB; 32]);
-    // ENOSPC in both handshakes, with the handle echoed and the payload drained.
-    s.expect_reply(handle, Errno::ENOSPC);
-    s.write(handle + 1, 0, b"in range");
-    s.expect_reply(handle + 1, Errno::OK);
-    drop(s);
-    l.assert_survives();
-    assert_eq!(&std::fs::read(&l.file).unwrap()[..8], b"in range");
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        let handle = u64::from_be_bytes(*b"myhandle");
+        s.write(handle, SIZE + 1, &[0xAB; 32]);
+        // ENOSPC in both handshakes, with the handle echoed and the payload drained.
+        s.expect_reply(handle, Errno::ENOSPC);
+        s.write(handle + 1, 0, b"in range");
+        s.expect_reply(handle + 1, Errno::OK);
+        drop(s);
+        assert_eq!(&std::fs::read(&l.file).unwrap()[..8], b"in range");
+    });
 }
 
 fn write_header_then_close(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    s.request(Cmd::WRITE, 1, 0, 8);
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        s.request(Cmd::WRITE, 1, 0, 8);
+        drop(s);
+    });
 }
 
 fn write_header_and_data_then_close(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    s.write(1, 8, b"partial!");
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        s.write(1, 8, b"partial!");
+        drop(s);
+    });
 }
 
 fn bad_magic_gets_an_error_and_does_not_hand_control_over(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    let handle = u64::from_be_bytes(*b"myhandle");
-    let mut head = wire::header(Cmd::WRITE, CmdFlags(0), handle, 0, 0);
-    head[..4].fill(0);
-    s.s.write_all(&head).unwrap();
-    let r = s.reply();
-    assert_eq!(r.handle, handle);
-    assert_ne!(r.error, Errno::OK);
-    let mut rest = Vec::new();
-    s.s.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "bytes after the error reply: {rest:02x?}");
-    // flexnbd-c bug 14.3.1: C takes control here and exits 0.
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        let handle = u64::from_be_bytes(*b"myhandle");
+        let mut head = wire::header(Cmd::WRITE, CmdFlags(0), handle, 0, 0);
+        head[..4].fill(0);
+        s.s.write_all(&head).unwrap();
+        let r = s.reply();
+        assert_eq!(r.handle, handle);
+        assert_ne!(r.error, Errno::OK);
+        let mut rest = Vec::new();
+        s.s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "bytes after the error reply: {rest:02x?}");
+        // flexnbd-c bug 14.3.1: C takes control here and exits 0.
+    });
 }
 
 fn sigterm_before_control_exits_1(style: Style) {
@@ -981,32 +986,16 @@ fn c_serve_mirrors_into_our_oldstyle_listen_and_holes_stay_holes() {
     );
 
     let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
-    let dest_file = env.image("dest.img", size);
-    let dest_sock = env.sock_path_named("dest.sock");
-    let mut dest = DaemonBuilder::new("listen", &dest_file)
-        .sock(&dest_sock)
-        .args(["-v", "--oldstyle"])
-        .start();
+    let mut dest = Listener::start(&env, size, Style::Oldstyle);
+    let dest_file = dest.file.clone();
 
     // Our CLI drives the C source: the control protocol is the same.
-    let port = dest.addr().port().to_string();
-    let out = finish(
-        spawn_cli(&[
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            c_sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-        ]),
-        Duration::from_secs(40),
-    );
+    let out = mirror_cli(&c_sock, dest.addr.port(), &[]);
     assert_cli(&out, 0, "Mirror started");
     let status = c_source.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
-    let status = dest.wait_exit(EXIT_WITHIN);
-    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    let status = dest.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.daemon.stderr());
     crate::support::assert_same_bytes(
         "destination",
         &std::fs::read(&dest_file).unwrap(),
@@ -1262,29 +1251,13 @@ fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
     let data = pattern(2 << 20, 11);
     let src = env.image_with("c-source.img", &data);
     let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
-    let dest_file = env.image("dest.img", data.len() as u64);
-    let mut dest = DaemonBuilder::new("listen", &dest_file)
-        .sock(env.sock_path_named("dest.sock"))
-        .args(["-v", "--oldstyle"])
-        .start();
+    let mut dest = Listener::start(&env, data.len() as u64, Style::Oldstyle);
+    let dest_file = dest.file.clone();
     let (held_tx, held) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let (relay_addr, relay) = disconnect_holding_relay(dest.addr(), held_tx, release_rx);
+    let (relay_addr, relay) = disconnect_holding_relay(dest.addr, held_tx, release_rx);
 
-    let port = relay_addr.port().to_string();
-    let out = finish(
-        spawn_cli(&[
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            c_sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-            "--unlink".as_ref(),
-        ]),
-        Duration::from_secs(40),
-    );
+    let out = mirror_cli(&c_sock, relay_addr.port(), &["--unlink"]);
     assert_cli(&out, 0, "Mirror started");
     held.recv_timeout(Duration::from_secs(60))
         .expect("the C source sent no DISCONNECT");
@@ -1298,8 +1271,8 @@ fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
     release.send(()).unwrap();
     let status = c_source.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
-    let status = dest.wait_exit(EXIT_WITHIN);
-    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    let status = dest.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.daemon.stderr());
     relay.join().unwrap();
     crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
 }
