@@ -39,9 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, Opt};
-use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply};
+use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, Request, SimpleReply};
 
-use crate::support::wire::{Client, Seen, closed_within, read_request, reply_bytes, send_hello};
+use crate::support::wire::{
+    self, Client, Seen, closed_within, read_request, reply_bytes, send_hello,
+};
 use crate::support::{
     Daemon, DaemonBuilder, FakePeer, Ready, Signal, Style, TestEnv, flexnbd_std, pattern,
     require_tool, wait_until,
@@ -621,14 +623,8 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
         s.read_exact(&mut [0u8; NewstyleHello::SIZE]).unwrap();
         s.write_all(&ClientFlags::FIXED_NEWSTYLE.0.to_be_bytes())
             .unwrap();
-        let mut head = [0u8; OptionHeader::SIZE];
-        OptionHeader {
-            opt: Opt::GO,
-            len: 0,
-        }
-        .encode(&mut head);
-        head[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        s.write_all(&head).unwrap();
+        s.write_all(&wire::option_header(Opt::GO, u32::MAX))
+            .unwrap();
         closed(s);
     }
 

@@ -100,6 +100,13 @@ pub(crate) fn header(
     head
 }
 
+/// The 16 bytes of an option header (`len` may be a lie).
+pub(crate) fn option_header(opt: Opt, len: u32) -> [u8; OptionHeader::SIZE] {
+    let mut head = [0u8; OptionHeader::SIZE];
+    OptionHeader { opt, len }.encode(&mut head);
+    head
+}
+
 /// How a [`Client`] gets from the greeting to the transmission phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Handshake {
@@ -236,12 +243,7 @@ impl Client {
     /// Sends option `opt` with `data`.
     #[track_caller]
     pub(crate) fn send_option(&mut self, opt: Opt, data: &[u8]) {
-        let mut head = [0u8; OptionHeader::SIZE];
-        OptionHeader {
-            opt,
-            len: data.len() as u32,
-        }
-        .encode(&mut head);
+        let head = option_header(opt, data.len() as u32);
         self.s.write_all(&head).expect("option header");
         self.s.write_all(data).expect("option data");
     }
