@@ -26,11 +26,19 @@ use flexnbd::proto::wire::{
 
 use crate::support::daemon::start_on_free_port;
 use crate::support::{
-    self, COMMAND_TIMEOUT, Daemon, TestEnv, finish, flexnbd, flexnbd_std, free_port, pattern,
-    require_tool, text,
+    self, COMMAND_TIMEOUT, Daemon, TestEnv, assert_same_bytes, finish, flexnbd, flexnbd_std,
+    free_port, pattern, read_range, require_tool, text,
 };
 
 const MIB: usize = 1 << 20;
+/// nbdkit with 64 MiB that refuses requests over 1 MiB.
+const MAX_1_MIB: &[&str] = &[
+    "--filter=blocksize-policy",
+    "memory",
+    "64M",
+    "blocksize-maximum=1M",
+    "blocksize-error-policy=error",
+];
 
 // ---------------------------------------------------------------------------
 // Helpers: servers, fakes.
@@ -122,6 +130,16 @@ fn drain(s: &mut TcpStream) -> usize {
     sink.len()
 }
 
+/// Why the client's handshake with a fake running `script` failed, which
+/// must be an error of kind `Rejected`.
+#[track_caller]
+fn rejected_by(script: impl FnOnce(TcpStream) + Send + 'static) -> ClientError {
+    let (addr, _fake) = fake(script);
+    let err = NbdClient::connect(addr, &quick()).expect_err("the handshake succeeded");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
+    err
+}
+
 /// An old-style fake of `size` bytes that answers the first request with
 /// `respond(stream, request)`, then drains.
 fn oldstyle_fake(
@@ -146,15 +164,15 @@ fn read_option(s: &mut TcpStream) -> (OptionHeader, Vec<u8>) {
 }
 
 fn send_option_reply(s: &mut TcpStream, opt: Opt, rep: Rep, payload: &[u8]) {
-    let mut buf = [0u8; OptionReplyHeader::SIZE];
-    OptionReplyHeader {
-        opt,
-        rep,
-        len: payload.len() as u32,
-    }
-    .encode(&mut buf);
-    s.write_all(&buf).expect("option reply");
+    send_option_reply_header(s, opt, rep, payload.len() as u32);
     s.write_all(payload).expect("option reply payload");
+}
+
+/// An option reply's header announcing `len` bytes (which may be a lie).
+fn send_option_reply_header(s: &mut TcpStream, opt: Opt, rep: Rep, len: u32) {
+    let mut buf = [0u8; OptionReplyHeader::SIZE];
+    OptionReplyHeader { opt, rep, len }.encode(&mut buf);
+    s.write_all(&buf).expect("option reply");
 }
 
 fn newstyle_greeting(s: &mut TcpStream, flags: HandshakeFlags) -> u32 {
@@ -275,19 +293,13 @@ fn oldstyle_round_trip_against_flexnbd_c_reaches_the_file() {
     let data = pattern(200_000, 3);
     library_round_trip(&mut client, 512, &data);
     client.disconnect().expect("disconnect");
-    let file = env.read(&env.child("disk.img"));
-    assert!(file[512..512 + data.len()] == data[..], "file differs");
+    let file = read_range(&env.child("disk.img"), 512, data.len() as u64);
+    assert_same_bytes("the C flexnbd's file", &file, &data);
 }
 
 #[test]
 fn requests_are_split_at_the_servers_maximum() {
-    let Some(server) = nbdkit(&[
-        "--filter=blocksize-policy",
-        "memory",
-        "64M",
-        "blocksize-maximum=1M",
-        "blocksize-error-policy=error",
-    ]) else {
+    let Some(server) = nbdkit(MAX_1_MIB) else {
         return;
     };
     let mut client = connect(server.addr());
@@ -409,50 +421,42 @@ fn bind_address_is_used() {
 
 #[test]
 fn bad_hello_magic_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         let mut hello = oldstyle_hello(4096, 13);
         hello[15] ^= 0xff;
         s.write_all(&hello).expect("hello");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::BadHello(_)), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 #[test]
 fn bad_password_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    rejected_by(|mut s| {
         s.write_all(b"NBDMAGIX\0\0\x42\x02\x81\x86\x12\x53")
             .expect("hello");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
 }
 
 #[test]
 fn close_after_oldstyle_greeting_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         s.write_all(&oldstyle_hello(4096, 13)[..16])
             .expect("greeting");
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::HandshakeClosed), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 #[test]
 fn close_after_newstyle_greeting_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    rejected_by(|mut s| {
         newstyle_greeting(
             &mut s,
             HandshakeFlags::FIXED_NEWSTYLE | HandshakeFlags::NO_ZEROES,
         );
         let _ = s.shutdown(Shutdown::Both);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
 }
 
 #[test]
@@ -602,14 +606,12 @@ fn plain_newstyle_uses_export_name_without_zeroes() {
 
 #[test]
 fn go_refusal_is_rejected_with_the_servers_message() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
         read_option(&mut s);
         send_option_reply(&mut s, Opt::GO, Rep::ERR_POLICY, b"go away");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected);
     assert_eq!(
         err.to_string(),
         "server refused GO with ERR_POLICY: go away"
@@ -618,22 +620,13 @@ fn go_refusal_is_rejected_with_the_servers_message() {
 
 #[test]
 fn oversized_option_reply_is_rejected_before_allocating() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
         read_option(&mut s);
-        let mut buf = [0u8; OptionReplyHeader::SIZE];
-        OptionReplyHeader {
-            opt: Opt::GO,
-            rep: Rep::INFO,
-            len: u32::MAX,
-        }
-        .encode(&mut buf);
-        s.write_all(&buf).expect("reply");
+        send_option_reply_header(&mut s, Opt::GO, Rep::INFO, u32::MAX);
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::BadHandshake(_)), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 // ---------------------------------------------------------------------------
@@ -670,19 +663,13 @@ fn binary_round_trip_against_flexnbd_c() {
     };
     let data = pattern(123_456, 8);
     binary_round_trip(server.addr(), 4096, &data);
-    let file = env.read(&env.child("disk.img"));
-    assert!(file[4096..4096 + data.len()] == data[..], "file differs");
+    let file = read_range(&env.child("disk.img"), 4096, data.len() as u64);
+    assert_same_bytes("the C flexnbd's file", &file, &data);
 }
 
 #[test]
 fn binary_splits_40_mib_at_the_servers_maximum() {
-    let Some(server) = nbdkit(&[
-        "--filter=blocksize-policy",
-        "memory",
-        "64M",
-        "blocksize-maximum=1M",
-        "blocksize-error-policy=error",
-    ]) else {
+    let Some(server) = nbdkit(MAX_1_MIB) else {
         return;
     };
     binary_round_trip(server.addr(), MIB as u64, &pattern(40 * MIB, 9));
