@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::commands::{assert_success, one_error_line, read_ok, run, write_ok};
 use crate::support::daemon::logged_addr;
+use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{self, Daemon, Style, TestEnv, control_raw, status_value, text};
 
@@ -62,10 +63,8 @@ fn assert_refused(addr: SocketAddr) {
 
 #[test]
 fn status_prints_the_c_line_with_pid_and_size_rounded_down_to_512() {
-    let env = TestEnv::new();
     // 1 MiB and 300 bytes: the export is 1 MiB.
-    let disk = env.image("disk.img", MIB + 300);
-    let d = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
+    let (env, _disk, d) = serve_image(MIB + 300, Style::Newstyle, &[]);
     let sock = env.sock_path();
     let out = run(&["status", "-s", sock.to_str().unwrap()], &[]);
     assert_success("status", &out);
@@ -90,9 +89,7 @@ fn status_prints_the_c_line_with_pid_and_size_rounded_down_to_512() {
 
 #[test]
 fn status_json_carries_the_same_data_as_the_line() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 3 * MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &[]);
+    let (env, _disk, d) = serve_image(3 * MIB, Style::Oldstyle, &[]);
     let _client = Client::connect(d.addr(), Handshake::Oldstyle);
     let sock = env.sock_path();
     let line = run(&["status", "-s", sock.to_str().unwrap()], &[]);
@@ -116,9 +113,7 @@ fn status_json_carries_the_same_data_as_the_line() {
 #[test]
 fn status_counts_clients_as_they_connect_and_leave() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (env, _disk, d) = serve_image(MIB, style, &[]);
         let sock = env.sock_path();
         assert_eq!(status_value(&sock, "num_clients"), "0", "{style:?}");
         let first = Client::connect(d.addr(), style.handshake());
@@ -153,9 +148,7 @@ fn status_on_a_missing_socket_fails_with_one_line() {
 
 #[test]
 fn acl_cli_updates_or_rejects_a_bad_entry_keeping_the_old_list() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
+    let (env, _disk, d) = serve_image(MIB, Style::Newstyle, &[]);
     let sock = env.sock_path();
     let sock = sock.to_str().unwrap();
 
@@ -186,9 +179,7 @@ fn acl_cli_updates_or_rejects_a_bad_entry_keeping_the_old_list() {
 #[test]
 fn acl_without_us_refuses_new_clients_and_drops_connected_ones() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &["127.0.0.1"]);
+        let (env, _disk, d) = serve_image(MIB, style, &["127.0.0.1"]);
         let sock = env.sock_path();
         let mut client = Client::connect(d.addr(), style.handshake());
         client.read(7, 0, 4096);
@@ -208,9 +199,7 @@ fn acl_without_us_refuses_new_clients_and_drops_connected_ones() {
 
 #[test]
 fn default_deny_with_no_entries_refuses_everyone_until_acl_allows() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Newstyle, &["-d"]);
+    let (env, _disk, d) = serve_image(MIB, Style::Newstyle, &["-d"]);
     let sock = env.sock_path();
     let sock_arg = sock.to_str().unwrap();
     assert_refused(d.addr());
@@ -225,9 +214,7 @@ fn default_deny_with_no_entries_refuses_everyone_until_acl_allows() {
 
 #[test]
 fn max_clients_closes_connections_beyond_the_limit() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &["--max-clients", "1"]);
+    let (env, _disk, d) = serve_image(MIB, Style::Oldstyle, &["--max-clients", "1"]);
     let first = Client::connect(d.addr(), Handshake::Oldstyle);
     assert_refused(d.addr());
     drop(first);
@@ -267,9 +254,7 @@ fn control_socket_appears_only_once_the_nbd_port_accepts() {
 
 #[test]
 fn malformed_control_requests_get_c_replies_and_serving_goes_on() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
-    let mut d = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
+    let (env, _disk, mut d) = serve_image(MIB, Style::Newstyle, &[]);
     let sock = env.sock_path();
     let cases: [(&[u8], &str); 7] = [
         // A line cut off by EOF is discarded, as in flexnbd-c.

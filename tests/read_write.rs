@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::support::commands::{
     assert_success, nbd_read, nbd_write, nbd_write_sized, one_error_line, read_ok, write_ok,
 };
+use crate::support::daemon::serve_image;
 use crate::support::{
     Daemon, Signal, Style, TestEnv, assert_same_bytes, finish, flexnbd_path, flexnbd_std,
     flexnbd_std_default_signals, pattern, read_range, text, wait_until,
@@ -28,9 +29,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[test]
 fn three_mib_at_an_odd_offset_round_trips() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", 8 * MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (env, disk, d) = serve_image(8 * MIB, style, &[]);
         let data = pattern(3 * MIB as usize, 3);
         let from = MIB + 12_345;
         write_ok(&d, from, &data);
@@ -49,9 +48,7 @@ fn three_mib_at_an_odd_offset_round_trips() {
 #[test]
 fn a_write_larger_than_one_request_round_trips() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", 41 * MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (_env, disk, d) = serve_image(41 * MIB, style, &[]);
         // More than the 32 MiB a single request may carry.
         let data = pattern(40 * MIB as usize, 40);
         write_ok(&d, 512, &data);
@@ -63,9 +60,7 @@ fn a_write_larger_than_one_request_round_trips() {
 #[test]
 fn out_of_range_read_and_write_fail_with_one_line_naming_the_range() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (env, disk, d) = serve_image(MIB, style, &[]);
         let line = one_error_line("read past the end", &nbd_read(&d, MIB - 100, 1000));
         assert!(
             line.contains("1000 bytes at offset 1048476") && line.contains("1048576"),
@@ -83,9 +78,7 @@ fn out_of_range_read_and_write_fail_with_one_line_naming_the_range() {
 #[test]
 fn write_with_a_short_stdin_fails_and_writes_nothing() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (env, disk, d) = serve_image(MIB, style, &[]);
         let line = one_error_line("short stdin", &nbd_write_sized(&d, 0, 10, b"abc"));
         assert!(line.contains("3 of 10 bytes"), "{style:?}: {line}");
         assert!(env.read(&disk).iter().all(|&b| b == 0));
@@ -95,9 +88,7 @@ fn write_with_a_short_stdin_fails_and_writes_nothing() {
 #[test]
 fn read_of_size_zero_prints_nothing() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", MIB);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (_env, _disk, d) = serve_image(MIB, style, &[]);
         for from in [0, MIB] {
             let out = nbd_read(&d, from, 0);
             assert_success("read -S 0", &out);
@@ -108,9 +99,7 @@ fn read_of_size_zero_prints_nothing() {
 
 #[test]
 fn read_into_a_pipe_closed_early_exits_0() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 16 * MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
+    let (_env, _disk, d) = serve_image(16 * MIB, Style::Newstyle, &[]);
     let [l, addr, p, port] = d.addr_args();
     let mut child = flexnbd_std()
         .args(["read", &l, &addr, &p, &port, "-F", "0", "-S"])
@@ -134,9 +123,7 @@ fn read_into_a_pipe_closed_early_exits_0() {
 #[test]
 fn write_waiting_for_stdin_dies_of_sigint() {
     use std::os::unix::process::ExitStatusExt;
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
+    let (env, disk, d) = serve_image(MIB, Style::Newstyle, &[]);
     let [l, addr, p, port] = d.addr_args();
     // stdin stays open and empty: write waits for it. `env` execs flexnbd
     // in the same process, with SIGINT at its default action even when this
@@ -204,9 +191,7 @@ fn happy_path_reads_and_writes_blocks_0_12_and_63() {
 /// flexnbd-c's test_writeread2: writes to even blocks leave the odd ones alone.
 #[test]
 fn happy_path_even_block_writes_do_not_touch_odd_blocks() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 1024 * KIB);
-    let d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &[]);
+    let (env, disk, d) = serve_image(1024 * KIB, Style::Oldstyle, &[]);
     let x = vec![b'X'; KIB as usize];
     for i in 0..64u64 {
         write_ok(&d, 2 * i * KIB, &x);
@@ -227,9 +212,7 @@ fn happy_path_even_block_writes_do_not_touch_odd_blocks() {
 #[test]
 fn happy_path_write_to_a_high_block() {
     for style in Style::BOTH {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", 4 << 30);
-        let d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (_env, disk, d) = serve_image(4 << 30, style, &[]);
         let at = (1u64 << 31) + (1 << 29);
         write_ok(&d, at, b"12345678");
         assert_eq!(read_ok(&d, at, 8), b"12345678", "{style:?}");

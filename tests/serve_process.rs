@@ -16,6 +16,7 @@ use flexnbd::proto::types::{Cmd, Errno};
 
 use crate::support::commands::{nbd_write, one_error_line, read_ok, run};
 use crate::support::daemon::EXIT_TIMEOUT;
+use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{
     self, Daemon, Signal, Style, TestEnv, assert_same_bytes, pattern, read_range, require_tool,
@@ -70,9 +71,7 @@ fn requests_in_flight_at_a_signal_get_their_replies() {
         (Signal::INT, Style::Oldstyle),
         (Signal::QUIT, Style::Newstyle),
     ] {
-        let env = TestEnv::new();
-        let disk = env.image("disk.img", 4 * MIB);
-        let mut d = Daemon::serve_in(&env, &disk, style, &[]);
+        let (_env, disk, mut d) = serve_image(4 * MIB, style, &[]);
         let mut client = Client::connect(d.addr(), style.handshake());
         let data = pattern(32 * BLOCK, 7);
         let blocks: Vec<&[u8]> = data.chunks(BLOCK).collect();
@@ -122,9 +121,7 @@ fn requests_in_flight_at_a_signal_get_their_replies() {
 /// exits 0 as usual.
 #[test]
 fn sigterm_stops_serve_while_a_client_ignores_its_replies() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 32 * MIB);
-    let mut d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &[]);
+    let (_env, _disk, mut d) = serve_image(32 * MIB, Style::Oldstyle, &[]);
     let mut client = Client::connect(d.addr(), Handshake::Oldstyle);
     // 256 MiB of replies: far more than the socket buffers hold.
     for handle in 0..8 {
@@ -227,9 +224,7 @@ fn nbdinfo_and_qemu_img_see_an_oldstyle_daemon() {
     if !require_tool("nbdinfo") || !require_tool("qemu-img") {
         return;
     }
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 3 * MIB + 512);
-    let d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &[]);
+    let (_env, _disk, d) = serve_image(3 * MIB + 512, Style::Oldstyle, &[]);
     let info = tool("nbdinfo").arg(d.uri()).output().unwrap();
     assert!(info.status.success(), "{}", text(&info.stderr));
     let info = text(&info.stdout);
@@ -251,9 +246,7 @@ fn nbdinfo_and_qemu_img_see_an_oldstyle_daemon() {
 /// 32 MiB (after which the connection still works).
 #[test]
 fn oldstyle_hello_is_the_c_bytes_and_big_requests_get_einval() {
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", 40 * MIB + 100);
-    let d = Daemon::serve_in(&env, &disk, Style::Oldstyle, &[]);
+    let (_env, _disk, d) = serve_image(40 * MIB + 100, Style::Oldstyle, &[]);
     let mut s = TcpStream::connect_timeout(&d.addr(), IO_TIMEOUT).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut hello = [0u8; 152];

@@ -411,6 +411,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A fresh [`TestEnv`] holding a sparse `disk.img` of `size` bytes, served
+/// as [`Daemon::serve_in`] does. Keep the `TestEnv` (as `_env` if unused):
+/// dropping it removes the directory.
+#[track_caller]
+pub(crate) fn serve_image(size: u64, style: Style, args: &[&str]) -> (TestEnv, PathBuf, Daemon) {
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", size);
+    let d = Daemon::serve_in(&env, &disk, style, args);
+    (env, disk, d)
+}
+
 /// How the builder chooses the NBD port.
 #[derive(Debug, Clone, Copy)]
 enum PortChoice {
