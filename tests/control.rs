@@ -12,7 +12,9 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::commands::{assert_success, one_error_line, read_ok, run, write_ok};
+use crate::support::commands::{
+    assert_success, one_error_line, read_ok, run, serve_once, write_ok,
+};
 use crate::support::daemon::logged_addr;
 use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
@@ -307,20 +309,7 @@ fn a_file_in_the_way_of_the_control_socket_is_left_alone() {
     let disk = env.image("disk.img", MIB);
     let sock = env.sock_path();
     std::fs::write(&sock, b"not a socket").unwrap();
-    let out = run(
-        &[
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-f",
-            disk.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = serve_once(&disk, 0, &sock, &[]);
     let line = one_error_line("serve over a regular file", &out);
     assert_eq!(line.matches(sock.to_str().unwrap()).count(), 1, "{line}");
     assert!(line.contains("not a socket"), "{line}");
@@ -336,20 +325,7 @@ fn second_serve_on_the_same_socket_fails_and_leaves_the_first_alone() {
     let mut first = Daemon::serve_in(&env, &disk, Style::Newstyle, &[]);
     let inode = std::fs::metadata(&sock).unwrap().ino();
 
-    let out = run(
-        &[
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-f",
-            other.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = serve_once(&other, 0, &sock, &[]);
     let line = one_error_line("second serve", &out);
     assert_eq!(
         line,

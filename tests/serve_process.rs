@@ -8,13 +8,11 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use flexnbd::proto::types::{Cmd, Errno};
 
-use crate::support::commands::{nbd_write, one_error_line, read_ok, run};
+use crate::support::commands::{nbd_write, one_error_line, read_ok, serve_once};
 use crate::support::daemon::EXIT_TIMEOUT;
 use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
@@ -144,24 +142,6 @@ fn sigterm_stops_serve_while_a_client_ignores_its_replies() {
 
 // ---------------------------------------------------------------------------
 // 2. Start-up errors
-
-/// `serve -l 127.0.0.1 -p PORT -f FILE -s SOCK`, run to completion.
-fn serve_once(file: &Path, port: u16, sock: &Path, extra: &[&str]) -> Output {
-    let port = port.to_string();
-    let mut args = vec![
-        "serve",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-f",
-        file.to_str().unwrap(),
-        "-s",
-        sock.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run(&args, &[])
-}
 
 #[test]
 fn serve_start_up_errors_are_one_line_and_leave_no_socket() {

@@ -2,6 +2,7 @@
 //! completion, and what an operator expects of their output: silence on
 //! success, one `flexnbd: ...` line on failure.
 
+use std::path::Path;
 use std::process::Output;
 
 use super::{Daemon, flexnbd, text};
@@ -48,6 +49,25 @@ pub(crate) fn one_error_line(what: &str, out: &Output) -> String {
         "{what}: stderr should be one line `flexnbd: ...`, got:\n{stderr}"
     );
     lines[0].to_owned()
+}
+
+/// `flexnbd serve -l 127.0.0.1 -p PORT -f FILE -s SOCK`, run to completion.
+#[track_caller]
+pub(crate) fn serve_once(file: &Path, port: u16, sock: &Path, extra: &[&str]) -> Output {
+    let port = port.to_string();
+    let mut args = vec![
+        "serve",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-f",
+        file.to_str().expect("a UTF-8 path"),
+        "-s",
+        sock.to_str().expect("a UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    run(&args, &[])
 }
 
 /// `flexnbd read` of `size` bytes at `from` from the daemon.
