@@ -266,23 +266,9 @@ fn serve_builder_command_line() {
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    assert_eq!(
-        args,
-        [
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "4777",
-            "-f",
-            "/tmp/disk.img",
-            "-s",
-            "/tmp/ctl.sock",
-            "--oldstyle",
-            "-d",
-            "10.0.0.0/8"
-        ]
-    );
+    let expected =
+        "serve -l 127.0.0.1 -p 4777 -f /tmp/disk.img -s /tmp/ctl.sock --oldstyle -d 10.0.0.0/8";
+    assert_eq!(args, expected.split(' ').collect::<Vec<_>>());
     // -p 0 adds -v so the daemon logs the port it bound, unless already verbose.
     let logged = Daemon::serve("d.img").port(0).command(0);
     assert!(logged.get_args().any(|a| a == "-v"));
