@@ -125,6 +125,22 @@ fn start_upstream(file: &Path, style: Style) -> Daemon {
     DaemonBuilder::new("serve", file).args(style.args()).start()
 }
 
+/// Our `serve` of `file` as the upstream ([`start_upstream`]) and a proxy
+/// to it in `style`: the upstream (keep it) and the proxy.
+#[track_caller]
+fn proxy_to_serve(file: &Path, style: Style) -> (Daemon, Daemon) {
+    let upstream = start_upstream(file, style);
+    let proxy = start_proxy(upstream.addr(), style, &[]);
+    (upstream, proxy)
+}
+
+/// The client disconnects, then the proxy stops cleanly ([`stop_proxy`]).
+#[track_caller]
+fn disconnect_and_stop(c: Client, proxy: &mut Daemon) {
+    c.disconnect();
+    stop_proxy(proxy);
+}
+
 /// SIGTERM: the proxy exits 0 (flexnbd-c's signal handler does too).
 #[track_caller]
 fn stop_proxy(proxy: &mut Daemon) {
@@ -172,8 +188,7 @@ fn reads_and_writes_are_proxied(style: Style) {
     let env = TestEnv::new();
     let data = pattern(16 * 1024, 6);
     let file = env.image_with("disc.img", &data);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.size, data.len() as u64);
     for i in 0..4u64 {
@@ -197,8 +212,7 @@ fn reads_and_writes_are_proxied(style: Style) {
             "write {i} did not reach the file"
         );
     }
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 /// A fake that closes after receiving the first request, then answers it on
@@ -220,8 +234,7 @@ fn resend_after_close(
     let mut c = connect(proxy.addr(), style);
     let got = send(&mut c);
     let first = fake.result(0, Duration::from_secs(15));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let second = fake.result(1, Duration::from_secs(15));
     (first, second, got)
 }
@@ -292,8 +305,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     );
     let (c, error) = writer.join().unwrap();
     assert_eq!(error, Errno::OK);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let (second, _) = fake.result(1, Duration::from_secs(15)).unwrap();
     assert_eq!(first, second, "the resent header differs");
     assert!(
@@ -331,8 +343,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
     std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while
     assert_eq!(c.read(2, 512, 512), fake_data(512, 512));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     assert_eq!(
         fake.result(0, Duration::from_secs(15)),
         2,
@@ -348,8 +359,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
 fn maximum_write_request_size(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 40 << 20);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     let data = pattern(MAX_REQUEST as usize, 9);
     assert_eq!(c.write_reply(1, 4096, &data), Errno::OK);
@@ -360,15 +370,13 @@ fn maximum_write_request_size(style: Style) {
     let too_long = vec![1u8; MAX_REQUEST as usize + 4096];
     assert_eq!(c.write_reply(2, 0, &too_long), Errno::EINVAL);
     assert_eq!(c.read(3, 4096, 512), data[..512]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     // flexnbd-c's test: block 1000 of a 16-block disc; its server says ENOSPC (28).
     assert_eq!(c.write_reply(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
@@ -377,15 +385,13 @@ fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
         Errno::OK,
         "the session did not go on"
     );
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn only_one_client_at_a_time(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut first = connect(proxy.addr(), style);
     let mut second = TcpStream::connect_timeout(&proxy.addr(), IO_TIMEOUT).unwrap();
     second
@@ -403,8 +409,7 @@ fn only_one_client_at_a_time(style: Style) {
     let mut c = Client::new(second);
     c.handshake(style.export_name_handshake());
     assert_eq!(c.read(2, 0, 512), vec![7; 512]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn unreachable_upstream_at_start_is_an_error_exit(style: Style) {
@@ -473,8 +478,7 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
     assert_eq!(got[&10], fake_data(0, 1024));
     assert_eq!(got[&12], fake_data(2048, 512));
     assert_eq!(got[&13], fake_data(4096, 4096));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let first = fake.result(0, Duration::from_secs(15));
     let second = fake.result(1, Duration::from_secs(15));
     assert_eq!(
@@ -537,8 +541,7 @@ fn requests_in_flight_are_bounded() {
         .collect();
     handles.sort_unstable();
     assert_eq!(handles, (0..SENT).collect::<Vec<_>>());
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     assert_eq!(fake.result(0, Duration::from_secs(15)), 64);
 }
 
@@ -569,8 +572,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
     assert_eq!(c.write_reply(4, 0, &[0; 512]), Errno::OK); // empties it
     assert_eq!(c.read(5, 4096, 1024), fake_data(4096, 1024));
     assert_eq!(c.read(6, 12 * 1024, 4096), fake_data(12 * 1024, 4096)); // 2x would pass the end
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let seen = fake.result(0, Duration::from_secs(15));
     assert_eq!(
         seen,
@@ -586,8 +588,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
 fn sigterm_mid_session_exits_0(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.write_reply(1, 0, &[1; 512]), Errno::OK);
     proxy.signal(Signal::TERM);
@@ -602,8 +603,7 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
     let env = TestEnv::new();
     let data = pattern(16 * 1024, 13);
     let file = env.image_with("disc.img", &data);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let addr = proxy.addr();
     let closed = |mut s: TcpStream| {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -645,8 +645,7 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 
     let mut c = connect(addr, style);
     assert_eq!(c.read(6, 4096, 4096), data[4096..8192]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 #[test]
@@ -707,8 +706,7 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
     let env = TestEnv::new();
     let file = env.image_with("disc.img", &pattern(64 * 1024, 11));
-    let upstream = start_upstream(&file, Style::Newstyle);
-    let mut proxy = start_proxy(upstream.addr(), Style::Newstyle, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, Style::Newstyle);
     let mut c = connect(proxy.addr(), Style::Newstyle);
     let flags = F(c.flags);
     for f in [
@@ -739,8 +737,7 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         on_disc[8192..16384].iter().all(|&b| b == 0),
         "WRITE_ZEROES did not zero"
     );
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 #[test]
@@ -783,8 +780,7 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
     assert_eq!(c.reply().error, Errno::OK);
     c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(
         fake.result(0, Duration::from_secs(15)),
