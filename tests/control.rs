@@ -9,39 +9,22 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::commands::{
     assert_success, one_error_line, read_ok, run, serve_once, write_ok,
 };
+use crate::support::control::wait_num_clients;
 use crate::support::daemon::logged_addr;
 use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
-use crate::support::{self, Daemon, Style, TestEnv, control_raw, status_value, text};
+use crate::support::{Daemon, Style, TestEnv, control_raw, status_value, text};
 
 const MIB: u64 = 1 << 20;
 /// How long a socket read or write in these tests may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a test waits for the daemon to reach a state (clients gone, ...).
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Waits (bounded) until `status` reports `n` clients.
-#[track_caller]
-fn wait_num_clients(sock: &Path, n: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = status_value(sock, "num_clients");
-        if now == n.to_string() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "num_clients stayed at {now}, expected {n}"
-        );
-        std::thread::sleep(support::POLL);
-    }
-}
 
 /// Asserts a new connection to `addr` is closed by the server without a byte.
 #[track_caller]

@@ -90,6 +90,24 @@ pub(crate) fn status_value(sock: &Path, key: &str) -> String {
         .unwrap_or_else(|| panic!("status has no {key}"))
 }
 
+/// Waits until the `status` of the server at `sock` reports `n` clients;
+/// panics with the last count after [`CONTROL_TIMEOUT`].
+#[track_caller]
+pub(crate) fn wait_num_clients(sock: &Path, n: u64) {
+    let deadline = std::time::Instant::now() + CONTROL_TIMEOUT;
+    loop {
+        let now = status_value(sock, "num_clients");
+        if now == n.to_string() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "num_clients stayed at {now}, expected {n}"
+        );
+        std::thread::sleep(super::POLL);
+    }
+}
+
 /// How many connections to the UNIX socket listening at `sock` wait in its
 /// backlog, not yet accepted: the entries of `/proc/net/unix` with its path
 /// and no inode (a connection gets an inode when it is accepted).

@@ -622,3 +622,12 @@ pub(crate) fn start_on_free_port(sock: Option<&Path>, cmd_for: impl Fn(u16) -> C
     }
     panic!("no free port after {START_ATTEMPTS} attempts");
 }
+
+/// [`start_on_free_port`] waiting for the control socket `sock`; the daemon
+/// and its port.
+#[track_caller]
+pub(crate) fn spawn_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, u16) {
+    let daemon = start_on_free_port(Some(sock), cmd_for);
+    let port = daemon.port();
+    (daemon, port)
+}
