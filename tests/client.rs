@@ -7,17 +7,14 @@
 
 #![allow(clippy::cast_possible_truncation)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use tempfile::TempDir;
 
 use flexnbd::client::{ClientError, ConnectOptions, ErrorKind, NbdClient, Style};
 use flexnbd::proto::consts::{MAX_REQUEST_LEN, NBD_INIT_PASSWD, NBD_OPTS_MAGIC};
@@ -27,158 +24,54 @@ use flexnbd::proto::wire::{
     SimpleReply,
 };
 
+use crate::support::daemon::start_on_free_port;
+use crate::support::{
+    self, COMMAND_TIMEOUT, Daemon, TestEnv, assert_same_bytes, finish, flexnbd, flexnbd_std,
+    free_port, pattern, read_range, require_tool, text,
+};
+
 const MIB: usize = 1 << 20;
-/// How long any server may take to come up.
-const STARTUP: Duration = Duration::from_secs(10);
-/// How long any spawned `flexnbd read`/`write` may run.
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// nbdkit with 64 MiB that refuses requests over 1 MiB.
+const MAX_1_MIB: &[&str] = &[
+    "--filter=blocksize-policy",
+    "memory",
+    "64M",
+    "blocksize-maximum=1M",
+    "blocksize-error-policy=error",
+];
 
 // ---------------------------------------------------------------------------
-// Helpers: tools, servers, fakes.
-
-/// The path of `tool` if it is installed; otherwise prints the skip line (or
-/// fails under `CI=true`) and returns `None`.
-fn require(tool: &str) -> Option<PathBuf> {
-    let found = if tool.contains('/') {
-        Some(PathBuf::from(tool)).filter(|p| p.is_file())
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-    };
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} not installed, and CI=true"
-        );
-        println!("skipped: {tool} not installed");
-    }
-    found
-}
-
-/// A port that was free a moment ago (servers retry on a clash).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A server process, killed (by its PID, through `Child`) on drop.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl Daemon {
-    /// Starts `program args...` on a free port and waits until `ready(addr,
-    /// dir)` holds, retrying on another port if the server exits first (a
-    /// port clash). In `args`, `{port}` and `{dir}` are replaced.
-    fn start(
-        dir: TempDir,
-        program: &Path,
-        args: &[&str],
-        ready: impl Fn(SocketAddr, &Path) -> bool,
-    ) -> Daemon {
-        let log_path = dir.path().join("server.log");
-        for _attempt in 0..5 {
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| a.replace("{port}", &port.to_string()))
-                .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
-                .collect();
-            let log = File::create(&log_path).expect("log file");
-            let mut child = std::process::Command::new(program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn server");
-            let deadline = Instant::now() + STARTUP;
-            while Instant::now() < deadline {
-                if child.try_wait().expect("try_wait").is_some() {
-                    break; // probably a port clash: try another port
-                }
-                if ready(addr, dir.path()) {
-                    return Daemon { child, addr, dir };
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!(
-                "{} did not start on port {port}: {}",
-                program.display(),
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        panic!("{} did not start after 5 attempts", program.display());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("server log:\n{}", self.log());
-        }
-    }
-}
+// Helpers: servers, fakes.
 
 /// nbdkit serving `extra` (plugin, filters, parameters) on 127.0.0.1; `None` if not installed.
 fn nbdkit(extra: &[&str]) -> Option<Daemon> {
-    let nbdkit = require("nbdkit")?;
-    let mut args = vec![
-        "-f",
-        "--exit-with-parent",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        "{port}",
-    ];
-    args.extend_from_slice(extra);
-    let dir = TempDir::new().expect("tempdir");
-    Some(Daemon::start(dir, &nbdkit, &args, |addr, _| {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    if !require_tool("nbdkit") {
+        return None;
+    }
+    Some(start_on_free_port(None, |port| {
+        let mut cmd = std::process::Command::new("nbdkit");
+        cmd.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(extra);
+        cmd
     }))
 }
 
-/// The C flexnbd serving a file of `size` bytes (old-style); `None` if not installed.
-fn flexnbd_c(size: u64) -> Option<Daemon> {
-    let program = crate::support::flexnbd_c()?;
-    let dir = TempDir::new().expect("tempdir");
-    File::create(dir.path().join("disk.img"))
-        .and_then(|f| f.set_len(size))
-        .expect("image");
-    let args = [
-        "serve",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "{port}",
-        "-f",
-        "{dir}/disk.img",
-        "-s",
-        "{dir}/ctl.sock",
-    ];
-    // It is up when its control socket exists (created after the NBD listener).
-    Some(Daemon::start(dir, &program, &args, |_, dir| {
-        dir.join("ctl.sock").exists()
+/// The C flexnbd serving `disk.img` of `size` bytes in `env` (old-style);
+/// `None` if it cannot run here.
+fn flexnbd_c(env: &TestEnv, size: u64) -> Option<Daemon> {
+    let program = support::flexnbd_c()?;
+    let disk = env.image("disk.img", size);
+    let sock = env.sock_path();
+    Some(start_on_free_port(Some(&sock), |port| {
+        let mut cmd = std::process::Command::new(&program);
+        cmd.args(["serve", "-l", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg("-f")
+            .arg(&disk)
+            .arg("-s")
+            .arg(&sock);
+        cmd
     }))
 }
 
@@ -194,13 +87,6 @@ fn quick() -> ConnectOptions {
 
 fn connect(addr: SocketAddr) -> NbdClient {
     NbdClient::connect(addr, &quick()).expect("connect")
-}
-
-/// Bytes that differ from their neighbours and from any other offset's pattern.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 12) as u8))
-        .collect()
 }
 
 /// A fake server: one connection, handled by `script` on a thread.
@@ -244,6 +130,16 @@ fn drain(s: &mut TcpStream) -> usize {
     sink.len()
 }
 
+/// Why the client's handshake with a fake running `script` failed, which
+/// must be an error of kind `Rejected`.
+#[track_caller]
+fn rejected_by(script: impl FnOnce(TcpStream) + Send + 'static) -> ClientError {
+    let (addr, _fake) = fake(script);
+    let err = NbdClient::connect(addr, &quick()).expect_err("the handshake succeeded");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
+    err
+}
+
 /// An old-style fake of `size` bytes that answers the first request with
 /// `respond(stream, request)`, then drains.
 fn oldstyle_fake(
@@ -268,15 +164,15 @@ fn read_option(s: &mut TcpStream) -> (OptionHeader, Vec<u8>) {
 }
 
 fn send_option_reply(s: &mut TcpStream, opt: Opt, rep: Rep, payload: &[u8]) {
-    let mut buf = [0u8; OptionReplyHeader::SIZE];
-    OptionReplyHeader {
-        opt,
-        rep,
-        len: payload.len() as u32,
-    }
-    .encode(&mut buf);
-    s.write_all(&buf).expect("option reply");
+    send_option_reply_header(s, opt, rep, payload.len() as u32);
     s.write_all(payload).expect("option reply payload");
+}
+
+/// An option reply's header announcing `len` bytes (which may be a lie).
+fn send_option_reply_header(s: &mut TcpStream, opt: Opt, rep: Rep, len: u32) {
+    let mut buf = [0u8; OptionReplyHeader::SIZE];
+    OptionReplyHeader { opt, rep, len }.encode(&mut buf);
+    s.write_all(&buf).expect("option reply");
 }
 
 fn newstyle_greeting(s: &mut TcpStream, flags: HandshakeFlags) -> u32 {
@@ -295,12 +191,6 @@ fn serve_one_read(s: &mut TcpStream, byte: u8) {
     send_reply(s, Errno::OK, req.handle);
     s.write_all(&vec![byte; req.len as usize]).expect("data");
     drain(s);
-}
-
-fn flexnbd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexnbd"));
-    cmd.timeout(CMD_TIMEOUT);
-    cmd
 }
 
 /// `flexnbd read` of `size` bytes at `from`.
@@ -353,7 +243,7 @@ fn newstyle_round_trip_against_nbdkit() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Newstyle);
     assert_eq!(client.size(), MIB as u64);
     assert!(client.max_request() <= MAX_REQUEST_LEN && client.max_request() > 0);
@@ -379,7 +269,7 @@ fn oldstyle_round_trip_against_nbdkit() {
     let Some(server) = nbdkit(&["-o", "memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Oldstyle);
     assert_eq!(client.size(), MIB as u64);
     assert_eq!(client.max_request(), MAX_REQUEST_LEN);
@@ -393,31 +283,26 @@ fn oldstyle_round_trip_against_nbdkit() {
 
 #[test]
 fn oldstyle_round_trip_against_flexnbd_c_reaches_the_file() {
-    let Some(server) = flexnbd_c(MIB as u64) else {
+    let env = TestEnv::new();
+    let Some(server) = flexnbd_c(&env, MIB as u64) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.style(), Style::Oldstyle);
     assert_eq!(client.size(), MIB as u64);
     let data = pattern(200_000, 3);
     library_round_trip(&mut client, 512, &data);
     client.disconnect().expect("disconnect");
-    let file = std::fs::read(server.dir.path().join("disk.img")).expect("image");
-    assert!(file[512..512 + data.len()] == data[..], "file differs");
+    let file = read_range(&env.child("disk.img"), 512, data.len() as u64);
+    assert_same_bytes("the C flexnbd's file", &file, &data);
 }
 
 #[test]
 fn requests_are_split_at_the_servers_maximum() {
-    let Some(server) = nbdkit(&[
-        "--filter=blocksize-policy",
-        "memory",
-        "64M",
-        "blocksize-maximum=1M",
-        "blocksize-error-policy=error",
-    ]) else {
+    let Some(server) = nbdkit(MAX_1_MIB) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     assert_eq!(client.max_request(), MIB as u32);
     // 40 MiB as 40 requests each way; one larger request would get EINVAL.
     library_round_trip(&mut client, 3 * MIB as u64, &pattern(40 * MIB, 4));
@@ -428,7 +313,7 @@ fn replies_can_be_read_on_another_thread() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     client
         .write_at(0, &pattern(8 * 4096, 5), false)
         .expect("write");
@@ -473,7 +358,7 @@ fn read_only_export_refuses_writes_before_sending() {
     let Some(server) = nbdkit(&["-r", "memory", "1M"]) else {
         return;
     };
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     let err = client.write_at(0, b"x", false).unwrap_err();
     assert!(matches!(err, ClientError::ReadOnly), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
@@ -536,50 +421,42 @@ fn bind_address_is_used() {
 
 #[test]
 fn bad_hello_magic_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         let mut hello = oldstyle_hello(4096, 13);
         hello[15] ^= 0xff;
         s.write_all(&hello).expect("hello");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::BadHello(_)), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 #[test]
 fn bad_password_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    rejected_by(|mut s| {
         s.write_all(b"NBDMAGIX\0\0\x42\x02\x81\x86\x12\x53")
             .expect("hello");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
 }
 
 #[test]
 fn close_after_oldstyle_greeting_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         s.write_all(&oldstyle_hello(4096, 13)[..16])
             .expect("greeting");
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::HandshakeClosed), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 #[test]
 fn close_after_newstyle_greeting_is_rejected() {
-    let (addr, _fake) = fake(|mut s| {
+    rejected_by(|mut s| {
         newstyle_greeting(
             &mut s,
             HandshakeFlags::FIXED_NEWSTYLE | HandshakeFlags::NO_ZEROES,
         );
         let _ = s.shutdown(Shutdown::Both);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
 }
 
 #[test]
@@ -729,14 +606,12 @@ fn plain_newstyle_uses_export_name_without_zeroes() {
 
 #[test]
 fn go_refusal_is_rejected_with_the_servers_message() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
         read_option(&mut s);
         send_option_reply(&mut s, Opt::GO, Rep::ERR_POLICY, b"go away");
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected);
     assert_eq!(
         err.to_string(),
         "server refused GO with ERR_POLICY: go away"
@@ -745,22 +620,13 @@ fn go_refusal_is_rejected_with_the_servers_message() {
 
 #[test]
 fn oversized_option_reply_is_rejected_before_allocating() {
-    let (addr, _fake) = fake(|mut s| {
+    let err = rejected_by(|mut s| {
         newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
         read_option(&mut s);
-        let mut buf = [0u8; OptionReplyHeader::SIZE];
-        OptionReplyHeader {
-            opt: Opt::GO,
-            rep: Rep::INFO,
-            len: u32::MAX,
-        }
-        .encode(&mut buf);
-        s.write_all(&buf).expect("reply");
+        send_option_reply_header(&mut s, Opt::GO, Rep::INFO, u32::MAX);
         drain(&mut s);
     });
-    let err = NbdClient::connect(addr, &quick()).unwrap_err();
     assert!(matches!(err, ClientError::BadHandshake(_)), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Rejected);
 }
 
 // ---------------------------------------------------------------------------
@@ -771,7 +637,7 @@ fn binary_round_trip_against_nbdkit_newstyle() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    binary_round_trip(server.addr, 1000, &pattern(300_000, 6));
+    binary_round_trip(server.addr(), 1000, &pattern(300_000, 6));
 }
 
 #[test]
@@ -780,10 +646,10 @@ fn binary_read_against_nbdkit_oldstyle() {
         return;
     };
     let data = pattern(70_000, 7);
-    let mut client = connect(server.addr);
+    let mut client = connect(server.addr());
     client.write_at(100, &data, false).expect("write");
     client.disconnect().expect("disconnect");
-    let out = read_cmd(server.addr, 100, data.len() as u64)
+    let out = read_cmd(server.addr(), 100, data.len() as u64)
         .assert()
         .success();
     assert!(out.get_output().stdout == data);
@@ -791,27 +657,22 @@ fn binary_read_against_nbdkit_oldstyle() {
 
 #[test]
 fn binary_round_trip_against_flexnbd_c() {
-    let Some(server) = flexnbd_c(MIB as u64) else {
+    let env = TestEnv::new();
+    let Some(server) = flexnbd_c(&env, MIB as u64) else {
         return;
     };
     let data = pattern(123_456, 8);
-    binary_round_trip(server.addr, 4096, &data);
-    let file = std::fs::read(server.dir.path().join("disk.img")).expect("image");
-    assert!(file[4096..4096 + data.len()] == data[..], "file differs");
+    binary_round_trip(server.addr(), 4096, &data);
+    let file = read_range(&env.child("disk.img"), 4096, data.len() as u64);
+    assert_same_bytes("the C flexnbd's file", &file, &data);
 }
 
 #[test]
 fn binary_splits_40_mib_at_the_servers_maximum() {
-    let Some(server) = nbdkit(&[
-        "--filter=blocksize-policy",
-        "memory",
-        "64M",
-        "blocksize-maximum=1M",
-        "blocksize-error-policy=error",
-    ]) else {
+    let Some(server) = nbdkit(MAX_1_MIB) else {
         return;
     };
-    binary_round_trip(server.addr, MIB as u64, &pattern(40 * MIB, 9));
+    binary_round_trip(server.addr(), MIB as u64, &pattern(40 * MIB, 9));
 }
 
 #[test]
@@ -819,7 +680,7 @@ fn binary_moves_40_mib_in_32_mib_requests() {
     let Some(server) = nbdkit(&["memory", "64M"]) else {
         return;
     };
-    binary_round_trip(server.addr, 0, &pattern(40 * MIB, 10));
+    binary_round_trip(server.addr(), 0, &pattern(40 * MIB, 10));
 }
 
 #[test]
@@ -827,7 +688,7 @@ fn binary_out_of_range_fails_before_sending() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    read_cmd(server.addr, 1_048_000, 1000)
+    read_cmd(server.addr(), 1_048_000, 1000)
         .assert()
         .code(1)
         .stdout("")
@@ -835,7 +696,7 @@ fn binary_out_of_range_fails_before_sending() {
             "request of 1000 bytes at offset 1048000 is out of range given export size 1048576",
         ));
     // write checks the range before it reads stdin.
-    write_cmd(server.addr, 1_048_576, 1)
+    write_cmd(server.addr(), 1_048_576, 1)
         .write_stdin("")
         .assert()
         .code(1)
@@ -849,7 +710,7 @@ fn binary_write_with_short_stdin_fails() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, 0, 4096)
+    write_cmd(server.addr(), 0, 4096)
         .write_stdin(vec![1u8; 100])
         .assert()
         .code(1)
@@ -863,7 +724,7 @@ fn binary_write_with_short_stdin_fails() {
     ]) else {
         return;
     };
-    write_cmd(small.addr, 0, 4 * MIB as u64)
+    write_cmd(small.addr(), 0, 4 * MIB as u64)
         .write_stdin(vec![1u8; 2 * MIB + 5])
         .assert()
         .code(1)
@@ -879,7 +740,7 @@ fn binary_write_to_read_only_export_fails() {
     let Some(server) = nbdkit(&["-r", "memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, 0, 1)
+    write_cmd(server.addr(), 0, 1)
         .write_stdin("x")
         .assert()
         .code(1)
@@ -918,8 +779,8 @@ fn binary_read_into_a_closed_pipe_exits_0() {
     let Some(server) = nbdkit(&["memory", "64M"]) else {
         return;
     };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flexnbd"))
-        .args(["read", "-l", "127.0.0.1", "-p", &server.port()])
+    let mut child = flexnbd_std()
+        .args(["read", "-l", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-F", "0", "-S", &(64 * MIB).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -929,24 +790,8 @@ fn binary_read_into_a_closed_pipe_exits_0() {
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).expect("first byte");
     drop(stdout);
-    let deadline = Instant::now() + CMD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("read did not stop after its stdout closed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    let out = finish(child, COMMAND_TIMEOUT);
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert!(status.success(), "{status}: {stderr}");
 }
 
@@ -955,11 +800,11 @@ fn binary_write_and_read_of_nothing() {
     let Some(server) = nbdkit(&["memory", "1M"]) else {
         return;
     };
-    write_cmd(server.addr, MIB as u64, 0)
+    write_cmd(server.addr(), MIB as u64, 0)
         .write_stdin("")
         .assert()
         .success();
-    read_cmd(server.addr, MIB as u64, 0)
+    read_cmd(server.addr(), MIB as u64, 0)
         .assert()
         .success()
         .stdout("");

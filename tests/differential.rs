@@ -53,7 +53,10 @@ use std::time::{Duration, Instant};
 use flexnbd::proto::types::{Cmd, CmdFlags};
 use flexnbd::proto::wire::{OldstyleHello, Request, SimpleReply};
 
-use crate::support::{Daemon, Ready, Signal, TestEnv, control_raw, free_port, pattern};
+use crate::support::control::status_pairs;
+use crate::support::daemon::start_on_free_port;
+use crate::support::env::refusing_port;
+use crate::support::{Daemon, FakePeer, Ready, Signal, TestEnv, control_raw, free_port, pattern};
 
 /// The longest one command may run.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
@@ -126,19 +129,26 @@ impl Programs {
     /// A server of `side` with a control socket, on a free port.
     #[track_caller]
     fn start_server(&self, side: Side, mode: &str, file: &Path, sock: &Path) -> (Daemon, u16) {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut d = Daemon::spawn(
-                self.server(side, mode, port, file, sock),
-                vec![Ready::Sock(sock.to_owned())],
-            );
-            match d.try_wait_ready(Duration::from_secs(10)) {
-                Ok(()) => return (d, port),
-                Err(e) if e.is_addr_in_use() => continue,
-                Err(e) => panic!("{side:?} {mode} did not start: {e}"),
+        let d = start_on_free_port(Some(sock), |port| self.server(side, mode, port, file, sock));
+        let port = d.port();
+        (d, port)
+    }
+
+    /// The proxy of `side` on 127.0.0.1 and a free port, to the upstream
+    /// on 127.0.0.1:`up_port` (`--oldstyle` for ours), with the environment
+    /// variables `envs`; ready for a client.
+    #[track_caller]
+    fn start_proxy(&self, side: Side, up_port: u16, envs: &[(&str, &str)]) -> Daemon {
+        start_on_free_port(None, |port| {
+            let mut cmd = self.proxy(side);
+            cmd.args(["-l", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-C", "127.0.0.1", "-P", &up_port.to_string()])
+                .envs(envs.iter().copied());
+            if side == Side::Ours {
+                cmd.arg("--oldstyle");
             }
-        }
-        panic!("no free port after 5 attempts");
+            cmd
+        })
     }
 }
 
@@ -276,6 +286,39 @@ const fn help(c: &'static str, ours: &'static str) -> Want {
     }
 }
 
+/// `help CMD` for a command C's help lookup lacks (a bug): its usage and
+/// exit 1; ours, help mentioning `ours` on stdout.
+const fn no_help_in_c(ours: &'static str) -> Want {
+    Want::Differs {
+        why: "C's help lookup lacks break and mirror-speed (a bug); ours has them",
+        c: Expect {
+            end: End::Code(1),
+            stdout: "",
+            stderr: "Usage: flexnbd <cmd>",
+        },
+        ours: Expect {
+            end: End::Code(0),
+            stdout: ours,
+            stderr: "",
+        },
+    }
+}
+
+/// The proxy with an unreachable upstream at start.
+const UNREACHABLE_UPSTREAM: Want = Want::Differs {
+    why: "an unreachable upstream at start is an error exit, as flexnbd-c's README says (C inverts its flag and exits 0, 1.5)",
+    c: Expect {
+        end: End::Code(0),
+        stdout: "",
+        stderr: "Couldn't connect to upstream server during initialization, exiting",
+    },
+    ours: Expect {
+        end: End::Code(1),
+        stdout: "",
+        stderr: "couldn't connect to upstream server",
+    },
+};
+
 fn ends(seen: &Seen, end: End) -> bool {
     match end {
         End::Code(c) => seen.code() == Some(c),
@@ -313,6 +356,34 @@ fn judge(name: &str, want: Want, c: &Seen, ours: &Seen) -> Option<String> {
     }
 }
 
+/// Runs `observe` for both sides at once: C's result, then ours.
+fn on_both_sides<T: Send>(observe: impl Fn(Side) -> T + Sync) -> [T; 2] {
+    let observe = &observe;
+    std::thread::scope(|s| {
+        SIDES
+            .map(|side| s.spawn(move || observe(side)))
+            .map(|h| h.join().unwrap())
+    })
+}
+
+/// Compares each side's named observations, in order, with `ok(name, c,
+/// ours)`; reports every one that is not.
+#[track_caller]
+fn compare_named(
+    c: &[(&str, String)],
+    ours: &[(&str, String)],
+    ok: impl Fn(&str, &str, &str) -> bool,
+) {
+    assert_eq!(c.len(), ours.len(), "the sides observed different steps");
+    let complaints: Vec<String> = c
+        .iter()
+        .zip(ours)
+        .filter(|((name, c), (_, ours))| !ok(name, c, ours))
+        .map(|((name, c), (_, ours))| format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"))
+        .collect();
+    report(&complaints);
+}
+
 /// Panics with every complaint at once.
 #[track_caller]
 fn report(complaints: &[String]) {
@@ -334,14 +405,15 @@ enum Prog {
     Proxy,
 }
 
-/// Placeholders in a row's arguments: `{file}` (an existing 1 MiB file),
-/// `{nofile}`, `{dead}` (a closed port), `{busy}` (a port in use),
-/// `{nosock}` (no control socket there), `{usock}` (a path for a UNIX socket).
-const CLI: &[(&str, Prog, &[&str], Want)] = &[
+/// The arguments are split at spaces. Placeholders in them: `{file}` (an
+/// existing 1 MiB file), `{nofile}`, `{dead}` (a closed port), `{busy}` (a
+/// port in use), `{nosock}` (no control socket there), `{usock}` (a path for
+/// a UNIX socket).
+const CLI: &[(&str, Prog, &str, Want)] = &[
     (
         "no arguments",
         Prog::Flexnbd,
-        &[],
+        "",
         usage(
             "Usage: flexnbd <cmd> [cmd options]",
             "Usage: flexnbd [OPTIONS] <COMMAND>",
@@ -350,74 +422,50 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "help",
         Prog::Flexnbd,
-        &["help"],
+        "help",
         help("flexnbd mirror-speed", "mirror-speed"),
     ),
     (
         "help serve",
         Prog::Flexnbd,
-        &["help", "serve"],
+        "help serve",
         help("Usage: flexnbd serve", "Usage: flexnbd serve"),
     ),
     (
         "serve -h",
         Prog::Flexnbd,
-        &["serve", "-h"],
+        "serve -h",
         help("--default-deny,-d", "--default-deny"),
     ),
     (
         "listen --help",
         Prog::Flexnbd,
-        &["listen", "--help"],
+        "listen --help",
         help("Usage: flexnbd listen", "Usage: flexnbd listen"),
     ),
     (
         "mirror --help",
         Prog::Flexnbd,
-        &["mirror", "--help"],
+        "mirror --help",
         help("--unlink,-u", "--unlink"),
     ),
     // C bug: break and mirror-speed are missing from its help lookup.
     (
         "help break",
         Prog::Flexnbd,
-        &["help", "break"],
-        Want::Differs {
-            why: "C's help lookup lacks break and mirror-speed (a bug); ours has them",
-            c: Expect {
-                end: End::Code(1),
-                stdout: "",
-                stderr: "Usage: flexnbd <cmd>",
-            },
-            ours: Expect {
-                end: End::Code(0),
-                stdout: "Usage: flexnbd break",
-                stderr: "",
-            },
-        },
+        "help break",
+        no_help_in_c("Usage: flexnbd break"),
     ),
     (
         "help mirror-speed",
         Prog::Flexnbd,
-        &["help", "mirror-speed"],
-        Want::Differs {
-            why: "C's help lookup lacks break and mirror-speed (a bug); ours has them",
-            c: Expect {
-                end: End::Code(1),
-                stdout: "",
-                stderr: "Usage: flexnbd <cmd>",
-            },
-            ours: Expect {
-                end: End::Code(0),
-                stdout: "Usage: flexnbd mirror-speed",
-                stderr: "",
-            },
-        },
+        "help mirror-speed",
+        no_help_in_c("Usage: flexnbd mirror-speed"),
     ),
     (
         "unknown mode",
         Prog::Flexnbd,
-        &["frobnicate"],
+        "frobnicate",
         Want::Differs {
             why: USAGE,
             c: Expect {
@@ -435,7 +483,7 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "unknown option",
         Prog::Flexnbd,
-        &["serve", "--foo"],
+        "serve --foo",
         usage(
             "serve: unrecognized option '--foo'",
             "unexpected argument '--foo'",
@@ -444,73 +492,73 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "serve without options",
         Prog::Flexnbd,
-        &["serve"],
+        "serve",
         usage("both --addr and --port are required.", "--addr <ADDR>"),
     ),
     (
         "serve without --file",
         Prog::Flexnbd,
-        &["serve", "-l", "127.0.0.1", "-p", "1"],
+        "serve -l 127.0.0.1 -p 1",
         usage("--file is required", "--file <FILE>"),
     ),
     (
         "listen without options",
         Prog::Flexnbd,
-        &["listen"],
+        "listen",
         usage("both --addr and --port are required.", "--addr <ADDR>"),
     ),
     (
         "read without range",
         Prog::Flexnbd,
-        &["read", "-l", "127.0.0.1", "-p", "1"],
+        "read -l 127.0.0.1 -p 1",
         usage("both --from and --size are required.", "--from <OFFSET>"),
     ),
     (
         "write without address",
         Prog::Flexnbd,
-        &["write", "-F", "0", "-S", "1"],
+        "write -F 0 -S 1",
         usage("both --addr and --port are required.", "--addr <ADDR>"),
     ),
     (
         "mirror without --sock",
         Prog::Flexnbd,
-        &["mirror", "-l", "127.0.0.1", "-p", "1"],
+        "mirror -l 127.0.0.1 -p 1",
         usage("--sock is required.", "--sock <SOCK>"),
     ),
     (
         "mirror without address",
         Prog::Flexnbd,
-        &["mirror", "-s", "{nosock}"],
+        "mirror -s {nosock}",
         usage("both --addr and --port are required.", "--addr <ADDR>"),
     ),
     (
         "mirror-speed without --max-speed",
         Prog::Flexnbd,
-        &["mirror-speed", "-s", "{nosock}"],
+        "mirror-speed -s {nosock}",
         usage("--max-speed is required.", "--max-speed <BPS>"),
     ),
     (
         "acl without --sock",
         Prog::Flexnbd,
-        &["acl"],
+        "acl",
         usage("--sock is required.", "--sock <SOCK>"),
     ),
     (
         "status without --sock",
         Prog::Flexnbd,
-        &["status"],
+        "status",
         usage("--sock is required.", "--sock <SOCK>"),
     ),
     (
         "break without --sock",
         Prog::Flexnbd,
-        &["break"],
+        "break",
         usage("--sock is required.", "--sock <SOCK>"),
     ),
     (
         "status --sock without value",
         Prog::Flexnbd,
-        &["status", "--so"],
+        "status --so",
         usage(
             "status: option '--sock' requires an argument",
             "a value is required for '--sock <SOCK>'",
@@ -520,16 +568,7 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "mirror --unlink as the last word",
         Prog::Flexnbd,
-        &[
-            "mirror",
-            "-s",
-            "{nosock}",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "1",
-            "--unlink",
-        ],
+        "mirror -s {nosock} -l 127.0.0.1 -p 1 --unlink",
         Want::Differs {
             why: "--unlink is a flag in its long form too (C quirk 14.3.7); the socket is then missing",
             c: Expect {
@@ -547,7 +586,7 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "serve port out of range",
         Prog::Flexnbd,
-        &["serve", "-l", "127.0.0.1", "-p", "99999", "-f", "{file}"],
+        "serve -l 127.0.0.1 -p 99999 -f {file}",
         abort(
             "Port number must be >= 0 and <= 65535",
             2,
@@ -557,7 +596,7 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "serve host name",
         Prog::Flexnbd,
-        &["serve", "-l", "localhost", "-p", "1", "-f", "{file}"],
+        "serve -l localhost -p 1 -f {file}",
         abort(
             "Couldn't parse server address 'localhost'",
             2,
@@ -567,161 +606,110 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "serve missing file",
         Prog::Flexnbd,
-        &["serve", "-l", "127.0.0.1", "-p", "{dead}", "-f", "{nofile}"],
+        "serve -l 127.0.0.1 -p {dead} -f {nofile}",
         abort("Couldn't open", 1, "cannot open"),
     ),
     (
         "serve bad ACL entry",
         Prog::Flexnbd,
-        &[
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-f",
-            "{file}",
-            "127.0.0.1",
-            "bad-entry",
-        ],
+        "serve -l 127.0.0.1 -p {dead} -f {file} 127.0.0.1 bad-entry",
         abort("Bad ACL entry 'bad-entry'", 2, "bad ACL entry 'bad-entry'"),
     ),
     (
         "serve bad ACL mask",
         Prog::Flexnbd,
-        &[
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-f",
-            "{file}",
-            "10.0.0.0/33",
-        ],
+        "serve -l 127.0.0.1 -p {dead} -f {file} 10.0.0.0/33",
         abort("Bad ACL entry '10.0.0.0/33'", 2, "'10.0.0.0/33'"),
     ),
     (
         "serve on a port in use",
         Prog::Flexnbd,
-        &["serve", "-l", "127.0.0.1", "-p", "{busy}", "-f", "{file}"],
+        "serve -l 127.0.0.1 -p {busy} -f {file}",
         abort("Address already in use", 1, "Address already in use"),
     ),
     (
         "listen on a port in use",
         Prog::Flexnbd,
-        &["listen", "-l", "127.0.0.1", "-p", "{busy}", "-f", "{file}"],
+        "listen -l 127.0.0.1 -p {busy} -f {file}",
         abort("Address already in use", 1, "Address already in use"),
     ),
     (
         "read from a closed port",
         Prog::Flexnbd,
-        &[
-            "read",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-F",
-            "0",
-            "-S",
-            "1",
-        ],
+        "read -l 127.0.0.1 -p {dead} -F 0 -S 1",
         abort("Couldn't connect.", 1, "Connection refused"),
     ),
     (
         "write to a closed port",
         Prog::Flexnbd,
-        &[
-            "write",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-F",
-            "0",
-            "-S",
-            "0",
-        ],
+        "write -l 127.0.0.1 -p {dead} -F 0 -S 0",
         abort("Couldn't connect.", 1, "Connection refused"),
     ),
     (
         "read negative offset",
         Prog::Flexnbd,
-        &["read", "-l", "127.0.0.1", "-p", "1", "-F", "-5", "-S", "1"],
+        "read -l 127.0.0.1 -p 1 -F -5 -S 1",
         abort("Can't read from a negative offset -5.", 2, "'-5'"),
     ),
     (
         "read bad bind address",
         Prog::Flexnbd,
-        &[
-            "read",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "1",
-            "-F",
-            "0",
-            "-S",
-            "1",
-            "-b",
-            "nowhere",
-        ],
+        "read -l 127.0.0.1 -p 1 -F 0 -S 1 -b nowhere",
         abort("Couldn't parse bind address 'nowhere'", 2, "'nowhere'"),
     ),
     (
         "status of a missing socket",
         Prog::Flexnbd,
-        &["status", "-s", "{nosock}"],
+        "status -s {nosock}",
         abort("Couldn't connect to", 1, "cannot connect to control socket"),
     ),
     (
         "acl of a missing socket",
         Prog::Flexnbd,
-        &["acl", "-s", "{nosock}", "127.0.0.1"],
+        "acl -s {nosock} 127.0.0.1",
         abort("Couldn't connect to", 1, "cannot connect to control socket"),
     ),
     (
         "break of a missing socket",
         Prog::Flexnbd,
-        &["break", "-s", "{nosock}"],
+        "break -s {nosock}",
         abort("Couldn't connect to", 1, "cannot connect to control socket"),
     ),
     (
         "mirror-speed of a missing socket",
         Prog::Flexnbd,
-        &["mirror-speed", "-s", "{nosock}", "-m", "1"],
+        "mirror-speed -s {nosock} -m 1",
         abort("Couldn't connect to", 1, "cannot connect to control socket"),
     ),
     (
         "mirror of a missing socket",
         Prog::Flexnbd,
-        &["mirror", "-s", "{nosock}", "-l", "127.0.0.1", "-p", "1"],
+        "mirror -s {nosock} -l 127.0.0.1 -p 1",
         abort("Couldn't connect to", 1, "cannot connect to control socket"),
     ),
     // flexnbd-proxy (1.5).
     (
         "proxy: no arguments",
         Prog::Proxy,
-        &[],
+        "",
         usage("--addr is required.", "--addr <ADDR>"),
     ),
     (
         "proxy: -h",
         Prog::Proxy,
-        &["-h"],
+        "-h",
         help("--conn-addr,-C <ADDR>", "--conn-addr <ADDR>"),
     ),
     (
         "proxy: -c is no option",
         Prog::Proxy,
-        &["-c"],
+        "-c",
         usage("invalid option -- 'c'", "unexpected argument '-c'"),
     ),
     (
         "proxy: no upstream",
         Prog::Proxy,
-        &["-l", "127.0.0.1", "-p", "1"],
+        "-l 127.0.0.1 -p 1",
         usage(
             "both --conn-addr and --conn-port are required.",
             "--conn-addr <ADDR>",
@@ -730,13 +718,13 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "proxy: no listen port",
         Prog::Proxy,
-        &["-l", "127.0.0.1", "-C", "127.0.0.1", "-P", "{dead}"],
+        "-l 127.0.0.1 -C 127.0.0.1 -P {dead}",
         abort("Downstream port not specified", 2, "--port is required"),
     ),
     (
         "proxy: upstream host name",
         Prog::Proxy,
-        &["-l", "127.0.0.1", "-p", "1", "-C", "localhost", "-P", "1"],
+        "-l 127.0.0.1 -p 1 -C localhost -P 1",
         abort(
             "Couldn't parse upstream address 'localhost'",
             2,
@@ -746,83 +734,20 @@ const CLI: &[(&str, Prog, &[&str], Want)] = &[
     (
         "proxy: unreachable upstream (TCP)",
         Prog::Proxy,
-        &[
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-C",
-            "127.0.0.1",
-            "-P",
-            "{dead}",
-        ],
-        Want::Differs {
-            why: "an unreachable upstream at start is an error exit, as flexnbd-c's README says (C inverts its flag and exits 0, 1.5)",
-            c: Expect {
-                end: End::Code(0),
-                stdout: "",
-                stderr: "Couldn't connect to upstream server during initialization, exiting",
-            },
-            ours: Expect {
-                end: End::Code(1),
-                stdout: "",
-                stderr: "couldn't connect to upstream server",
-            },
-        },
+        "-l 127.0.0.1 -p {dead} -C 127.0.0.1 -P {dead}",
+        UNREACHABLE_UPSTREAM,
     ),
     (
         "proxy: unreachable upstream, extra arguments ignored",
         Prog::Proxy,
-        &[
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "{dead}",
-            "-C",
-            "127.0.0.1",
-            "-P",
-            "{dead}",
-            "extra",
-        ],
-        Want::Differs {
-            why: "an unreachable upstream at start is an error exit, as flexnbd-c's README says (C inverts its flag and exits 0, 1.5)",
-            c: Expect {
-                end: End::Code(0),
-                stdout: "",
-                stderr: "Couldn't connect to upstream server during initialization, exiting",
-            },
-            ours: Expect {
-                end: End::Code(1),
-                stdout: "",
-                stderr: "couldn't connect to upstream server",
-            },
-        },
+        "-l 127.0.0.1 -p {dead} -C 127.0.0.1 -P {dead} extra",
+        UNREACHABLE_UPSTREAM,
     ),
     (
         "proxy: unreachable upstream (UNIX)",
         Prog::Proxy,
-        &[
-            "-l",
-            "{usock}",
-            "-C",
-            "127.0.0.1",
-            "-P",
-            "{dead}",
-            "--cache=0",
-        ],
-        Want::Differs {
-            why: "an unreachable upstream at start is an error exit, as flexnbd-c's README says (C inverts its flag and exits 0, 1.5)",
-            c: Expect {
-                end: End::Code(0),
-                stdout: "",
-                stderr: "Couldn't connect to upstream server during initialization, exiting",
-            },
-            ours: Expect {
-                end: End::Code(1),
-                stdout: "",
-                stderr: "couldn't connect to upstream server",
-            },
-        },
+        "-l {usock} -C 127.0.0.1 -P {dead} --cache=0",
+        UNREACHABLE_UPSTREAM,
     ),
 ];
 
@@ -849,7 +774,7 @@ fn cli_usage_help_and_start_up_errors() {
                 Prog::Flexnbd => p.flexnbd(side),
                 Prog::Proxy => p.proxy(side),
             };
-            cmd.args(args.iter().map(|a| subst(a)));
+            cmd.args(args.split_whitespace().map(subst));
             run(cmd)
         });
         complaints.extend(judge(name, want, &c, &ours));
@@ -862,14 +787,7 @@ fn cli_usage_help_and_start_up_errors() {
 // ---------------------------------------------------------------------------
 // 2. The control socket and its CLI clients.
 
-/// A fake migration destination on one port, accepting any number of
-/// connections and doing the same to each.
-struct FakeDest {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
+/// What a fake migration destination does on each connection.
 #[derive(Debug, Clone, Copy)]
 enum Dest {
     /// Closes at once.
@@ -880,54 +798,22 @@ enum Dest {
     Silent,
 }
 
-impl FakeDest {
-    fn start(kind: Dest) -> FakeDest {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        std::thread::spawn(move || match kind {
-                            Dest::Rejecting => drop(s),
-                            Dest::Hello(size) => {
-                                let mut hello = [0u8; OldstyleHello::SIZE];
-                                OldstyleHello { size, flags: 13 }.encode(&mut hello);
-                                let _ = s.write_all(&hello);
-                                let _ = s.read_to_end(&mut Vec::new());
-                            }
-                            Dest::Silent => {
-                                let _ = s.read_to_end(&mut Vec::new());
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("fake destination: accept failed: {e}"),
-                }
+impl Dest {
+    /// A fake destination on one port, accepting any number of connections
+    /// and doing the same to each.
+    fn start(self) -> FakePeer<()> {
+        FakePeer::start(move |_, mut s| match self {
+            Dest::Rejecting => drop(s),
+            Dest::Hello(size) => {
+                let mut hello = [0u8; OldstyleHello::SIZE];
+                OldstyleHello { size, flags: 13 }.encode(&mut hello);
+                let _ = s.write_all(&hello);
+                let _ = s.read_to_end(&mut Vec::new());
             }
-        });
-        FakeDest {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for FakeDest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            Dest::Silent => {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        })
     }
 }
 
@@ -956,6 +842,43 @@ enum Reply {
     },
 }
 
+/// C writes 3 stray bytes after an unknown command's reply (14.3.13).
+const STRAY_BYTES: Reply = Reply::Differs {
+    why: "C writes 3 stray bytes after `10: unknown command\\n` (14.3.13)",
+    c: "10: unknown command\n\0",
+    ours: "10: unknown command\n",
+};
+
+/// Why C and ours differ after a first attempt that failed.
+const NO_MIRROR_WHY: &str = "a failed first attempt leaves no mirror behind (C bug 14.3.4)";
+
+/// `break` after a first attempt that failed: C's mirror stays (14.3.4).
+const NO_MIRROR_LEFT: Reply = Reply::Differs {
+    why: NO_MIRROR_WHY,
+    c: "0: mirror stopped\n",
+    ours: "1: not mirroring\n",
+};
+
+/// [`NO_MIRROR_LEFT`] through the `break` CLI.
+const NO_MIRROR_LEFT_CLI: Reply = Reply::Differs {
+    why: NO_MIRROR_WHY,
+    c: "0 | mirror stopped\n | ",
+    ours: "1 |  | not mirroring\n",
+};
+
+/// A raw request whose reply is the same byte for byte.
+const fn same(name: &'static str, request: &'static str) -> (&'static str, Step, Reply) {
+    (name, Step::Raw(request), Reply::Same)
+}
+
+/// A CLI client whose exit status and output are the same.
+const fn cli_same(
+    name: &'static str,
+    args: &'static [&'static str],
+) -> (&'static str, Step, Reply) {
+    (name, Step::Cli(args), Reply::Same)
+}
+
 /// Placeholders: `{dead}` a closed port, `{rejecting}`, `{silent}`,
 /// `{wrong}` (a hello 512 bytes too big) fake destinations.
 const CONTROL: &[(&str, Step, Reply)] = &[
@@ -966,100 +889,38 @@ const CONTROL: &[(&str, Step, Reply)] = &[
         Reply::Status,
     ),
     ("status at EOF", Step::Raw("status\n"), Reply::Status),
-    ("status without LF at EOF", Step::Raw("status"), Reply::Same),
-    ("empty request", Step::Raw("\n"), Reply::Same),
-    ("nothing at all", Step::Raw(""), Reply::Same),
-    (
-        "status with CR",
-        Step::Raw("status\r\n\n"),
-        Reply::Differs {
-            why: "C writes 3 stray bytes after `10: unknown command\\n` (14.3.13)",
-            c: "10: unknown command\n\0",
-            ours: "10: unknown command\n",
-        },
-    ),
-    (
-        "command case",
-        Step::Raw("STATUS\n\n"),
-        Reply::Differs {
-            why: "C writes 3 stray bytes after `10: unknown command\\n` (14.3.13)",
-            c: "10: unknown command\n\0",
-            ours: "10: unknown command\n",
-        },
-    ),
-    (
-        "acl",
-        Step::Raw("acl\n127.0.0.1\n::1\n10.0.0.0/8\nfe80::/10\n\n"),
-        Reply::Same,
-    ),
-    ("acl empty", Step::Raw("acl\n\n"), Reply::Same),
-    (
-        "acl bad entry",
-        Step::Raw("acl\n127.0.0.1\nfoo\n\n"),
-        Reply::Same,
-    ),
-    (
-        "acl bad mask",
-        Step::Raw("acl\n127.0.0.1/33\n\n"),
-        Reply::Same,
-    ),
-    (
-        "acl host name",
-        Step::Raw("acl\nlocalhost\n\n"),
-        Reply::Same,
-    ),
-    ("mirror, no arguments", Step::Raw("mirror\n\n"), Reply::Same),
-    (
-        "mirror, one argument",
-        Step::Raw("mirror\n127.0.0.1\n\n"),
-        Reply::Same,
-    ),
-    (
-        "mirror, bad address",
-        Step::Raw("mirror\nfoo\n1\n\n"),
-        Reply::Same,
-    ),
-    (
-        "mirror, bad port",
-        Step::Raw("mirror\n127.0.0.1\n99999\n\n"),
-        Reply::Same,
-    ),
-    (
-        "mirror, bad action",
-        Step::Raw("mirror\n127.0.0.1\n1\nbogus\n\n"),
-        Reply::Same,
-    ),
-    (
-        "mirror, bad bind",
-        Step::Raw("mirror\n127.0.0.1\n1\nexit\nfoo\n\n"),
-        Reply::Same,
-    ),
-    (
+    same("status without LF at EOF", "status"),
+    same("empty request", "\n"),
+    same("nothing at all", ""),
+    ("status with CR", Step::Raw("status\r\n\n"), STRAY_BYTES),
+    ("command case", Step::Raw("STATUS\n\n"), STRAY_BYTES),
+    same("acl", "acl\n127.0.0.1\n::1\n10.0.0.0/8\nfe80::/10\n\n"),
+    same("acl empty", "acl\n\n"),
+    same("acl bad entry", "acl\n127.0.0.1\nfoo\n\n"),
+    same("acl bad mask", "acl\n127.0.0.1/33\n\n"),
+    same("acl host name", "acl\nlocalhost\n\n"),
+    same("mirror, no arguments", "mirror\n\n"),
+    same("mirror, one argument", "mirror\n127.0.0.1\n\n"),
+    same("mirror, bad address", "mirror\nfoo\n1\n\n"),
+    same("mirror, bad port", "mirror\n127.0.0.1\n99999\n\n"),
+    same("mirror, bad action", "mirror\n127.0.0.1\n1\nbogus\n\n"),
+    same("mirror, bad bind", "mirror\n127.0.0.1\n1\nexit\nfoo\n\n"),
+    same(
         "mirror, max_bps too big",
-        Step::Raw("mirror\n127.0.0.1\n1\nexit\n127.0.0.1\n99999999999999999999999\n\n"),
-        Reply::Same,
+        "mirror\n127.0.0.1\n1\nexit\n127.0.0.1\n99999999999999999999999\n\n",
     ),
-    (
+    same(
         "mirror, six arguments",
-        Step::Raw("mirror\n127.0.0.1\n1\nexit\n127.0.0.1\n1\nmore\n\n"),
-        Reply::Same,
+        "mirror\n127.0.0.1\n1\nexit\n127.0.0.1\n1\nmore\n\n",
     ),
-    (
-        "mirror_max_bps, not mirroring",
-        Step::Raw("mirror_max_bps\n5\n\n"),
-        Reply::Same,
-    ),
-    ("break, not mirroring", Step::Raw("break\n\n"), Reply::Same),
-    (
-        "mirror, unreachable",
-        Step::Raw("mirror\n127.0.0.1\n{dead}\n\n"),
-        Reply::Same,
-    ),
+    same("mirror_max_bps, not mirroring", "mirror_max_bps\n5\n\n"),
+    same("break, not mirroring", "break\n\n"),
+    same("mirror, unreachable", "mirror\n127.0.0.1\n{dead}\n\n"),
     (
         "status after a failed mirror",
         Step::Raw("status\n\n"),
         Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
+            why: NO_MIRROR_WHY,
             c: "is_mirroring=true",
             ours: "is_mirroring=false",
         },
@@ -1067,119 +928,49 @@ const CONTROL: &[(&str, Step, Reply)] = &[
     (
         "break after a failed mirror",
         Step::Raw("break\n\n"),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0: mirror stopped\n",
-            ours: "1: not mirroring\n",
-        },
+        NO_MIRROR_LEFT,
     ),
-    (
+    same(
         "mirror, destination closes",
-        Step::Raw("mirror\n127.0.0.1\n{rejecting}\n\n"),
-        Reply::Same,
+        "mirror\n127.0.0.1\n{rejecting}\n\n",
     ),
-    (
-        "break",
-        Step::Raw("break\n\n"),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0: mirror stopped\n",
-            ours: "1: not mirroring\n",
-        },
-    ),
-    (
-        "mirror, wrong size",
-        Step::Raw("mirror\n127.0.0.1\n{wrong}\n\n"),
-        Reply::Same,
-    ),
-    (
-        "break",
-        Step::Raw("break\n\n"),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0: mirror stopped\n",
-            ours: "1: not mirroring\n",
-        },
-    ),
-    (
+    ("break", Step::Raw("break\n\n"), NO_MIRROR_LEFT),
+    same("mirror, wrong size", "mirror\n127.0.0.1\n{wrong}\n\n"),
+    ("break", Step::Raw("break\n\n"), NO_MIRROR_LEFT),
+    same(
         "mirror, silent destination",
-        Step::Raw("mirror\n127.0.0.1\n{silent}\n\n"),
-        Reply::Same,
+        "mirror\n127.0.0.1\n{silent}\n\n",
     ),
-    (
-        "break",
-        Step::Raw("break\n\n"),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0: mirror stopped\n",
-            ours: "1: not mirroring\n",
-        },
-    ),
+    ("break", Step::Raw("break\n\n"), NO_MIRROR_LEFT),
     // The CLI clients.
     ("CLI status", Step::Cli(&["status"]), Reply::Status),
-    (
-        "CLI acl",
-        Step::Cli(&["acl", "127.0.0.1", "10.0.0.0/8"]),
-        Reply::Same,
-    ),
-    ("CLI acl, none", Step::Cli(&["acl"]), Reply::Same),
-    (
-        "CLI acl, bad entry",
-        Step::Cli(&["acl", "127.0.0.1/33"]),
-        Reply::Same,
-    ),
-    (
-        "CLI break, not mirroring",
-        Step::Cli(&["break"]),
-        Reply::Same,
-    ),
-    (
+    cli_same("CLI acl", &["acl", "127.0.0.1", "10.0.0.0/8"]),
+    cli_same("CLI acl, none", &["acl"]),
+    cli_same("CLI acl, bad entry", &["acl", "127.0.0.1/33"]),
+    cli_same("CLI break, not mirroring", &["break"]),
+    cli_same(
         "CLI mirror-speed, not mirroring",
-        Step::Cli(&["mirror-speed", "-m", "100"]),
-        Reply::Same,
+        &["mirror-speed", "-m", "100"],
     ),
-    (
+    cli_same(
         "CLI mirror, unreachable",
-        Step::Cli(&["mirror", "-l", "127.0.0.1", "-p", "{dead}"]),
-        Reply::Same,
+        &["mirror", "-l", "127.0.0.1", "-p", "{dead}"],
     ),
     (
         "CLI break after a failed mirror",
         Step::Cli(&["break"]),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0 | mirror stopped\n | ",
-            ours: "1 |  | not mirroring\n",
-        },
+        NO_MIRROR_LEFT_CLI,
     ),
-    (
+    cli_same(
         "CLI mirror, wrong size",
-        Step::Cli(&["mirror", "-l", "127.0.0.1", "-p", "{wrong}"]),
-        Reply::Same,
+        &["mirror", "-l", "127.0.0.1", "-p", "{wrong}"],
     ),
-    (
-        "CLI break",
-        Step::Cli(&["break"]),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0 | mirror stopped\n | ",
-            ours: "1 |  | not mirroring\n",
-        },
-    ),
-    (
+    ("CLI break", Step::Cli(&["break"]), NO_MIRROR_LEFT_CLI),
+    cli_same(
         "CLI mirror, rejected",
-        Step::Cli(&["mirror", "-l", "127.0.0.1", "-p", "{rejecting}", "-u"]),
-        Reply::Same,
+        &["mirror", "-l", "127.0.0.1", "-p", "{rejecting}", "-u"],
     ),
-    (
-        "CLI break",
-        Step::Cli(&["break"]),
-        Reply::Differs {
-            why: "a failed first attempt leaves no mirror behind (C bug 14.3.4)",
-            c: "0 | mirror stopped\n | ",
-            ours: "1 |  | not mirroring\n",
-        },
-    ),
+    ("CLI break", Step::Cli(&["break"]), NO_MIRROR_LEFT_CLI),
     (
         "CLI status, abbreviated --so=",
         Step::Cli(&["status", "--so={sock}"]),
@@ -1190,16 +981,11 @@ const CONTROL: &[(&str, Step, Reply)] = &[
         Step::Cli(&["status", "extra"]),
         Reply::Status,
     ),
-    (
+    cli_same(
         "CLI mirror-speed with extra arguments",
-        Step::Cli(&["mirror-speed", "-m", "1", "extra"]),
-        Reply::Same,
+        &["mirror-speed", "-m", "1", "extra"],
     ),
-    (
-        "CLI break with extra arguments",
-        Step::Cli(&["break", "extra"]),
-        Reply::Same,
-    ),
+    cli_same("CLI break with extra arguments", &["break", "extra"]),
     (
         "CLI mirror, bad address",
         Step::Cli(&["mirror", "-l", "foo", "-p", "1"]),
@@ -1238,18 +1024,6 @@ fn cli_text(seen: &Seen) -> String {
         seen.stdout,
         seen.stderr
     )
-}
-
-/// The keys and values of a status line (`0: pid=...` or `pid=...`).
-fn status_pairs(line: &str) -> Vec<(String, String)> {
-    line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':' || c == ' ')
-        .split(' ')
-        .filter(|w| !w.is_empty() && w.contains('='))
-        .map(|w| {
-            let (k, v) = w.split_once('=').unwrap();
-            (k.to_owned(), v.trim().to_owned())
-        })
-        .collect()
 }
 
 /// Compares status lines: C's keys are a prefix of ours, in order, with the
@@ -1311,22 +1085,19 @@ fn control_steps(p: &Programs, side: Side, ports: &[(&str, u16)]) -> Vec<String>
 #[test]
 fn control_socket_and_its_clients() {
     let Some(p) = Programs::find() else { return };
-    let rejecting = FakeDest::start(Dest::Rejecting);
-    let silent = FakeDest::start(Dest::Silent);
-    let wrong = FakeDest::start(Dest::Hello((1 << 20) + 512));
+    let rejecting = Dest::Rejecting.start();
+    let silent = Dest::Silent.start();
+    let wrong = Dest::Hello((1 << 20) + 512).start();
+    let (_dead, dead_port) = refusing_port();
     let ports = [
-        ("{dead}", free_port()),
-        ("{rejecting}", rejecting.addr.port()),
-        ("{silent}", silent.addr.port()),
-        ("{wrong}", wrong.addr.port()),
+        ("{dead}", dead_port),
+        ("{rejecting}", rejecting.port()),
+        ("{silent}", silent.port()),
+        ("{wrong}", wrong.port()),
     ];
     let p = &p;
     let ports = &ports;
-    let [c, ours] = std::thread::scope(|s| {
-        SIDES
-            .map(|side| s.spawn(move || control_steps(p, side, ports)))
-            .map(|h| h.join().unwrap())
-    });
+    let [c, ours] = on_both_sides(|side| control_steps(p, side, ports));
     let mut complaints = Vec::new();
     for (i, &(name, _, want)) in CONTROL.iter().enumerate() {
         let (c, ours) = (&c[i], &ours[i]);
@@ -1457,29 +1228,18 @@ fn mirroring_status_speed_and_break() {
         ));
         seen
     };
-    let [c, ours] = std::thread::scope(|s| {
-        SIDES
-            .map(|side| s.spawn(move || observe(side)))
-            .map(|h| h.join().unwrap())
-    });
-    let mut complaints = Vec::new();
-    for ((name, c), (_, ours)) in c.iter().zip(&ours) {
-        let ok = match *name {
-            n if n.starts_with("status") => same_status(c, ours),
-            // C bug 14.3.3: a second supervisor, and a second reply line.
-            "second mirror" => {
-                // (C's second line is the outcome of its second attempt, which varies.)
-                c.starts_with("1: mirror already running\n1: ")
-                    && c.lines().count() == 2
-                    && ours == "1: mirror already running\n"
-            }
-            _ => c == ours,
-        };
-        if !ok {
-            complaints.push(format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"));
+    let [c, ours] = on_both_sides(observe);
+    compare_named(&c, &ours, |name, c, ours| match name {
+        n if n.starts_with("status") => same_status(c, ours),
+        // C bug 14.3.3: a second supervisor, and a second reply line.
+        "second mirror" => {
+            // (C's second line is the outcome of its second attempt, which varies.)
+            c.starts_with("1: mirror already running\n1: ")
+                && c.lines().count() == 2
+                && ours == "1: mirror already running\n"
         }
-    }
-    report(&complaints);
+        _ => c == ours,
+    });
 }
 
 /// What a process shows when signalled at some stage.
@@ -1582,11 +1342,7 @@ fn signals_at_each_stage() {
             })
             .collect()
     };
-    let [c, ours] = std::thread::scope(|s| {
-        SIDES
-            .map(|side| s.spawn(move || observe(side)))
-            .map(|h| h.join().unwrap())
-    });
+    let [c, ours] = on_both_sides(observe);
     let mut complaints = Vec::new();
     for (i, (stage, sig)) in STAGES.iter().enumerate() {
         // Differs on purpose, now and then: a C source stopped while its
@@ -1694,11 +1450,7 @@ fn oldstyle_handshake_and_transmission_bytes() {
     };
     let mut complaints = Vec::new();
     for mode in ["serve", "listen"] {
-        let [(c, c_file), (ours, our_file)] = std::thread::scope(|s| {
-            SIDES
-                .map(|side| s.spawn(move || observe(side, mode)))
-                .map(|h| h.join().unwrap())
-        });
+        let [(c, c_file), (ours, our_file)] = on_both_sides(|side| observe(side, mode));
         if c != ours {
             let first = c
                 .iter()
@@ -1734,25 +1486,8 @@ fn proxy_handshake_and_transmission_bytes() {
     };
     let proxied = |side: Side, requests: &[(Cmd, u16, u64, u32)], payload: &[u8]| {
         let (_env, _upstream, up_port) = upstream();
-        let port = free_port();
-        let mut cmd = p.proxy(side);
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-C",
-            "127.0.0.1",
-            "-P",
-            &up_port.to_string(),
-        ]);
-        if side == Side::Ours {
-            cmd.arg("--oldstyle");
-        }
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut d = Daemon::spawn(cmd, vec![Ready::Tcp(addr)]);
-        d.wait_ready();
-        let bytes = transcript(addr, requests, payload);
+        let mut d = p.start_proxy(side, up_port, &[]);
+        let bytes = transcript(d.addr(), requests, payload);
         let status = d.stop();
         (bytes, format!("{status}"))
     };
@@ -1907,11 +1642,7 @@ fn migration_wire_bytes() {
     };
     let mut complaints = Vec::new();
     for unlink in [false, true] {
-        let [c, ours] = std::thread::scope(|s| {
-            SIDES
-                .map(|side| s.spawn(move || observe(side, unlink)))
-                .map(|h| h.join().unwrap())
-        });
+        let [c, ours] = on_both_sides(|side| observe(side, unlink));
         if c != ours {
             let show = |o: &(String, String, Vec<[u8; 28]>, bool, bool, bool, bool)| {
                 let reqs: Vec<Request> = o.2.iter().map(|h| Request::decode(h).unwrap()).collect();
@@ -1942,100 +1673,37 @@ fn read_and_write_clients() {
     let (_server, port) = p.start_server(Side::C, "serve", &file, &env.sock_path());
     let port = port.to_string();
     let input = env.image_with("input", &pattern(5000, 8));
-    let steps: &[(&str, &[&str], Option<&Path>)] = &[
-        (
-            "read",
-            &[
-                "read",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-F",
-                "1000",
-                "-S",
-                "70000",
-            ],
-            None,
-        ),
+    // The arguments, split at spaces; `{port}` is the server's.
+    let steps: &[(&str, &str, Option<&Path>)] = &[
+        ("read", "read -l 127.0.0.1 -p {port} -F 1000 -S 70000", None),
         (
             "read, long options",
-            &[
-                "read",
-                "--addr=127.0.0.1",
-                "--port",
-                &port,
-                "--from=0",
-                "--size=4096",
-            ],
+            "read --addr=127.0.0.1 --port {port} --from=0 --size=4096",
             None,
         ),
         (
             "read, bound",
-            &[
-                "read",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-F",
-                "0",
-                "-S",
-                "10",
-                "-b",
-                "127.0.0.1",
-            ],
+            "read -l 127.0.0.1 -p {port} -F 0 -S 10 -b 127.0.0.1",
             None,
         ),
         (
             "write",
-            &[
-                "write",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-F",
-                "333",
-                "-S",
-                "5000",
-            ],
+            "write -l 127.0.0.1 -p {port} -F 333 -S 5000",
             Some(&input),
         ),
         (
             "read back",
-            &[
-                "read",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-F",
-                "0",
-                "-S",
-                "8192",
-            ],
+            "read -l 127.0.0.1 -p {port} -F 0 -S 8192",
             None,
         ),
         (
             "read, extra arguments",
-            &[
-                "read",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-F",
-                "0",
-                "-S",
-                "10",
-                "extra",
-            ],
+            "read -l 127.0.0.1 -p {port} -F 0 -S 10 extra",
             None,
         ),
         (
             "read, zero bytes",
-            &["read", "-l", "127.0.0.1", "-p", &port, "-F", "0", "-S", "0"],
+            "read -l 127.0.0.1 -p {port} -F 0 -S 0",
             None,
         ),
     ];
@@ -2043,7 +1711,7 @@ fn read_and_write_clients() {
     for &(name, args, stdin) in steps {
         let [c, ours] = SIDES.map(|side| {
             let mut cmd = p.flexnbd(side);
-            cmd.args(args);
+            cmd.args(args.split_whitespace().map(|a| a.replace("{port}", &port)));
             run_with_stdin(cmd, stdin)
         });
         complaints.extend(judge(name, Want::Same, &c, &ours));
@@ -2158,24 +1826,13 @@ fn listen_takeover_acl_and_clients() {
         seen.push(("serve exit", format!("{}", serve.stop())));
         seen
     };
-    let [c, ours] = std::thread::scope(|s| {
-        SIDES
-            .map(|side| s.spawn(move || observe(side)))
-            .map(|h| h.join().unwrap())
+    let [c, ours] = on_both_sides(observe);
+    compare_named(&c, &ours, |name, c, ours| match name {
+        n if n.contains("status") => same_status(c, ours),
+        // C bug 14.3.1: a bad magic hands control over; only DISCONNECT should.
+        "listen after a bad magic" => c == "exit status: 0" && ours == "still listening",
+        _ => c == ours,
     });
-    let mut complaints = Vec::new();
-    for ((name, c), (_, ours)) in c.iter().zip(&ours) {
-        let ok = match *name {
-            n if n.contains("status") => same_status(c, ours),
-            // C bug 14.3.1: a bad magic hands control over; only DISCONNECT should.
-            "listen after a bad magic" => c == "exit status: 0" && ours == "still listening",
-            _ => c == ours,
-        };
-        if !ok {
-            complaints.push(format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"));
-        }
-    }
-    report(&complaints);
 }
 
 // ---------------------------------------------------------------------------
@@ -2261,27 +1918,8 @@ fn environment_variables_are_honoured() {
         // FLEXNBD_UPSTREAM_TIMEOUT: the proxy reconnects and resends.
         let release = Arc::new(AtomicBool::new(false));
         let (up_port, upstream) = swallowing_fake(1 << 20, release.clone());
-        let port = free_port();
-        let mut cmd = p.proxy(side);
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-C",
-            "127.0.0.1",
-            "-P",
-        ])
-        .arg(up_port.to_string())
-        .env("FLEXNBD_UPSTREAM_TIMEOUT", "2");
-        if side == Side::Ours {
-            cmd.arg("--oldstyle");
-        }
-        let mut proxy = Daemon::spawn(
-            cmd,
-            vec![Ready::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))],
-        );
-        proxy.wait_ready();
+        let mut proxy = p.start_proxy(side, up_port, &[("FLEXNBD_UPSTREAM_TIMEOUT", "2")]);
+        let port = proxy.port();
         let mut client = hello(port).unwrap();
         let mut head = [0u8; Request::SIZE];
         Request {
@@ -2342,25 +1980,14 @@ fn environment_variables_are_honoured() {
         ));
         seen
     };
-    let [c, ours] = std::thread::scope(|s| {
-        SIDES
-            .map(|side| s.spawn(move || observe(side)))
-            .map(|h| h.join().unwrap())
-    });
-    let mut complaints = Vec::new();
-    for ((name, c), (_, ours)) in c.iter().zip(&ours) {
-        let ok = match *name {
-            // C bug 14.3.5: a retry after the migration started crashes the source.
-            "source after giving up" => {
-                // (Or it has not crashed yet: it retries after 1 s.)
-                (c.contains("SIGABRT") || c.contains("SIGSEGV") || c == "still running")
-                    && ours == "still running"
-            }
-            _ => c == ours,
-        };
-        if !ok {
-            complaints.push(format!("{name}:\n  C:    {c:?}\n  ours: {ours:?}"));
+    let [c, ours] = on_both_sides(observe);
+    compare_named(&c, &ours, |name, c, ours| match name {
+        // C bug 14.3.5: a retry after the migration started crashes the source.
+        "source after giving up" => {
+            // (Or it has not crashed yet: it retries after 1 s.)
+            (c.contains("SIGABRT") || c.contains("SIGSEGV") || c == "still running")
+                && ours == "still running"
         }
-    }
-    report(&complaints);
+        _ => c == ours,
+    });
 }

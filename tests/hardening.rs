@@ -7,36 +7,30 @@ use std::time::{Duration, Instant};
 use flexnbd::proto::types::{Cmd, CmdFlags, Errno};
 
 use crate::support::wire::{Client, Handshake};
-use crate::support::{Daemon, DaemonBuilder, TestEnv, control};
+use crate::support::{Daemon, DaemonBuilder, TestEnv};
 
 const SIZE: u64 = 1 << 20;
 
-/// A `mode` daemon over a fresh image with `env` set, on a free port, with a control socket.
+/// A `mode` daemon over a fresh image with `env` set and a control socket; its address.
 fn daemon_with_env(t: &TestEnv, mode: &str, env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
     let file = t.image("disk.img", SIZE);
-    let sock = t.sock_path();
-    let builder = DaemonBuilder::new(mode, &file).sock(&sock);
-    let (daemon, port) = crate::support::daemon::spawn_on_free_port(&sock, |port| {
-        let mut cmd = builder.command(port);
-        cmd.envs(env.iter().copied());
-        cmd
-    });
-    (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    start(env.iter().fold(
+        DaemonBuilder::new(mode, &file).sock(t.sock_path()),
+        |b, (k, v)| b.env(k, v),
+    ))
 }
 
-/// Polls `status` until `num_clients` reads `want`, or panics after 10 s.
+/// Starts `builder`; the daemon and its NBD address.
+fn start(builder: DaemonBuilder) -> (Daemon, SocketAddr) {
+    let d = builder.start();
+    let addr = d.addr();
+    (d, addr)
+}
+
+/// Waits until `d`'s `status` shows `n` clients.
 #[track_caller]
-fn wait_num_clients(d: &Daemon, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let want = format!("num_clients={want}");
-    loop {
-        let status = control(d.sock(), "status", &[]);
-        if status.split_whitespace().any(|kv| kv == want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {want}: {status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_num_clients(d: &Daemon, n: u64) {
+    crate::support::control::wait_num_clients(d.sock(), n);
 }
 
 #[test]
@@ -162,8 +156,7 @@ fn handshake_limits_are_flags() {
         "--max-clients-per-address",
         "2",
     ]);
-    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (d, addr) = start(builder);
     // A silent connection is closed after the handshake timeout.
     let mut silent = Client::new(crate::support::wire::tcp(addr));
     let mut hello = [0u8; 18];
@@ -211,8 +204,7 @@ fn stalled_32m_writes_hold_only_what_they_sent() {
     let builder = DaemonBuilder::new("serve", &file)
         .sock(&sock)
         .args(["--max-clients", "2000"]);
-    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (d, addr) = start(builder);
     const CONNS: usize = 1024;
     const SENT: usize = 32 << 10;
     // Each declares a 32 MiB WRITE, sends 32 KiB of it, and stalls.
@@ -255,8 +247,7 @@ fn a_client_stalled_mid_payload_is_dropped_after_the_stall_timeout() {
         DaemonBuilder::new("serve", &file)
             .sock(&sock)
             .args(["--stall-timeout", "200ms", "-v"]);
-    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (d, addr) = start(builder);
     let mut c = Client::connect(addr, Handshake::Go);
     c.send(Cmd::WRITE, CmdFlags(0), 1, 0, 512 << 10, &[1u8; 1000]);
     c.assert_closed();
@@ -281,9 +272,8 @@ fn node(
     args: &[&str],
 ) -> (Daemon, u16, std::path::PathBuf) {
     let sock = t.sock_path_named(sock_name);
-    let builder = DaemonBuilder::new(mode, file).sock(&sock).args(args);
-    let (d, port) = crate::support::daemon::spawn_on_free_port(&sock, |p| builder.command(p));
-    (d, port, sock)
+    let (d, addr) = start(DaemonBuilder::new(mode, file).sock(&sock).args(args));
+    (d, addr.port(), sock)
 }
 
 /// Ten clients write 8 KiB blocks as fast as they can and never read a

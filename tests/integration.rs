@@ -7,10 +7,10 @@ mod support;
 
 /// The command line: help, version, usage errors, flexnbd-c's option forms.
 mod cli;
-/// The NBD client library and the `read`/`write` subcommands against real servers.
+/// The NBD client library and the `read`/`write` subcommands against nbdkit, the C flexnbd and fakes.
 mod client;
-/// The real `flexnbd serve` process: status, acl, control socket, signals, read/write, start-up errors.
-mod daemon;
+/// The control socket of a real `flexnbd serve`: status, acl, the socket's lifecycle, bad requests.
+mod control;
 /// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.
 mod differential;
 /// Committed man pages and completions match `flexnbd generate`.
@@ -28,5 +28,11 @@ mod mirror_faults;
 mod proxy;
 /// The proxy's request handles upstream: the client's own, on first send and resend; a reused one is refused.
 mod proxy_handles;
+/// `flexnbd read` and `write` against our own `serve`: round trips, errors, signals, pipes.
+mod read_write;
+/// The README's command blocks, run as written.
+mod readme;
 /// The server in-process, byte by byte: handshakes, commands, bad input, limits.
 mod serve;
+/// The `flexnbd serve` process: signals, start-up errors, read-only, its log, its bytes to tools.
+mod serve_process;

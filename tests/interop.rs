@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use flexnbd::proto::types::Errno;
-use flexnbd::server::ServerConfig;
 
 use crate::serve::Harness;
 use crate::support::{nbdsh_command, require_tool};
@@ -264,13 +263,7 @@ fn oldstyle_reads_with_qemu_io_and_nbdinfo() {
     if !require_tool("qemu-io") || !require_tool("nbdinfo") {
         return;
     }
-    let h = Harness::start(
-        1 << 20,
-        ServerConfig {
-            oldstyle: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::start_oldstyle(1 << 20);
     let mut c = h.oldstyle();
     c.write(1, 4096, &[0x5a; 8192]);
     c.expect_reply(1, Errno::OK);

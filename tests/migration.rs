@@ -23,7 +23,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::str::FromStr;
@@ -38,10 +38,10 @@ use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
 use flexnbd::status::{Phase, Status};
 
-use crate::support::daemon::spawn_on_free_port;
 use crate::support::wire;
 use crate::support::{
-    self, Daemon, DaemonBuilder, Signal, TestEnv, control, flexnbd_std, pattern, require_tool, text,
+    self, Daemon, DaemonBuilder, Signal, TestEnv, allocated, control, control::status_line,
+    flexnbd_std, pattern, require_tool, text,
 };
 
 const MIB: u64 = 1 << 20;
@@ -113,25 +113,8 @@ fn assert_same_files(what: &str, a: &Path, b: &Path) {
     }
 }
 
-/// Bytes allocated on disk for `path`.
-fn allocated(path: &Path) -> u64 {
-    path.metadata().unwrap().blocks() * 512
-}
-
 // ---------------------------------------------------------------------------
 // Processes.
-
-/// Starts `builder` on a free port, with the mirror's request limit if given.
-#[track_caller]
-fn start_on_free_port(builder: &DaemonBuilder, sock: &Path, limit: Option<&str>) -> (Daemon, u16) {
-    spawn_on_free_port(sock, |port| {
-        let mut cmd = builder.command(port);
-        if let Some(limit) = limit {
-            cmd.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", limit);
-        }
-        cmd
-    })
-}
 
 /// A `flexnbd serve` or `flexnbd listen` with a control socket.
 struct Node {
@@ -142,38 +125,39 @@ struct Node {
 }
 
 impl Node {
-    /// `flexnbd serve -v` on `file`: a migration's source.
+    /// `flexnbd <mode> -v` on `file` with the control socket `sock_name`,
+    /// with `more` done to its builder.
     #[track_caller]
-    fn serve(env: &TestEnv, file: &Path) -> Node {
-        let sock = env.sock_path_named("source.sock");
-        let builder = DaemonBuilder::new("serve", file).sock(&sock).arg("-v");
-        let (daemon, port) = start_on_free_port(&builder, &sock, None);
+    fn start(
+        env: &TestEnv,
+        mode: &str,
+        file: &Path,
+        sock_name: &str,
+        more: impl FnOnce(DaemonBuilder) -> DaemonBuilder,
+    ) -> Node {
+        let sock = env.sock_path_named(sock_name);
+        let daemon = more(DaemonBuilder::new(mode, file).sock(&sock).arg("-v")).start();
         Node {
+            port: daemon.port(),
             daemon,
-            port,
             sock,
             file: file.to_owned(),
         }
     }
 
+    /// `flexnbd serve -v` on `file`: a migration's source.
+    #[track_caller]
+    fn serve(env: &TestEnv, file: &Path) -> Node {
+        Node::start(env, "serve", file, "source.sock", |b| b)
+    }
+
     /// `flexnbd listen -v` on `file`, on `port` if given: a migration's destination.
     #[track_caller]
     fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
-        let sock = env.sock_path_named(sock_name);
-        let mut builder = DaemonBuilder::new("listen", file).sock(&sock).arg("-v");
-        let (daemon, port) = match port {
-            Some(p) => {
-                builder = builder.port(p);
-                (builder.start(), p)
-            }
-            None => start_on_free_port(&builder, &sock, None),
-        };
-        Node {
-            daemon,
-            port,
-            sock,
-            file: file.to_owned(),
-        }
+        Node::start(env, "listen", file, sock_name, |b| match port {
+            Some(p) => b.port(p),
+            None => b,
+        })
     }
 
     #[track_caller]
@@ -185,15 +169,10 @@ impl Node {
         Status::from_str(line.trim_end_matches('\n')).unwrap()
     }
 
-    /// The raw status line, after `0: `.
+    /// The status reply, `0: ` and all.
     #[track_caller]
     fn status_line(&self) -> String {
-        let reply = control(&self.sock, "status", &[]);
-        reply
-            .strip_prefix("0: ")
-            .unwrap_or_else(|| panic!("status failed: {reply:?}"))
-            .trim_end_matches('\n')
-            .to_owned()
+        status_line(&self.sock)
     }
 
     /// Polls `status` until `pred` holds; panics with the last status after [`STATE_WITHIN`].
@@ -304,6 +283,25 @@ fn migrate_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path)
         out.status,
         text(&out.stderr)
     );
+    finish_and_check(source, dest, src, dst);
+}
+
+/// Lifts the speed limit of the running migration from `source` to `dest`
+/// and checks it completes as [`migrate_and_check`] does.
+#[track_caller]
+fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+    let sock = source.sock.to_str().unwrap();
+    assert_ok(
+        &run(&["mirror-speed", "-s", sock, "-m", UNLIMITED]),
+        "updated",
+    );
+    finish_and_check(source, dest, src, dst);
+}
+
+/// The source and the destination exit 0 by themselves, and the
+/// destination's file `dst` is the source's `src`.
+#[track_caller]
+fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     assert_same_files("destination", dst, src);
@@ -331,6 +329,52 @@ fn assert_ok(out: &Output, stdout: &str) {
 #[track_caller]
 fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
     assert_ok(&run(&mirror_args(source, port, extra)), "Mirror started");
+}
+
+/// A source serving `size` bytes of data (from `seed`) and an empty
+/// destination listening: both files and both nodes.
+#[track_caller]
+fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
+    let src = data_image(env, "source.img", size, seed);
+    let dst = env.image("dest.img", size);
+    let source = Node::serve(env, &src);
+    let dest = Node::listen(env, &dst, "dest.sock", None);
+    (src, dst, source, dest)
+}
+
+/// A sparse source of `size` bytes with what `write` writes to it (synced),
+/// and an empty destination listening: both files and both nodes.
+#[track_caller]
+fn sparse_pair(
+    env: &TestEnv,
+    size: u64,
+    write: impl FnOnce(&File),
+) -> (PathBuf, PathBuf, Node, Node) {
+    let src = env.image("source.img", size);
+    let f = File::options().write(true).open(&src).unwrap();
+    write(&f);
+    f.sync_all().unwrap();
+    drop(f);
+    let dst = env.image("dest.img", size);
+    let source = Node::serve(env, &src);
+    let dest = Node::listen(env, &dst, "dest.sock", None);
+    (src, dst, source, dest)
+}
+
+/// A source of `size` bytes of data (from `seed`) migrating into an empty
+/// destination under `mirror --wait` at 1 MiB/s, once its first transfer
+/// is acknowledged: the first 8 MiB go at once, the next one seconds later.
+/// The source's file, the destination's, both nodes and the `mirror --wait`.
+#[track_caller]
+fn throttled_migration(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node, Cli) {
+    let (src, dst, mut source, dest) = data_pair(env, size, seed);
+    let waiting = Cli::spawn(&mirror_args(
+        &source,
+        dest.port,
+        &["--wait", "-m", "1048576"],
+    ));
+    source.wait_progress(MAX_TRANSFER);
+    (src, dst, source, dest, waiting)
 }
 
 /// A client of `node` writes `data` at `offset` and reads it back.
@@ -433,12 +477,9 @@ fn migrate_under_fio(jobs: &str, writers: u64, max_speed: &str) {
     }
     let env = TestEnv::new();
     let size = 256 * MIB;
-    let src = data_image(&env, "source.img", size, 1);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 1);
     let original = env.child("original.img");
     std::fs::copy(&src, &original).unwrap();
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
 
     let mut fio = Fio::start(&env, &format!("nbd://127.0.0.1:{}", source.port), jobs);
     // Every writer is connected before the migration starts.
@@ -593,12 +634,9 @@ fn copy(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
 fn unlink_removes_the_source_only_after_every_byte_was_acknowledged() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 2);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 2);
     let original = env.child("original.img");
     std::fs::copy(&src, &original).unwrap();
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
     let relay = Relay::start(dest.addr());
 
     start_mirror(&source, relay.port, &["--unlink"]);
@@ -659,18 +697,7 @@ fn unlink_removes_the_source_only_after_every_byte_was_acknowledged() {
 fn break_mid_migration_keeps_serving_and_a_new_mirror_completes() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 3);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-
-    // 1 MiB/s: the first 8 MiB go at once, the next one seconds later.
-    let waiting = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "-m", "1048576"],
-    ));
-    source.wait_progress(MAX_TRANSFER);
+    let (src, dst, mut source, mut dest, waiting) = throttled_migration(&env, size, 3);
     assert_ok(
         &run(&["break", "-s", source.sock.to_str().unwrap()]),
         "mirror stopped",
@@ -715,9 +742,11 @@ fn break_mid_migration_keeps_serving_and_a_new_mirror_completes() {
     );
 }
 
-/// The keys of a status line, in order.
+/// The keys of a status reply, in order.
 fn keys(line: &str) -> Vec<&str> {
-    line.split_whitespace()
+    line.strip_prefix("0: ")
+        .unwrap_or(line)
+        .split_whitespace()
         .map(|pair| pair.split_once('=').unwrap().0)
         .collect()
 }
@@ -741,10 +770,7 @@ const C_KEYS: [&str; 11] = [
 fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
     let env = TestEnv::new();
     let size = 256 * MIB;
-    let src = data_image(&env, "source.img", size, 4);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 4);
     let sock = source.sock.to_str().unwrap().to_owned();
 
     let fast = 32 * MIB;
@@ -814,30 +840,19 @@ fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
     assert_eq!(a.phase, Some(Phase::Copying), "{a:?}");
 
     // Lift the limit: it completes.
-    assert_ok(
-        &run(&["mirror-speed", "-s", &sock, "-m", UNLIMITED]),
-        "updated",
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
 }
 
 #[test]
 fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     let env = TestEnv::new();
     let size = 1024 * MIB;
-    let src = env.image("source.img", size);
-    let f = File::options().write(true).open(&src).unwrap();
-    for i in 0..50u64 {
-        f.write_all_at(&pattern(MIB as usize, 100 + i), i * 20 * MIB + 4096)
-            .unwrap();
-    }
-    f.sync_all().unwrap();
-    drop(f);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
+        for i in 0..50u64 {
+            f.write_all_at(&pattern(MIB as usize, 100 + i), i * 20 * MIB + 4096)
+                .unwrap();
+        }
+    });
 
     migrate_and_check(&mut source, &mut dest, &src, &dst);
     let (a_src, a_dst) = (allocated(&src), allocated(&dst));
@@ -854,17 +869,12 @@ fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
 fn data_deep_inside_ranges_of_zeroes_is_sent() {
     let env = TestEnv::new();
     let size = 64 * MIB;
-    let src = env.image("source.img", size);
-    let f = File::options().write(true).open(&src).unwrap();
-    f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
-    f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
-        .unwrap();
-    f.write_all_at(&[0xa5], size - 1).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
+        f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
+        f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
+            .unwrap();
+        f.write_all_at(&[0xa5], size - 1).unwrap();
+    });
 
     migrate_and_check(&mut source, &mut dest, &src, &dst);
     let a_dst = allocated(&dst);
@@ -885,15 +895,9 @@ fn destination_killed_and_restarted(fresh: bool) {
     let src = data_image(&env, "source.img", size, 5);
     let dst = env.image("dest.img", size);
     // A short request limit: the source notices a dead destination quickly.
-    let sock = env.sock_path_named("source.sock");
-    let builder = DaemonBuilder::new("serve", &src).sock(&sock).arg("-v");
-    let (daemon, port) = start_on_free_port(&builder, &sock, Some("5"));
-    let mut source = Node {
-        daemon,
-        port,
-        sock,
-        file: src.clone(),
-    };
+    let mut source = Node::start(&env, "serve", &src, "source.sock", |b| {
+        b.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
+    });
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
     let dest_port = dest.port;
 
@@ -915,19 +919,7 @@ fn destination_killed_and_restarted(fresh: bool) {
     let mut dest = Node::listen(&env, &dst2, "dest2.sock", Some(dest_port));
     // The new destination gets the migration again from the start.
     dest.wait_status("the source reconnecting", |st| st.num_clients == 1);
-    assert_ok(
-        &run(&[
-            "mirror-speed",
-            "-s",
-            source.sock.to_str().unwrap(),
-            "-m",
-            UNLIMITED,
-        ]),
-        "updated",
-    );
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "restarted destination after the handover");
-    assert_same_files("restarted destination", &dst2, &src);
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst2);
 }
 
 #[test]
@@ -944,18 +936,7 @@ fn destination_killed_and_restarted_on_a_fresh_file_gets_everything() {
 fn source_killed_mid_transfer_leaves_the_destination_listening_without_control() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 6);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-
-    let waiting = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "-m", "1048576"],
-    ));
-    // The first transfer is acknowledged (the next one waits seconds for the limit).
-    source.wait_progress(MAX_TRANSFER);
+    let (src, dst, mut source, mut dest, waiting) = throttled_migration(&env, size, 6);
     let first = MAX_TRANSFER as usize;
     let mut a = vec![0u8; first];
     File::open(&src).unwrap().read_exact_at(&mut a, 0).unwrap();

@@ -24,11 +24,10 @@
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,12 +36,12 @@ use flexnbd::proto::consts::{MIRROR_HANDLE, NBD_SIMPLE_REPLY_MAGIC};
 use flexnbd::proto::types::{Cmd, CmdFlags, Errno};
 use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, Request, SimpleReply};
 
-use crate::support::daemon::spawn_on_free_port;
-use crate::support::wire::{
-    self, Client, Handshake, closed_within, read_request, reply_bytes, send_hello,
-};
+use crate::support::control::{queued_connections, status_line};
+use crate::support::daemon::start_on_free_port;
+use crate::support::wire::{self, Client, closed_within, read_request, reply_bytes, send_hello};
 use crate::support::{
-    Daemon, DaemonBuilder, Signal, TestEnv, control, finish, flexnbd_std, free_port, pattern, text,
+    Daemon, DaemonBuilder, FakePeer, Signal, Style, TestEnv, allocated, control, finish,
+    flexnbd_std, free_port, pattern, text, wait_until,
 };
 
 /// The size of the sources and destinations that are not about volume.
@@ -63,14 +62,6 @@ const MAX_MIRROR_WRITE: u32 = 8 << 20;
 // ---------------------------------------------------------------------------
 // Processes: our serve and listen, the CLI, the C flexnbd.
 
-/// Starts `cmd_for(port)` on free ports until one is not taken meanwhile; waits for `sock`.
-/// [`spawn_on_free_port`], with the address on 127.0.0.1.
-#[track_caller]
-fn start_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, SocketAddr) {
-    let (daemon, port) = spawn_on_free_port(sock, cmd_for);
-    (daemon, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-}
-
 /// Our `flexnbd serve` with a control socket: the migration's source.
 struct Source {
     daemon: Daemon,
@@ -90,15 +81,15 @@ impl Source {
     #[track_caller]
     fn start_file(env: &TestEnv, file: PathBuf, limit: Duration) -> Source {
         let sock = env.sock_path_named("source.sock");
-        let builder = DaemonBuilder::new("serve", &file).sock(&sock).arg("-v");
-        let (daemon, addr) = start_on_free_port(&sock, |port| {
-            let mut cmd = builder.command(port);
-            cmd.env(
+        let daemon = DaemonBuilder::new("serve", &file)
+            .sock(&sock)
+            .arg("-v")
+            .env(
                 "FLEXNBD_MS_REQUEST_LIMIT_SECS",
                 format!("{}", limit.as_secs_f64()),
-            );
-            cmd
-        });
+            )
+            .start();
+        let addr = daemon.addr();
         Source {
             daemon,
             addr,
@@ -110,30 +101,17 @@ impl Source {
     /// `flexnbd mirror` to 127.0.0.1:`port`, to the end.
     #[track_caller]
     fn mirror(&self, port: u16, extra: &[&str]) -> Output {
-        finish(self.spawn_mirror(port, extra), Duration::from_secs(40))
+        mirror_cli(&self.sock, port, extra)
     }
 
     fn spawn_mirror(&self, port: u16, extra: &[&str]) -> Child {
-        let port = port.to_string();
-        let mut args: Vec<&OsStr> = vec![
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            self.sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-        ];
-        args.extend(extra.iter().map(OsStr::new));
-        spawn_cli(&args)
+        spawn_mirror_cli(&self.sock, port, extra)
     }
 
     /// The `status` line.
     #[track_caller]
     fn status(&self) -> String {
-        let reply = control(&self.sock, "status", &[]);
-        assert!(reply.starts_with("0: pid="), "status failed: {reply:?}");
-        reply
+        status_line(&self.sock)
     }
 
     /// The source still serves its own clients: a write reads back.
@@ -168,25 +146,6 @@ impl Source {
     }
 }
 
-/// The handshake a `listen` speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Style {
-    /// Fixed newstyle, our default.
-    New,
-    /// `--oldstyle`, flexnbd-c's handshake.
-    Old,
-}
-
-impl Style {
-    /// How a sender (a mirror source) greets a `listen` of this style.
-    fn handshake(self) -> Handshake {
-        match self {
-            Style::New => Handshake::ExportName,
-            Style::Old => Handshake::Oldstyle,
-        }
-    }
-}
-
 /// Our `flexnbd listen` with a control socket: the migration's destination.
 struct Listener {
     daemon: Daemon,
@@ -202,11 +161,11 @@ impl Listener {
     fn start(env: &TestEnv, size: u64, style: Style) -> Listener {
         let file = env.image("dest.img", size);
         let sock = env.sock_path_named("dest.sock");
-        let mut builder = DaemonBuilder::new("listen", &file).sock(&sock).arg("-v");
-        if style == Style::Old {
-            builder = builder.arg("--oldstyle");
-        }
-        let daemon = builder.start();
+        let daemon = DaemonBuilder::new("listen", &file)
+            .sock(&sock)
+            .arg("-v")
+            .args(style.args())
+            .start();
         let addr = daemon.addr();
         Listener {
             daemon,
@@ -219,9 +178,7 @@ impl Listener {
 
     #[track_caller]
     fn status(&self) -> String {
-        let reply = control(&self.sock, "status", &[]);
-        assert!(reply.starts_with("0: pid="), "status failed: {reply:?}");
-        reply
+        status_line(&self.sock)
     }
 
     /// Waits (bounded) until no client is connected, so the single slot is free.
@@ -298,6 +255,28 @@ fn spawn_cli(args: &[&OsStr]) -> Child {
         .expect("cannot run flexnbd")
 }
 
+/// `flexnbd mirror -s sock -l 127.0.0.1 -p port EXTRA`, to the end.
+#[track_caller]
+fn mirror_cli(sock: &Path, port: u16, extra: &[&str]) -> Output {
+    finish(spawn_mirror_cli(sock, port, extra), Duration::from_secs(40))
+}
+
+/// [`mirror_cli`], started.
+fn spawn_mirror_cli(sock: &Path, port: u16, extra: &[&str]) -> Child {
+    let port = port.to_string();
+    let mut args: Vec<&OsStr> = vec![
+        "mirror".as_ref(),
+        "-s".as_ref(),
+        sock.as_os_str(),
+        "-l".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port.as_ref(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    spawn_cli(&args)
+}
+
 /// The CLI exited `code` and said `message` on stdout (code 0) or stderr (otherwise).
 #[track_caller]
 fn assert_cli(out: &Output, code: i32, message: &str) {
@@ -332,101 +311,6 @@ fn assert_no_crash(status: ExitStatus, stderr: &str) {
 // ---------------------------------------------------------------------------
 // Fake destinations.
 
-/// A fake destination on 127.0.0.1: the first connection is handed to a
-/// script on its own thread; every later one (a retry) is recorded and
-/// closed at once, before any hello, as flexnbd-c's fakes do.
-struct FakeDest<R> {
-    addr: SocketAddr,
-    reconnects: mpsc::Receiver<Instant>,
-    script: mpsc::Receiver<JoinHandle<R>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl<R: Send + 'static> FakeDest<R> {
-    fn start(script: impl FnOnce(TcpStream) -> R + Send + 'static) -> FakeDest<R> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (reconnect_tx, reconnects) = mpsc::channel();
-        let (script_tx, script_rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let accept = std::thread::spawn(move || {
-            let mut script = Some(script);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                        match script.take() {
-                            Some(script) => {
-                                let _ = script_tx.send(std::thread::spawn(move || script(stream)));
-                            }
-                            None => {
-                                let _ = reconnect_tx.send(Instant::now());
-                                drop(stream);
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("fake destination: accept failed: {e}"),
-                }
-            }
-        });
-        FakeDest {
-            addr,
-            reconnects,
-            script: script_rx,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Whether the source connected again within `within`.
-    fn reconnected_within(&self, within: Duration) -> Option<Instant> {
-        self.reconnects.recv_timeout(within).ok()
-    }
-
-    /// The script's result; it must finish within `within`.
-    #[track_caller]
-    fn result(&self, within: Duration) -> R {
-        let deadline = Instant::now() + within;
-        let handle = self
-            .script
-            .recv_timeout(within)
-            .expect("the source never connected to the fake destination");
-        while !handle.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "the fake destination's script did not finish in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
-
-impl<R> Drop for FakeDest<R> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Reads one mirror WRITE (header and payload) and checks it is flexnbd-c's.
 #[track_caller]
 fn read_mirror_write(s: &mut TcpStream) -> Request {
@@ -448,7 +332,7 @@ fn assert_given_up<R: Send + 'static>(
 ) -> (R, Duration) {
     let env = TestEnv::new();
     let mut source = Source::start(&env, &pattern(SIZE as usize, 1), LIMIT);
-    let fake = FakeDest::start(script);
+    let fake = FakePeer::first_only(script);
     let started = Instant::now();
     let out = source.mirror(fake.port(), &[]);
     let took = started.elapsed();
@@ -458,7 +342,7 @@ fn assert_given_up<R: Send + 'static>(
         "{}",
         source.status()
     );
-    let result = fake.result(Duration::from_secs(15));
+    let result = fake.first_result(Duration::from_secs(15));
     assert!(
         fake.reconnected_within(NO_RETRY_WINDOW).is_none(),
         "the source retried a destination that failed before the migration started"
@@ -475,10 +359,10 @@ fn assert_given_up<R: Send + 'static>(
 fn assert_retried<R: Send + 'static>(script: impl FnOnce(TcpStream) -> R + Send + 'static) -> R {
     let env = TestEnv::new();
     let mut source = Source::start(&env, &pattern(SIZE as usize, 2), LIMIT);
-    let fake = FakeDest::start(script);
+    let fake = FakePeer::first_only(script);
     let out = source.mirror(fake.port(), &[]);
     assert_cli(&out, 0, "Mirror started");
-    let result = fake.result(Duration::from_secs(20));
+    let result = fake.first_result(Duration::from_secs(20));
     assert!(
         fake.reconnected_within(RETRY_WITHIN).is_some(),
         "the source did not reconnect within {RETRY_WITHIN:?}; stderr:\n{}",
@@ -513,7 +397,7 @@ fn unreachable_destination_fails_to_connect_and_leaves_no_mirror_behind() {
     let data = std::fs::read(&source.file).unwrap();
 
     // A second mirror is accepted, and this one completes.
-    let mut dest = Listener::start(&env, SIZE, Style::New);
+    let mut dest = Listener::start(&env, SIZE, Style::Newstyle);
     let out = source.mirror(dest.addr.port(), &[]);
     assert_cli(&out, 0, "Mirror started");
     let status = source.daemon.wait_exit(EXIT_WITHIN);
@@ -648,7 +532,7 @@ fn destination_closing_after_acking_everything_does_not_crash_the_source() {
     let pid = rustix::process::Pid::from_raw(source.daemon.pid() as i32).unwrap();
     // flexnbd-c's close_after_writes: one write (the whole 4 KiB export), its
     // ack and the close reach the source while it is stopped, so it sees them at once.
-    let fake = FakeDest::start(move |mut s| {
+    let fake = FakePeer::first_only(move |mut s| {
         send_hello(&mut s, SIZE, 0);
         let req = read_mirror_write(&mut s);
         assert_eq!((req.offset, req.len), (0, SIZE as u32));
@@ -661,7 +545,7 @@ fn destination_closing_after_acking_everything_does_not_crash_the_source() {
     });
     let out = source.mirror(fake.port(), &[]);
     assert_cli(&out, 0, "Mirror started");
-    fake.result(Duration::from_secs(15));
+    fake.first_result(Duration::from_secs(15));
     // Either it sent DISCONNECT into the closed socket and exits 0 by itself,
     // or it saw the close first and retries (then SIGTERM: exit 1). Never a crash.
     let status = match source.daemon.try_wait_exit(Duration::from_secs(5)) {
@@ -683,7 +567,7 @@ fn break_while_the_destination_is_connected_stops_without_reconnecting() {
     // command, which is still waiting for the hello.
     let (accepted_tx, accepted) = mpsc::channel();
     let (go_tx, go) = mpsc::channel::<()>();
-    let fake = FakeDest::start(move |mut s| {
+    let fake = FakePeer::first_only(move |mut s| {
         accepted_tx.send(()).unwrap();
         go.recv_timeout(Duration::from_secs(10)).unwrap();
         send_hello(&mut s, SIZE, 0);
@@ -693,8 +577,19 @@ fn break_while_the_destination_is_connected_stops_without_reconnecting() {
     let mirror = source.spawn_mirror(fake.port(), &[]);
     accepted.recv_timeout(Duration::from_secs(10)).unwrap();
     let sock = source.sock.clone();
+    assert_eq!(
+        queued_connections(&sock),
+        0,
+        "a control request is queued already"
+    );
     let brk = spawn_cli(&["break".as_ref(), "-s".as_ref(), sock.as_os_str()]);
-    std::thread::sleep(Duration::from_millis(300));
+    // The control thread serves one connection at a time and is busy with the
+    // mirror: the break's connection waits in the socket's backlog.
+    wait_until(
+        "the break queued behind the mirror",
+        Duration::from_secs(10),
+        || queued_connections(&sock) == 1,
+    );
     go_tx.send(()).unwrap();
     assert_cli(
         &finish(mirror, Duration::from_secs(20)),
@@ -703,7 +598,7 @@ fn break_while_the_destination_is_connected_stops_without_reconnecting() {
     );
     assert_cli(&finish(brk, Duration::from_secs(20)), 0, "mirror stopped");
     assert!(
-        fake.result(Duration::from_secs(20)),
+        fake.first_result(Duration::from_secs(20)),
         "the destination's connection was not closed by break"
     );
     assert!(
@@ -722,7 +617,7 @@ fn sigterm_while_mirroring_exits_1() {
     let env = TestEnv::new();
     let mut source = Source::start(&env, &pattern(SIZE as usize, 6), Duration::from_secs(30));
     let (written_tx, written) = mpsc::channel();
-    let fake = FakeDest::start(move |mut s| {
+    let fake = FakePeer::first_only(move |mut s| {
         send_hello(&mut s, SIZE, 0);
         read_mirror_write(&mut s);
         written_tx.send(()).unwrap();
@@ -740,7 +635,7 @@ fn sigterm_while_mirroring_exits_1() {
         source.daemon.stderr()
     );
     assert!(
-        fake.result(Duration::from_secs(20)),
+        fake.first_result(Duration::from_secs(20)),
         "the destination's connection was not closed"
     );
     assert!(source.file.exists(), "the source file went away");
@@ -754,7 +649,7 @@ fn sigterm_while_mirroring_exits_1() {
 /// export), which must announce [`SIZE`].
 #[track_caller]
 fn connect(addr: SocketAddr, style: Style) -> Client {
-    let c = Client::connect(addr, style.handshake());
+    let c = Client::connect(addr, style.export_name_handshake());
     assert_eq!(c.size, SIZE);
     c
 }
@@ -771,7 +666,7 @@ fn connect_when_free(addr: SocketAddr, style: Style) -> Client {
         match s.peek(&mut [0u8; 1]) {
             Ok(1) => {
                 let mut c = Client::new(s);
-                c.handshake(style.handshake());
+                c.handshake(style.export_name_handshake());
                 assert_eq!(c.size, SIZE);
                 return c;
             }
@@ -796,129 +691,123 @@ fn assert_closed_without_a_byte(s: &mut TcpStream) {
     }
 }
 
-fn connect_then_close(style: Style) {
+/// Starts a `listen` in `style`, lets `misbehave` do its worst to it, then
+/// checks it survives ([`Listener::assert_survives`]) and still takes a clean
+/// transfer.
+fn survives(style: Style, misbehave: impl FnOnce(&mut Listener)) {
     let env = TestEnv::new();
     let mut l = Listener::start(&env, SIZE, style);
-    drop(wire::tcp(l.addr));
-    l.assert_survives();
-    // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
-    drop(wire::tcp(l.addr));
+    misbehave(&mut l);
     l.assert_survives();
     l.finish_transfer();
+}
+
+fn connect_then_close(style: Style) {
+    survives(style, |l| {
+        drop(wire::tcp(l.addr));
+        l.assert_survives();
+        // flexnbd-c reconnects 0.5 s later; a second bare connect works too.
+        drop(wire::tcp(l.addr));
+    });
 }
 
 fn close_after_hello(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    drop(connect(l.addr, style));
-    l.assert_survives();
-    if style == Style::New {
-        // Also in the middle of the negotiation: greeting read, then gone.
-        let mut s = wire::tcp(l.addr);
-        let mut hello = [0u8; NewstyleHello::SIZE];
-        s.read_exact(&mut hello).unwrap();
-        drop(s);
-        l.assert_survives();
-    }
-    l.finish_transfer();
+    survives(style, |l| {
+        drop(connect(l.addr, style));
+        if style == Style::Newstyle {
+            l.assert_survives();
+            // Also in the middle of the negotiation: greeting read, then gone.
+            let mut s = wire::tcp(l.addr);
+            let mut hello = [0u8; NewstyleHello::SIZE];
+            s.read_exact(&mut hello).unwrap();
+            drop(s);
+        }
+    });
 }
 
 fn read_request_without_reading_the_hello(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
-    let mut s = wire::tcp(l.addr);
-    s.write_all(&wire::header(Cmd::READ, CmdFlags(0), 1, 0, SIZE as u32))
-        .unwrap();
-    let mut four = [0u8; 4];
-    s.read_exact(&mut four).unwrap();
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        // flexnbd-c's close_mid_read: a read request, 4 bytes read, close.
+        let mut s = wire::tcp(l.addr);
+        s.write_all(&wire::header(Cmd::READ, CmdFlags(0), 1, 0, SIZE as u32))
+            .unwrap();
+        let mut four = [0u8; 4];
+        s.read_exact(&mut four).unwrap();
+        drop(s);
+    });
 }
 
 fn second_connection_is_refused_and_the_first_continues(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut first = connect(l.addr, style);
-    let mut second = wire::tcp(l.addr);
-    assert_closed_without_a_byte(&mut second);
-    first.write(7, 2048, b"stillok!");
-    first.expect_reply(7, Errno::OK);
-    assert_eq!(first.read(8, 2048, 8), b"stillok!");
-    drop(first);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut first = connect(l.addr, style);
+        let mut second = wire::tcp(l.addr);
+        assert_closed_without_a_byte(&mut second);
+        first.write(7, 2048, b"stillok!");
+        first.expect_reply(7, Errno::OK);
+        assert_eq!(first.read(8, 2048, 8), b"stillok!");
+        drop(first);
+    });
 }
 
 fn connection_from_outside_the_acl_sees_eof(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    assert_eq!(control(&l.sock, "acl", &["127.0.0.1"]), "0: updated\n");
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0)).into())
-        .unwrap();
-    socket.connect_timeout(&l.addr.into(), IO_TIMEOUT).unwrap();
-    let mut banned: TcpStream = socket.into();
-    assert_closed_without_a_byte(&mut banned);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        assert_eq!(control(&l.sock, "acl", &["127.0.0.1"]), "0: updated\n");
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 0)).into())
+            .unwrap();
+        socket.connect_timeout(&l.addr.into(), IO_TIMEOUT).unwrap();
+        let mut banned: TcpStream = socket.into();
+        assert_closed_without_a_byte(&mut banned);
+    });
 }
 
 fn write_out_of_range_gets_an_error_and_the_next_write_works(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    let handle = u64::from_be_bytes(*b"myhandle");
-    s.write(handle, SIZE + 1, &[0xAB; 32]);
-    // ENOSPC in both handshakes, with the handle echoed and the payload drained.
-    s.expect_reply(handle, Errno::ENOSPC);
-    s.write(handle + 1, 0, b"in range");
-    s.expect_reply(handle + 1, Errno::OK);
-    drop(s);
-    l.assert_survives();
-    assert_eq!(&std::fs::read(&l.file).unwrap()[..8], b"in range");
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        let handle = u64::from_be_bytes(*b"myhandle");
+        s.write(handle, SIZE + 1, &[0xAB; 32]);
+        // ENOSPC in both handshakes, with the handle echoed and the payload drained.
+        s.expect_reply(handle, Errno::ENOSPC);
+        s.write(handle + 1, 0, b"in range");
+        s.expect_reply(handle + 1, Errno::OK);
+        drop(s);
+        assert_eq!(&std::fs::read(&l.file).unwrap()[..8], b"in range");
+    });
 }
 
 fn write_header_then_close(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    s.request(Cmd::WRITE, 1, 0, 8);
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        s.request(Cmd::WRITE, 1, 0, 8);
+        drop(s);
+    });
 }
 
 fn write_header_and_data_then_close(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    s.write(1, 8, b"partial!");
-    drop(s);
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        s.write(1, 8, b"partial!");
+        drop(s);
+    });
 }
 
 fn bad_magic_gets_an_error_and_does_not_hand_control_over(style: Style) {
-    let env = TestEnv::new();
-    let mut l = Listener::start(&env, SIZE, style);
-    let mut s = connect(l.addr, style);
-    let handle = u64::from_be_bytes(*b"myhandle");
-    let mut head = wire::header(Cmd::WRITE, CmdFlags(0), handle, 0, 0);
-    head[..4].fill(0);
-    s.s.write_all(&head).unwrap();
-    let r = s.reply();
-    assert_eq!(r.handle, handle);
-    assert_ne!(r.error, Errno::OK);
-    let mut rest = Vec::new();
-    s.s.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "bytes after the error reply: {rest:02x?}");
-    // flexnbd-c bug 14.3.1: C takes control here and exits 0.
-    l.assert_survives();
-    l.finish_transfer();
+    survives(style, |l| {
+        let mut s = connect(l.addr, style);
+        let handle = u64::from_be_bytes(*b"myhandle");
+        let mut head = wire::header(Cmd::WRITE, CmdFlags(0), handle, 0, 0);
+        head[..4].fill(0);
+        s.s.write_all(&head).unwrap();
+        let r = s.reply();
+        assert_eq!(r.handle, handle);
+        assert_ne!(r.error, Errno::OK);
+        let mut rest = Vec::new();
+        s.s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "bytes after the error reply: {rest:02x?}");
+        // flexnbd-c bug 14.3.1: C takes control here and exits 0.
+    });
 }
 
 fn sigterm_before_control_exits_1(style: Style) {
@@ -994,7 +883,7 @@ fn unsynced_after_a_write(style: Style) -> Option<u64> {
 /// write durable before it replies, as flexnbd-c's destination does.
 #[test]
 fn oldstyle_listen_makes_every_write_durable_before_its_reply() {
-    if let Some(pages) = unsynced_after_a_write(Style::Old) {
+    if let Some(pages) = unsynced_after_a_write(Style::Oldstyle) {
         assert_eq!(pages, 0, "pages still dirty after the reply to a WRITE");
     }
 }
@@ -1004,7 +893,7 @@ fn oldstyle_listen_makes_every_write_durable_before_its_reply() {
 /// also shows that the check above can see a write that was not synced.
 #[test]
 fn newstyle_listen_acknowledges_writes_from_the_page_cache() {
-    if let Some(pages) = unsynced_after_a_write(Style::New) {
+    if let Some(pages) = unsynced_after_a_write(Style::Newstyle) {
         assert!(
             pages > 0,
             "a write was synced before its reply without FUA or FLUSH"
@@ -1045,7 +934,7 @@ macro_rules! listen_scenarios {
     };
 }
 
-listen_scenarios!(listen_newstyle: super::Style::New, listen_oldstyle: super::Style::Old);
+listen_scenarios!(listen_newstyle: super::Style::Newstyle, listen_oldstyle: super::Style::Oldstyle);
 
 // ---------------------------------------------------------------------------
 // 3. The C flexnbd as the other end.
@@ -1060,7 +949,7 @@ fn c_flexnbd() -> Option<PathBuf> {
 #[track_caller]
 fn start_c(env: &TestEnv, c: &Path, mode: &str, file: &Path) -> (Daemon, SocketAddr, PathBuf) {
     let sock = env.sock_path_named(&format!("c-{mode}.sock"));
-    let (daemon, addr) = start_on_free_port(&sock, |port| {
+    let daemon = start_on_free_port(Some(&sock), |port| {
         let mut cmd = Command::new(c);
         cmd.arg(mode)
             .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f"])
@@ -1069,11 +958,8 @@ fn start_c(env: &TestEnv, c: &Path, mode: &str, file: &Path) -> (Daemon, SocketA
             .arg(&sock);
         cmd
     });
+    let addr = daemon.addr();
     (daemon, addr, sock)
-}
-
-fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().blocks() * 512
 }
 
 #[test]
@@ -1100,32 +986,16 @@ fn c_serve_mirrors_into_our_oldstyle_listen_and_holes_stay_holes() {
     );
 
     let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
-    let dest_file = env.image("dest.img", size);
-    let dest_sock = env.sock_path_named("dest.sock");
-    let mut dest = DaemonBuilder::new("listen", &dest_file)
-        .sock(&dest_sock)
-        .args(["-v", "--oldstyle"])
-        .start();
+    let mut dest = Listener::start(&env, size, Style::Oldstyle);
+    let dest_file = dest.file.clone();
 
     // Our CLI drives the C source: the control protocol is the same.
-    let port = dest.addr().port().to_string();
-    let out = finish(
-        spawn_cli(&[
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            c_sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-        ]),
-        Duration::from_secs(40),
-    );
+    let out = mirror_cli(&c_sock, dest.addr.port(), &[]);
     assert_cli(&out, 0, "Mirror started");
     let status = c_source.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
-    let status = dest.wait_exit(EXIT_WITHIN);
-    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    let status = dest.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.daemon.stderr());
     crate::support::assert_same_bytes(
         "destination",
         &std::fs::read(&dest_file).unwrap(),
@@ -1381,29 +1251,13 @@ fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
     let data = pattern(2 << 20, 11);
     let src = env.image_with("c-source.img", &data);
     let (mut c_source, _, c_sock) = start_c(&env, &c, "serve", &src);
-    let dest_file = env.image("dest.img", data.len() as u64);
-    let mut dest = DaemonBuilder::new("listen", &dest_file)
-        .sock(env.sock_path_named("dest.sock"))
-        .args(["-v", "--oldstyle"])
-        .start();
+    let mut dest = Listener::start(&env, data.len() as u64, Style::Oldstyle);
+    let dest_file = dest.file.clone();
     let (held_tx, held) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let (relay_addr, relay) = disconnect_holding_relay(dest.addr(), held_tx, release_rx);
+    let (relay_addr, relay) = disconnect_holding_relay(dest.addr, held_tx, release_rx);
 
-    let port = relay_addr.port().to_string();
-    let out = finish(
-        spawn_cli(&[
-            "mirror".as_ref(),
-            "-s".as_ref(),
-            c_sock.as_os_str(),
-            "-l".as_ref(),
-            "127.0.0.1".as_ref(),
-            "-p".as_ref(),
-            port.as_ref(),
-            "--unlink".as_ref(),
-        ]),
-        Duration::from_secs(40),
-    );
+    let out = mirror_cli(&c_sock, relay_addr.port(), &["--unlink"]);
     assert_cli(&out, 0, "Mirror started");
     held.recv_timeout(Duration::from_secs(60))
         .expect("the C source sent no DISCONNECT");
@@ -1417,8 +1271,8 @@ fn c_mirror_unlink_into_our_oldstyle_listen_finds_every_write_synced() {
     release.send(()).unwrap();
     let status = c_source.wait_exit(EXIT_WITHIN);
     assert_eq!(status.code(), Some(0), "{}", c_source.stderr());
-    let status = dest.wait_exit(EXIT_WITHIN);
-    assert_eq!(status.code(), Some(0), "{}", dest.stderr());
+    let status = dest.daemon.wait_exit(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(0), "{}", dest.daemon.stderr());
     relay.join().unwrap();
     crate::support::assert_same_bytes("destination", &std::fs::read(&dest_file).unwrap(), &data);
 }

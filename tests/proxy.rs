@@ -29,24 +29,24 @@
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, Opt};
-use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader, Request, SimpleReply};
+use flexnbd::proto::wire::{NewstyleHello, OldstyleHello, Request, SimpleReply};
 
 use crate::support::wire::{
-    Client, Handshake, Seen, closed_within, read_request, reply_bytes, send_hello,
+    self, Client, Seen, closed_within, read_request, reply_bytes, send_hello,
 };
 use crate::support::{
-    Daemon, DaemonBuilder, Ready, Signal, TestEnv, flexnbd_std, pattern, require_tool,
+    Daemon, DaemonBuilder, FakePeer, Ready, Signal, Style, TestEnv, flexnbd_std, pattern,
+    require_tool, wait_until,
 };
 
 /// The read timeout on every socket a test or fake uses.
@@ -58,36 +58,17 @@ const FLEXNBD_C_FLAGS: u32 = 13;
 /// The largest request the proxy relays (flexnbd-c's NBD_MAX_SIZE).
 const MAX_REQUEST: u32 = 32 << 20;
 
-/// The handshake the proxy speaks to its client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Style {
-    /// `--oldstyle`, as the C flexnbd-proxy.
-    Old,
-    /// Fixed newstyle, our default.
-    New,
-}
-
-impl Style {
-    /// How a client greets the proxy in this style.
-    fn handshake(self) -> Handshake {
-        match self {
-            Style::Old => Handshake::Oldstyle,
-            Style::New => Handshake::ExportName,
-        }
-    }
-}
-
 /// Two tests from one function: `<name>::oldstyle` and `<name>::newstyle`.
 macro_rules! both_styles {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]
             fn oldstyle() {
-                super::$name(super::Style::Old);
+                super::$name(super::Style::Oldstyle);
             }
             #[test]
             fn newstyle() {
-                super::$name(super::Style::New);
+                super::$name(super::Style::Newstyle);
             }
         }
     )*};
@@ -119,10 +100,7 @@ fn proxy_command(upstream: SocketAddr, style: Style, extra: &[&str]) -> Command 
         .arg(upstream.ip().to_string())
         .arg("-P")
         .arg(upstream.port().to_string());
-    if style == Style::Old {
-        cmd.arg("--oldstyle");
-    }
-    cmd.args(extra);
+    cmd.args(style.args()).args(extra);
     cmd
 }
 
@@ -144,11 +122,23 @@ fn start_proxy(upstream: SocketAddr, style: Style, extra: &[&str]) -> Daemon {
 /// both kinds of upstream are covered), newstyle otherwise.
 #[track_caller]
 fn start_upstream(file: &Path, style: Style) -> Daemon {
-    let mut builder = DaemonBuilder::new("serve", file);
-    if style == Style::Old {
-        builder = builder.arg("--oldstyle");
-    }
-    builder.start()
+    DaemonBuilder::new("serve", file).args(style.args()).start()
+}
+
+/// Our `serve` of `file` as the upstream ([`start_upstream`]) and a proxy
+/// to it in `style`: the upstream (keep it) and the proxy.
+#[track_caller]
+fn proxy_to_serve(file: &Path, style: Style) -> (Daemon, Daemon) {
+    let upstream = start_upstream(file, style);
+    let proxy = start_proxy(upstream.addr(), style, &[]);
+    (upstream, proxy)
+}
+
+/// The client disconnects, then the proxy stops cleanly ([`stop_proxy`]).
+#[track_caller]
+fn disconnect_and_stop(c: Client, proxy: &mut Daemon) {
+    c.disconnect();
+    stop_proxy(proxy);
 }
 
 /// SIGTERM: the proxy exits 0 (flexnbd-c's signal handler does too).
@@ -170,109 +160,11 @@ fn stop_proxy(proxy: &mut Daemon) {
 /// NO_ZEROES, EXPORT_NAME ""), reads and writes bounded by [`IO_TIMEOUT`].
 #[track_caller]
 fn connect(addr: SocketAddr, style: Style) -> Client {
-    Client::connect_within(addr, style.handshake(), IO_TIMEOUT)
+    Client::connect_within(addr, style.export_name_handshake(), IO_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------
-// Fake upstreams: a thread accepting connections and running a script on each.
-
-struct FakeUpstream<R> {
-    addr: SocketAddr,
-    /// Each connection's number and when it was accepted.
-    accepted: mpsc::Receiver<(usize, Instant)>,
-    /// Each script's outcome, in the order they finish.
-    results: mpsc::Receiver<(usize, std::thread::Result<R>)>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl<R: Send + 'static> FakeUpstream<R> {
-    /// Runs `script(n, stream)` on the n-th connection (0 is the proxy's start-up one).
-    fn start(script: impl Fn(usize, TcpStream) -> R + Send + Sync + 'static) -> FakeUpstream<R> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (accepted_tx, accepted) = mpsc::channel();
-        let (results_tx, results) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let script = Arc::new(script);
-        let accept = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut n = 0;
-            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline && n < 20 {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = accepted_tx.send((n, Instant::now()));
-                        stream.set_nonblocking(false).unwrap();
-                        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                        let script = script.clone();
-                        let results_tx = results_tx.clone();
-                        std::thread::spawn(move || {
-                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                script(n, stream)
-                            }));
-                            let _ = results_tx.send((n, r));
-                        });
-                        n += 1;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("fake upstream: accept failed: {e}"),
-                }
-            }
-        });
-        FakeUpstream {
-            addr,
-            accepted,
-            results,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
-    /// When connection `n` was accepted (waiting up to `within`).
-    #[track_caller]
-    fn accepted(&self, n: usize, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.accepted.recv_timeout(left) {
-                Ok((i, at)) if i == n => return at,
-                Ok(_) => {}
-                Err(_) => panic!("the proxy did not make connection {n} within {within:?}"),
-            }
-        }
-    }
-
-    /// The result of connection `n`'s script (waiting up to `within`).
-    #[track_caller]
-    fn result(&self, n: usize, within: Duration) -> R {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.results.recv_timeout(left) {
-                Ok((i, r)) if i == n => match r {
-                    Ok(r) => return r,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                Ok(_) => {}
-                Err(_) => panic!("the fake upstream's connection {n} did not finish in {within:?}"),
-            }
-        }
-    }
-}
-
-impl<R> Drop for FakeUpstream<R> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
+// What the fake upstreams ([`FakePeer`]) serve.
 
 /// Answers `req`: error 0, with `len` bytes of `data_at(offset)` for a READ.
 fn answer(s: &mut TcpStream, req: &Request) {
@@ -296,8 +188,7 @@ fn reads_and_writes_are_proxied(style: Style) {
     let env = TestEnv::new();
     let data = pattern(16 * 1024, 6);
     let file = env.image_with("disc.img", &data);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.size, data.len() as u64);
     for i in 0..4u64 {
@@ -321,8 +212,7 @@ fn reads_and_writes_are_proxied(style: Style) {
             "write {i} did not reach the file"
         );
     }
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 /// A fake that closes after receiving the first request, then answers it on
@@ -331,7 +221,7 @@ fn resend_after_close(
     style: Style,
     send: impl FnOnce(&mut Client) -> Vec<u8>,
 ) -> (Seen, Seen, Vec<u8>) {
-    let fake = FakeUpstream::start(|n, mut s| {
+    let fake = FakePeer::start(|n, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let seen = read_request(&mut s);
         if n > 0 {
@@ -340,12 +230,11 @@ fn resend_after_close(
         }
         seen
     });
-    let mut proxy = start_proxy(fake.addr, style, &[]);
+    let mut proxy = start_proxy(fake.addr(), style, &[]);
     let mut c = connect(proxy.addr(), style);
     let got = send(&mut c);
     let first = fake.result(0, Duration::from_secs(15));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let second = fake.result(1, Duration::from_secs(15));
     (first, second, got)
 }
@@ -378,7 +267,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     let len = 8 << 20;
     let connection_1 = Arc::new(AtomicBool::new(false));
     let seen_1 = connection_1.clone();
-    let fake = FakeUpstream::start(move |n, mut s| {
+    let fake = FakePeer::start(move |n, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         if n == 0 {
             let mut head = [0u8; Request::SIZE];
@@ -397,7 +286,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
         assert_eq!(seen.payload.len(), len);
         Some((seen.head, Instant::now()))
     });
-    let mut cmd = proxy_command(fake.addr, style, &[]);
+    let mut cmd = proxy_command(fake.addr(), style, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", TIMEOUT_SECS.to_string());
     let mut proxy = start_proxy_command(cmd);
     let mut c = connect(proxy.addr(), style);
@@ -416,8 +305,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     );
     let (c, error) = writer.join().unwrap();
     assert_eq!(error, Errno::OK);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let (second, _) = fake.result(1, Duration::from_secs(15)).unwrap();
     assert_eq!(first, second, "the resent header differs");
     assert!(
@@ -432,7 +320,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     // FLEXNBD_UPSTREAM_TIMEOUT=3. The first request is answered at once; the
     // second is sent 2 s later and answered 1.5 s after that, within the
     // timeout. The proxy must not give up on it 3 s after the first reply.
-    let fake = FakeUpstream::start(|_, mut s| {
+    let fake = FakePeer::start(|_, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut answered = 0;
         while let Ok(head) = {
@@ -448,15 +336,14 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
         }
         answered
     });
-    let mut cmd = proxy_command(fake.addr, Style::New, &[]);
+    let mut cmd = proxy_command(fake.addr(), Style::Newstyle, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", "3");
     let mut proxy = start_proxy_command(cmd);
-    let mut c = connect(proxy.addr(), Style::New);
+    let mut c = connect(proxy.addr(), Style::Newstyle);
     assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
     std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while
     assert_eq!(c.read(2, 512, 512), fake_data(512, 512));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     assert_eq!(
         fake.result(0, Duration::from_secs(15)),
         2,
@@ -472,8 +359,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
 fn maximum_write_request_size(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 40 << 20);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     let data = pattern(MAX_REQUEST as usize, 9);
     assert_eq!(c.write_reply(1, 4096, &data), Errno::OK);
@@ -484,15 +370,13 @@ fn maximum_write_request_size(style: Style) {
     let too_long = vec![1u8; MAX_REQUEST as usize + 4096];
     assert_eq!(c.write_reply(2, 0, &too_long), Errno::EINVAL);
     assert_eq!(c.read(3, 4096, 512), data[..512]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     // flexnbd-c's test: block 1000 of a 16-block disc; its server says ENOSPC (28).
     assert_eq!(c.write_reply(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
@@ -501,15 +385,13 @@ fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
         Errno::OK,
         "the session did not go on"
     );
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn only_one_client_at_a_time(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut first = connect(proxy.addr(), style);
     let mut second = TcpStream::connect_timeout(&proxy.addr(), IO_TIMEOUT).unwrap();
     second
@@ -525,10 +407,9 @@ fn only_one_client_at_a_time(style: Style) {
     // Once the first has gone, the waiting one is served.
     second.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut c = Client::new(second);
-    c.handshake(style.handshake());
+    c.handshake(style.export_name_handshake());
     assert_eq!(c.read(2, 0, 512), vec![7; 512]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 fn unreachable_upstream_at_start_is_an_error_exit(style: Style) {
@@ -539,10 +420,8 @@ fn unreachable_upstream_at_start_is_an_error_exit(style: Style) {
     let mut cmd = flexnbd_std();
     cmd.args(["proxy", "-l"])
         .arg(&path)
-        .args(["-C", "127.0.0.1", "-P", &port.to_string()]);
-    if style == Style::Old {
-        cmd.arg("--oldstyle");
-    }
+        .args(["-C", "127.0.0.1", "-P", &port.to_string()])
+        .args(style.args());
     let out = cmd.stderr(Stdio::piped()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // flexnbd-c exits 0 here (a bug, behaviour doc 1.5); its README and ours say error.
@@ -560,7 +439,7 @@ fn unreachable_upstream_at_start_is_an_error_exit(style: Style) {
 fn several_requests_in_flight_are_all_resent(style: Style) {
     // The fake takes four requests, closes without answering, then answers
     // all four on the next connection (in reverse order).
-    let fake = FakeUpstream::start(|n, mut s| {
+    let fake = FakePeer::start(|n, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let seen: Vec<Seen> = (0..4).map(|_| read_request(&mut s)).collect();
         if n > 0 {
@@ -571,7 +450,7 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
         }
         seen
     });
-    let mut proxy = start_proxy(fake.addr, style, &[]);
+    let mut proxy = start_proxy(fake.addr(), style, &[]);
     let mut c = connect(proxy.addr(), style);
     let write = pattern(1024, 10);
     c.send(Cmd::READ, CmdFlags(0), 10, 0, 1024, &[]);
@@ -599,8 +478,7 @@ fn several_requests_in_flight_are_all_resent(style: Style) {
     assert_eq!(got[&10], fake_data(0, 1024));
     assert_eq!(got[&12], fake_data(2048, 512));
     assert_eq!(got[&13], fake_data(4096, 4096));
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let first = fake.result(0, Duration::from_secs(15));
     let second = fake.result(1, Duration::from_secs(15));
     assert_eq!(
@@ -615,7 +493,7 @@ fn requests_in_flight_are_bounded() {
     // The fake takes 64 requests and answers none: no 65th may come within
     // a second. Then it answers everything.
     const SENT: u64 = 100;
-    let fake = FakeUpstream::start(|_, mut s| {
+    let fake = FakePeer::start(|_, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut held: Vec<Request> = (0..64).map(|_| read_request(&mut s).req).collect();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -642,8 +520,8 @@ fn requests_in_flight_are_bounded() {
         closed_within(&mut s, IO_TIMEOUT);
         first_batch
     });
-    let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = connect(proxy.addr(), Style::New);
+    let mut proxy = start_proxy(fake.addr(), Style::Newstyle, &[]);
+    let mut c = connect(proxy.addr(), Style::Newstyle);
     for i in 0..SENT {
         c.send(
             Cmd::WRITE,
@@ -663,14 +541,13 @@ fn requests_in_flight_are_bounded() {
         .collect();
     handles.sort_unstable();
     assert_eq!(handles, (0..SENT).collect::<Vec<_>>());
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     assert_eq!(fake.result(0, Duration::from_secs(15)), 64);
 }
 
 fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
     // One connection that records every request it answers.
-    let fake = FakeUpstream::start(|_, mut s| {
+    let fake = FakePeer::start(|_, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut seen = Vec::new();
         loop {
@@ -687,7 +564,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
             seen.push((req.cmd, req.offset, req.len));
         }
     });
-    let mut proxy = start_proxy(fake.addr, style, &["--cache=8192"]);
+    let mut proxy = start_proxy(fake.addr(), style, &["--cache=8192"]);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.read(1, 0, 4096), fake_data(0, 4096));
     assert_eq!(c.read(2, 4096, 4096), fake_data(4096, 4096)); // from the cache
@@ -695,8 +572,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
     assert_eq!(c.write_reply(4, 0, &[0; 512]), Errno::OK); // empties it
     assert_eq!(c.read(5, 4096, 1024), fake_data(4096, 1024));
     assert_eq!(c.read(6, 12 * 1024, 4096), fake_data(12 * 1024, 4096)); // 2x would pass the end
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     let seen = fake.result(0, Duration::from_secs(15));
     assert_eq!(
         seen,
@@ -712,8 +588,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
 fn sigterm_mid_session_exits_0(style: Style) {
     let env = TestEnv::new();
     let file = env.image("disc.img", 16 * 1024);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.write_reply(1, 0, &[1; 512]), Errno::OK);
     proxy.signal(Signal::TERM);
@@ -728,8 +603,7 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
     let env = TestEnv::new();
     let data = pattern(16 * 1024, 13);
     let file = env.image_with("disc.img", &data);
-    let upstream = start_upstream(&file, style);
-    let mut proxy = start_proxy(upstream.addr(), style, &[]);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
     let addr = proxy.addr();
     let closed = |mut s: TcpStream| {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -742,21 +616,15 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
     s.write_all(&[0xff; 64]).unwrap();
     closed(s);
 
-    if style == Style::New {
+    if style == Style::Newstyle {
         // An option claiming 4 GiB of payload.
         let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.read_exact(&mut [0u8; NewstyleHello::SIZE]).unwrap();
         s.write_all(&ClientFlags::FIXED_NEWSTYLE.0.to_be_bytes())
             .unwrap();
-        let mut head = [0u8; OptionHeader::SIZE];
-        OptionHeader {
-            opt: Opt::GO,
-            len: 0,
-        }
-        .encode(&mut head);
-        head[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        s.write_all(&head).unwrap();
+        s.write_all(&wire::option_header(Opt::GO, u32::MAX))
+            .unwrap();
         closed(s);
     }
 
@@ -777,8 +645,7 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 
     let mut c = connect(addr, style);
     assert_eq!(c.read(6, 4096, 4096), data[4096..8192]);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 #[test]
@@ -787,7 +654,7 @@ fn sigterm_while_the_client_does_not_read_its_replies_exits_0() {
     // client: the proxy is stuck writing replies, and must still stop.
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = answered.clone();
-    let fake = FakeUpstream::start(move |_, mut s| {
+    let fake = FakePeer::start(move |_, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         while let Ok(head) = {
             let mut head = [0u8; Request::SIZE];
@@ -806,8 +673,8 @@ fn sigterm_while_the_client_does_not_read_its_replies_exits_0() {
             counter.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = connect(proxy.addr(), Style::New);
+    let mut proxy = start_proxy(fake.addr(), Style::Newstyle, &[]);
+    let mut c = connect(proxy.addr(), Style::Newstyle);
     for i in 0..64 {
         c.send(Cmd::READ, CmdFlags(0), i, 0, 1 << 20, &[]);
     }
@@ -839,9 +706,8 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
     let env = TestEnv::new();
     let file = env.image_with("disc.img", &pattern(64 * 1024, 11));
-    let upstream = start_upstream(&file, Style::New);
-    let mut proxy = start_proxy(upstream.addr(), Style::New, &[]);
-    let mut c = connect(proxy.addr(), Style::New);
+    let (_upstream, mut proxy) = proxy_to_serve(&file, Style::Newstyle);
+    let mut c = connect(proxy.addr(), Style::Newstyle);
     let flags = F(c.flags);
     for f in [
         F::SEND_FLUSH,
@@ -871,15 +737,14 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         on_disc[8192..16384].iter().all(|&b| b == 0),
         "WRITE_ZEROES did not zero"
     );
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
 }
 
 #[test]
 fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
     use flexnbd::proto::types::TransmissionFlags as F;
     // Behind a flexnbd-c-style upstream (flags 13: FLUSH and FUA only).
-    let fake = FakeUpstream::start(|_, mut s| {
+    let fake = FakePeer::start(|_, mut s| {
         send_hello(&mut s, FAKE_SIZE, FLEXNBD_C_FLAGS);
         let mut seen = Vec::new();
         while let Ok(head) = {
@@ -896,8 +761,8 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         }
         seen
     });
-    let mut proxy = start_proxy(fake.addr, Style::New, &[]);
-    let mut c = connect(proxy.addr(), Style::New);
+    let mut proxy = start_proxy(fake.addr(), Style::Newstyle, &[]);
+    let mut c = connect(proxy.addr(), Style::Newstyle);
     let flags = F(c.flags);
     assert!(
         flags.contains(F::SEND_FLUSH) && flags.contains(F::SEND_FUA),
@@ -915,8 +780,7 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
     assert_eq!(c.reply().error, Errno::OK);
     c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
     assert_eq!(c.reply().error, Errno::OK);
-    c.disconnect();
-    stop_proxy(&mut proxy);
+    disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(
         fake.result(0, Duration::from_secs(15)),
@@ -929,7 +793,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
     let env = TestEnv::new();
     let mut data = pattern(256 * 1024, 12);
     let file = env.image_with("disc.img", &data);
-    let upstream = start_upstream(&file, Style::Old);
+    let upstream = start_upstream(&file, Style::Oldstyle);
     let link = env.child("flexnbd-proxy");
     std::os::unix::fs::symlink(crate::support::flexnbd_path(), &link).unwrap();
 
@@ -1029,15 +893,6 @@ fn fio_job(size: u64) -> Vec<String> {
     .collect()
 }
 
-#[track_caller]
-fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn live_migration_behind_the_proxy_loses_no_write() {
     if !require_tool("fio") {
@@ -1052,7 +907,7 @@ fn live_migration_behind_the_proxy_loses_no_write() {
     let mut listen = DaemonBuilder::new("listen", &dst)
         .sock(env.sock_path_named("dest.sock"))
         .start();
-    let mut proxy = start_proxy(source.addr(), Style::New, &[]);
+    let mut proxy = start_proxy(source.addr(), Style::Newstyle, &[]);
     let uri = format!("nbd://127.0.0.1:{}", proxy.port());
 
     // Rate-limited, so that the writes outlast the migration by far.
@@ -1194,7 +1049,7 @@ fn a_migration_never_has_overlapping_writes_in_flight() {
     // stuck sending it while the client writes, then holds the reply for
     // another second, and records every WRITE that arrives overlapping one
     // it has not answered yet.
-    let fake = FakeUpstream::start(move |n, mut s| {
+    let fake = FakePeer::start(move |n, mut s| {
         if n > 0 {
             return Vec::new();
         }
@@ -1259,7 +1114,7 @@ fn a_migration_never_has_overlapping_writes_in_flight() {
     let out = crate::support::flexnbd()
         .args(["mirror", "-s"])
         .arg(&sock)
-        .args(["-l", "127.0.0.1", "-p", &fake.addr.port().to_string()])
+        .args(["-l", "127.0.0.1", "-p", &fake.addr().port().to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

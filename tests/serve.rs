@@ -54,6 +54,18 @@ impl Harness {
         Harness::start(size, ServerConfig::default())
     }
 
+    /// A server speaking the old-style handshake, as flexnbd-c.
+    pub(crate) fn start_oldstyle(size: u64) -> Harness {
+        Harness::with(size, |c| c.oldstyle = true)
+    }
+
+    /// A server with the default configuration as `configure` changes it.
+    pub(crate) fn with(size: u64, configure: impl FnOnce(&mut ServerConfig)) -> Harness {
+        let mut config = ServerConfig::default();
+        configure(&mut config);
+        Harness::start(size, config)
+    }
+
     /// The server's NBD URI.
     pub(crate) fn uri(&self) -> String {
         format!("nbd://{}", self.addr)
@@ -131,13 +143,7 @@ fn write_then_read_back() {
 
 #[test]
 fn long_write_on_top_of_short_write_is_respected() {
-    let h = Harness::start(
-        1024,
-        ServerConfig {
-            oldstyle: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::start_oldstyle(1024);
     let mut c = h.oldstyle();
     c.write(1, 0, &[0xff]);
     c.expect_reply(1, Errno::OK);
@@ -148,13 +154,7 @@ fn long_write_on_top_of_short_write_is_respected() {
 
 #[test]
 fn oldstyle_hello_is_flexnbd_c_byte_for_byte() {
-    let h = Harness::start(
-        1535,
-        ServerConfig {
-            oldstyle: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::start_oldstyle(1535);
     let mut s = h.tcp();
     let mut hello = [0u8; OldstyleHello::SIZE];
     s.read_exact(&mut hello).unwrap();
@@ -285,13 +285,7 @@ fn out_of_range_requests_get_errors_and_the_connection_survives() {
 
 #[test]
 fn oldstyle_out_of_range_is_enospc_like_flexnbd_c() {
-    let h = Harness::start(
-        1024,
-        ServerConfig {
-            oldstyle: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::start_oldstyle(1024);
     let mut c = h.oldstyle();
     c.request(Cmd::READ, 1, 1024, 1);
     c.expect_reply(1, Errno::ENOSPC);
@@ -366,14 +360,8 @@ fn garbage_and_truncated_handshakes_are_dropped() {
     // An option length over the limit: dropped before anything is allocated.
     let mut r = Client::new(h.tcp());
     r.newstyle_hello();
-    let mut head = [0u8; OptionHeader::SIZE];
-    OptionHeader {
-        opt: Opt::GO,
-        len: 0x4000_0000,
-    }
-    .encode(&mut head);
-    head[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-    r.s.write_all(&head).unwrap();
+    r.s.write_all(&wire::option_header(Opt::GO, u32::MAX))
+        .unwrap();
     assert!(r.rest().is_empty());
     // Everyone else is still served.
     let mut c = h.client(false);
@@ -563,13 +551,7 @@ fn zero_writes_into_holes_keep_the_file_sparse() {
 
 #[test]
 fn read_only_refuses_writes_with_eperm() {
-    let h = Harness::start(
-        4096,
-        ServerConfig {
-            read_only: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(4096, |c| c.read_only = true);
     let mut c = h.client(false);
     c.write(1, 0, &[1u8; 100]);
     c.expect_reply(1, Errno::EPERM);
@@ -586,13 +568,7 @@ fn read_only_refuses_writes_with_eperm() {
 #[test]
 fn acl_denies_without_a_byte_and_runtime_change_disconnects() {
     let allow_other: AclEntry = "10.0.0.1".parse().unwrap();
-    let h = Harness::start(
-        4096,
-        ServerConfig {
-            acl: Acl::new(vec![allow_other], false),
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(4096, |c| c.acl = Acl::new(vec![allow_other], false));
     let mut s = h.tcp();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
@@ -608,13 +584,7 @@ fn acl_denies_without_a_byte_and_runtime_change_disconnects() {
 
 #[test]
 fn default_deny_with_empty_acl_denies_everyone() {
-    let h = Harness::start(
-        4096,
-        ServerConfig {
-            acl: Acl::new(vec![], true),
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(4096, |c| c.acl = Acl::new(vec![], true));
     let mut s = h.tcp();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
@@ -623,13 +593,7 @@ fn default_deny_with_empty_acl_denies_everyone() {
 
 #[test]
 fn clients_over_the_limit_are_closed_at_once() {
-    let h = Harness::start(
-        4096,
-        ServerConfig {
-            max_clients: 2,
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(4096, |c| c.max_clients = 2);
     let _a = h.client(false);
     let _b = h.client(false);
     h.wait_clients(2);
@@ -705,13 +669,7 @@ fn shutdown_answers_requests_in_flight_then_closes() {
 
 #[test]
 fn disconnect_in_listen_mode_hands_control_over() {
-    let mut h = Harness::start(
-        4096,
-        ServerConfig {
-            listen_mode: true,
-            ..Default::default()
-        },
-    );
+    let mut h = Harness::with(4096, |c| c.listen_mode = true);
     assert!(!h.server.has_control());
     let mut c = h.client(false);
     c.write(1, 0, &[1u8; 8]);
@@ -723,13 +681,7 @@ fn disconnect_in_listen_mode_hands_control_over() {
 
 #[test]
 fn bad_magic_in_listen_mode_does_not_hand_control_over() {
-    let h = Harness::start(
-        4096,
-        ServerConfig {
-            listen_mode: true,
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(4096, |c| c.listen_mode = true);
     let mut c = h.client(false);
     c.s.write_all(&[0u8; Request::SIZE]).unwrap();
     c.expect_reply(0, Errno::EBADMSG);
@@ -742,13 +694,7 @@ fn bad_magic_in_listen_mode_does_not_hand_control_over() {
 
 #[test]
 fn killswitch_drops_a_stalled_request() {
-    let h = Harness::start(
-        1 << 20,
-        ServerConfig {
-            killswitch: Some(Duration::from_millis(300)),
-            ..Default::default()
-        },
-    );
+    let h = Harness::with(1 << 20, |c| c.killswitch = Some(Duration::from_millis(300)));
     let mut idle = h.client(false);
     let mut c = h.client(false);
     c.request(Cmd::WRITE, 1, 0, 4096); // the payload never comes

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use rustix::process::Signal;
 
-use super::{flexnbd_std, free_port};
+use super::{Style, TestEnv, flexnbd_std, free_port};
 
 /// How long a daemon may take to become ready.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,6 +152,17 @@ impl Daemon {
     /// A builder for `flexnbd serve` on `file`.
     pub(crate) fn serve(file: impl AsRef<Path>) -> DaemonBuilder {
         DaemonBuilder::new("serve", file)
+    }
+
+    /// `flexnbd serve` on `disk`, started, with `env`'s control socket
+    /// ([`TestEnv::sock_path`]), in `style`, plus `args`.
+    #[track_caller]
+    pub(crate) fn serve_in(env: &TestEnv, disk: &Path, style: Style, args: &[&str]) -> Daemon {
+        Daemon::serve(disk)
+            .sock(env.sock_path())
+            .args(style.args())
+            .args(args)
+            .start()
     }
 
     /// Spawns `cmd` (stdin from `/dev/null`, stdout and stderr to files) without
@@ -400,6 +411,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A fresh [`TestEnv`] holding a sparse `disk.img` of `size` bytes, served
+/// as [`Daemon::serve_in`] does. Keep the `TestEnv` (as `_env` if unused):
+/// dropping it removes the directory.
+#[track_caller]
+pub(crate) fn serve_image(size: u64, style: Style, args: &[&str]) -> (TestEnv, PathBuf, Daemon) {
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", size);
+    let d = Daemon::serve_in(&env, &disk, style, args);
+    (env, disk, d)
+}
+
 /// How the builder chooses the NBD port.
 #[derive(Debug, Clone, Copy)]
 enum PortChoice {
@@ -420,6 +442,7 @@ pub(crate) struct DaemonBuilder {
     port: PortChoice,
     sock: Option<PathBuf>,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl DaemonBuilder {
@@ -432,6 +455,7 @@ impl DaemonBuilder {
             port: PortChoice::Free,
             sock: None,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -474,6 +498,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Sets the environment variable `key` (e.g. `FLEXNBD_MS_REQUEST_LIMIT_SECS`).
+    pub(crate) fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
     /// The command line for `port` (for messages, or to spawn by hand).
     pub(crate) fn command(&self, port: u16) -> Command {
         let mut cmd = flexnbd_std();
@@ -491,6 +522,7 @@ impl DaemonBuilder {
             cmd.arg("-v");
         }
         cmd.args(&self.args);
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -565,17 +597,37 @@ fn connectable(addr: IpAddr) -> IpAddr {
 }
 
 /// Spawns `cmd_for(port)` on free ports until one is not taken meanwhile,
-/// and waits for its control socket `sock`; returns it with its port.
+/// and waits until it is ready: its control socket `sock` accepts a
+/// connection if given, else the port does. Its [`Daemon::addr`] is
+/// 127.0.0.1 and the port.
+///
+/// For servers the builder cannot describe: other programs (nbdkit, the C
+/// flexnbd) or an environment of their own.
 #[track_caller]
-pub(crate) fn spawn_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, u16) {
-    for _ in 0..5 {
-        let port = super::free_port();
-        let mut daemon = Daemon::spawn(cmd_for(port), vec![Ready::Sock(sock.to_owned())]);
-        match daemon.try_wait_ready(Duration::from_secs(10)) {
-            Ok(()) => return (daemon, port),
+pub(crate) fn start_on_free_port(sock: Option<&Path>, cmd_for: impl Fn(u16) -> Command) -> Daemon {
+    for _ in 0..START_ATTEMPTS {
+        let port = free_port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let ready = match sock {
+            Some(sock) => Ready::Sock(sock.to_owned()),
+            None => Ready::Tcp(addr),
+        };
+        let mut daemon = Daemon::spawn(cmd_for(port), vec![ready]);
+        daemon.addr = Some(addr);
+        match daemon.try_wait_ready(READY_TIMEOUT) {
+            Ok(()) => return daemon,
             Err(e) if e.is_addr_in_use() => continue,
-            Err(e) => panic!("daemon did not start: {e}"),
+            Err(e) => panic!("{}: {e}", daemon.name),
         }
     }
-    panic!("no free port after 5 attempts");
+    panic!("no free port after {START_ATTEMPTS} attempts");
+}
+
+/// [`start_on_free_port`] waiting for the control socket `sock`; the daemon
+/// and its port.
+#[track_caller]
+pub(crate) fn spawn_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) -> (Daemon, u16) {
+    let daemon = start_on_free_port(Some(sock), cmd_for);
+    let port = daemon.port();
+    (daemon, port)
 }

@@ -119,3 +119,43 @@ pub(crate) fn free_port() -> u16 {
         .expect("cannot bind 127.0.0.1:0")
         .port()
 }
+
+/// A TCP port on 127.0.0.1 that refuses connections, and that nobody else
+/// can take while the socket returned is kept: bound, never listening.
+/// (A port from [`free_port`] may be taken by a server started meanwhile.)
+#[track_caller]
+pub(crate) fn refusing_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+    socket
+        .bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("cannot bind 127.0.0.1:0");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address")
+        .port();
+    (socket, port)
+}
+
+/// The bytes allocated on disk for `path`.
+#[track_caller]
+pub(crate) fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()))
+        .blocks()
+        * 512
+}
+
+/// `len` bytes of the file at `path`, from `offset`.
+#[track_caller]
+pub(crate) fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut buf = vec![0u8; usize::try_from(len).expect("range fits in memory")];
+    file.read_exact_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    buf
+}

@@ -6,7 +6,11 @@
 //!   ports ([`env`]).
 //! - [`Daemon`]: a long-running `flexnbd serve` owned by a test, killed on
 //!   drop ([`daemon`]).
-//! - [`control`]: raw requests to a control socket.
+//! - [`commands`]: `flexnbd read`, `write`, `status`... run to completion,
+//!   and their output checked.
+//! - [`control`]: raw requests to a control socket, and the `status` line.
+//! - [`fake_peer`]: [`FakePeer`], a fake upstream or migration destination on
+//!   a test thread.
 //! - [`wire`]: NBD byte by byte, a raw client and the pieces of a fake server.
 //! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
 //!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
@@ -15,6 +19,7 @@
 //! - [`finish`]: a CLI child's output, within a time limit.
 //! - [`assert_same_bytes`]: compares large buffers and reports the first
 //!   difference instead of dumping megabytes.
+//! - [`wait_until`]: a condition polled with a deadline.
 //!
 //! Every helper is bounded in time and uses only 127.0.0.1.
 
@@ -22,9 +27,11 @@
 // always unused from the point of view of one module.
 #![allow(dead_code)]
 
+pub(crate) mod commands;
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod env;
+pub(crate) mod fake_peer;
 pub(crate) mod wire;
 
 use std::ffi::OsStr;
@@ -34,10 +41,14 @@ use std::time::{Duration, Instant};
 
 // Re-exported for test modules, which may not use all of them yet.
 #[allow(unused_imports)]
-pub(crate) use control::{control, control_raw};
+pub(crate) use control::{control, control_raw, status_value};
 #[allow(unused_imports)]
 pub(crate) use daemon::{Daemon, DaemonBuilder, Ready, Signal, StartError};
-pub(crate) use env::{TestEnv, free_port, pattern};
+pub(crate) use env::{TestEnv, allocated, free_port, pattern, read_range};
+#[allow(unused_imports)]
+pub(crate) use fake_peer::FakePeer;
+#[allow(unused_imports)]
+pub(crate) use wire::Style;
 
 /// The longest any single command run through [`flexnbd`] or [`tool`] may take.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -287,6 +298,20 @@ pub(crate) fn finish(mut child: Child, timeout: Duration) -> Output {
     }
     child.wait_with_output().expect("output of the CLI")
 }
+
+/// Waits until `cond` holds, polling every [`POLL`]; panics naming `what` if
+/// it does not within `within`.
+#[track_caller]
+pub(crate) fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// How often [`wait_until`] polls.
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Output as text, for assertion messages.
 pub(crate) fn text(bytes: &[u8]) -> String {

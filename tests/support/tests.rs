@@ -53,6 +53,14 @@ fn free_port_can_be_bound() {
 }
 
 #[test]
+fn refusing_port_refuses_and_cannot_be_taken() {
+    let (_held, port) = env::refusing_port();
+    let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("connected");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
+}
+
+#[test]
 fn logged_port_and_addr_in_use_are_recognised() {
     let line = "8697814:I:15606 main disk.img src/net.rs:148: Bound to 127.0.0.1 port 4777\n";
     assert_eq!(
@@ -209,6 +217,33 @@ fn control_sends_lines_and_returns_the_reply() {
 }
 
 #[test]
+fn status_pairs_come_from_a_reply_a_line_or_a_transcript() {
+    let pairs = |text| control::status_pairs(text);
+    let want = vec![
+        ("pid".to_owned(), "7".to_owned()),
+        ("size".to_owned(), "512".to_owned()),
+    ];
+    assert_eq!(pairs("0: pid=7 size=512 \n"), want);
+    assert_eq!(pairs("pid=7 size=512 \n"), want);
+    assert_eq!(pairs("0 | pid=7 size=512 \n | "), want);
+    assert!(pairs("10: unknown command\n").is_empty());
+}
+
+#[test]
+fn queued_connections_counts_the_backlog() {
+    let env = TestEnv::new();
+    let sock = env.sock_path();
+    let listener = UnixListener::bind(&sock).expect("bind");
+    assert_eq!(control::queued_connections(&sock), 0);
+    let first = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    let _second = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    assert_eq!(control::queued_connections(&sock), 2);
+    let accepted = listener.accept().expect("accept");
+    assert_eq!(control::queued_connections(&sock), 1);
+    drop((first, accepted));
+}
+
+#[test]
 fn flexnbd_command_has_a_clean_environment() {
     let cmd = flexnbd_std();
     let removed: Vec<_> = cmd
@@ -231,23 +266,9 @@ fn serve_builder_command_line() {
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    assert_eq!(
-        args,
-        [
-            "serve",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "4777",
-            "-f",
-            "/tmp/disk.img",
-            "-s",
-            "/tmp/ctl.sock",
-            "--oldstyle",
-            "-d",
-            "10.0.0.0/8"
-        ]
-    );
+    let expected =
+        "serve -l 127.0.0.1 -p 4777 -f /tmp/disk.img -s /tmp/ctl.sock --oldstyle -d 10.0.0.0/8";
+    assert_eq!(args, expected.split(' ').collect::<Vec<_>>());
     // -p 0 adds -v so the daemon logs the port it bound, unless already verbose.
     let logged = Daemon::serve("d.img").port(0).command(0);
     assert!(logged.get_args().any(|a| a == "-v"));

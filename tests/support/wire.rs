@@ -29,20 +29,26 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// blocking. Panics naming `what` if nobody connects in time.
 #[track_caller]
 pub(crate) fn accept_within(listener: &TcpListener, within: Duration, what: &str) -> TcpStream {
+    try_accept_within(listener, within)
+        .unwrap_or_else(|| panic!("{what}: nobody connected within {within:?}"))
+}
+
+/// [`accept_within`], or `None` if nobody connects within `within`.
+#[track_caller]
+pub(crate) fn try_accept_within(listener: &TcpListener, within: Duration) -> Option<TcpStream> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{what}: nobody connected within {within:?}"
-        );
+        if left.is_zero() {
+            return None;
+        }
         let timeout = Timespec::try_from(left).expect("a timeout in range");
         let mut fds = [PollFd::new(listener, PollFlags::IN)];
         match poll(&mut fds, Some(&timeout)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => {}
-            Err(e) => panic!("{what}: poll failed: {e}"),
+            Err(e) => panic!("poll on a listener failed: {e}"),
         }
         listener
             .set_nonblocking(true)
@@ -50,11 +56,11 @@ pub(crate) fn accept_within(listener: &TcpListener, within: Duration, what: &str
         match listener.accept() {
             Ok((s, _)) => {
                 s.set_nonblocking(false).expect("a blocking stream");
-                return s;
+                return Some(s);
             }
             // Gone before we took it (a client that gave up): wait again.
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => panic!("{what}: accept failed: {e}"),
+            Err(e) => panic!("accept failed: {e}"),
         }
     }
 }
@@ -94,6 +100,13 @@ pub(crate) fn header(
     head
 }
 
+/// The 16 bytes of an option header (`len` may be a lie).
+pub(crate) fn option_header(opt: Opt, len: u32) -> [u8; OptionHeader::SIZE] {
+    let mut head = [0u8; OptionHeader::SIZE];
+    OptionHeader { opt, len }.encode(&mut head);
+    head
+}
+
 /// How a [`Client`] gets from the greeting to the transmission phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Handshake {
@@ -104,6 +117,47 @@ pub(crate) enum Handshake {
     /// Fixed newstyle with `NO_ZEROES`, then `NBD_OPT_EXPORT_NAME ""` (what
     /// flexnbd-c's fakes and a mirror source speak).
     ExportName,
+}
+
+/// The handshake a server process speaks: what `serve`, `listen` and `proxy`
+/// are started with, and what a client then speaks to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    /// Fixed newstyle, our default.
+    Newstyle,
+    /// `--oldstyle`, flexnbd-c's handshake.
+    Oldstyle,
+}
+
+impl Style {
+    /// Both, for tests that run once in each.
+    pub(crate) const BOTH: [Style; 2] = [Style::Newstyle, Style::Oldstyle];
+
+    /// The extra arguments of `serve`, `listen` or `proxy` for this style.
+    pub(crate) fn args(self) -> &'static [&'static str] {
+        match self {
+            Style::Newstyle => &[],
+            Style::Oldstyle => &["--oldstyle"],
+        }
+    }
+
+    /// What a modern client (qemu, libnbd) speaks to this style: `GO`, or
+    /// old-style.
+    pub(crate) fn handshake(self) -> Handshake {
+        match self {
+            Style::Newstyle => Handshake::Go,
+            Style::Oldstyle => Handshake::Oldstyle,
+        }
+    }
+
+    /// What flexnbd-c's clients and a mirror source speak to this style:
+    /// `EXPORT_NAME` with `NO_ZEROES`, or old-style.
+    pub(crate) fn export_name_handshake(self) -> Handshake {
+        match self {
+            Style::Newstyle => Handshake::ExportName,
+            Style::Oldstyle => Handshake::Oldstyle,
+        }
+    }
 }
 
 /// A byte-level NBD client: a handshake, then simple requests and replies.
@@ -189,12 +243,7 @@ impl Client {
     /// Sends option `opt` with `data`.
     #[track_caller]
     pub(crate) fn send_option(&mut self, opt: Opt, data: &[u8]) {
-        let mut head = [0u8; OptionHeader::SIZE];
-        OptionHeader {
-            opt,
-            len: data.len() as u32,
-        }
-        .encode(&mut head);
+        let head = option_header(opt, data.len() as u32);
         self.s.write_all(&head).expect("option header");
         self.s.write_all(data).expect("option data");
     }
