@@ -11,6 +11,8 @@ mod cli;
 mod client;
 /// The control socket of a real `flexnbd serve`: status, acl, the socket's lifecycle, bad requests.
 mod control;
+/// SIGKILL of `serve` during FUA and FLUSHed writes loses no acknowledged write.
+mod crash;
 /// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.
 mod differential;
 /// Committed man pages and completions match `flexnbd generate`.
