@@ -66,8 +66,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s V -l version 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help'
@@ -75,8 +75,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help'
@@ -108,7 +108,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s s -l so
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s m -l max-speed -d 'Maximum speed of the migration, in bytes/sec' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'

@@ -194,7 +194,9 @@ pub struct MirrorArgs {
     #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
     /// Maximum speed of the migration, in bytes/sec (changeable with mirror-speed).
-    #[arg(short, long, value_name = "BPS")]
+    ///
+    /// A number of bytes with an optional suffix (100M is 100 MiB/s); 0 pauses the migration.
+    #[arg(short, long, value_name = "BPS", value_parser = parse_bytes)]
     pub max_speed: Option<u64>,
     /// Follow the migration until it ends and exit with its outcome.
     ///
@@ -230,8 +232,10 @@ pub struct ProxyArgs {
     #[arg(short, long, value_name = "ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
     /// Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB).
+    ///
+    /// A number of bytes with an optional suffix, e.g. --cache=64K.
     #[arg(long, value_name = "CACHE_BYTES", num_args = 0..=1, require_equals = true,
-          default_missing_value = "4096")]
+          default_missing_value = "4096", value_parser = parse_bytes_usize)]
     pub cache: Option<usize>,
     /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
     #[arg(long)]
@@ -260,7 +264,9 @@ pub struct MirrorSpeedArgs {
     #[command(flatten)]
     pub control: ControlArgs,
     /// Maximum speed of the migration, in bytes/sec.
-    #[arg(short, long, value_name = "BPS")]
+    ///
+    /// A number of bytes with an optional suffix (10M is 10 MiB/s); 0 pauses the migration.
+    #[arg(short, long, value_name = "BPS", value_parser = parse_bytes)]
     pub max_speed: u64,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
@@ -305,11 +311,11 @@ pub struct ConnectArgs {
 /// The byte range of `read` and `write`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct RangeArgs {
-    /// Byte offset to start at.
-    #[arg(short = 'F', long, value_name = "OFFSET")]
+    /// Byte offset to start at (a suffix is allowed: 1M is 1048576).
+    #[arg(short = 'F', long, value_name = "OFFSET", value_parser = parse_bytes)]
     pub from: u64,
-    /// Number of bytes.
-    #[arg(short = 'S', long, value_name = "SIZE")]
+    /// Number of bytes (a suffix is allowed: 4K is 4096).
+    #[arg(short = 'S', long, value_name = "SIZE", value_parser = parse_bytes)]
     pub size: u64,
 }
 
@@ -417,6 +423,29 @@ pub enum Shell {
     Powershell,
 }
 
+/// How sizes and rates are written on the command line: a number of bytes
+/// with an optional suffix, every suffix a power of 1024 as in qemu-img and
+/// nbdkit (K, KB and KiB are all 1024; B is optional; case does not matter;
+/// fractions round to the nearest byte).
+const SIZE_SYNTAX: parse_size::Config = parse_size::Config::new().with_binary();
+
+/// A byte count or rate from the command line: `4096`, `64K`, `512M`, `1G`,
+/// `1.5GiB`. Only the command line takes suffixes; the control socket's
+/// numbers stay plain, as flexnbd-c's.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    SIZE_SYNTAX.parse_size(text).map_err(|e| match e {
+        parse_size::Error::PosOverflow => "too large: at most 16E - 1 bytes".to_owned(),
+        _ => "not a size: a number of bytes, optionally followed by K, M, G, T, P or E \
+              (powers of 1024), e.g. 512M"
+            .to_owned(),
+    })
+}
+
+/// [`parse_bytes`] for a size held in memory.
+fn parse_bytes_usize(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| "too large for this machine".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +518,52 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    /// Parses `args` after `flexnbd` and returns the read range.
+    fn read_range(from: &str, size: &str) -> Result<RangeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([
+            "flexnbd", "read", "-l", "::1", "-p", "1", "-F", from, "-S", size,
+        ])?;
+        let Command::Read(args) = cli.command else {
+            panic!("not read")
+        };
+        Ok(args.range)
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_plain_numbers_are_unchanged() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("18446744073709551615", u64::MAX),
+            ("1K", 1024),
+            ("1k", 1024),
+            ("1KB", 1024),
+            ("1KiB", 1024),
+            ("512M", 512 << 20),
+            ("1G", 1 << 30),
+            ("1.5G", 3 << 29),
+            ("2T", 2 << 40),
+            ("1E", 1 << 60),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+            let range = read_range(text, text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((range.from, range.size), (bytes, bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_one_line_usage_errors() {
+        for bad in ["", "G", "1X", "-1", "1 G B", "ten", "16E"] {
+            let err = parse_bytes(bad).expect_err(bad);
+            assert!(!err.contains('\n'), "{bad}: {err}");
+            let err = read_range("0", bad).expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        assert_eq!(
+            parse_bytes("16E"),
+            Err("too large: at most 16E - 1 bytes".to_owned())
+        );
     }
 }
