@@ -39,7 +39,9 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the shell completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages into DIR, or print flexnbd(1) to stdout')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -238,6 +240,28 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'flexnbd;completions' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;man' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'flexnbd;generate' {
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
@@ -247,8 +271,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -275,8 +299,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;generate;help' {
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -300,7 +324,9 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the shell completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages into DIR, or print flexnbd(1) to stdout')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -334,9 +360,15 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;help;proxy' {
             break
         }
+        'flexnbd;help;completions' {
+            break
+        }
+        'flexnbd;help;man' {
+            break
+        }
         'flexnbd;help;generate' {
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             break
         }
         'flexnbd;help;generate;man' {

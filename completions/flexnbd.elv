@@ -36,7 +36,9 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
             cand proxy 'Resiliently proxy an NBD connection between a client and a server'
-            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand completions 'Print the shell completion script for SHELL to stdout'
+            cand man 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+            cand generate 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;serve'= {
@@ -224,6 +226,26 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'flexnbd;completions'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;man'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'flexnbd;generate'= {
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
@@ -233,8 +255,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;generate;man'= {
@@ -258,8 +280,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;generate;help'= {
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;generate;help;man'= {
@@ -279,7 +301,9 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
             cand proxy 'Resiliently proxy an NBD connection between a client and a server'
-            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand completions 'Print the shell completion script for SHELL to stdout'
+            cand man 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+            cand generate 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;help;serve'= {
@@ -302,9 +326,13 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         }
         &'flexnbd;help;proxy'= {
         }
+        &'flexnbd;help;completions'= {
+        }
+        &'flexnbd;help;man'= {
+        }
         &'flexnbd;help;generate'= {
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
         }
         &'flexnbd;help;generate;man'= {
         }

@@ -89,7 +89,17 @@ pub enum Command {
     /// and resends what was in flight, and the client never sees the break.
     /// Also runs as `flexnbd-proxy` (a symlink to flexnbd), as the C flexnbd-proxy.
     Proxy(ProxyArgs),
-    /// Generate man pages or shell completions (for packagers).
+    /// Print the shell completion script for SHELL to stdout.
+    ///
+    /// For bash: `flexnbd completions bash > /usr/share/bash-completion/completions/flexnbd`;
+    /// zsh: `_flexnbd` in a directory on $fpath; fish: `~/.config/fish/completions/flexnbd.fish`.
+    Completions(CompletionsArgs),
+    /// Write the man pages into DIR, or print flexnbd(1) to stdout.
+    ///
+    /// With DIR, writes flexnbd.1 and one flexnbd-COMMAND.1 per subcommand
+    /// there (creating DIR); `man -l DIR/flexnbd-serve.1` reads one.
+    Man(ManArgs),
+    /// The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`.
     #[command(hide = true)]
     Generate(GenerateArgs),
 }
@@ -383,6 +393,22 @@ pub struct StatusArgs {
     pub ignored: IgnoredArgs,
 }
 
+/// Options of `completions`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct CompletionsArgs {
+    /// The shell to print completions for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// Options of `man`.
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// The directory to write every page into; without it, flexnbd(1) goes to stdout.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 /// What `generate` produces.
 #[derive(Debug, Args, Clone)]
 pub struct GenerateArgs {
@@ -391,21 +417,13 @@ pub struct GenerateArgs {
     pub what: GenerateWhat,
 }
 
-/// Artefacts generated from this CLI definition.
+/// Artefacts generated from this CLI definition, under `generate`.
 #[derive(Debug, Subcommand, Clone)]
 pub enum GenerateWhat {
-    /// Write flexnbd.1 and one page per subcommand into DIR.
-    Man {
-        /// The directory to write the pages into.
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-    /// Print the completion script for SHELL to stdout.
-    Completions {
-        /// The shell to generate completions for.
-        #[arg(value_enum, value_name = "SHELL")]
-        shell: Shell,
-    },
+    /// As `flexnbd man`.
+    Man(ManArgs),
+    /// As `flexnbd completions`.
+    Completions(CompletionsArgs),
 }
 
 /// Shells that completions are generated for.

@@ -81,6 +81,8 @@ const OPTIONS: &[(&str, &[(&str, &str)])] = &[
             ("", "--oldstyle"),
         ],
     ),
+    ("completions", &[]),
+    ("man", &[]),
 ];
 
 /// Options every command and subcommand has.
