@@ -14,6 +14,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::{AclEntry, parse_ip};
 
+/// What `--version` shows: the package version, and the commit when built
+/// from a git checkout (`0.1.0 (1970a93)`; see build.rs).
+pub const VERSION: &str = env!("FLEXNBD_VERSION");
+
 /// A fast NBD server that serves a file and can live-migrate it.
 ///
 /// flexnbd exports one file over the Network Block Device protocol to qemu,
@@ -22,7 +26,7 @@ use crate::net::{AclEntry, parse_ip};
 #[derive(Debug, Parser)]
 #[command(
     name = "flexnbd",
-    version,
+    version = VERSION,
     propagate_version = true,
     infer_long_args = true
 )]
@@ -257,7 +261,7 @@ pub struct ProxyArgs {
 
 /// The command line of `flexnbd-proxy`, the proxy under its C name.
 #[derive(Debug, Parser)]
-#[command(name = "flexnbd-proxy", version, infer_long_args = true)]
+#[command(name = "flexnbd-proxy", version = VERSION, infer_long_args = true)]
 pub struct ProxyCli {
     /// Logging options.
     #[command(flatten)]

@@ -143,9 +143,30 @@ fn top_level_help_lists_the_subcommands_but_not_generate() {
     );
 }
 
-#[test]
-fn version_prints_name_and_version() {
+/// What `--version` should show after the program name: the package version,
+/// and the commit when this test runs in a git checkout of the package.
+fn expected_version() -> String {
     let version = env!("CARGO_PKG_VERSION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| text(&o.stdout).trim().to_owned())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"]).and_then(|t| std::fs::canonicalize(t).ok());
+    let here = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).ok();
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) if top.is_some() && top == here => format!("{version} ({commit})"),
+        _ => version.to_owned(),
+    }
+}
+
+#[test]
+fn version_prints_name_version_and_commit() {
+    let version = expected_version();
     for args in [&["--version"][..], &["-V"]] {
         let (code, stdout, stderr) = run(args);
         assert_eq!(code, Some(0), "flexnbd {args:?}: {stderr}");

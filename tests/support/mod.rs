@@ -187,9 +187,8 @@ pub(crate) fn require_flexnbd_c() -> Option<PathBuf> {
 
 /// One of the C flexnbd 0.5.0 programs (`flexnbd` or `flexnbd-proxy`), the
 /// reference peers: from the directory in `$FLEXNBD_C_DIR`, else
-/// `../shared/peers/flexnbd-c/` beside the checkout (where CI puts it), else
-/// `/work/shared/peers/flexnbd-c/`. `$FLEXNBD_C` overrides the path of
-/// `flexnbd` itself.
+/// `../shared/peers/flexnbd-c/` beside the checkout (where CI puts it).
+/// `$FLEXNBD_C` overrides the path of `flexnbd` itself.
 ///
 /// `None`, with a printed reason, when it is missing or cannot run (it needs
 /// `libev4`); under `CI=true` that is a test failure instead, since `.ci/run`
@@ -209,7 +208,6 @@ pub(crate) fn flexnbd_c_peer(name: &str) -> Option<PathBuf> {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../shared/peers/flexnbd-c")
                 .join(name),
-            Path::new("/work/shared/peers/flexnbd-c").join(name),
         ]
     };
     let problem = match candidates.iter().find(|p| p.is_file()) {
