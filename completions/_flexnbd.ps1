@@ -48,8 +48,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;serve' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
@@ -75,8 +75,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;listen' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
@@ -109,8 +109,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break

@@ -44,8 +44,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;serve'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
+            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
             cand -f 'The file to serve'
             cand --file 'The file to serve'
             cand -s 'Path to the control socket'
@@ -70,8 +70,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;listen'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
+            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
             cand -f 'The file to receive into; it must exist with the source''s size'
             cand --file 'The file to receive into; it must exist with the source''s size'
             cand -s 'Path to the control socket'
@@ -103,8 +103,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }

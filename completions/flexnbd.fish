@@ -43,7 +43,7 @@ complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "man" -d 'Write the 
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port, logged with -v)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
@@ -56,7 +56,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port, logged with -v)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
@@ -72,7 +72,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'B
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server' -r

@@ -23,6 +23,11 @@ pub const VERSION: &str = env!("FLEXNBD_VERSION");
 /// flexnbd exports one file over the Network Block Device protocol to qemu,
 /// the Linux kernel's nbd-client and the libnbd tools, is controlled through
 /// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
+///
+/// Addresses are IPv4 or IPv6 literals, optionally in brackets ([::1]); 0
+/// means every IPv4 address; host names are not looked up. Sizes, offsets
+/// and rates take a suffix, K, M, G, T, P or E, each a power of 1024 (64K,
+/// 512M, 1.5G).
 #[derive(Debug, Parser)]
 #[command(
     name = "flexnbd",
@@ -56,6 +61,11 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve FILE from ADDR:PORT, with an optional control socket at SOCK.
+    ///
+    /// Serves until SIGINT, SIGTERM or SIGQUIT: then it stops accepting,
+    /// answers every request its clients have already sent (a client that
+    /// does not read its replies gets 5 seconds), removes the control
+    /// socket and exits.
     Serve(ServeArgs),
     /// Listen for an incoming migration on ADDR:PORT.
     ///
@@ -64,6 +74,9 @@ pub enum Command {
     /// process exits 0. A signal before that exits 1.
     Listen(ListenArgs),
     /// Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET.
+    ///
+    /// Speaks both the old-style and the newstyle handshake, so it reads from
+    /// flexnbd in either mode, the C flexnbd, qemu-nbd, nbdkit and nbd-server.
     Read(ReadArgs),
     /// Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET.
     Write(WriteArgs),
@@ -114,7 +127,7 @@ pub struct ListenAddrArgs {
     /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
     #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
     pub addr: IpAddr,
-    /// The port to serve on (0 picks a free port).
+    /// The port to serve on (0 picks a free port, logged with -v).
     #[arg(short, long, value_name = "PORT")]
     pub port: u16,
 }
@@ -129,6 +142,10 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "FILE")]
     pub file: PathBuf,
     /// Path to the control socket.
+    ///
+    /// Created once the NBD port listens and removed on a clean exit. A stale
+    /// socket file left by a crashed server is replaced; the socket of a
+    /// running server, or a file that is not a socket, makes serve fail.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
@@ -155,7 +172,8 @@ pub struct ServeArgs {
     /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
     ///
     /// An empty list allows everyone unless --default-deny is given; a
-    /// non-empty list denies everyone not listed.
+    /// non-empty list denies everyone not listed. A refused client is closed
+    /// without a byte. `flexnbd acl` replaces the list at run time.
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::support::{TestEnv, flexnbd, have_tool, text, tool};
+use crate::support::{TestEnv, flexnbd, have_tool, print_skip, text, tool};
 
 /// What to do when a committed file is out of date.
 const FIX: &str = "run scripts/regenerate and commit the result";
@@ -184,7 +184,7 @@ fn man_pages_start_with_a_title() {
 fn man_pages_render_without_warnings() {
     // groff is optional: it is not one of the interop tools CI installs.
     if !have_tool("groff") {
-        eprintln!("skipped: groff not installed");
+        print_skip("groff not installed");
         return;
     }
     let env = fresh_man_pages();

@@ -126,9 +126,10 @@ pub(crate) fn have_tool(name: &str) -> bool {
 
 /// Whether an interop test may run: true when `name` is installed.
 ///
-/// Otherwise prints `skipped: <name> not installed` and returns false, so the
-/// test can `return` early. Under `CI=true` a missing tool is a failure
-/// instead: CI installs every tool (`.ci/run`).
+/// Otherwise prints `skipped <test>: <name> not installed` (see
+/// [`print_skip`]) and returns false, so the test can `return` early. Under
+/// `CI=true` a missing tool is a failure instead: CI installs every tool
+/// (`.ci/run`).
 ///
 /// ```ignore
 /// if !require_tool("qemu-img") {
@@ -144,7 +145,7 @@ pub(crate) fn require_tool(name: &str) -> bool {
         !in_ci(),
         "{name} is not installed, but CI=true requires every interop tool (see .ci/run)"
     );
-    eprintln!("skipped: {name} not installed");
+    print_skip(&format!("{name} not installed"));
     false
 }
 
@@ -237,8 +238,18 @@ pub(crate) fn flexnbd_c_peer(name: &str) -> Option<PathBuf> {
         }
     };
     assert!(!in_ci(), "the C {name} is required when CI=true: {problem}");
-    eprintln!("skipped: {problem}");
+    print_skip(&problem);
     None
+}
+
+/// Says why a test skips, as `skipped <test>: <reason>`, where `cargo test`
+/// shows it: straight to stderr, which the test harness does not capture
+/// (it captures only `print!` and `eprint!`), so a run that skips says so.
+pub(crate) fn print_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Nowhere to report a failure to write to stderr.
+    let _ = writeln!(std::io::stderr().lock(), "skipped {test}: {reason}");
 }
 
 /// Asserts two byte buffers are equal, reporting the length and the first
