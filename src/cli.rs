@@ -4,7 +4,8 @@
 //! existing scripts keep working (`-l/--addr`, `-p/--port`, `-f/--file`,
 //! `-s/--sock`, ...). Every argument's doc comment is its help text; the man
 //! pages and shell completions are generated from this definition by the
-//! hidden `generate` subcommand. This module imports only the small parsing
+//! `man` and `completions` subcommands. Sizes and rates are parsed here, with
+//! suffixes (`parse_bytes`). This module imports only the small parsing
 //! types it needs, never server or I/O code.
 
 use std::net::IpAddr;

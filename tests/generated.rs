@@ -107,7 +107,7 @@ fn committed_man_pages_are_up_to_date() {
             (name, bytes)
         })
         .collect();
-    assert!(!fresh.is_empty(), "generate man wrote nothing");
+    assert!(!fresh.is_empty(), "man wrote nothing");
     assert_committed("man", &fresh);
 }
 
