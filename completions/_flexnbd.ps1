@@ -39,15 +39,17 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the shell completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages into DIR, or print flexnbd(1) to stdout')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'flexnbd;serve' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
@@ -79,8 +81,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;listen' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
@@ -111,16 +113,16 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
             [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
-            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at')
-            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at')
-            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes')
-            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
+            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -132,10 +134,10 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
             [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
-            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at')
-            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at')
-            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes')
-            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes')
+            [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
+            [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -208,8 +210,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -250,6 +252,28 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'flexnbd;completions' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'flexnbd;man' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'flexnbd;generate' {
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
@@ -259,8 +283,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -287,8 +311,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;generate;help' {
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -312,7 +336,9 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('mirror-speed', 'mirror-speed', [CompletionResultType]::ParameterValue, 'Set the maximum speed of a migration from a mirroring server listening on SOCK')
             [CompletionResult]::new('break', 'break', [CompletionResultType]::ParameterValue, 'Stop mirroring from the server with control socket SOCK')
             [CompletionResult]::new('proxy', 'proxy', [CompletionResultType]::ParameterValue, 'Resiliently proxy an NBD connection between a client and a server')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Generate man pages or shell completions (for packagers)')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the shell completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages into DIR, or print flexnbd(1) to stdout')
+            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -346,9 +372,15 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;help;proxy' {
             break
         }
+        'flexnbd;help;completions' {
+            break
+        }
+        'flexnbd;help;man' {
+            break
+        }
         'flexnbd;help;generate' {
-            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write flexnbd.1 and one page per subcommand into DIR')
-            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for SHELL to stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'As `flexnbd completions`')
             break
         }
         'flexnbd;help;generate;man' {

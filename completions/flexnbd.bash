@@ -22,6 +22,9 @@ _flexnbd() {
             flexnbd,break)
                 cmd="flexnbd__subcmd__break"
                 ;;
+            flexnbd,completions)
+                cmd="flexnbd__subcmd__completions"
+                ;;
             flexnbd,generate)
                 cmd="flexnbd__subcmd__generate"
                 ;;
@@ -30,6 +33,9 @@ _flexnbd() {
                 ;;
             flexnbd,listen)
                 cmd="flexnbd__subcmd__listen"
+                ;;
+            flexnbd,man)
+                cmd="flexnbd__subcmd__man"
                 ;;
             flexnbd,mirror)
                 cmd="flexnbd__subcmd__mirror"
@@ -76,6 +82,9 @@ _flexnbd() {
             flexnbd__subcmd__help,break)
                 cmd="flexnbd__subcmd__help__subcmd__break"
                 ;;
+            flexnbd__subcmd__help,completions)
+                cmd="flexnbd__subcmd__help__subcmd__completions"
+                ;;
             flexnbd__subcmd__help,generate)
                 cmd="flexnbd__subcmd__help__subcmd__generate"
                 ;;
@@ -84,6 +93,9 @@ _flexnbd() {
                 ;;
             flexnbd__subcmd__help,listen)
                 cmd="flexnbd__subcmd__help__subcmd__listen"
+                ;;
+            flexnbd__subcmd__help,man)
+                cmd="flexnbd__subcmd__help__subcmd__man"
                 ;;
             flexnbd__subcmd__help,mirror)
                 cmd="flexnbd__subcmd__help__subcmd__mirror"
@@ -119,7 +131,7 @@ _flexnbd() {
 
     case "${cmd}" in
         flexnbd)
-            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break proxy generate help"
+            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break proxy completions man generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -169,6 +181,20 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__completions)
+            opts="-v -q -h -V --verbose --quiet --help --version bash zsh fish elvish powershell"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -275,7 +301,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__help)
-            opts="serve listen read write acl status mirror mirror-speed break proxy generate help"
+            opts="serve listen read write acl status mirror mirror-speed break proxy completions man generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -303,6 +329,20 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__help__subcmd__break)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__help__subcmd__completions)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -373,6 +413,20 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__help__subcmd__listen)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__help__subcmd__man)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -547,6 +601,20 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        flexnbd__subcmd__man)
+            opts="-v -q -h -V --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -36,14 +36,16 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
             cand proxy 'Resiliently proxy an NBD connection between a client and a server'
-            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand completions 'Print the shell completion script for SHELL to stdout'
+            cand man 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+            cand generate 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;serve'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
+            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
             cand -f 'The file to serve'
             cand --file 'The file to serve'
             cand -s 'Path to the control socket'
@@ -74,8 +76,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;listen'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
+            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
             cand -f 'The file to receive into; it must exist with the source''s size'
             cand --file 'The file to receive into; it must exist with the source''s size'
             cand -s 'Path to the control socket'
@@ -105,16 +107,16 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --port 'The port of the server'
             cand -b 'Bind the local socket to a particular IP address'
             cand --bind 'Bind the local socket to a particular IP address'
-            cand -F 'Byte offset to start at'
-            cand --from 'Byte offset to start at'
-            cand -S 'Number of bytes'
-            cand --size 'Number of bytes'
+            cand -F 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
+            cand --from 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
+            cand -S 'Number of bytes (a suffix is allowed: 4K is 4096)'
+            cand --size 'Number of bytes (a suffix is allowed: 4K is 4096)'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -125,10 +127,10 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --port 'The port of the server'
             cand -b 'Bind the local socket to a particular IP address'
             cand --bind 'Bind the local socket to a particular IP address'
-            cand -F 'Byte offset to start at'
-            cand --from 'Byte offset to start at'
-            cand -S 'Number of bytes'
-            cand --size 'Number of bytes'
+            cand -F 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
+            cand --from 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
+            cand -S 'Number of bytes (a suffix is allowed: 4K is 4096)'
+            cand --size 'Number of bytes (a suffix is allowed: 4K is 4096)'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -197,8 +199,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -236,6 +238,26 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'flexnbd;completions'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'flexnbd;man'= {
+            cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+            cand -q 'Log nothing; errors that end the command are still printed'
+            cand --quiet 'Log nothing; errors that end the command are still printed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'flexnbd;generate'= {
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
@@ -245,8 +267,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;generate;man'= {
@@ -270,8 +292,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;generate;help'= {
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;generate;help;man'= {
@@ -291,7 +313,9 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand mirror-speed 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
             cand break 'Stop mirroring from the server with control socket SOCK'
             cand proxy 'Resiliently proxy an NBD connection between a client and a server'
-            cand generate 'Generate man pages or shell completions (for packagers)'
+            cand completions 'Print the shell completion script for SHELL to stdout'
+            cand man 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+            cand generate 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;help;serve'= {
@@ -314,9 +338,13 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         }
         &'flexnbd;help;proxy'= {
         }
+        &'flexnbd;help;completions'= {
+        }
+        &'flexnbd;help;man'= {
+        }
         &'flexnbd;help;generate'= {
-            cand man 'Write flexnbd.1 and one page per subcommand into DIR'
-            cand completions 'Print the completion script for SHELL to stdout'
+            cand man 'As `flexnbd man`'
+            cand completions 'As `flexnbd completions`'
         }
         &'flexnbd;help;generate;man'= {
         }

@@ -38,10 +38,12 @@ complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "mirror" -d 'Start m
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "mirror-speed" -d 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "break" -d 'Stop mirroring from the server with control socket SOCK'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "proxy" -d 'Resiliently proxy an NBD connection between a client and a server'
-complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "completions" -d 'Print the shell completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "man" -d 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port, logged with -v)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
@@ -60,7 +62,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port, logged with -v)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
@@ -78,17 +80,17 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s V -l version 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help'
@@ -120,7 +122,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s s -l so
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s m -l max-speed -d 'Maximum speed of the migration, in bytes/sec' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror-speed" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
@@ -138,12 +140,20 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s v -l verbose -
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand completions" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand completions" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand man" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand man" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand man" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "man" -d 'As `flexnbd man`'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "completions" -d 'As `flexnbd completions`'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and not __fish_seen_subcommand_from man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from man" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
@@ -153,20 +163,22 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_see
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from completions" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'As `flexnbd man`'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'As `flexnbd completions`'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "listen" -d 'Listen for an incoming migration on ADDR:PORT'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "status" -d 'Get the status for a server with control socket SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "mirror" -d 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "mirror-speed" -d 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "break" -d 'Stop mirroring from the server with control socket SOCK'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "proxy" -d 'Resiliently proxy an NBD connection between a client and a server'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "generate" -d 'Generate man pages or shell completions (for packagers)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "man" -d 'Write flexnbd.1 and one page per subcommand into DIR'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "completions" -d 'Print the completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "serve" -d 'Serve FILE from ADDR:PORT, with an optional control socket at SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "listen" -d 'Listen for an incoming migration on ADDR:PORT'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "read" -d 'Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "write" -d 'Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "acl" -d 'Set the access control list for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "status" -d 'Get the status for a server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "mirror" -d 'Start mirroring from the server with control socket SOCK to one at ADDR:PORT'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "mirror-speed" -d 'Set the maximum speed of a migration from a mirroring server listening on SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "break" -d 'Stop mirroring from the server with control socket SOCK'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "proxy" -d 'Resiliently proxy an NBD connection between a client and a server'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "completions" -d 'Print the shell completion script for SHELL to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "man" -d 'Write the man pages into DIR, or print flexnbd(1) to stdout'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "generate" -d 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and not __fish_seen_subcommand_from serve listen read write acl status mirror mirror-speed break proxy completions man generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "man" -d 'As `flexnbd man`'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand help; and __fish_seen_subcommand_from generate" -f -a "completions" -d 'As `flexnbd completions`'

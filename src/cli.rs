@@ -4,7 +4,8 @@
 //! existing scripts keep working (`-l/--addr`, `-p/--port`, `-f/--file`,
 //! `-s/--sock`, ...). Every argument's doc comment is its help text; the man
 //! pages and shell completions are generated from this definition by the
-//! hidden `generate` subcommand. This module imports only the small parsing
+//! `man` and `completions` subcommands. Sizes and rates are parsed here, with
+//! suffixes (`parse_bytes`). This module imports only the small parsing
 //! types it needs, never server or I/O code.
 
 use std::ffi::OsStr;
@@ -15,15 +16,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::{AclEntry, parse_ip};
 
+/// What `--version` shows: the package version, and the commit when built
+/// from a git checkout (`0.1.0 (1970a93)`; see build.rs).
+pub const VERSION: &str = env!("FLEXNBD_VERSION");
+
 /// A fast NBD server that serves a file and can live-migrate it.
 ///
 /// flexnbd exports one file over the Network Block Device protocol to qemu,
 /// the Linux kernel's nbd-client and the libnbd tools, is controlled through
 /// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
+///
+/// Addresses are IPv4 or IPv6 literals, optionally in brackets ([::1]); 0
+/// means every IPv4 address; host names are not looked up. Sizes, offsets
+/// and rates take a suffix, K, M, G, T, P or E, each a power of 1024 (64K,
+/// 512M, 1.5G).
 #[derive(Debug, Parser)]
 #[command(
     name = "flexnbd",
-    version,
+    version = VERSION,
     propagate_version = true,
     infer_long_args = true
 )]
@@ -53,6 +63,11 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve FILE from ADDR:PORT, with an optional control socket at SOCK.
+    ///
+    /// Serves until SIGINT, SIGTERM or SIGQUIT: then it stops accepting,
+    /// answers every request its clients have already sent (a client that
+    /// does not read its replies gets 5 seconds), removes the control
+    /// socket and exits.
     Serve(ServeArgs),
     /// Listen for an incoming migration on ADDR:PORT.
     ///
@@ -61,6 +76,9 @@ pub enum Command {
     /// process exits 0. A signal before that exits 1.
     Listen(ListenArgs),
     /// Read SIZE bytes from a server at ADDR:PORT to stdout, starting at OFFSET.
+    ///
+    /// Speaks both the old-style and the newstyle handshake, so it reads from
+    /// flexnbd in either mode, the C flexnbd, qemu-nbd, nbdkit and nbd-server.
     Read(ReadArgs),
     /// Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET.
     Write(WriteArgs),
@@ -90,7 +108,17 @@ pub enum Command {
     /// and resends what was in flight, and the client never sees the break.
     /// Also runs as `flexnbd-proxy` (a symlink to flexnbd), as the C flexnbd-proxy.
     Proxy(ProxyArgs),
-    /// Generate man pages or shell completions (for packagers).
+    /// Print the shell completion script for SHELL to stdout.
+    ///
+    /// For bash: `flexnbd completions bash > /usr/share/bash-completion/completions/flexnbd`;
+    /// zsh: `_flexnbd` in a directory on $fpath; fish: `~/.config/fish/completions/flexnbd.fish`.
+    Completions(CompletionsArgs),
+    /// Write the man pages into DIR, or print flexnbd(1) to stdout.
+    ///
+    /// With DIR, writes flexnbd.1 and one flexnbd-COMMAND.1 per subcommand
+    /// there (creating DIR); `man -l DIR/flexnbd-serve.1` reads one.
+    Man(ManArgs),
+    /// The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`.
     #[command(hide = true)]
     Generate(GenerateArgs),
 }
@@ -101,7 +129,7 @@ pub struct ListenAddrArgs {
     /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
     #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
     pub addr: IpAddr,
-    /// The port to serve on (0 picks a free port).
+    /// The port to serve on (0 picks a free port, logged with -v).
     #[arg(short, long, value_name = "PORT")]
     pub port: u16,
 }
@@ -116,6 +144,10 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "FILE")]
     pub file: PathBuf,
     /// Path to the control socket.
+    ///
+    /// Created once the NBD port listens and removed on a clean exit. A stale
+    /// socket file left by a crashed server is replaced; the socket of a
+    /// running server, or a file that is not a socket, makes serve fail.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
@@ -145,7 +177,8 @@ pub struct ServeArgs {
     /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
     ///
     /// An empty list allows everyone unless --default-deny is given; a
-    /// non-empty list denies everyone not listed.
+    /// non-empty list denies everyone not listed. A refused client is closed
+    /// without a byte. `flexnbd acl` replaces the list at run time.
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,
 }
@@ -253,7 +286,9 @@ pub struct MirrorArgs {
     #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
     /// Maximum speed of the migration, in bytes/sec (changeable with mirror-speed).
-    #[arg(short, long, value_name = "BPS")]
+    ///
+    /// A number of bytes with an optional suffix (100M is 100 MiB/s); 0 pauses the migration.
+    #[arg(short, long, value_name = "BPS", value_parser = parse_bytes)]
     pub max_speed: Option<u64>,
     /// Follow the migration until it ends and exit with its outcome.
     ///
@@ -289,8 +324,10 @@ pub struct ProxyArgs {
     #[arg(short, long, value_name = "ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
     /// Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB).
+    ///
+    /// A number of bytes with an optional suffix, e.g. --cache=64K.
     #[arg(long, value_name = "CACHE_BYTES", num_args = 0..=1, require_equals = true,
-          default_missing_value = "4096")]
+          default_missing_value = "4096", value_parser = parse_bytes_usize)]
     pub cache: Option<usize>,
     /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
     #[arg(long)]
@@ -302,7 +339,7 @@ pub struct ProxyArgs {
 
 /// The command line of `flexnbd-proxy`, the proxy under its C name.
 #[derive(Debug, Parser)]
-#[command(name = "flexnbd-proxy", version, infer_long_args = true)]
+#[command(name = "flexnbd-proxy", version = VERSION, infer_long_args = true)]
 pub struct ProxyCli {
     /// Logging options.
     #[command(flatten)]
@@ -345,7 +382,9 @@ pub struct MirrorSpeedArgs {
     #[command(flatten)]
     pub control: ControlArgs,
     /// Maximum speed of the migration, in bytes/sec.
-    #[arg(short, long, value_name = "BPS")]
+    ///
+    /// A number of bytes with an optional suffix (10M is 10 MiB/s); 0 pauses the migration.
+    #[arg(short, long, value_name = "BPS", value_parser = parse_bytes)]
     pub max_speed: u64,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
@@ -390,11 +429,11 @@ pub struct ConnectArgs {
 /// The byte range of `read` and `write`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct RangeArgs {
-    /// Byte offset to start at.
-    #[arg(short = 'F', long, value_name = "OFFSET")]
+    /// Byte offset to start at (a suffix is allowed: 1M is 1048576).
+    #[arg(short = 'F', long, value_name = "OFFSET", value_parser = parse_bytes)]
     pub from: u64,
-    /// Number of bytes.
-    #[arg(short = 'S', long, value_name = "SIZE")]
+    /// Number of bytes (a suffix is allowed: 4K is 4096).
+    #[arg(short = 'S', long, value_name = "SIZE", value_parser = parse_bytes)]
     pub size: u64,
 }
 
@@ -462,6 +501,22 @@ pub struct StatusArgs {
     pub ignored: IgnoredArgs,
 }
 
+/// Options of `completions`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct CompletionsArgs {
+    /// The shell to print completions for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// Options of `man`.
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// The directory to write every page into; without it, flexnbd(1) goes to stdout.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 /// What `generate` produces.
 #[derive(Debug, Args, Clone)]
 pub struct GenerateArgs {
@@ -470,21 +525,13 @@ pub struct GenerateArgs {
     pub what: GenerateWhat,
 }
 
-/// Artefacts generated from this CLI definition.
+/// Artefacts generated from this CLI definition, under `generate`.
 #[derive(Debug, Subcommand, Clone)]
 pub enum GenerateWhat {
-    /// Write flexnbd.1 and one page per subcommand into DIR.
-    Man {
-        /// The directory to write the pages into.
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-    /// Print the completion script for SHELL to stdout.
-    Completions {
-        /// The shell to generate completions for.
-        #[arg(value_enum, value_name = "SHELL")]
-        shell: Shell,
-    },
+    /// As `flexnbd man`.
+    Man(ManArgs),
+    /// As `flexnbd completions`.
+    Completions(CompletionsArgs),
 }
 
 /// Shells that completions are generated for.
@@ -500,6 +547,29 @@ pub enum Shell {
     Elvish,
     /// PowerShell.
     Powershell,
+}
+
+/// How sizes and rates are written on the command line: a number of bytes
+/// with an optional suffix, every suffix a power of 1024 as in qemu-img and
+/// nbdkit (K, KB and KiB are all 1024; B is optional; case does not matter;
+/// fractions round to the nearest byte).
+const SIZE_SYNTAX: parse_size::Config = parse_size::Config::new().with_binary();
+
+/// A byte count or rate from the command line: `4096`, `64K`, `512M`, `1G`,
+/// `1.5GiB`. Only the command line takes suffixes; the control socket's
+/// numbers stay plain, as flexnbd-c's.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    SIZE_SYNTAX.parse_size(text).map_err(|e| match e {
+        parse_size::Error::PosOverflow => "too large: at most 16E - 1 bytes".to_owned(),
+        _ => "not a size: a number of bytes, optionally followed by K, M, G, T, P or E \
+              (powers of 1024), e.g. 512M"
+            .to_owned(),
+    })
+}
+
+/// [`parse_bytes`] for a size held in memory.
+fn parse_bytes_usize(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| "too large for this machine".to_owned())
 }
 
 #[cfg(test)]
@@ -590,5 +660,52 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    /// Parses `args` after `flexnbd` and returns the read range.
+    fn read_range(from: &str, size: &str) -> Result<RangeArgs, clap::Error> {
+        let cli = Cli::try_parse_from([
+            "flexnbd", "read", "-l", "::1", "-p", "1", "-F", from, "-S", size,
+        ])?;
+        let Command::Read(args) = cli.command else {
+            panic!("not read")
+        };
+        Ok(args.range)
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_plain_numbers_are_unchanged() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("18446744073709551615", u64::MAX),
+            ("1K", 1024),
+            ("1k", 1024),
+            ("1KB", 1024),
+            ("1KiB", 1024),
+            ("512M", 512 << 20),
+            ("1G", 1 << 30),
+            ("1.5G", 3 << 29),
+            ("2T", 2 << 40),
+            ("1E", 1 << 60),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+            let range = read_range(text, text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((range.from, range.size), (bytes, bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_one_line_usage_errors() {
+        for bad in ["", "G", "1X", "-1", "1 G B", "ten", "16E"] {
+            let err = parse_bytes(bad).expect_err(bad);
+            assert!(!err.contains('\n'), "{bad}: {err}");
+            let err = read_range("0", bad).expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        assert_eq!(
+            parse_bytes("16E"),
+            Err("too large: at most 16E - 1 bytes".to_owned())
+        );
     }
 }

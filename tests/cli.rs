@@ -81,6 +81,8 @@ const OPTIONS: &[(&str, &[(&str, &str)])] = &[
             ("", "--oldstyle"),
         ],
     ),
+    ("completions", &[]),
+    ("man", &[]),
 ];
 
 /// Options every command and subcommand has.
@@ -141,9 +143,30 @@ fn top_level_help_lists_the_subcommands_but_not_generate() {
     );
 }
 
-#[test]
-fn version_prints_name_and_version() {
+/// What `--version` should show after the program name: the package version,
+/// and the commit when this test runs in a git checkout of the package.
+fn expected_version() -> String {
     let version = env!("CARGO_PKG_VERSION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| text(&o.stdout).trim().to_owned())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"]).and_then(|t| std::fs::canonicalize(t).ok());
+    let here = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).ok();
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) if top.is_some() && top == here => format!("{version} ({commit})"),
+        _ => version.to_owned(),
+    }
+}
+
+#[test]
+fn version_prints_name_version_and_commit() {
+    let version = expected_version();
     for args in [&["--version"][..], &["-V"]] {
         let (code, stdout, stderr) = run(args);
         assert_eq!(code, Some(0), "flexnbd {args:?}: {stderr}");
@@ -450,4 +473,54 @@ fn flexnbd_c_option_forms_are_accepted() {
     assert_parses(&["status", "-s", sock]);
     assert_parses(&["acl", "--sock", sock, "127.0.0.1", "10.0.0.0/8"]);
     assert_parses(&["acl", "-s", sock]);
+}
+
+#[test]
+fn sizes_and_rates_take_suffixes() {
+    let port = free_port();
+    let env = TestEnv::new();
+    let sock = env.child("no-such.sock");
+    let sock = sock.to_str().expect("utf-8 temp path");
+    // Nothing listens on `port` or `sock`: the command line was accepted if it fails at run time.
+    for line in [
+        format!("read -l 127.0.0.1 -p {port} -F 1M -S 4K"),
+        format!("write -l 127.0.0.1 -p {port} -F 0 -S 1G"),
+        format!("mirror-speed -s {sock} -m 100M"),
+        format!("mirror -s {sock} -l 127.0.0.1 -p {port} -m 1.5GiB"),
+        format!("proxy -l 127.0.0.1 -p 0 -C 127.0.0.1 -P {port} --cache=64K"),
+    ] {
+        assert_parses(&line.split(' ').collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_bad_size_is_a_one_line_usage_error() {
+    for (line, shown) in [
+        (
+            "read -l 127.0.0.1 -p 1 -F 0 -S 1X",
+            "invalid value '1X' for '--size <SIZE>': not a size: a number of bytes, \
+             optionally followed by K, M, G, T, P or E (powers of 1024), e.g. 512M\n",
+        ),
+        (
+            "read -l 127.0.0.1 -p 1 -F lots -S 1",
+            "invalid value 'lots' for '--from <OFFSET>': not a size",
+        ),
+        (
+            "mirror-speed -s ctl -m 16E",
+            "invalid value '16E' for '--max-speed <BPS>': too large: at most 16E - 1 bytes\n",
+        ),
+        (
+            "proxy -l 127.0.0.1 -p 1 -C 127.0.0.1 -P 1 --cache=1Q",
+            "invalid value '1Q' for '--cache[=<CACHE_BYTES>]': not a size",
+        ),
+    ] {
+        let args: Vec<&str> = line.split(' ').collect();
+        assert_usage_error(&args, &[shown]);
+        let (_, _, stderr) = run(&args);
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{stderr}"
+        );
+    }
 }

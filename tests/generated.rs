@@ -1,16 +1,16 @@
 //! The committed man pages (`man/`) and shell completions (`completions/`)
-//! are exactly what `flexnbd generate` produces from the CLI definition, and
-//! they look like man pages and completions.
+//! are exactly what `flexnbd man` and `flexnbd completions` produce from the
+//! CLI definition, and they look like man pages and completions.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::support::{TestEnv, flexnbd, have_tool, text, tool};
+use crate::support::{TestEnv, flexnbd, have_tool, print_skip, text, tool};
 
 /// What to do when a committed file is out of date.
 const FIX: &str = "run scripts/regenerate and commit the result";
 
-/// `flexnbd generate completions <shell>` and the file it is committed as.
+/// `flexnbd completions <shell>` and the file it is committed as.
 const COMPLETIONS: &[(&str, &str)] = &[
     ("bash", "flexnbd.bash"),
     ("zsh", "_flexnbd"),
@@ -31,6 +31,8 @@ const SUBCOMMANDS: &[&str] = &[
     "mirror-speed",
     "break",
     "proxy",
+    "completions",
+    "man",
 ];
 
 fn in_repo(path: &str) -> PathBuf {
@@ -53,7 +55,7 @@ fn file_names(dir: &Path) -> BTreeSet<String> {
 fn fresh_man_pages() -> TestEnv {
     let env = TestEnv::new();
     flexnbd()
-        .args(["generate", "man"])
+        .arg("man")
         .arg(env.path())
         .assert()
         .success()
@@ -63,12 +65,12 @@ fn fresh_man_pages() -> TestEnv {
 
 fn fresh_completion(shell: &str) -> Vec<u8> {
     let out = flexnbd()
-        .args(["generate", "completions", shell])
+        .args(["completions", shell])
         .output()
         .expect("cannot run flexnbd");
     assert!(
         out.status.success(),
-        "generate completions {shell}: {}",
+        "completions {shell}: {}",
         text(&out.stderr)
     );
     out.stdout
@@ -105,7 +107,7 @@ fn committed_man_pages_are_up_to_date() {
             (name, bytes)
         })
         .collect();
-    assert!(!fresh.is_empty(), "generate man wrote nothing");
+    assert!(!fresh.is_empty(), "man wrote nothing");
     assert_committed("man", &fresh);
 }
 
@@ -160,7 +162,15 @@ fn man_pages_start_with_a_title() {
             first.starts_with(&format!(".TH {title} 1")),
             "{name} does not start with a .TH title: {first:?}"
         );
-        for section in ["NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "EXAMPLES"] {
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXIT STATUS",
+            "EXAMPLES",
+            "SEE ALSO",
+        ] {
             assert!(
                 page.lines()
                     .any(|l| l == format!(".SH {section}") || l == format!(".SH \"{section}\"")),
@@ -174,7 +184,7 @@ fn man_pages_start_with_a_title() {
 fn man_pages_render_without_warnings() {
     // groff is optional: it is not one of the interop tools CI installs.
     if !have_tool("groff") {
-        eprintln!("skipped: groff not installed");
+        print_skip("groff not installed");
         return;
     }
     let env = fresh_man_pages();
@@ -206,9 +216,9 @@ fn completions_know_every_subcommand() {
 }
 
 #[test]
-fn generate_rejects_unknown_shell_and_unwritable_dir() {
+fn completions_and_man_reject_unknown_shell_and_unwritable_dir() {
     let out = flexnbd()
-        .args(["generate", "completions", "tcsh"])
+        .args(["completions", "tcsh"])
         .output()
         .expect("cannot run flexnbd");
     assert_eq!(out.status.code(), Some(2));
@@ -217,7 +227,7 @@ fn generate_rejects_unknown_shell_and_unwritable_dir() {
     let env = TestEnv::new();
     let file = env.image("not-a-dir", 0);
     let out = flexnbd()
-        .args(["generate", "man"])
+        .arg("man")
         .arg(file.join("man"))
         .output()
         .expect("cannot run flexnbd");
@@ -225,4 +235,37 @@ fn generate_rejects_unknown_shell_and_unwritable_dir() {
     let stderr = text(&out.stderr);
     assert!(stderr.starts_with("flexnbd: "), "{stderr}");
     assert!(stderr.contains("not-a-dir"), "{stderr}");
+}
+
+#[test]
+fn man_without_dir_prints_the_top_level_page() {
+    let env = fresh_man_pages();
+    let out = flexnbd().arg("man").output().expect("cannot run flexnbd");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), text(&env.read(&env.child("flexnbd.1"))));
+}
+
+#[test]
+fn generate_is_a_hidden_alias_of_man_and_completions() {
+    let env = fresh_man_pages();
+    let old = TestEnv::new();
+    flexnbd()
+        .args(["generate", "man"])
+        .arg(old.path())
+        .assert()
+        .success()
+        .stdout("");
+    for name in file_names(env.path()) {
+        assert_eq!(
+            env.read(&env.child(&name)),
+            old.read(&old.child(&name)),
+            "generate man wrote another {name}"
+        );
+    }
+    let out = flexnbd()
+        .args(["generate", "completions", "bash"])
+        .output()
+        .expect("cannot run flexnbd");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, fresh_completion("bash"));
 }

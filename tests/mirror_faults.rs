@@ -827,7 +827,7 @@ fn clean_transfer_hands_control_over(style: Style) {
 
 /// The pages of `path` in the page cache that are dirty or under writeback
 /// (Linux's `cachestat`, 6.5 and later, called through Python's ctypes), or
-/// `None` if the kernel lacks it.
+/// `None` if the kernel lacks it or there is no Python.
 #[track_caller]
 fn unsynced_pages(path: &Path) -> Option<u64> {
     const SCRIPT: &str = r#"
@@ -844,6 +844,12 @@ if libc.syscall(451, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0) != 0:
 else:
     print("pages", st.cache, st.dirty, st.writeback)
 "#;
+    // Optional, as an interop tool: a fresh Debian may have no Python.
+    if !Path::new(crate::support::SYSTEM_PYTHON).exists() {
+        assert!(!crate::support::in_ci(), "CI=true needs /usr/bin/python3");
+        crate::support::print_skip("no /usr/bin/python3 to call cachestat");
+        return None;
+    }
     let out = Command::new(crate::support::SYSTEM_PYTHON)
         .args(["-c", SCRIPT])
         .arg(path)
@@ -857,7 +863,7 @@ else:
             Some(dirty.parse::<u64>().unwrap() + writeback.parse::<u64>().unwrap())
         }
         ["errno", "38"] => {
-            eprintln!("skipped: this kernel has no cachestat");
+            crate::support::print_skip("this kernel has no cachestat");
             None
         }
         _ => panic!("cachestat failed: {said} {}", text(&out.stderr)),

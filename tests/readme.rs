@@ -7,8 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    self, Daemon, Ready, TestEnv, flexnbd, flexnbd_path, flexnbd_std, free_port, require_tool,
-    text, tool,
+    self, Daemon, Ready, TestEnv, flexnbd_path, flexnbd_std, free_port, require_tool, text,
 };
 
 /// The fenced `sh` blocks of a Markdown text.
@@ -67,9 +66,13 @@ fn run_sh_group(script: &str, timeout: Duration) -> Output {
 
 /// The README's command blocks run as written, except that the build is
 /// skipped, the binary is the one under test, the ports are free ones
-/// instead of 10809 and 10810, and `/tmp/` is this test's directory:
-/// 1. the quick start: a migration under a writer, checked with `cmp`;
-/// 2. serve a scratch image; 3. look at it from another terminal.
+/// instead of 10809, 10810 and 10811, and `/tmp/` is this test's directory:
+/// 1. the first command: serve a scratch image (`cargo test`, the second, is
+///    this); 3. use it from another terminal; 5. start the proxy in front of
+///    it; 4. migrate it, checked with `cmp`. A line ending in `&`, or the
+///    last command of the first block and the proxy, is a server that stays:
+///    it runs as a [`Daemon`] until it answers on its `-p` port; every other
+///    line runs with `sh -c` and must succeed.
 #[test]
 fn readme_quick_start_works_as_written() {
     if !require_tool("nbdinfo") || !require_tool("qemu-img") {
@@ -77,89 +80,118 @@ fn readme_quick_start_works_as_written() {
     }
     let readme = include_str!("../README.md");
     let blocks = sh_blocks(readme);
-    assert!(blocks.len() >= 3, "README has fewer than three sh blocks");
+    assert!(blocks.len() >= 5, "README has fewer than five sh blocks");
     let env = TestEnv::new();
-    let port = free_port().to_string();
-    let port2 = free_port().to_string();
+    let ports = [10809, 10810, 10811].map(|p| (p.to_string(), free_port().to_string()));
     let dir = format!("{}/", env.path().display());
     let binary = flexnbd_path().to_str().unwrap().to_owned();
     let edit = |command: &str| -> String {
         // The binary goes in last: its own path may contain `/tmp/`.
-        command
-            .replace("./target/release/flexnbd", "\u{0}FLEXNBD\u{0}")
-            .replace("/tmp/", &dir)
-            .replace("10809", &port)
-            .replace("10810", &port2)
-            .replace("\u{0}FLEXNBD\u{0}", &binary)
+        let mut edited = command
+            .replace("target/release/flexnbd", "\u{0}FLEXNBD\u{0}")
+            .replace("/tmp/", &dir);
+        for (readme_port, port) in &ports {
+            edited = edited.replace(readme_port.as_str(), port);
+        }
+        edited.replace("\u{0}FLEXNBD\u{0}", &binary)
     };
-    let words = |command: &str| -> Vec<String> {
-        edit(command)
+    // Servers that stay up, killed when the test ends.
+    let mut daemons = Vec::new();
+    let mut start = |command: &str| {
+        let words: Vec<String> = edit(command.trim_end_matches('&'))
             .split_whitespace()
             .map(str::to_owned)
-            .collect()
+            .collect();
+        assert_eq!(words[0], binary, "README: not flexnbd: {command}");
+        let port = words
+            .iter()
+            .skip_while(|w| *w != "-p")
+            .nth(1)
+            .unwrap_or_else(|| panic!("README: no -p in {command}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap()));
+        let mut cmd = flexnbd_std();
+        cmd.args(&words[1..]);
+        let mut daemon = Daemon::spawn(cmd, vec![Ready::Tcp(addr)]);
+        daemon.wait_ready();
+        daemons.push(daemon);
     };
-
-    // 1. The quick start, one command: build, then the migration.
-    let quick = blocks[0]
-        .trim()
-        .strip_prefix("cargo build --release && ")
-        .unwrap_or_else(|| panic!("README block 1 does not build first: {}", blocks[0]));
-    let out = run_sh_group(&edit(quick), Duration::from_secs(120));
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success()
-            && stdout.contains("Mirror started")
-            && stdout.contains("Migration complete in ")
-            && stdout.contains("identical: the destination has every byte"),
-        "README quick start: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("mirror: "),
-        "no progress line: {}",
-        text(&out.stderr)
-    );
-
-    // 2. Serve a scratch image.
-    let mut daemon = None;
-    for command in blocks[1].trim().split(" && ") {
-        let words = words(command);
-        if words[0] == binary && words[1] == "serve" {
-            let mut cmd = flexnbd_std();
-            cmd.args(&words[1..]);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap()));
-            let mut d = Daemon::spawn(
-                cmd,
-                vec![Ready::Tcp(addr), Ready::Sock(env.child("flexnbd.sock"))],
-            );
-            d.wait_ready();
-            daemon = Some(d);
-        } else {
-            let out = tool(&words[0]).args(&words[1..]).output().unwrap();
-            assert!(out.status.success(), "{command}: {}", text(&out.stderr));
-        }
-    }
-    assert!(
-        daemon.is_some(),
-        "README block 2 starts no server: {}",
-        blocks[1]
-    );
-
-    // 3. From another terminal.
-    for command in blocks[2].lines().filter(|l| !l.trim().is_empty()) {
-        let words = words(command);
-        let out = if words[0] == binary {
-            flexnbd().args(&words[1..]).output().unwrap()
-        } else {
-            tool(&words[0]).args(&words[1..]).output().unwrap()
-        };
+    let sh = |command: &str| -> String {
+        let out = run_sh_group(&edit(command), Duration::from_secs(120));
         assert!(
-            out.status.success() && !out.stdout.is_empty(),
+            out.status.success(),
             "README: {command}: {}\nstdout:\n{}\nstderr:\n{}",
             out.status,
             text(&out.stdout),
             text(&out.stderr)
+        );
+        text(&out.stdout) + &text(&out.stderr)
+    };
+    let lines = |block: &str| -> Vec<String> {
+        block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // 1. Build (skipped), make the image, serve it.
+    let first = blocks[0]
+        .trim()
+        .strip_prefix("cargo build --release && ")
+        .unwrap_or_else(|| panic!("README block 1 does not build first: {}", blocks[0]));
+    let (setup, serve) = first
+        .rsplit_once(" && ")
+        .unwrap_or_else(|| panic!("README block 1 starts no server: {first}"));
+    sh(setup);
+    start(serve);
+    assert_eq!(blocks[1].trim(), "cargo test", "README's second command");
+
+    // 3. From another terminal.
+    let mut output = String::new();
+    for line in lines(&blocks[2]) {
+        output += &sh(&line);
+    }
+    for shown in [
+        "export-size: 1073741824",
+        "virtual size: 1 GiB",
+        "has_control=true",
+        "hello",
+    ] {
+        assert!(
+            output.contains(shown),
+            "README block 3 does not show {shown}: {output}"
+        );
+    }
+
+    // 5. The proxy in front of the server.
+    let proxy = lines(&blocks[4]);
+    assert_eq!(
+        proxy.len(),
+        1,
+        "README block 5 is one command: {}",
+        blocks[4]
+    );
+    start(&proxy[0]);
+
+    // 4. The migration.
+    let mut output = String::new();
+    for line in lines(&blocks[3]) {
+        if line.ends_with('&') {
+            start(&line);
+        } else {
+            output += &sh(&line);
+        }
+    }
+    for shown in [
+        "Mirror started",
+        "Migration complete in ",
+        "mirror: ",
+        "identical: the destination has every byte",
+    ] {
+        assert!(
+            output.contains(shown),
+            "README block 4 does not show {shown}: {output}"
         );
     }
 }

@@ -43,6 +43,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Write(args) => write::run(args, global),
         Command::Acl(args) => acl::run(args, global),
         Command::Status(args) => status::run(args, global),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man(args) => generate::man(&args),
         Command::Generate(args) => generate::run(args),
     }
 }

@@ -137,9 +137,10 @@ pub(crate) fn have_tool(name: &str) -> bool {
 
 /// Whether an interop test may run: true when `name` is installed.
 ///
-/// Otherwise prints `skipped: <name> not installed` and returns false, so the
-/// test can `return` early. Under `CI=true` a missing tool is a failure
-/// instead: CI installs every tool (`.ci/run`).
+/// Otherwise prints `skipped <test>: <name> not installed` (see
+/// [`print_skip`]) and returns false, so the test can `return` early. Under
+/// `CI=true` a missing tool is a failure instead: CI installs every tool
+/// (`.ci/run`).
 ///
 /// ```ignore
 /// if !require_tool("qemu-img") {
@@ -155,7 +156,7 @@ pub(crate) fn require_tool(name: &str) -> bool {
         !in_ci(),
         "{name} is not installed, but CI=true requires every interop tool (see .ci/run)"
     );
-    eprintln!("skipped: {name} not installed");
+    print_skip(&format!("{name} not installed"));
     false
 }
 
@@ -198,9 +199,8 @@ pub(crate) fn require_flexnbd_c() -> Option<PathBuf> {
 
 /// One of the C flexnbd 0.5.0 programs (`flexnbd` or `flexnbd-proxy`), the
 /// reference peers: from the directory in `$FLEXNBD_C_DIR`, else
-/// `../shared/peers/flexnbd-c/` beside the checkout (where CI puts it), else
-/// `/work/shared/peers/flexnbd-c/`. `$FLEXNBD_C` overrides the path of
-/// `flexnbd` itself.
+/// `../shared/peers/flexnbd-c/` beside the checkout (where CI puts it).
+/// `$FLEXNBD_C` overrides the path of `flexnbd` itself.
 ///
 /// `None`, with a printed reason, when it is missing or cannot run (it needs
 /// `libev4`); under `CI=true` that is a test failure instead, since `.ci/run`
@@ -220,7 +220,6 @@ pub(crate) fn flexnbd_c_peer(name: &str) -> Option<PathBuf> {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../shared/peers/flexnbd-c")
                 .join(name),
-            Path::new("/work/shared/peers/flexnbd-c").join(name),
         ]
     };
     let problem = match candidates.iter().find(|p| p.is_file()) {
@@ -250,8 +249,18 @@ pub(crate) fn flexnbd_c_peer(name: &str) -> Option<PathBuf> {
         }
     };
     assert!(!in_ci(), "the C {name} is required when CI=true: {problem}");
-    eprintln!("skipped: {problem}");
+    print_skip(&problem);
     None
+}
+
+/// Says why a test skips, as `skipped <test>: <reason>`, where `cargo test`
+/// shows it: straight to stderr, which the test harness does not capture
+/// (it captures only `print!` and `eprint!`), so a run that skips says so.
+pub(crate) fn print_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Nowhere to report a failure to write to stderr.
+    let _ = writeln!(std::io::stderr().lock(), "skipped {test}: {reason}");
 }
 
 /// Asserts two byte buffers are equal, reporting the length and the first
