@@ -235,8 +235,7 @@ pub struct LimitArgs {
     ///
     /// A connection that would go over waits, without reading, until
     /// others finish. A WRITE's payload is counted as its bytes arrive.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_nonzero_bytes)]
     pub max_inflight: u64,
     /// How long a client may pause in the middle of sending a request's payload.
     ///
@@ -565,6 +564,14 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
               (powers of 1024), e.g. 512M"
             .to_owned(),
     })
+}
+
+/// [`parse_bytes`], more than zero.
+fn parse_nonzero_bytes(text: &str) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        0 => Err("must be more than zero".to_owned()),
+        n => Ok(n),
+    }
 }
 
 /// [`parse_bytes`] for a size held in memory.
