@@ -539,7 +539,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -574,6 +574,14 @@ _flexnbd() {
                     return 0
                     ;;
                 -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --export-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -x)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -819,7 +827,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -858,6 +866,14 @@ _flexnbd() {
                     return 0
                     ;;
                 --max-clients)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --export-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -x)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -47,6 +47,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
@@ -65,6 +66,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port, logged with -v)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r

@@ -171,6 +171,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
+    /// Serve the file under this export name only (newstyle).
+    ///
+    /// NBD_OPT_LIST shows it, and a client asking for another name is
+    /// refused (NBD_REP_ERR_UNKNOWN). Without it, any name is accepted.
+    #[arg(short = 'x', long, value_name = "NAME", value_parser = parse_export_name,
+          conflicts_with = "oldstyle")]
+    pub export_name: Option<String>,
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -203,6 +210,13 @@ pub struct ListenArgs {
     /// Use this when the source is a C flexnbd, whose mirror only speaks old-style.
     #[arg(long)]
     pub oldstyle: bool,
+    /// Serve the file under this export name only (newstyle).
+    ///
+    /// NBD_OPT_LIST shows it, and a client asking for another name is
+    /// refused (NBD_REP_ERR_UNKNOWN). Without it, any name is accepted.
+    #[arg(short = 'x', long, value_name = "NAME", value_parser = parse_export_name,
+          conflicts_with = "oldstyle")]
+    pub export_name: Option<String>,
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -251,6 +265,15 @@ pub struct LimitArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s",
           value_parser = positive_duration)]
     pub handover_grace: std::time::Duration,
+}
+
+/// An export name: at most 4096 bytes (the NBD limit).
+fn parse_export_name(text: &str) -> Result<String, String> {
+    if text.len() > 4096 {
+        Err("an export name is at most 4096 bytes".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 /// A duration such as `10s` or `500ms`, more than zero.

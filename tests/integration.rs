@@ -26,6 +26,8 @@ mod interop;
 mod migration;
 /// Migrations that go wrong (fake destinations and sources), and with the C flexnbd.
 mod mirror_faults;
+/// What operators reach for: export names, seen through libnbd and qemu.
+mod operator;
 /// The proxy (`flexnbd proxy`, `flexnbd-proxy`): relaying, resending across upstream failures and migrations.
 mod proxy;
 /// The proxy's request handles upstream: the client's own, on first send and resend; a reused one is refused.

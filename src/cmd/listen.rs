@@ -36,6 +36,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         // FLUSH. Its own destination syncs every write before the reply, so
         // must we. Newstyle sources (ours) FLUSH before the handover.
         limits: super::serve::limits(&args.limits),
+        export_name: args.export_name.clone(),
         sync_writes: args.oldstyle,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);

@@ -39,6 +39,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         listen_mode: false,
         acl: Acl::new(args.acl, args.default_deny),
         limits: limits(&args.limits),
+        export_name: args.export_name.clone(),
         sync_writes: false,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);

@@ -20,10 +20,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_OPTIONS: usize = 4096;
 
 /// What the server offers in the handshake.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Offer {
     /// The export's size and transmission flags.
     pub export: Export,
+    /// The export's name; `None` serves it under any name (newstyle only).
+    pub name: Option<String>,
     /// Greet old-style (no options; flexnbd-c's protocol) instead of fixed newstyle.
     pub oldstyle: bool,
     /// Whether structured replies may be negotiated (the proxy relays only simple ones).
@@ -99,6 +101,7 @@ fn negotiate(
     if !offer.structured_replies {
         negotiation = negotiation.without_structured_replies();
     }
+    negotiation = negotiation.with_export_name(offer.name.clone());
     let mut payload = Vec::new();
     let mut out = Vec::new();
     let mut admit = Some(admit);
@@ -120,6 +123,13 @@ fn negotiate(
             Step::Continue => {}
             Step::Abort => return Ok(Handshake::Aborted),
             Step::Transmit => return Ok(Handshake::Transmit(negotiation.negotiated())),
+            Step::UnknownExport => {
+                log::info!(
+                    "client asked for export '{}', which is not served",
+                    String::from_utf8_lossy(&payload).escape_debug()
+                );
+                return Ok(Handshake::Aborted);
+            }
         }
     }
     Err(invalid_data(ProtoError::Invalid("too many options")))
@@ -143,6 +153,7 @@ mod tests {
                 size: 1 << 20,
                 flags: TransmissionFlags::HAS_FLAGS,
             },
+            name: None,
             oldstyle,
             structured_replies: true,
             timeout: Duration::from_secs(5),

@@ -31,6 +31,9 @@ pub enum Step {
     Abort,
     /// Negotiation is over (after `EXPORT_NAME` or a successful `GO`): enter transmission.
     Transmit,
+    /// `EXPORT_NAME` named an export this server does not have: the
+    /// protocol has no error reply for it, so close the connection.
+    UnknownExport,
 }
 
 /// The outcome of negotiation that the transmission phase needs.
@@ -46,6 +49,8 @@ pub struct Negotiated {
 #[derive(Debug)]
 pub struct ServerNegotiation {
     export: Export,
+    /// The one export name served; `None` serves the file under any name.
+    name: Option<String>,
     no_zeroes: bool,
     structured_allowed: bool,
     state: Negotiated,
@@ -73,6 +78,7 @@ impl ServerNegotiation {
         }
         Ok(ServerNegotiation {
             export,
+            name: None,
             no_zeroes: client_flags.contains(ClientFlags::NO_ZEROES),
             structured_allowed: true,
             state: Negotiated::default(),
@@ -86,6 +92,19 @@ impl ServerNegotiation {
         self
     }
 
+    /// Serves the export under `name` only: `LIST` shows it, and a client
+    /// asking for another name gets `NBD_REP_ERR_UNKNOWN` (or, for
+    /// `EXPORT_NAME`, which has no error reply, the connection closed).
+    pub fn with_export_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Whether `asked` names the export served.
+    fn knows(&self, asked: &[u8]) -> bool {
+        self.name.as_ref().is_none_or(|n| n.as_bytes() == asked)
+    }
+
     /// What has been negotiated so far.
     pub fn negotiated(&self) -> Negotiated {
         self.state
@@ -94,6 +113,7 @@ impl ServerNegotiation {
     /// Answers one option, appending the reply bytes to `out`.
     pub fn handle(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Step {
         match opt {
+            Opt::EXPORT_NAME if !self.knows(data) => Step::UnknownExport,
             Opt::EXPORT_NAME => {
                 let mut buf = [0u8; ExportNameReply::SIZE];
                 ExportNameReply {
@@ -115,14 +135,19 @@ impl ServerNegotiation {
                 if !data.is_empty() {
                     error(out, opt, Rep::ERR_INVALID, "LIST takes no data");
                 } else {
-                    reply(out, opt, Rep::SERVER, &0u32.to_be_bytes());
+                    let name = self.name.as_deref().unwrap_or("");
+                    // A name is at most MAX_NAME_LEN bytes (checked where it is set).
+                    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+                    let mut payload = len.to_be_bytes().to_vec();
+                    payload.extend_from_slice(name.as_bytes());
+                    reply(out, opt, Rep::SERVER, &payload);
                     reply(out, opt, Rep::ACK, &[]);
                 }
                 Step::Continue
             }
             Opt::INFO | Opt::GO => match self.info(opt, data, out) {
-                Ok(()) if opt == Opt::GO => Step::Transmit,
-                Ok(()) => Step::Continue,
+                Ok(true) if opt == Opt::GO => Step::Transmit,
+                Ok(_) => Step::Continue,
                 Err(e) => {
                     error(out, opt, Rep::ERR_INVALID, &e.to_string());
                     Step::Continue
@@ -173,9 +198,10 @@ impl ServerNegotiation {
         }
     }
 
-    fn info(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    /// Answers `INFO` or `GO`; whether the export was found.
+    fn info(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Result<bool, ProtoError> {
         let mut r = Reader::new(data);
-        let _name = r.string()?;
+        let name = r.string()?;
         let count = r.u16()?;
         let mut want_block_size = false;
         for _ in 0..count {
@@ -184,6 +210,15 @@ impl ServerNegotiation {
             }
         }
         r.finish()?;
+        if !self.knows(name.as_bytes()) {
+            error(
+                out,
+                opt,
+                Rep::ERR_UNKNOWN,
+                &format!("no export named '{}'", name.escape_debug()),
+            );
+            return Ok(false);
+        }
         let mut export = [0u8; 12];
         BigEndian::write_u16(&mut export[0..2], Info::EXPORT.0);
         BigEndian::write_u64(&mut export[2..10], self.export.size);
@@ -198,7 +233,7 @@ impl ServerNegotiation {
             reply(out, opt, Rep::INFO, &bs);
         }
         reply(out, opt, Rep::ACK, &[]);
-        Ok(())
+        Ok(true)
     }
 
     fn meta_context(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Result<(), ProtoError> {
@@ -402,5 +437,47 @@ mod tests {
         out.clear();
         n.handle(Opt::LIST_META_CONTEXT, &meta_payload(&[]), &mut out);
         assert_eq!(replies(&out).len(), 2);
+    }
+
+    #[test]
+    fn a_named_export_is_listed_and_other_names_are_unknown() {
+        let named = || neg().with_export_name(Some("disk0".to_owned()));
+        let mut out = Vec::new();
+        assert_eq!(named().handle(Opt::LIST, b"", &mut out), Step::Continue);
+        let r = replies(&out);
+        assert_eq!(r[0], (Rep::SERVER, b"\0\0\0\x05disk0".to_vec()));
+        assert_eq!(r[1].0, Rep::ACK);
+
+        let mut out = Vec::new();
+        assert_eq!(
+            named().handle(Opt::GO, &go_payload("other", &[]), &mut out),
+            Step::Continue
+        );
+        let r = replies(&out);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, Rep::ERR_UNKNOWN);
+        assert_eq!(r[0].1, b"no export named 'other'".to_vec());
+
+        let mut out = Vec::new();
+        assert_eq!(
+            named().handle(Opt::GO, &go_payload("disk0", &[]), &mut out),
+            Step::Transmit
+        );
+        assert_eq!(
+            named().handle(Opt::EXPORT_NAME, b"nope", &mut Vec::new()),
+            Step::UnknownExport
+        );
+        assert_eq!(
+            named().handle(Opt::EXPORT_NAME, b"disk0", &mut Vec::new()),
+            Step::Transmit
+        );
+        // Without a name, any name is served and LIST shows "".
+        assert_eq!(
+            neg().handle(Opt::EXPORT_NAME, b"whatever", &mut Vec::new()),
+            Step::Transmit
+        );
+        let mut out = Vec::new();
+        neg().handle(Opt::LIST, b"", &mut out);
+        assert_eq!(replies(&out)[0], (Rep::SERVER, vec![0, 0, 0, 0]));
     }
 }

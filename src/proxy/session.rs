@@ -60,6 +60,7 @@ impl Proxy {
 
     fn handshake(&self, down: &Stream) -> io::Result<()> {
         let offer = Offer {
+            name: None,
             export: Export {
                 size: self.size,
                 flags: self.flags,

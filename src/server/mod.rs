@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub sync_writes: bool,
     /// Bounds on what connections may hold before and during transmission.
     pub limits: Limits,
+    /// The export's name (newstyle): `None` serves the file under any name.
+    pub export_name: Option<String>,
 }
 
 /// Bounds that keep one client, or many silent ones, from locking others out.
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
             acl: Acl::default(),
             sync_writes: false,
             limits: Limits::default(),
+            export_name: None,
         }
     }
 }

@@ -98,6 +98,7 @@ impl fmt::Display for Outcome {
 /// Serves one client from handshake to close.
 pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) -> Outcome {
     let offer = Offer {
+        name: server.config.export_name.clone(),
         export: Export {
             size: server.backing.size(),
             flags: server.transmission_flags(),
