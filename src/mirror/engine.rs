@@ -5,20 +5,21 @@
 //! (a reply error, a bad reply, EOF, no progress within the request limit)
 //! ends the attempt; the supervisor in `mod.rs` decides about retrying.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backing::is_zero;
-use crate::client::{ConnectOptions, ErrorKind, NbdClient, ReplyReader, Style};
+use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
-use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
+use crate::proto::types::{Cmd, CmdFlags, TransmissionFlags};
 use crate::proto::wire::Request;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
+use super::passes::{COPY_BUDGET, Passes};
+use super::replies::{Replies, lock_closed, read_replies, reply_reader};
 use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
 
 /// Most transfers in flight at once.
@@ -53,13 +54,6 @@ const SLOW_CYCLE: Duration = Duration::from_millis(20);
 /// How often the handover checks whether the clients have gone.
 const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
-/// Most passes over the file before converging whatever is left dirty.
-const MAX_PASSES: u32 = 8;
-/// The passes send at most this many times the file's size before
-/// converging whatever is left dirty (with write-through, which holds each
-/// writer only for the cycle that sends its write).
-const COPY_BUDGET: u64 = 2;
-
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
 /// with data; the WRITE's payload then goes from the file to the socket with
@@ -67,94 +61,6 @@ const COPY_BUDGET: u64 = 2;
 /// the whole range would cost two copies of every byte, most of the
 /// source's CPU time.
 const ZERO_CHECK_PIECE: usize = 64 << 10;
-
-/// Passes over the dirty map while copying, to notice that they stop converging.
-#[derive(Debug, Default)]
-struct Passes {
-    /// Passes completed.
-    done: u32,
-    /// What was dirty when the last pass ended.
-    last_dirty: Option<u64>,
-    /// Bytes sent in the pass under way.
-    sent: u64,
-    /// Bytes sent in all passes.
-    total: u64,
-    /// Converge once the passes have sent this much, however they shrink:
-    /// writers that keep redirtying the file are then paced by
-    /// write-through instead of being chased pass after pass.
-    limit: Option<u64>,
-}
-
-impl Passes {
-    /// A pass ended with `dirty` bytes left: whether to stop copying and
-    /// converge, because the dirty set no longer shrinks by a tenth per pass
-    /// (the writers dirty blocks as fast as they are sent), or after
-    /// [`MAX_PASSES`]. The first pass is measured against what it sent: if
-    /// the writers dirtied nine tenths of that meanwhile, another pass would
-    /// only send it all again. Past [`Passes::limit`] bytes sent, too.
-    fn stalled(&mut self, dirty: u64) -> bool {
-        self.done += 1;
-        self.total += self.sent;
-        let before = self.last_dirty.unwrap_or(self.sent);
-        let stalled = before > 0 && dirty.saturating_mul(10) >= before.saturating_mul(9);
-        self.last_dirty = Some(dirty);
-        self.sent = 0;
-        stalled || self.done >= MAX_PASSES || self.limit.is_some_and(|l| self.total >= l)
-    }
-}
-
-/// Replies outstanding, and the first failure seen by the reply thread.
-#[derive(Debug, Default)]
-struct Window {
-    /// Lengths of the transfers awaiting a reply, oldest first.
-    lens: VecDeque<u64>,
-    failed: Option<MirrorError>,
-    closed: bool,
-}
-
-#[derive(Debug)]
-struct Replies {
-    window: Mutex<Window>,
-    cv: Condvar,
-    /// The request limit: how long outstanding transfers may see no progress.
-    limit: Option<Duration>,
-    /// The last send or reply; the limit counts from here, as flexnbd-c's timer.
-    progress: Mutex<Instant>,
-}
-
-impl Replies {
-    fn new(limit: Option<Duration>) -> Replies {
-        Replies {
-            window: Mutex::new(Window::default()),
-            cv: Condvar::new(),
-            limit,
-            progress: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn progressed(&self) {
-        *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-    }
-
-    fn since_progress(&self) -> Duration {
-        self.progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.window.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn fail(&self, why: MirrorError) {
-        let mut w = self.lock();
-        if w.failed.is_none() {
-            w.failed = Some(why);
-        }
-        self.cv.notify_all();
-    }
-}
 
 /// Runs one attempt. `commit` is told the outcome of connecting: `Ok`
 /// once the destination is accepted.
@@ -248,85 +154,6 @@ pub(super) fn attempt(
         }
     }
     end
-}
-
-/// A reply reader that wakes often enough to measure the request limit
-/// from the last progress rather than from the start of its read.
-fn reply_reader(client: &NbdClient, limit: Option<Duration>) -> Result<ReplyReader, MirrorError> {
-    let mut reader = client.reply_reader()?;
-    let tick = limit.map(|l| (l / 4).max(Duration::from_millis(50)));
-    reader
-        .set_read_timeout(tick)
-        .map_err(|e| MirrorError::new(Kind::Connection, format!("cannot set a timeout: {e}")))?;
-    Ok(reader)
-}
-
-fn lock_closed(replies: &Replies) {
-    replies.lock().closed = true;
-    replies.cv.notify_all();
-}
-
-/// Reads replies until the connection ends; every reply must be a success for `.MIRROR.`.
-fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
-    loop {
-        match reader.read_reply() {
-            Ok(reply) => {
-                if reply.error != Errno::OK {
-                    replies.fail(MirrorError::new(
-                        Kind::Reply,
-                        format!("Error returned from listener: {}", reply.error),
-                    ));
-                    return;
-                }
-                if reply.handle != MIRROR_HANDLE {
-                    replies.fail(MirrorError::new(
-                        Kind::Reply,
-                        "Bad handle returned from listener",
-                    ));
-                    return;
-                }
-                replies.progressed();
-                let mut w = replies.lock();
-                let Some(len) = w.lens.pop_front() else {
-                    drop(w);
-                    replies.fail(MirrorError::new(
-                        Kind::Reply,
-                        "reply from listener without a request",
-                    ));
-                    return;
-                };
-                mirror.acked.fetch_add(len, Ordering::SeqCst);
-                mirror.in_flight.fetch_sub(len, Ordering::SeqCst);
-                replies.cv.notify_all();
-            }
-            Err(e) if e.kind() == ErrorKind::Timeout => {
-                let w = replies.lock();
-                if w.closed {
-                    return;
-                }
-                let expired = replies.limit.is_some_and(|l| replies.since_progress() >= l);
-                if !w.lens.is_empty() && expired {
-                    drop(w);
-                    log::warn!("Mirror timeout signalled");
-                    replies.fail(MirrorError::new(
-                        Kind::Timeout,
-                        format!("no reply from listener within the request limit: {e}"),
-                    ));
-                    return;
-                }
-                // Idle, or still within the limit: keep waiting.
-            }
-            Err(e) => {
-                if !replies.lock().closed {
-                    replies.fail(MirrorError::new(
-                        Kind::Connection,
-                        format!("EOF or error reading response from listener: {e}"),
-                    ));
-                }
-                return;
-            }
-        }
-    }
 }
 
 struct Transfer<'a> {
@@ -802,68 +629,5 @@ impl Transfer<'_> {
             .wire_bytes
             .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passes_stall_when_the_dirty_set_stops_shrinking() {
-        let mut p = Passes::default();
-        assert!(
-            !p.stalled(1000),
-            "the first pass has nothing to compare with"
-        );
-        assert!(!p.stalled(800), "shrank by a fifth");
-        assert!(p.stalled(750), "shrank by less than a tenth");
-        let mut p = Passes::default();
-        assert!(!p.stalled(100));
-        assert!(p.stalled(200), "grew");
-    }
-
-    #[test]
-    fn a_first_pass_whose_bytes_were_all_dirtied_again_stalls() {
-        let mut p = Passes {
-            sent: 20 << 20,
-            ..Passes::default()
-        };
-        assert!(p.stalled(19 << 20), "writers redirtied 95% of the pass");
-        let mut p = Passes {
-            sent: 1 << 30,
-            ..Passes::default()
-        };
-        assert!(
-            !p.stalled(100 << 20),
-            "a writer dirtied a tenth of the pass"
-        );
-        assert_eq!(p.sent, 0, "each pass counts its own bytes");
-    }
-
-    #[test]
-    fn passes_end_once_they_sent_their_budget() {
-        let mut p = Passes {
-            limit: Some(2000),
-            ..Passes::default()
-        };
-        // Shrinking by a fifth each time, which alone would go on.
-        for (sent, dirty) in [(1000, 800), (800, 640)] {
-            p.sent = sent;
-            assert!(!p.stalled(dirty));
-        }
-        p.sent = 640;
-        assert!(p.stalled(500), "2440 bytes sent of a 2000-byte budget");
-    }
-
-    #[test]
-    fn passes_end_after_the_most_passes() {
-        let mut p = Passes::default();
-        let mut dirty = 1 << 30;
-        for _ in 1..MAX_PASSES {
-            assert!(!p.stalled(dirty));
-            dirty /= 2;
-        }
-        assert!(p.stalled(dirty));
     }
 }

@@ -68,6 +68,8 @@ use crate::sys::Trigger;
 
 mod engine;
 mod error;
+mod passes;
+mod replies;
 mod request;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
