@@ -43,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("proxy", &["proto", "nbd", "client", "net", "sys"]),
     // The control socket words the mirror's typed results as replies.
-    ("control", &["mirror", "net", "status"]),
+    ("control", &["mirror", "net", "status", "sys"]),
     // Parsing types only (addresses, ACL entries), so `generate` can reuse it.
     ("cli", &["net"]),
     ("cmd", ANY),

@@ -376,3 +376,74 @@ fn handover_with_oldstyle_clients_that_never_read_is_bounded() {
 fn handover_with_newstyle_clients_that_never_read_is_bounded() {
     handover_with_clients_that_never_read(false);
 }
+
+#[test]
+fn a_panic_in_a_control_command_is_answered_and_the_socket_goes_on() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic hook exists in debug builds only");
+        return;
+    }
+    let t = TestEnv::new();
+    let (d, addr) = daemon_with_env(&t, "serve", &[("FLEXNBD_TEST_PANIC_CONTROL", "acl")]);
+    let reply = crate::support::control(d.sock(), "acl", &["127.0.0.1"]);
+    assert_eq!(reply, "1: internal error\n");
+    for _ in 0..2 {
+        let status = crate::support::control(d.sock(), "status", &[]);
+        assert!(status.starts_with("0: pid="), "{status}");
+    }
+    let mut c = Client::connect(addr, Handshake::Go);
+    assert_eq!(c.read(1, 0, 512), vec![0u8; 512]);
+    assert!(
+        d.stderr()
+            .contains("internal error running control command 'acl'")
+    );
+}
+
+#[test]
+fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic hook exists in debug builds only");
+        return;
+    }
+    let t = TestEnv::new();
+    let src = t.image_with("src.img", &crate::support::pattern(1 << 20, 3));
+    let dst = t.image("dst.img", 1 << 20);
+    let ssock = t.sock_path_named("src.sock");
+    let (source, saddr) = start(
+        DaemonBuilder::new("serve", &src)
+            .sock(&ssock)
+            .env("FLEXNBD_TEST_PANIC_MIRROR", "copy"),
+    );
+    let (_dest, dport, _) = node(&t, "listen", &dst, "dst.sock", &[]);
+    let out = crate::support::flexnbd()
+        .args(["mirror", "-l", "127.0.0.1", "-p"])
+        .arg(dport.to_string())
+        .arg("-s")
+        .arg(&ssock)
+        .output()
+        .expect("mirror");
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    crate::support::wait_until("the mirror to give up", Duration::from_secs(20), || {
+        let status = crate::support::control(&ssock, "status", &[]);
+        status.contains("is_mirroring=false") && status.contains("last_migration=failed")
+    });
+    let status = crate::support::control(&ssock, "status", &[]);
+    assert!(status.contains("clients_allowed=true"), "{status}");
+    // Writes are not held for a migration that is gone.
+    let mut c = Client::connect(saddr, Handshake::Go);
+    let started = Instant::now();
+    c.write(1, 0, &[5u8; 4096]);
+    c.expect_reply(1, Errno::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a write waited for the dead mirror"
+    );
+    // The slot is free: a new mirror is accepted (and fails the same way).
+    let again = crate::support::control(&ssock, "mirror", &["127.0.0.1", &dport.to_string()]);
+    assert_eq!(again, "0: Mirror started\n", "{}", source.stderr());
+    assert!(source.stderr().contains("internal error in the mirror"));
+}

@@ -369,7 +369,7 @@ fn serve_one(shared: &Shared, stream: UnixStream) {
         }
     };
     let reply = match request {
-        Ok(request) => dispatch(&*shared.target, &request),
+        Ok(request) => dispatch_guarded(&*shared.target, &request),
         Err(RequestError::TooManyLines) => {
             warn!("control request too long");
             Reply::error("request too long")
@@ -406,6 +406,23 @@ fn serve_one(shared: &Shared, stream: UnixStream) {
         }
         Err(e) => warn!("cannot send control reply '{reply}': {e}"),
     }
+}
+
+/// Runs a request; a panic in it (a bug) is logged and answered as an
+/// internal error, and the control socket goes on serving.
+fn dispatch_guarded(target: &dyn Controlled, request: &Request) -> Reply {
+    let command = String::from_utf8_lossy(request.command().unwrap_or_default()).into_owned();
+    let run = || {
+        crate::sys::fault::panic_point("CONTROL", &command);
+        dispatch(target, request)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        error!(
+            "internal error running control command '{}'",
+            command.escape_debug()
+        );
+        Reply::error("internal error")
+    })
 }
 
 fn is_timeout(e: &io::Error) -> bool {

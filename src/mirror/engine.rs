@@ -125,6 +125,18 @@ pub(super) fn attempt(
     let end = match reply_reader(&client, limit) {
         Err(e) => AttemptEnd::Failed(e),
         Ok(reader) => std::thread::scope(|scope| {
+            // A panic below must still end the reply thread, or the scope
+            // would wait for it for ever.
+            let _unwind = match client.reply_reader() {
+                Ok(socket) => Some(CloseOnUnwind {
+                    replies: &replies,
+                    socket,
+                }),
+                Err(e) => {
+                    log::warn!("no second handle on the destination's socket: {e}");
+                    None
+                }
+            };
             let reader_replies = replies.clone();
             scope.spawn(move || read_replies(reader, &reader_replies, mirror));
             let mut transfer = Transfer {
@@ -154,6 +166,22 @@ pub(super) fn attempt(
         }
     }
     end
+}
+
+/// On a panic, closes the reply window and the destination's socket, which
+/// ends the reply thread.
+struct CloseOnUnwind<'r> {
+    replies: &'r Replies,
+    socket: crate::client::ReplyReader,
+}
+
+impl Drop for CloseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock_closed(self.replies);
+            self.socket.shutdown();
+        }
+    }
 }
 
 struct Transfer<'a> {
@@ -190,6 +218,7 @@ impl Transfer<'_> {
     }
 
     fn copy_and_hand_over(&mut self) -> Result<AttemptEnd, Stop> {
+        crate::sys::fault::panic_point("MIRROR", "copy");
         // Copying: send dirty runs in file order, pass after pass, until
         // little is left or the passes stop shrinking what is dirty.
         let mut cursor = 0u64;

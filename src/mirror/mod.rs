@@ -364,12 +364,28 @@ impl Shared {
             *lock(&mirror.started) = Instant::now();
             mirror.acked.store(0, Ordering::SeqCst);
             mirror.set_phase(Phase::Connecting);
-            let end = engine::attempt(&self.server, mirror, &mut |commit| {
-                ever_go |= commit.is_ok();
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(commit);
+            let attempt = || {
+                engine::attempt(&self.server, mirror, &mut |commit| {
+                    ever_go |= commit.is_ok();
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(commit);
+                    }
+                })
+            };
+            let Ok(end) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(attempt)) else {
+                // A bug: undo what the attempt may have left, and do not retry.
+                log::error!("internal error in the mirror; this migration is abandoned");
+                if let Some(tracker) = lock(&mirror.tracker).take() {
+                    tracker.abort();
                 }
-            });
+                self.server.set_tracker(None);
+                if !mirror.committed.load(Ordering::SeqCst) {
+                    self.server.set_clients_allowed(true);
+                }
+                mirror.in_flight.store(0, Ordering::SeqCst);
+                *lock(&self.last) = Some(Outcome::Failed);
+                break;
+            };
             *lock(&mirror.tracker) = None;
             mirror.in_flight.store(0, Ordering::SeqCst);
             match end {

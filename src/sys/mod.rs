@@ -5,6 +5,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 mod budget;
+pub mod fault;
 mod rate;
 mod trigger;
 
