@@ -26,7 +26,7 @@ pub const VERSION: &str = env!("FLEXNBD_VERSION");
 /// the Linux kernel's nbd-client and the libnbd tools, is controlled through
 /// a UNIX control socket, and is a drop-in replacement for the C flexnbd.
 ///
-/// Addresses are IPv4 or IPv6 literals, optionally in brackets (`[::1]`); 0
+/// Addresses are IPv4 or IPv6 literals, which may be written in brackets; 0
 /// means every IPv4 address; host names are not looked up. Sizes, offsets
 /// and rates take a suffix, K, M, G, T, P or E, each a power of 1024 (64K,
 /// 512M, 1.5G).
