@@ -20,7 +20,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{GlobalArgs, MirrorArgs};
 use crate::control::client;
 use crate::exit::ExitCode;
-use crate::status::{Outcome, Phase, Status};
+use crate::status::Status;
+
+use super::progress::{Human, Progress, Report, State};
 
 /// How often `--wait` asks for the status.
 const POLL: Duration = Duration::from_millis(100);
@@ -67,7 +69,8 @@ pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
 fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(new_bar);
     let plain = progress && bar.is_none();
-    let mut last_phase: Option<Phase> = None;
+    let mut model = Progress::new();
+    let mut last: Option<Report> = None;
     // The first plain line goes out at once, so even a short migration shows one.
     let mut last_line: Option<Instant> = None;
     let started = Instant::now();
@@ -77,8 +80,10 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
                 Ok(reply) => reply,
                 Err(e) => {
                     // The source closes its control socket once it has handed over.
-                    if last_phase == Some(Phase::Handover) {
-                        return finish(bar.as_ref(), started);
+                    if let Some(r) = last.filter(|r| r.state == State::Handover) {
+                        let done = model.handed_over(r.size);
+                        show_end(bar.as_ref(), plain, &done);
+                        return finish(started);
                     }
                     if let Some(bar) = &bar {
                         bar.abandon();
@@ -90,50 +95,23 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
             bail!("status failed: {}", reply.text);
         }
         let status = Status::from_str(&reply.text)?;
-        let Some(m) = status.migration else {
-            return match status.last_migration {
-                Some(Outcome::Done) => finish(bar.as_ref(), started),
-                other => {
-                    if let Some(bar) = &bar {
-                        bar.abandon();
-                    }
-                    match other {
-                        Some(Outcome::Stopped) => {
-                            bail!("the migration was stopped before the handover")
-                        }
-                        Some(Outcome::Failed) => bail!("the migration failed"),
-                        Some(Outcome::Done) | None => {
-                            bail!("no migration is running on {}", sock.display())
-                        }
-                    }
-                }
-            };
-        };
-        let done = status.size.saturating_sub(m.bytes_left);
-        let phase = m.phase.map_or("", Phase::as_str);
-        let retries = m.retries.unwrap_or(0);
-        let sent = m.bytes_sent.unwrap_or(0);
+        let report = model.update(&status, Instant::now());
+        if report.state.is_final() {
+            show_end(bar.as_ref(), plain, &report);
+            match report.state {
+                State::Done => return finish(started),
+                State::Stopped => bail!("the migration was stopped before the handover"),
+                State::Failed => bail!("the migration failed"),
+                _ => bail!("no migration is running on {}", sock.display()),
+            }
+        }
         if let Some(bar) = &bar {
-            bar.set_length(status.size);
-            bar.set_position(done);
-            bar.set_prefix(phase);
-            bar.set_message(format!(
-                "{} dirty, {} sent, {retries} retries",
-                indicatif::HumanBytes(m.bytes_left),
-                indicatif::HumanBytes(sent)
-            ));
+            show_bar(bar, &report);
         } else if plain && last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
             last_line = Some(Instant::now());
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {sent} bytes sent, {retries} retries",
-                status.size,
-                m.speed,
-                m.bytes_left,
-                m.seconds_left
-            );
+            let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
         }
-        last_phase = m.phase;
+        last = Some(report);
         std::thread::sleep(POLL);
     }
 }
@@ -143,9 +121,11 @@ fn new_bar() -> ProgressBar {
     bar.set_style(
         ProgressStyle::with_template(
             // Two lines, so that an 80-column terminal need not wrap them:
-            // the phase and the bar of bytes on the destination, then the
-            // rate, the estimate and what is left.
-            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {bytes_per_sec}, eta {eta}, {wide_msg}",
+            // the state and the limit, the bar of bytes that need not be sent again,
+            // then the rate, the estimate and what is left (all from
+            // `progress`, not indicatif's own estimates, which average
+            // over the bar's life and know nothing of the limit).
+            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -154,14 +134,29 @@ fn new_bar() -> ProgressBar {
     bar
 }
 
-fn finish(bar: Option<&ProgressBar>, started: Instant) -> Result<ExitCode> {
+fn show_bar(bar: &ProgressBar, report: &Report) {
+    bar.set_length(report.size);
+    bar.set_position(report.done());
+    bar.set_prefix(Human(report).title());
+    bar.set_message(Human(report).to_string());
+}
+
+/// Shows how the migration ended: the bar's last frame, or a last plain line.
+fn show_end(bar: Option<&ProgressBar>, plain: bool, report: &Report) {
     if let Some(bar) = bar {
-        if let Some(len) = bar.length() {
-            bar.set_position(len);
+        show_bar(bar, report);
+        if report.state == State::Done {
+            bar.set_prefix("handed over");
+            bar.finish_with_message("the destination has control");
+        } else {
+            bar.abandon();
         }
-        bar.set_prefix("handed over");
-        bar.finish_with_message("the destination has control");
+    } else if plain {
+        let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
     }
+}
+
+fn finish(started: Instant) -> Result<ExitCode> {
     writeln!(
         std::io::stdout().lock(),
         "Migration complete in {:.1} s",
