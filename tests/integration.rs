@@ -24,6 +24,8 @@ mod interop;
 mod migration;
 /// Migrations that go wrong (fake destinations and sources), and with the C flexnbd.
 mod mirror_faults;
+/// What `mirror --wait` prints while a migration runs at a limit, paused, resumed and broken.
+mod progress;
 /// The proxy (`flexnbd proxy`, `flexnbd-proxy`): relaying, resending across upstream failures and migrations.
 mod proxy;
 /// The proxy's request handles upstream: the client's own, on first send and resend; a reused one is refused.

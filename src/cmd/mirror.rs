@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{GlobalArgs, MirrorArgs};
 use crate::control::client;
 use crate::exit::ExitCode;
-use crate::status::Status;
+use crate::status::{Phase, Status};
 
 use super::progress::{Human, Progress, Report, State};
 
@@ -80,7 +80,7 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
                 Ok(reply) => reply,
                 Err(e) => {
                     // The source closes its control socket once it has handed over.
-                    if let Some(r) = last.filter(|r| r.state == State::Handover) {
+                    if let Some(r) = last.filter(|r| r.state == State::Running(Phase::Handover)) {
                         let done = model.handed_over(r.size);
                         show_end(bar.as_ref(), plain, &done);
                         return finish(started);

@@ -33,16 +33,8 @@ pub const MIN_SPAN: Duration = Duration::from_secs(1);
 /// What a migration is doing, as the progress output names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// Connecting to the destination.
-    Connecting,
-    /// Sending the file and what clients write meanwhile.
-    Copying,
-    /// Little is left; client writes are mirrored before they are acknowledged.
-    Converging,
-    /// Clients are stopped and the last data is sent.
-    Handover,
-    /// Waiting before another attempt.
-    Retrying,
+    /// Running, in this phase (copying when the server shows none, as flexnbd-c).
+    Running(Phase),
     /// The speed limit is 0: nothing is sent until it is raised.
     Paused,
     /// `break` or a signal stopped it before the handover.
@@ -59,11 +51,7 @@ impl State {
     /// The word shown.
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Connecting => "connecting",
-            State::Copying => "copying",
-            State::Converging => "converging",
-            State::Handover => "handover",
-            State::Retrying => "retrying",
+            State::Running(phase) => phase.as_str(),
             State::Paused => "paused",
             State::Stopped => "stopped",
             State::Done => "done",
@@ -91,17 +79,9 @@ impl State {
     }
 
     fn running(m: &MigrationStatus) -> State {
-        let state = match m.phase {
-            Some(Phase::Connecting) => State::Connecting,
-            // flexnbd-c shows no phase: it is copying.
-            Some(Phase::Copying) | None => State::Copying,
-            Some(Phase::Converging) => State::Converging,
-            Some(Phase::Handover) => State::Handover,
-            Some(Phase::Retrying) => State::Retrying,
-        };
-        match state {
-            State::Copying | State::Converging if m.speed_limit == Some(0) => State::Paused,
-            other => other,
+        match m.phase.unwrap_or(Phase::Copying) {
+            Phase::Copying | Phase::Converging if m.speed_limit == Some(0) => State::Paused,
+            phase => State::Running(phase),
         }
     }
 }
@@ -127,11 +107,11 @@ pub struct Report {
     /// Seconds until it is done at `rate`; `None` when unknown (no rate, a
     /// zero rate, paused, ended).
     pub eta: Option<u64>,
-    /// The speed limit in bytes per second, if one is set.
+    /// The limit the rate is held to (`migration_speed_limit`; 0 pauses).
     pub limit: Option<u64>,
-    /// Bytes sent to the destination over all attempts, headers included.
+    /// `migration_bytes_sent` (0 when the server does not show it).
     pub sent: u64,
-    /// Attempts that failed and were retried.
+    /// `migration_retries` (0 when the server does not show it).
     pub retries: u64,
 }
 
@@ -394,11 +374,23 @@ mod tests {
         t0 + Duration::from_secs_f64(s)
     }
 
+    /// A model fed unlimited samples `(seconds, copied, left)`, and its start.
+    fn fed(samples: &[(f64, u64, u64)]) -> (Progress, Instant) {
+        let (mut p, t0) = (Progress::new(), Instant::now());
+        for &(at, copied, left) in samples {
+            p.update(&running(copied, left, None), secs(t0, at));
+        }
+        (p, t0)
+    }
+
     #[test]
     fn the_first_sample_has_no_rate_and_no_eta() {
         let mut p = Progress::new();
         let r = p.update(&running(0, 64 * MIB, None), Instant::now());
-        assert_eq!((r.state, r.rate, r.eta), (State::Copying, None, None));
+        assert_eq!(
+            (r.state, r.rate, r.eta),
+            (State::Running(Phase::Copying), None, None)
+        );
         let line = r.to_string();
         assert!(
             line.contains("rate unknown") && line.contains("eta unknown"),
@@ -409,9 +401,7 @@ mod tests {
 
     #[test]
     fn the_rate_is_measured_over_the_window() {
-        let mut p = Progress::new();
-        let t0 = Instant::now();
-        p.update(&running(0, 64 * MIB, None), t0);
+        let (mut p, t0) = fed(&[(0.0, 0, 64 * MIB)]);
         let r = p.update(&running(10 * MIB, 54 * MIB, None), secs(t0, 0.5));
         assert_eq!(r.rate, None, "half a second says little");
         let r = p.update(&running(20 * MIB, 44 * MIB, None), secs(t0, 1.0));
@@ -422,9 +412,7 @@ mod tests {
 
     #[test]
     fn a_zero_rate_gives_an_unknown_eta() {
-        let mut p = Progress::new();
-        let t0 = Instant::now();
-        p.update(&running(MIB, 63 * MIB, None), t0);
+        let (mut p, t0) = fed(&[(0.0, MIB, 63 * MIB)]);
         let r = p.update(&running(MIB, 63 * MIB, None), secs(t0, 2.0));
         assert_eq!((r.rate, r.eta), (Some(0), None));
         assert!(
@@ -451,7 +439,10 @@ mod tests {
         assert_eq!(Human(&r).title(), "paused");
         // Resumed: the window's rate again, under the new limit.
         let r = p.update(&running(40 * MIB, 24 * MIB, Some(MIB)), secs(t0, 3.0));
-        assert_eq!((r.state, r.rate), (State::Copying, Some(MIB)));
+        assert_eq!(
+            (r.state, r.rate),
+            (State::Running(Phase::Copying), Some(MIB))
+        );
     }
 
     #[test]
@@ -508,20 +499,14 @@ mod tests {
 
     #[test]
     fn a_new_attempt_restarts_the_window() {
-        let mut p = Progress::new();
-        let t0 = Instant::now();
-        p.update(&running(0, 64 * MIB, None), t0);
-        p.update(&running(40 * MIB, 24 * MIB, None), secs(t0, 2.0));
+        let (mut p, t0) = fed(&[(0.0, 0, 64 * MIB), (2.0, 40 * MIB, 24 * MIB)]);
         let r = p.update(&running(0, 64 * MIB, None), secs(t0, 3.0));
         assert_eq!(r.rate, None);
     }
 
     #[test]
     fn stopped_keeps_what_was_left_and_shows_no_eta() {
-        let mut p = Progress::new();
-        let t0 = Instant::now();
-        p.update(&running(0, 64 * MIB, None), t0);
-        p.update(&running(10 * MIB, 54 * MIB, None), secs(t0, 1.0));
+        let (mut p, t0) = fed(&[(0.0, 0, 64 * MIB), (1.0, 10 * MIB, 54 * MIB)]);
         let r = p.update(&ended(Outcome::Stopped), secs(t0, 2.0));
         assert_eq!((r.state, r.rate, r.eta), (State::Stopped, None, None));
         assert_eq!(r.remaining, 54 * MIB);
@@ -541,9 +526,7 @@ mod tests {
 
     #[test]
     fn done_has_nothing_left() {
-        let mut p = Progress::new();
-        let t0 = Instant::now();
-        p.update(&running(0, 64 * MIB, None), t0);
+        let (mut p, t0) = fed(&[(0.0, 0, 64 * MIB)]);
         let r = p.update(&ended(Outcome::Done), secs(t0, 1.0));
         assert_eq!((r.state, r.remaining, r.done()), (State::Done, 0, 64 * MIB));
         assert!(
@@ -557,18 +540,21 @@ mod tests {
     #[test]
     fn phases_and_the_json_members() {
         let mut st = running(0, 5, None);
-        for (phase, state) in [
-            (Phase::Connecting, State::Connecting),
-            (Phase::Converging, State::Converging),
-            (Phase::Handover, State::Handover),
-            (Phase::Retrying, State::Retrying),
-        ] {
+        for phase in Phase::ALL {
             st.migration.as_mut().unwrap().phase = Some(phase);
-            assert_eq!(Progress::new().update(&st, Instant::now()).state, state);
+            let r = Progress::new().update(&st, Instant::now());
+            assert_eq!(r.state, State::Running(phase));
+            assert!(r.to_string().starts_with(&format!("{phase} ")), "{r}");
         }
+        st.migration.as_mut().unwrap().phase = None;
+        assert_eq!(
+            Progress::new().update(&st, Instant::now()).state,
+            State::Running(Phase::Copying),
+            "flexnbd-c shows no phase"
+        );
         assert_eq!(
             json_members(&st),
-            r#""state":"retrying","bytes_remaining":5"#
+            r#""state":"copying","bytes_remaining":5"#
         );
         assert_eq!(
             json_members(&ended(Outcome::Stopped)),
