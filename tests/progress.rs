@@ -1,5 +1,6 @@
 //! What `mirror --wait` says on a pipe while a real migration runs: one
-//! plain line at once, one every 5 s, and a last one saying how it ended.
+//! plain line at once, one every 5 s and on each change of state, and a
+//! last one saying how it ended.
 //!
 //! - at a limit: no rate above it, an ETA only with a rate, `done` at the end;
 //! - paused (`-m 0`), then resumed at a lower limit, then lifted: `paused`
@@ -288,7 +289,7 @@ fn paused_then_resumed_then_lifted() {
     // Five seconds later, still paused: a measured rate of zero, no estimate.
     watch.line("a second paused line", |l| state(l) == "paused");
 
-    // Resumed at 2 MiB/s: the next lines show at most that.
+    // Resumed at 2 MiB/s: a line at once, with at most that.
     let slow = 2 * MIB;
     assert_eq!(
         pair.control(&["mirror-speed", "-m", &slow.to_string()])

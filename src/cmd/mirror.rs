@@ -3,8 +3,9 @@
 //! Without `--wait` this is flexnbd-c's client: it sends the `mirror`
 //! command, prints the reply (`Mirror started`) and exits with its code.
 //! With `--wait` it then polls the server's `status` until the migration
-//! ends: a progress bar on a terminal, a plain progress line every few
-//! seconds otherwise. It exits 0 once the source has handed over (the
+//! ends: a progress bar on a terminal, otherwise a plain progress line at
+//! once, every few seconds, on each change of state and at the end; what
+//! both say comes from [`super::progress`]. It exits 0 once the source has handed over (the
 //! destination has control), and 1 if the migration is stopped or the
 //! source goes away before the handover.
 
@@ -26,7 +27,8 @@ use super::progress::{Human, Progress, Report, State};
 
 /// How often `--wait` asks for the status.
 const POLL: Duration = Duration::from_millis(100);
-/// How often a plain progress line is printed when stderr is not a terminal.
+/// How often a plain progress line is printed when stderr is not a terminal
+/// (and at once when the state changes).
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// The first connection attempt can take 15 s to connect plus 5 s for the hello.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,8 +73,9 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let plain = progress && bar.is_none();
     let mut model = Progress::new();
     let mut last: Option<Report> = None;
-    // The first plain line goes out at once, so even a short migration shows one.
-    let mut last_line: Option<Instant> = None;
+    // The first plain line goes out at once, so even a short migration
+    // shows one, and so does one for each new state (paused, resumed...).
+    let mut last_line: Option<(Instant, State)> = None;
     let started = Instant::now();
     loop {
         let reply =
@@ -107,8 +110,10 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
         }
         if let Some(bar) = &bar {
             show_bar(bar, &report);
-        } else if plain && last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
-            last_line = Some(Instant::now());
+        } else if plain
+            && last_line.is_none_or(|(t, s)| t.elapsed() >= PLAIN_EVERY || s != report.state)
+        {
+            last_line = Some((Instant::now(), report.state));
             let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
         }
         last = Some(report);
