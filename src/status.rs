@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(line.parse::<Status>().unwrap(), st);
         assert!(
             st.to_json()
-                .ends_with(r#""migration_phase":"handover","last_migration":"stopped"}"#)
+                .ends_with(r#""migration_phase":"handover","migration_bytes_copied":4096,"last_migration":"stopped"}"#)
         );
     }
 
