@@ -332,13 +332,19 @@ fn per_second(bytes: u64, span: Duration) -> u64 {
     u64::try_from(u128::from(bytes) * 1000 / millis).unwrap_or(u64::MAX)
 }
 
-/// The fields one snapshot can give, as JSON members for `status --json`:
-/// `"state"` and `"bytes_remaining"` (no rate: that needs successive snapshots).
+/// The fields one snapshot can give, as JSON members to append for
+/// `status --json`, each with a leading comma: `"state"` once a migration
+/// has run, and `"bytes_remaining"` while one runs (no rate: that needs
+/// successive snapshots). Nothing for a server that never migrated, whose
+/// JSON stays its status line's.
 pub fn json_members(status: &Status) -> String {
-    let state = State::of(status);
-    match &status.migration {
-        Some(m) => format!("\"state\":\"{state}\",\"bytes_remaining\":{}", m.bytes_left),
-        None => format!("\"state\":\"{state}\""),
+    match (State::of(status), &status.migration) {
+        (State::Idle, _) => String::new(),
+        (state, Some(m)) => format!(
+            ",\"state\":\"{state}\",\"bytes_remaining\":{}",
+            m.bytes_left
+        ),
+        (state, None) => format!(",\"state\":\"{state}\""),
     }
 }
 
@@ -554,13 +560,13 @@ mod tests {
         );
         assert_eq!(
             json_members(&st),
-            r#""state":"copying","bytes_remaining":5"#
+            r#","state":"copying","bytes_remaining":5"#
         );
         assert_eq!(
             json_members(&ended(Outcome::Stopped)),
-            r#""state":"stopped""#
+            r#","state":"stopped""#
         );
-        assert_eq!(json_members(&Status::default()), r#""state":"idle""#);
+        assert_eq!(json_members(&Status::default()), "");
         assert_eq!(Eta(3725).to_string(), "1h 02m");
         assert_eq!(Eta(185).to_string(), "3m 05s");
         assert_eq!(Eta(42).to_string(), "42s");

@@ -4,7 +4,8 @@
 //! 1.4): after `0: ` on stdout, trailing space included; any other reply's
 //! text on stderr. The exit status is the reply's code. `--json` prints the
 //! same status as one JSON object, with the progress fields one snapshot
-//! gives (`state`, `bytes_remaining`; see [`super::progress`]) last.
+//! gives (`state`, `bytes_remaining`; see [`super::progress`]) last once a
+//! migration has run.
 
 use std::io::Write;
 use std::str::FromStr;
@@ -39,7 +40,7 @@ pub fn run(args: StatusArgs, global: GlobalArgs) -> Result<ExitCode> {
         let members = json.strip_suffix('}').unwrap_or(&json);
         writeln!(
             std::io::stdout().lock(),
-            "{members},{}}}",
+            "{members}{}}}",
             progress::json_members(&status)
         )?;
         return Ok(ExitCode::Success);
