@@ -5,9 +5,9 @@
 //! With `--wait` it then polls the server's `status` until the migration
 //! ends: a progress bar on a terminal, otherwise a plain progress line at
 //! once, every few seconds, on each change of state and at the end; what
-//! both say comes from [`super::progress`]. It exits 0 once the source has handed over (the
-//! destination has control), and 1 if the migration is stopped or the
-//! source goes away before the handover.
+//! both say comes from [`super::progress`]. It exits 0 once the source has
+//! handed over (the destination has control), and 1 if the migration is
+//! stopped or the source goes away before the handover.
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
@@ -126,10 +126,10 @@ fn new_bar() -> ProgressBar {
     bar.set_style(
         ProgressStyle::with_template(
             // Two lines, so that an 80-column terminal need not wrap them:
-            // the state and the limit, the bar of bytes that need not be sent again,
-            // then the rate, the estimate and what is left (all from
-            // `progress`, not indicatif's own estimates, which average
-            // over the bar's life and know nothing of the limit).
+            // the state and the limit, the bar of bytes that need not be
+            // sent again, then the rate, the estimate and what is left
+            // (all from `progress`, not indicatif's own estimates, which
+            // average over the bar's life and know nothing of the limit).
             "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
