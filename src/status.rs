@@ -119,6 +119,10 @@ pub struct MigrationStatus {
     pub retries: Option<u64>,
     /// Where the migration is (appended key).
     pub phase: Option<Phase>,
+    /// Bytes of the file the destination acknowledged in the current
+    /// attempt, counted as the speed limit counts them (appended key): the
+    /// counter a rate over a recent window is measured on.
+    pub bytes_copied: Option<u64>,
 }
 
 /// A server's state as `status` reports it.
@@ -182,6 +186,7 @@ impl Status {
                 ("migration_bytes_sent", m.bytes_sent.map(Value::Num)),
                 ("migration_retries", m.retries.map(Value::Num)),
                 ("migration_phase", m.phase.map(|p| Value::Word(p.as_str()))),
+                ("migration_bytes_copied", m.bytes_copied.map(Value::Num)),
             ];
             pairs.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         }
@@ -249,6 +254,7 @@ impl FromStr for Status {
                 "migration_bytes_sent" => m.bytes_sent = Some(num()?),
                 "migration_retries" => m.retries = Some(num()?),
                 "migration_phase" => m.phase = Some(value.parse().map_err(|_| bad())?),
+                "migration_bytes_copied" => m.bytes_copied = Some(num()?),
                 "last_migration" => st.last_migration = Some(value.parse().map_err(|_| bad())?),
                 _ => {} // keys appended by newer versions
             }
@@ -304,18 +310,19 @@ mod tests {
                 bytes_sent: Some(4124),
                 retries: Some(2),
                 phase: Some(Phase::Handover),
+                bytes_copied: Some(4096),
                 ..Default::default()
             }),
             last_migration: Some(Outcome::Stopped),
         };
         let line = st.to_string();
         assert!(line.ends_with(
-            "migration_bytes_left=5 migration_bytes_sent=4124 migration_retries=2 migration_phase=handover last_migration=stopped "
+            "migration_bytes_left=5 migration_bytes_sent=4124 migration_retries=2 migration_phase=handover migration_bytes_copied=4096 last_migration=stopped "
         ));
         assert_eq!(line.parse::<Status>().unwrap(), st);
         assert!(
             st.to_json()
-                .ends_with(r#""migration_phase":"handover","last_migration":"stopped"}"#)
+                .ends_with(r#""migration_phase":"handover","migration_bytes_copied":4096,"last_migration":"stopped"}"#)
         );
     }
 

@@ -28,6 +28,8 @@ mod migration;
 mod mirror_faults;
 /// What operators reach for: export names, seen through libnbd and qemu.
 mod operator;
+/// What `mirror --wait` prints while a migration runs at a limit, paused, resumed and broken.
+mod progress;
 /// The proxy (`flexnbd proxy`, `flexnbd-proxy`): relaying, resending across upstream failures and migrations.
 mod proxy;
 /// The proxy's request handles upstream: the client's own, on first send and resend; a reused one is refused.

@@ -1034,7 +1034,7 @@ fn mirror_wait_on_a_terminal_draws_a_progress_bar() {
         "/s",
         "eta",
         "MiB",
-        "dirty",
+        "to send",
         "sent",
         "retries",
         "copying",
@@ -1081,8 +1081,7 @@ fn mirror_wait_on_a_pipe_prints_plain_progress_lines() {
         .unwrap_or_else(|| panic!("no progress line: {stderr:?}"));
     for part in [
         "/67108864 bytes",
-        "bytes/s",
-        "bytes left",
+        "bytes left to send",
         "eta ",
         "bytes sent",
         "retries",

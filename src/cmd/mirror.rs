@@ -3,10 +3,11 @@
 //! Without `--wait` this is flexnbd-c's client: it sends the `mirror`
 //! command, prints the reply (`Mirror started`) and exits with its code.
 //! With `--wait` it then polls the server's `status` until the migration
-//! ends: a progress bar on a terminal, a plain progress line every few
-//! seconds otherwise. It exits 0 once the source has handed over (the
-//! destination has control), and 1 if the migration is stopped or the
-//! source goes away before the handover.
+//! ends: a progress bar on a terminal, otherwise a plain progress line at
+//! once, every few seconds, on each change of state and at the end; what
+//! both say comes from [`super::progress`]. It exits 0 once the source has
+//! handed over (the destination has control), and 1 if the migration is
+//! stopped or the source goes away before the handover.
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
@@ -20,11 +21,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{GlobalArgs, MirrorArgs};
 use crate::control::client;
 use crate::exit::ExitCode;
-use crate::status::{Outcome, Phase, Status};
+use crate::status::{Phase, Status};
+
+use super::progress::{Human, Progress, Report, State};
 
 /// How often `--wait` asks for the status.
 const POLL: Duration = Duration::from_millis(100);
-/// How often a plain progress line is printed when stderr is not a terminal.
+/// How often a plain progress line is printed when stderr is not a terminal
+/// (and at once when the state changes).
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// The first connection attempt can take 15 s to connect plus 5 s for the hello.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,9 +71,11 @@ pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
 fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(new_bar);
     let plain = progress && bar.is_none();
-    let mut last_phase: Option<Phase> = None;
-    // The first plain line goes out at once, so even a short migration shows one.
-    let mut last_line: Option<Instant> = None;
+    let mut model = Progress::new();
+    let mut last: Option<Report> = None;
+    // The first plain line goes out at once, so even a short migration
+    // shows one, and so does one for each new state (paused, resumed...).
+    let mut last_line: Option<(Instant, State)> = None;
     let started = Instant::now();
     loop {
         let reply =
@@ -77,8 +83,10 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
                 Ok(reply) => reply,
                 Err(e) => {
                     // The source closes its control socket once it has handed over.
-                    if last_phase == Some(Phase::Handover) {
-                        return finish(bar.as_ref(), started);
+                    if let Some(r) = last.filter(|r| r.state == State::Running(Phase::Handover)) {
+                        let done = model.handed_over(r.size);
+                        show_end(bar.as_ref(), plain, &done);
+                        return finish(started);
                     }
                     if let Some(bar) = &bar {
                         bar.abandon();
@@ -90,50 +98,25 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
             bail!("status failed: {}", reply.text);
         }
         let status = Status::from_str(&reply.text)?;
-        let Some(m) = status.migration else {
-            return match status.last_migration {
-                Some(Outcome::Done) => finish(bar.as_ref(), started),
-                other => {
-                    if let Some(bar) = &bar {
-                        bar.abandon();
-                    }
-                    match other {
-                        Some(Outcome::Stopped) => {
-                            bail!("the migration was stopped before the handover")
-                        }
-                        Some(Outcome::Failed) => bail!("the migration failed"),
-                        Some(Outcome::Done) | None => {
-                            bail!("no migration is running on {}", sock.display())
-                        }
-                    }
-                }
-            };
-        };
-        let done = status.size.saturating_sub(m.bytes_left);
-        let phase = m.phase.map_or("", Phase::as_str);
-        let retries = m.retries.unwrap_or(0);
-        let sent = m.bytes_sent.unwrap_or(0);
-        if let Some(bar) = &bar {
-            bar.set_length(status.size);
-            bar.set_position(done);
-            bar.set_prefix(phase);
-            bar.set_message(format!(
-                "{} dirty, {} sent, {retries} retries",
-                indicatif::HumanBytes(m.bytes_left),
-                indicatif::HumanBytes(sent)
-            ));
-        } else if plain && last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
-            last_line = Some(Instant::now());
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "mirror: {phase} {done}/{} bytes, {} bytes/s, {} bytes left, eta {} s, {sent} bytes sent, {retries} retries",
-                status.size,
-                m.speed,
-                m.bytes_left,
-                m.seconds_left
-            );
+        let report = model.update(&status, Instant::now());
+        if report.state.is_final() {
+            show_end(bar.as_ref(), plain, &report);
+            match report.state {
+                State::Done => return finish(started),
+                State::Stopped => bail!("the migration was stopped before the handover"),
+                State::Failed => bail!("the migration failed"),
+                _ => bail!("no migration is running on {}", sock.display()),
+            }
         }
-        last_phase = m.phase;
+        if let Some(bar) = &bar {
+            show_bar(bar, &report);
+        } else if plain
+            && last_line.is_none_or(|(t, s)| t.elapsed() >= PLAIN_EVERY || s != report.state)
+        {
+            last_line = Some((Instant::now(), report.state));
+            let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
+        }
+        last = Some(report);
         std::thread::sleep(POLL);
     }
 }
@@ -143,9 +126,11 @@ fn new_bar() -> ProgressBar {
     bar.set_style(
         ProgressStyle::with_template(
             // Two lines, so that an 80-column terminal need not wrap them:
-            // the phase and the bar of bytes on the destination, then the
-            // rate, the estimate and what is left.
-            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {bytes_per_sec}, eta {eta}, {wide_msg}",
+            // the state and the limit, the bar of bytes that need not be
+            // sent again, then the rate, the estimate and what is left
+            // (all from `progress`, not indicatif's own estimates, which
+            // average over the bar's life and know nothing of the limit).
+            "{spinner} {prefix:10} [{wide_bar}] {bytes}/{total_bytes}\n  {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -154,14 +139,29 @@ fn new_bar() -> ProgressBar {
     bar
 }
 
-fn finish(bar: Option<&ProgressBar>, started: Instant) -> Result<ExitCode> {
+fn show_bar(bar: &ProgressBar, report: &Report) {
+    bar.set_length(report.size);
+    bar.set_position(report.done());
+    bar.set_prefix(Human(report).title());
+    bar.set_message(Human(report).to_string());
+}
+
+/// Shows how the migration ended: the bar's last frame, or a last plain line.
+fn show_end(bar: Option<&ProgressBar>, plain: bool, report: &Report) {
     if let Some(bar) = bar {
-        if let Some(len) = bar.length() {
-            bar.set_position(len);
+        show_bar(bar, report);
+        if report.state == State::Done {
+            bar.set_prefix("handed over");
+            bar.finish_with_message("the destination has control");
+        } else {
+            bar.abandon();
         }
-        bar.set_prefix("handed over");
-        bar.finish_with_message("the destination has control");
+    } else if plain {
+        let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
     }
+}
+
+fn finish(started: Instant) -> Result<ExitCode> {
     writeln!(
         std::io::stdout().lock(),
         "Migration complete in {:.1} s",

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod listen;
 pub mod mirror;
 pub mod mirror_speed;
+pub mod progress;
 pub mod proxy;
 pub mod read;
 pub mod serve;

@@ -196,6 +196,7 @@ impl Mirror {
             bytes_sent: Some(self.wire_bytes.load(Ordering::SeqCst)),
             retries: Some(self.retries.load(Ordering::SeqCst)),
             phase: Some(self.phase()),
+            bytes_copied: Some(acked),
         }
     }
 
