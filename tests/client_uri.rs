@@ -183,7 +183,7 @@ fn the_proxy_asks_upstream_for_the_uris_export() {
 #[test]
 fn mirror_takes_an_nbd_uri_with_an_ip_and_port() {
     let env = TestEnv::new();
-    let src = env.image_with("source.img", &pattern(2 * MIB as usize, 5));
+    let src = env.image_with("source.img", &pattern(2 << 20, 5));
     let dst = env.image("dest.img", 2 * MIB);
     let source_sock = env.sock_path_named("source.sock");
     let mut source = DaemonBuilder::new("serve", &src).sock(&source_sock).start();
