@@ -180,8 +180,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;mirror' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port) or nbd://HOST:PORT')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port) or nbd://HOST:PORT')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI')
             [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to mirror to (with an IP address only)')
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to mirror to (with an IP address only)')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket of the server to migrate')

@@ -170,8 +170,8 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;mirror'= {
-            cand -l 'The address to mirror to: an IP address (with --port) or nbd://HOST:PORT'
-            cand --addr 'The address to mirror to: an IP address (with --port) or nbd://HOST:PORT'
+            cand -l 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI'
+            cand --addr 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI'
             cand -p 'The port to mirror to (with an IP address only)'
             cand --port 'The port to mirror to (with an IP address only)'
             cand -s 'Path to the control socket of the server to migrate'

@@ -108,7 +108,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s v -l verbose 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s l -l addr -d 'The address to mirror to: an IP address (with --port) or nbd://HOST:PORT' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s l -l addr -d 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s p -l port -d 'The port to mirror to (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s s -l sock -d 'Path to the control socket of the server to migrate' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s b -l bind -d 'Bind the local socket to a particular IP address' -r

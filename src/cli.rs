@@ -289,10 +289,12 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
 /// Options of `mirror`.
 #[derive(Debug, Args, Clone)]
 pub struct MirrorArgs {
-    /// The address to mirror to: an IP address (with --port) or nbd://HOST:PORT.
+    /// The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI.
     ///
-    /// The URI may not name an export, and UNIX sockets are not supported
-    /// yet: the control protocol carries an IP address and a port.
+    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, as for
+    /// read and write. A host name is looked up here. A socket path or an
+    /// export name goes to the server as a URI, which the C flexnbd does
+    /// not understand (see docs/control-protocol.md).
     #[arg(short = 'l', long, value_name = "ADDR")]
     pub addr: ServerAddr,
     /// The port to mirror to (with an IP address only).

@@ -40,7 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "mirror",
         &[
-            "proto", "backing", "client", "net", "server", "status", "sys",
+            "proto", "backing", "client", "net", "server", "status", "sys", "uri",
         ],
     ),
     ("proxy", &["proto", "nbd", "client", "net", "sys"]),

@@ -27,7 +27,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -162,6 +162,35 @@ impl NbdUri {
             transport,
             export_name,
         })
+    }
+}
+
+impl NbdUri {
+    /// The URI as text that [`NbdUri::parse`] reads back to the same value,
+    /// the export name and socket path percent-encoded (so it is one line
+    /// whatever they hold).
+    pub fn encode(&self) -> String {
+        let mut out = match &self.transport {
+            Transport::Tcp { host, port } => format!("nbd://{host}:{port}/"),
+            Transport::Unix(_) => "nbd+unix:///".to_owned(),
+        };
+        percent_encode(self.export_name.as_bytes(), &mut out);
+        if let Transport::Unix(path) = &self.transport {
+            out.push_str("?socket=");
+            percent_encode(path.as_os_str().as_bytes(), &mut out);
+        }
+        out
+    }
+}
+
+/// Appends `bytes`, with everything but unreserved characters and `/` as `%XX`.
+fn percent_encode(bytes: &[u8], out: &mut String) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
 }
 
@@ -525,6 +554,20 @@ mod tests {
             NbdUri::parse("nbd://h/caf%C3%A9").unwrap().export_name,
             "café"
         );
+    }
+
+    #[test]
+    fn encode_reads_back_the_same() {
+        for text in [
+            "nbd://127.0.0.1:4000/",
+            "nbd://[::1]:10809/a%20b%3Fc%23d%0A%25/e",
+            "nbd+unix:///caf%C3%A9?socket=/run/x%20y%26z.sock",
+            "nbd+unix:///?socket=rel/path",
+        ] {
+            let uri = NbdUri::parse(text).unwrap();
+            assert_eq!(uri.encode(), text);
+            assert_eq!(NbdUri::parse(&uri.encode()).unwrap(), uri);
+        }
     }
 
     #[test]

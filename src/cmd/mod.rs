@@ -3,7 +3,7 @@
 //! Each module has `pub fn run(args, global) -> anyhow::Result<ExitCode>`.
 
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
@@ -115,28 +115,33 @@ pub(crate) fn server(
     })
 }
 
-/// `mirror`'s destination as the control protocol carries it: an IP
-/// address and a port (a host name's first address).
+/// `mirror`'s destination as the control protocol's ADDR and PORT: an IP
+/// address and a port as flexnbd-c sends them, or (for a UNIX socket or a
+/// named export) the URI and 0; and the IP address connected to, if TCP.
+/// A host name becomes its first address.
 ///
 /// # Errors
 ///
-/// A URI naming an export or a UNIX socket, which the `mirror` command
-/// cannot carry yet, or a host name that cannot be looked up.
-pub(crate) fn mirror_destination(addr: ServerAddr, port: Option<u16>) -> Result<SocketAddr> {
-    let server = server(addr, port, ["--addr", "--port"], || subcommand("mirror"));
-    const CARRIES: &str =
-        "the control protocol's mirror command carries only an IP address and a port";
-    if !server.export_name.is_empty() {
-        bail!("mirror to a named export ({server}) is not supported yet: {CARRIES}");
+/// A host name that cannot be looked up.
+pub(crate) fn mirror_destination(
+    addr: ServerAddr,
+    port: Option<u16>,
+) -> Result<([String; 2], Option<IpAddr>)> {
+    let mut server = server(addr, port, ["--addr", "--port"], || subcommand("mirror"));
+    let target = targets(&server)?.remove(0);
+    let Target::Tcp(addr) = target else {
+        return Ok(([server.encode(), "0".to_owned()], None));
+    };
+    if server.export_name.is_empty() {
+        let lines = [addr.ip().to_string(), addr.port().to_string()];
+        return Ok((lines, Some(addr.ip())));
     }
-    match targets(&server)?.into_iter().next() {
-        Some(Target::Tcp(addr)) => Ok(addr),
-        Some(Target::Unix(path)) => bail!(
-            "mirror to a UNIX socket ({}) is not supported yet: {CARRIES}",
-            path.display()
-        ),
-        None => bail!("no address for {server}"),
-    }
+    // The server does not look names up: send the address.
+    server.transport = Transport::Tcp {
+        host: Host::Ip(addr.ip()),
+        port: addr.port(),
+    };
+    Ok(([server.encode(), "0".to_owned()], Some(addr.ip())))
 }
 
 /// The `flexnbd` subcommand `name`, for a usage error of its own.
