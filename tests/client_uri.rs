@@ -135,6 +135,32 @@ fn the_export_name_reaches_nbdkit() {
 }
 
 #[test]
+fn a_named_export_of_qemu_nbd_on_a_unix_socket() {
+    if !require_tool("qemu-nbd") {
+        return;
+    }
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", MIB);
+    let sock = env.child("qemu.sock");
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["-t", "-f", "raw", "-x", "my disk", "-k"])
+        .arg(&sock)
+        .arg(&disk);
+    let mut qemu = Daemon::spawn(cmd, vec![Ready::Sock(sock.clone())]);
+    qemu.wait_ready();
+    let uri = format!("nbd+unix:///my%20disk?socket={}", path_str(&sock));
+    let data = pattern(30_000, 8);
+    round_trip(&uri, &uri, 1000, &data);
+    assert!(
+        env.read(&disk)[1000..31_000] == data[..],
+        "the file differs"
+    );
+    let other = format!("nbd+unix:///other?socket={}", path_str(&sock));
+    let line = one_error_line("another name", &read(&other, 0, 1));
+    assert!(line.contains("ERR_UNKNOWN"), "{line}");
+}
+
+#[test]
 fn the_proxy_upstream_may_be_a_uri_or_a_socket_path() {
     let env = TestEnv::new();
     let Some((_nbdkit, sock)) = nbdkit_unix(&env, &["memory", "1M"]) else {
