@@ -111,12 +111,12 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;read' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address of the server')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address of the server')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
-            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
-            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The server: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The server: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server (with an IP address only)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server (with an IP address only)')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address (TCP only)')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address (TCP only)')
             [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
@@ -132,12 +132,12 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;write' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address of the server')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address of the server')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server')
-            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
-            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The server: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The server: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port of the server (with an IP address only)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port of the server (with an IP address only)')
+            [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address (TCP only)')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address (TCP only)')
             [CompletionResult]::new('-F', '-F ', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
@@ -146,8 +146,8 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -180,10 +180,10 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;mirror' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to mirror to')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to mirror to')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to mirror to')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to mirror to')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to mirror to (with an IP address only)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to mirror to (with an IP address only)')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket of the server to migrate')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket of the server to migrate')
             [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
@@ -238,10 +238,10 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket')
             [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port we will bind to as a proxy, if required')
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port we will bind to as a proxy, if required')
-            [CompletionResult]::new('-C', '-C ', [CompletionResultType]::ParameterName, 'Address of the proxied server')
-            [CompletionResult]::new('--conn-addr', '--conn-addr', [CompletionResultType]::ParameterName, 'Address of the proxied server')
-            [CompletionResult]::new('-P', '-P ', [CompletionResultType]::ParameterName, 'Port of the proxied server')
-            [CompletionResult]::new('--conn-port', '--conn-port', [CompletionResultType]::ParameterName, 'Port of the proxied server')
+            [CompletionResult]::new('-C', '-C ', [CompletionResultType]::ParameterName, 'Address of the proxied server: an IP address (with --conn-port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('--conn-addr', '--conn-addr', [CompletionResultType]::ParameterName, 'Address of the proxied server: an IP address (with --conn-port), a UNIX socket path or an NBD URI')
+            [CompletionResult]::new('-P', '-P ', [CompletionResultType]::ParameterName, 'Port of the proxied server (with an IP address only)')
+            [CompletionResult]::new('--conn-port', '--conn-port', [CompletionResultType]::ParameterName, 'Port of the proxied server (with an IP address only)')
             [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
             [CompletionResult]::new('--cache', '--cache', [CompletionResultType]::ParameterName, 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)')

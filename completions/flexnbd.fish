@@ -79,23 +79,23 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The address of the server' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The server: an IP address (with --port), a UNIX socket path or an NBD URI' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server (with an IP address only)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The address of the server' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The server: an IP address (with --port), a UNIX socket path or an NBD URI' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server (with an IP address only)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand acl" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
@@ -108,8 +108,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s v -l verbose 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand status" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s l -l addr -d 'The address to mirror to' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s p -l port -d 'The port to mirror to' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s l -l addr -d 'The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s p -l port -d 'The port to mirror to (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s s -l sock -d 'Path to the control socket of the server to migrate' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s b -l bind -d 'Bind the local socket to a particular IP address' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s m -l max-speed -d 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)' -r
@@ -133,8 +133,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s h -l help -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand break" -s V -l version -d 'Print version'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s l -l addr -d 'The address we will bind to as a proxy: an IP address, or a path (starting with /) for a UNIX socket' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s p -l port -d 'The port we will bind to as a proxy, if required' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s C -l conn-addr -d 'Address of the proxied server' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s P -l conn-port -d 'Port of the proxied server' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s C -l conn-addr -d 'Address of the proxied server: an IP address (with --conn-port), a UNIX socket path or an NBD URI' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s P -l conn-port -d 'Port of the proxied server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s b -l bind -d 'The address we connect from, as a proxy' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l cache -d 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l oldstyle -d 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle'

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::{AclEntry, parse_ip};
+use crate::uri::ServerAddr;
 
 /// What `--version` shows: the package version, and the commit when built
 /// from a git checkout (`0.1.0 (1970a93)`; see build.rs).
@@ -288,12 +289,17 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
 /// Options of `mirror`.
 #[derive(Debug, Args, Clone)]
 pub struct MirrorArgs {
-    /// The address to mirror to.
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
-    pub addr: IpAddr,
-    /// The port to mirror to.
+    /// The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI.
+    ///
+    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, as for
+    /// read and write. A host name is looked up here. A socket path or an
+    /// export name goes to the server as a URI, which the C flexnbd does
+    /// not understand (see docs/control-protocol.md).
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    pub addr: ServerAddr,
+    /// The port to mirror to (with an IP address only).
     #[arg(short, long, value_name = "PORT")]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Path to the control socket of the server to migrate.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: PathBuf,
@@ -336,12 +342,15 @@ pub struct ProxyArgs {
     /// The port we will bind to as a proxy, if required.
     #[arg(short, long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Address of the proxied server.
-    #[arg(short = 'C', long, value_name = "ADDR", value_parser = parse_ip)]
-    pub conn_addr: IpAddr,
-    /// Port of the proxied server.
+    /// Address of the proxied server: an IP address (with --conn-port), a UNIX socket path or an NBD URI.
+    ///
+    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, as for
+    /// read and write.
+    #[arg(short = 'C', long, value_name = "ADDR")]
+    pub conn_addr: ServerAddr,
+    /// Port of the proxied server (with an IP address only).
     #[arg(short = 'P', long, value_name = "PORT")]
-    pub conn_port: u16,
+    pub conn_port: Option<u16>,
     /// The address we connect from, as a proxy.
     #[arg(short, long, value_name = "ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
@@ -437,13 +446,19 @@ pub struct IgnoredArgs {
 /// The server a client subcommand talks to.
 #[derive(Debug, Args, Clone)]
 pub struct ConnectArgs {
-    /// The address of the server.
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
-    pub addr: IpAddr,
-    /// The port of the server.
+    /// The server: an IP address (with --port), a UNIX socket path or an NBD URI.
+    ///
+    /// An NBD URI names the export too: nbd://HOST[:PORT]/EXPORT over TCP
+    /// (HOST may be a host name; PORT defaults to 10809) or
+    /// nbd+unix:///EXPORT?socket=PATH over a UNIX socket. A path starting
+    /// with / is a UNIX socket (default export). nbds:// (TLS) is not
+    /// supported yet.
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    pub addr: ServerAddr,
+    /// The port of the server (with an IP address only).
     #[arg(short, long, value_name = "PORT")]
-    pub port: u16,
-    /// Bind the local socket to a particular IP address.
+    pub port: Option<u16>,
+    /// Bind the local socket to a particular IP address (TCP only).
     #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
 }

@@ -23,6 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("sys", &[]),
     ("exit", &[]),
     ("net", &[]),
+    // NBD URIs and server addresses: parsing only, over `net`'s IP parser.
+    ("uri", &["net"]),
     // Utilities over the leaves: the logger reads the clock, the backing
     // file shares the reply layout's zero check.
     ("logging", &["sys"]),
@@ -38,14 +40,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "mirror",
         &[
-            "proto", "backing", "client", "net", "server", "status", "sys",
+            "proto", "backing", "client", "net", "server", "status", "sys", "uri",
         ],
     ),
     ("proxy", &["proto", "nbd", "client", "net", "sys"]),
     // The control socket words the mirror's typed results as replies.
     ("control", &["mirror", "net", "status", "sys"]),
     // Parsing types only (addresses, ACL entries), so `generate` can reuse it.
-    ("cli", &["net"]),
+    ("cli", &["net", "uri"]),
     ("cmd", ANY),
     ("main", ANY),
 ];

@@ -29,6 +29,7 @@
 //!   `status`, `acl`, `mirror` and `break`.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand; only
 //!   these print to stdout.
+//! - [`uri`]: NBD URIs and the other spellings of a server to connect to.
 //! - [`logging`], [`exit`]: the stderr logger and exit codes.
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
@@ -50,3 +51,4 @@ pub mod proxy;
 pub mod server;
 pub mod status;
 pub mod sys;
+pub mod uri;

@@ -240,9 +240,11 @@ fn missing_range_and_sock_are_usage_errors() {
         &["read", "-l", "127.0.0.1", "-p", "4777"],
         &["--from <OFFSET>", "--size <SIZE>"],
     );
+    // --port is optional since --addr may be a URI; with an IP it is still required.
+    assert_usage_error(&["write", "-F", "0", "-S", "1"], &["--addr <ADDR>"]);
     assert_usage_error(
-        &["write", "-F", "0", "-S", "1"],
-        &["--addr <ADDR>", "--port <PORT>"],
+        &["write", "-l", "127.0.0.1", "-F", "0", "-S", "1"],
+        &["--port is required"],
     );
     assert_usage_error(&["status"], &["--sock <SOCK>"]);
     assert_usage_error(&["acl", "127.0.0.1"], &["--sock <SOCK>"]);

@@ -9,6 +9,8 @@ mod support;
 mod cli;
 /// The NBD client library and the `read`/`write` subcommands against nbdkit, the C flexnbd and fakes.
 mod client;
+/// NBD URIs, UNIX sockets and export names for `read`, `write`, `mirror` and the proxy's upstream.
+mod client_uri;
 /// The control socket of a real `flexnbd serve`: status, acl, the socket's lifecycle, bad requests.
 mod control;
 /// SIGKILL of `serve` during FUA and FLUSHed writes loses no acknowledged write.

@@ -43,7 +43,8 @@ impl InProcessProxy {
     #[track_caller]
     fn start(upstream: SocketAddr) -> InProcessProxy {
         let proxy = Proxy::connect(ProxyConfig {
-            upstream,
+            upstream: upstream.into(),
+            export_name: String::new(),
             bind: None,
             cache: None,
             oldstyle: false,

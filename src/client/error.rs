@@ -6,18 +6,19 @@
 //! whether to retry without parsing messages.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use thiserror::Error;
 
+use super::Target;
 use crate::proto::ProtoError;
 use crate::proto::types::{Cmd, Errno, Opt, Rep};
 
 /// What went wrong, coarsely: the value callers match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// The TCP connection could not be made: bind failed, refused, unreachable or timed out.
+    /// The connection could not be made: bind failed, refused, unreachable or timed out.
     Connect,
     /// Connected, but the server sent nothing within the hello timeout.
     NoHello,
@@ -53,20 +54,20 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    /// The TCP connect failed.
+    /// The connect failed.
     #[error("cannot connect to {addr}")]
     Connect {
         /// The server's address.
-        addr: SocketAddr,
+        addr: Target,
         /// Why.
         #[source]
         source: io::Error,
     },
-    /// The TCP connect did not complete in time.
+    /// The connect did not complete in time.
     #[error("timed out connecting to {addr} after {}", humantime::format_duration(*timeout))]
     ConnectTimeout {
         /// The server's address.
-        addr: SocketAddr,
+        addr: Target,
         /// The connect timeout.
         timeout: Duration,
     },
@@ -74,7 +75,7 @@ pub enum ClientError {
     #[error("no NBD hello from {addr} within {}", humantime::format_duration(*timeout))]
     NoHello {
         /// The server's address.
-        addr: SocketAddr,
+        addr: Target,
         /// The hello timeout.
         timeout: Duration,
     },
@@ -169,6 +170,9 @@ pub enum ClientError {
     /// The server does not advertise what the request needs.
     #[error("server does not support {0}")]
     Unsupported(&'static str),
+    /// The export name asked for is longer than the protocol's 4096 bytes.
+    #[error("export name of {0} bytes is longer than 4096")]
+    ExportNameTooLong(usize),
 }
 
 impl ClientError {
@@ -190,7 +194,8 @@ impl ClientError {
             ClientError::OutOfRange { .. }
             | ClientError::PayloadMismatch { .. }
             | ClientError::ReadOnly
-            | ClientError::Unsupported(_) => ErrorKind::InvalidRequest,
+            | ClientError::Unsupported(_)
+            | ClientError::ExportNameTooLong(_) => ErrorKind::InvalidRequest,
         }
     }
 

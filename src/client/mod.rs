@@ -1,14 +1,16 @@
-//! A blocking NBD client over TCP, used by `read` and `write` and, later,
-//! by `mirror` and `proxy`.
+//! A blocking NBD client over TCP or a UNIX socket, used by `read`,
+//! `write`, `mirror` and `proxy`.
 //!
-//! [`NbdClient::connect`] opens the connection the way the C flexnbd's
-//! mirror does (optional bind with source port 0, a connect timeout,
-//! `TCP_NODELAY`, a hello timeout) and negotiates whichever handshake the
-//! server speaks:
+//! [`NbdClient::connect`] opens the connection to a [`Target`] the way the
+//! C flexnbd's mirror does (on TCP an optional bind with source port 0 and
+//! `TCP_NODELAY`; a connect timeout and a hello timeout on both) and
+//! negotiates whichever handshake the server speaks, for the export named
+//! in [`ConnectOptions::export_name`] (`""`, the default export, unless
+//! asked otherwise):
 //!
 //! - old-style (the C flexnbd, `nbdkit -o`): the 152-byte hello gives the
-//!   size and flags;
-//! - fixed newstyle: `NBD_OPT_GO` for the default export asking for
+//!   size and flags; there are no export names, so a name is ignored;
+//! - fixed newstyle: `NBD_OPT_GO` for the export asking for
 //!   `NBD_INFO_BLOCK_SIZE`, falling back to `NBD_OPT_EXPORT_NAME` when the
 //!   server answers `NBD_REP_ERR_UNSUP`;
 //! - plain (not fixed) newstyle: `NBD_OPT_EXPORT_NAME` directly.
@@ -31,14 +33,17 @@
 //! blocks for ever. Errors are [`ClientError`]s whose [`ErrorKind`] tells
 //! the outcomes of the C mirror apart.
 
+use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use log::{debug, info};
-use socket2::{Domain, Protocol, Socket, Type};
+use log::{debug, info, warn};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::nbd::{send_more, write_all_vectored};
+use crate::nbd::{Stream, send_more, write_all_vectored};
 use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
 use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
 use crate::proto::wire::{
@@ -52,12 +57,46 @@ pub use error::{ClientError, ErrorKind, describe_errno};
 
 use negotiate::{Export, GoReplies, GoStep};
 
-/// How to connect; [`Default`] gives the C flexnbd's timings.
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A UNIX socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Target::Tcp(addr)
+    }
+}
+
+impl From<PathBuf> for Target {
+    fn from(path: PathBuf) -> Self {
+        Target::Unix(path)
+    }
+}
+
+/// How to connect; [`Default`] gives the C flexnbd's timings and the default export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
-    /// The local address to bind to (with source port 0); `None` lets the kernel choose.
+    /// The local address to bind to (with source port 0); `None` lets the
+    /// kernel choose. Only for TCP: ignored on a UNIX socket.
     pub bind: Option<IpAddr>,
-    /// How long the TCP connect may take (15 s, as the C client). Zero means no limit.
+    /// The export to ask for: `""` is the server's default export. At most
+    /// 4096 bytes; old-style servers have no names, and it is ignored there.
+    pub export_name: String,
+    /// How long the connect may take (15 s, as the C client). Zero means no limit.
     pub connect_timeout: Duration,
     /// How long to wait for the first byte of the server's hello (5 s, as
     /// the C mirror's `MS_HELLO_TIME_SECS`). Zero means no limit.
@@ -72,6 +111,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             bind: None,
+            export_name: String::new(),
             connect_timeout: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(60),
@@ -91,8 +131,8 @@ pub enum Style {
 /// A connection to an NBD server in the transmission phase.
 #[derive(Debug)]
 pub struct NbdClient {
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Target,
     style: Style,
     export: Export,
     max_request: u32,
@@ -101,7 +141,7 @@ pub struct NbdClient {
 }
 
 impl NbdClient {
-    /// Connects to `target` and negotiates the default export.
+    /// Connects to `target` and negotiates the export named in `opts`.
     ///
     /// # Errors
     ///
@@ -111,14 +151,19 @@ impl NbdClient {
     /// the handshake, sends a bad hello or option reply, or refuses the
     /// export, and [`ErrorKind::Timeout`] or [`ErrorKind::Io`] if the
     /// handshake stalls or the socket fails.
-    pub fn connect(target: SocketAddr, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let stream = open(target, opts)?;
-        wait_for_hello(&stream, target, opts.hello_timeout)?;
+    pub fn connect(target: impl Into<Target>, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let target = target.into();
+        if opts.export_name.len() > negotiate::MAX_EXPORT_NAME {
+            return Err(ClientError::ExportNameTooLong(opts.export_name.len()));
+        }
+        let stream = open(&target, opts)?;
+        wait_for_hello(&stream, &target, opts.hello_timeout)?;
         let timeout = nonzero(opts.reply_timeout);
         set_timeouts(&stream, timeout)?;
         let mut hs = Handshake {
             stream: &stream,
             timeout,
+            name: &opts.export_name,
         };
         let (style, export) = hs.run().map_err(|e| match e {
             ClientError::Closed { .. } => ClientError::HandshakeClosed,
@@ -141,8 +186,8 @@ impl NbdClient {
     }
 
     /// The server's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &Target {
+        &self.peer
     }
 
     /// The export size in bytes.
@@ -319,7 +364,7 @@ impl NbdClient {
     pub fn send_write_with(
         &mut self,
         req: &Request,
-        payload: impl FnOnce(&TcpStream) -> io::Result<()>,
+        payload: impl FnOnce(&Stream) -> io::Result<()>,
     ) -> Result<(), ClientError> {
         debug!(
             "sending {} handle {:#x} offset {} len {} (payload by the caller)",
@@ -413,7 +458,7 @@ impl NbdClient {
 /// send requests while another reads replies.
 #[derive(Debug)]
 pub struct ReplyReader {
-    stream: TcpStream,
+    stream: Stream,
     timeout: Option<Duration>,
     /// A reply header read in part when a read timed out; the next call goes on from here.
     partial: [u8; SimpleReply::SIZE],
@@ -503,10 +548,7 @@ fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn read_reply(
-    mut stream: &TcpStream,
-    timeout: Option<Duration>,
-) -> Result<SimpleReply, ClientError> {
+fn read_reply(mut stream: &Stream, timeout: Option<Duration>) -> Result<SimpleReply, ClientError> {
     let mut buf = [0u8; SimpleReply::SIZE];
     stream
         .read_exact(&mut buf)
@@ -517,7 +559,7 @@ fn read_reply(
 }
 
 fn read_payload(
-    mut stream: &TcpStream,
+    mut stream: &Stream,
     buf: &mut [u8],
     timeout: Option<Duration>,
 ) -> Result<(), ClientError> {
@@ -531,54 +573,69 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// Creates the socket, binds it if asked, connects with a timeout and sets `TCP_NODELAY`.
-fn open(target: SocketAddr, opts: &ConnectOptions) -> Result<TcpStream, ClientError> {
+/// Creates the socket, binds it if asked (TCP only), connects with a
+/// timeout and, on TCP, sets `TCP_NODELAY`.
+fn open(target: &Target, opts: &ConnectOptions) -> Result<Stream, ClientError> {
     let connect_err = |source| ClientError::Connect {
-        addr: target,
+        addr: target.clone(),
         source,
     };
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .map_err(connect_err)?;
-    if let Some(ip) = opts.bind {
-        socket
-            .bind(&SocketAddr::new(ip, 0).into())
-            .map_err(|source| ClientError::Bind { addr: ip, source })?;
-    }
+    let (socket, addr) = match target {
+        Target::Tcp(addr) => {
+            let socket = Socket::new(
+                Domain::for_address(*addr),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )
+            .map_err(connect_err)?;
+            if let Some(ip) = opts.bind {
+                socket
+                    .bind(&SocketAddr::new(ip, 0).into())
+                    .map_err(|source| ClientError::Bind { addr: ip, source })?;
+            }
+            (socket, SockAddr::from(*addr))
+        }
+        Target::Unix(path) => {
+            if let Some(ip) = opts.bind {
+                debug!("not binding to {ip}: {} is a UNIX socket", path.display());
+            }
+            let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(connect_err)?;
+            (socket, SockAddr::unix(path).map_err(connect_err)?)
+        }
+    };
     let connected = match nonzero(opts.connect_timeout) {
-        Some(t) => socket.connect_timeout(&target.into(), t),
-        None => socket.connect(&target.into()),
+        Some(t) => socket.connect_timeout(&addr, t),
+        None => socket.connect(&addr),
     };
     connected.map_err(|source| {
         if source.kind() == io::ErrorKind::TimedOut {
             ClientError::ConnectTimeout {
-                addr: target,
+                addr: target.clone(),
                 timeout: opts.connect_timeout,
             }
         } else {
             connect_err(source)
         }
     })?;
-    socket.set_tcp_nodelay(true).map_err(connect_err)?;
-    Ok(socket.into())
+    Ok(match target {
+        Target::Tcp(_) => {
+            socket.set_tcp_nodelay(true).map_err(connect_err)?;
+            Stream::Tcp(TcpStream::from(socket))
+        }
+        Target::Unix(_) => Stream::Unix(UnixStream::from(socket)),
+    })
 }
 
 /// Waits until the first byte of the hello can be read, without consuming it.
-fn wait_for_hello(
-    stream: &TcpStream,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<(), ClientError> {
+fn wait_for_hello(stream: &Stream, addr: &Target, timeout: Duration) -> Result<(), ClientError> {
     let limit = nonzero(timeout);
     set_timeouts(stream, limit)?;
     let mut byte = [0u8; 1];
     let peeked = loop {
-        match stream.peek(&mut byte) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => break other,
+        // MSG_PEEK through rustix: std's UnixStream::peek is not stable yet.
+        match rustix::net::recv(stream, &mut byte, rustix::net::RecvFlags::PEEK) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.map(|(n, _)| n).map_err(io::Error::from),
         }
     };
     match peeked {
@@ -590,7 +647,10 @@ fn wait_for_hello(
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            Err(ClientError::NoHello { addr, timeout })
+            Err(ClientError::NoHello {
+                addr: addr.clone(),
+                timeout,
+            })
         }
         Err(e) => Err(
             match ClientError::from_io(e, "waiting for the hello", limit) {
@@ -601,10 +661,9 @@ fn wait_for_hello(
     }
 }
 
-fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), ClientError> {
+fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), ClientError> {
     stream
-        .set_read_timeout(timeout)
-        .and_then(|()| stream.set_write_timeout(timeout))
+        .set_timeouts(timeout)
         .map_err(|source| ClientError::Io {
             what: "setting socket timeouts",
             source,
@@ -613,8 +672,10 @@ fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), Cli
 
 /// The handshake's I/O: one `read_exact` per structure, then a pure decode.
 struct Handshake<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Stream,
     timeout: Option<Duration>,
+    /// The export to ask for.
+    name: &'a str,
 }
 
 impl Handshake<'_> {
@@ -632,6 +693,12 @@ impl Handshake<'_> {
         buf[..16].copy_from_slice(head);
         self.read(&mut buf[16..])?;
         let hello = OldstyleHello::decode(&buf).map_err(ClientError::BadHello)?;
+        if !self.name.is_empty() {
+            warn!(
+                "the server speaks the old-style handshake, which has no export names: ignoring {:?}",
+                self.name
+            );
+        }
         Ok(Export {
             size: hello.size,
             flags: hello.transmission_flags(),
@@ -657,7 +724,7 @@ impl Handshake<'_> {
 
     /// Sends `NBD_OPT_GO`; `None` if the server does not support it.
     fn go(&mut self) -> Result<Option<Export>, ClientError> {
-        self.write(&negotiate::go_request())?;
+        self.write(&negotiate::go_request(self.name))?;
         let mut replies = GoReplies::default();
         loop {
             let mut head = [0u8; OptionReplyHeader::SIZE];
@@ -675,7 +742,7 @@ impl Handshake<'_> {
     }
 
     fn export_name(&mut self, no_zeroes: bool) -> Result<Export, ClientError> {
-        self.write(&negotiate::export_name_request())?;
+        self.write(&negotiate::export_name_request(self.name))?;
         let mut buf = [0u8; ExportNameReply::SIZE];
         self.read(&mut buf)?;
         let reply = ExportNameReply::decode(&buf);

@@ -40,32 +40,36 @@ pub(crate) fn client_flags(server: HandshakeFlags) -> ClientFlags {
     flags
 }
 
-/// `NBD_OPT_GO` for the default export (""), asking for `NBD_INFO_BLOCK_SIZE`.
-pub(crate) fn go_request() -> [u8; OptionHeader::SIZE + 8] {
+/// The longest export name the protocol allows (`NBD_MAX_STRING`), in bytes.
+pub(crate) const MAX_EXPORT_NAME: usize = 4096;
+
+/// An option request: the header, then `data`.
+fn option_request(opt: Opt, data: &[u8]) -> Vec<u8> {
+    // Names are checked against MAX_EXPORT_NAME before any request is made.
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
     let mut header = [0u8; OptionHeader::SIZE];
-    OptionHeader {
-        opt: Opt::GO,
-        len: 8,
-    }
-    .encode(&mut header);
-    let mut buf = [0u8; OptionHeader::SIZE + 8];
-    buf[..OptionHeader::SIZE].copy_from_slice(&header);
-    // Name length 0 (the default export), then one information request.
-    BigEndian::write_u32(&mut buf[16..20], 0);
-    BigEndian::write_u16(&mut buf[20..22], 1);
-    BigEndian::write_u16(&mut buf[22..24], Info::BLOCK_SIZE.0);
+    OptionHeader { opt, len }.encode(&mut header);
+    let mut buf = Vec::with_capacity(OptionHeader::SIZE + data.len());
+    buf.extend_from_slice(&header);
+    buf.extend_from_slice(data);
     buf
 }
 
-/// `NBD_OPT_EXPORT_NAME` for the default export ("").
-pub(crate) fn export_name_request() -> [u8; OptionHeader::SIZE] {
-    let mut buf = [0u8; OptionHeader::SIZE];
-    OptionHeader {
-        opt: Opt::EXPORT_NAME,
-        len: 0,
-    }
-    .encode(&mut buf);
-    buf
+/// `NBD_OPT_GO` for the export `name` (`""`: the default export), asking
+/// for `NBD_INFO_BLOCK_SIZE`. `name` is at most [`MAX_EXPORT_NAME`] bytes.
+pub(crate) fn go_request(name: &str) -> Vec<u8> {
+    let mut data = vec![0u8; 4];
+    BigEndian::write_u32(&mut data, u32::try_from(name.len()).unwrap_or(u32::MAX));
+    data.extend_from_slice(name.as_bytes());
+    // One information request.
+    data.extend_from_slice(&1u16.to_be_bytes());
+    data.extend_from_slice(&Info::BLOCK_SIZE.0.to_be_bytes());
+    option_request(Opt::GO, &data)
+}
+
+/// `NBD_OPT_EXPORT_NAME` for the export `name` (`""`: the default export).
+pub(crate) fn export_name_request(name: &str) -> Vec<u8> {
+    option_request(Opt::EXPORT_NAME, name.as_bytes())
 }
 
 /// The largest request we send: the server's maximum payload if it gave a
@@ -212,7 +216,7 @@ mod tests {
 
     #[test]
     fn go_request_is_understood_by_our_server() {
-        let req = go_request();
+        let req = go_request("");
         let head: [u8; OptionHeader::SIZE] = req[..16].try_into().unwrap();
         let h = OptionHeader::decode(&head).unwrap();
         assert_eq!((h.opt, h.len), (Opt::GO, 8));
@@ -233,9 +237,27 @@ mod tests {
 
     #[test]
     fn export_name_request_is_understood_by_our_server() {
-        let req = export_name_request();
-        let h = OptionHeader::decode(&req).unwrap();
+        let req = export_name_request("");
+        let head: [u8; OptionHeader::SIZE] = req[..].try_into().unwrap();
+        let h = OptionHeader::decode(&head).unwrap();
         assert_eq!((h.opt, h.len), (Opt::EXPORT_NAME, 0));
+        let req = export_name_request("disk");
+        let head: [u8; OptionHeader::SIZE] = req[..16].try_into().unwrap();
+        let h = OptionHeader::decode(&head).unwrap();
+        assert_eq!((h.opt, h.len), (Opt::EXPORT_NAME, 4));
+        assert_eq!(&req[16..], b"disk");
+    }
+
+    #[test]
+    fn go_request_carries_the_name() {
+        let req = go_request("disk");
+        let head: [u8; OptionHeader::SIZE] = req[..16].try_into().unwrap();
+        let h = OptionHeader::decode(&head).unwrap();
+        assert_eq!((h.opt, h.len), (Opt::GO, 4 + 4 + 2 + 2));
+        assert_eq!(&req[16..20], &4u32.to_be_bytes());
+        assert_eq!(&req[20..24], b"disk");
+        assert_eq!(&req[24..26], &1u16.to_be_bytes());
+        assert_eq!(&req[26..28], &Info::BLOCK_SIZE.0.to_be_bytes());
     }
 
     #[test]

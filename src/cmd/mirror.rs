@@ -41,18 +41,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// not complete.
 pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
     crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
+    let ([addr, port], ip) = super::mirror_destination(args.addr, args.port)?;
     let mut lines = vec![
-        args.addr.to_string(),
-        args.port.to_string(),
+        addr,
+        port,
         if args.unlink { "unlink" } else { "exit" }.to_owned(),
     ];
     match (args.bind, args.max_speed) {
         (Some(bind), _) => lines.push(bind.to_string()),
         // The protocol has no way to skip BIND: binding to the unspecified
         // address of the target's family (port 0) is the same as not binding.
-        (None, Some(_)) => lines.push(match args.addr {
-            IpAddr::V4(_) => "0.0.0.0".to_owned(),
-            IpAddr::V6(_) => "::".to_owned(),
+        (None, Some(_)) => lines.push(match ip {
+            Some(IpAddr::V6(_)) => "::".to_owned(),
+            // A UNIX socket ignores BIND.
+            _ => "0.0.0.0".to_owned(),
         }),
         (None, None) => {}
     }

@@ -3,15 +3,17 @@
 //! Each module has `pub fn run(args, global) -> anyhow::Result<ExitCode>`.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use clap::CommandFactory;
 
 use crate::control::Reply;
 
 use crate::cli::{Cli, Command, ConnectArgs, GlobalArgs, RangeArgs};
-use crate::client::{ConnectOptions, NbdClient};
+use crate::client::{ConnectOptions, ErrorKind, NbdClient, Target};
 use crate::exit::ExitCode;
+use crate::uri::{Host, NbdUri, PortError, ServerAddr, Transport};
 
 pub mod acl;
 pub mod brk;
@@ -50,21 +52,133 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The start of `read` and `write`: logging, then a connection and handshake
-/// with the server of `conn` (from `--bind` if given). Returns the client and
-/// the server's address, for error messages.
+/// The start of `read` and `write` (subcommand `name`): logging, then a
+/// connection and handshake with the server of `conn` (from `--bind` if
+/// given), trying each address of a host name in turn. Returns the client
+/// and the server's address, for error messages.
+///
+/// An IP address without `--port`, or a port with a URI or socket path, is
+/// a usage error (exit 2).
 ///
 /// # Errors
 ///
-/// A failed connection or handshake.
-pub(crate) fn connect(conn: &ConnectArgs, global: GlobalArgs) -> Result<(NbdClient, SocketAddr)> {
+/// A host name that cannot be looked up, a failed connection or handshake.
+pub(crate) fn connect(
+    name: &str,
+    conn: &ConnectArgs,
+    global: GlobalArgs,
+) -> Result<(NbdClient, Target)> {
     crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let target = SocketAddr::new(conn.addr, conn.port);
+    let server = server(conn.addr.clone(), conn.port, ["--addr", "--port"], || {
+        subcommand(name)
+    });
     let opts = ConnectOptions {
         bind: conn.bind,
+        export_name: server.export_name.clone(),
         ..ConnectOptions::default()
     };
-    Ok((NbdClient::connect(target, &opts)?, target))
+    let mut last = None;
+    for target in targets(&server)? {
+        match NbdClient::connect(target.clone(), &opts) {
+            Ok(client) => return Ok((client, target)),
+            // Another address of the same host may answer.
+            Err(e) if e.kind() == ErrorKind::Connect => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no address for {server}"), Into::into))
+}
+
+/// The server and export named by an address option and its port option
+/// (`flags`: their long names, for the message). A usage error (exit 2,
+/// shown with `usage`'s help) when they do not fit together.
+pub(crate) fn server(
+    addr: ServerAddr,
+    port: Option<u16>,
+    flags: [&str; 2],
+    usage: impl FnOnce() -> clap::Command,
+) -> NbdUri {
+    let [addr_flag, port_flag] = flags;
+    addr.with_port(port).unwrap_or_else(|e| {
+        let (kind, message) = match e {
+            PortError::Missing => (
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!(
+                    "{port_flag} is required when {addr_flag} is an IP address (not a URI or a UNIX socket path)"
+                ),
+            ),
+            PortError::Unexpected => (
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{port_flag} cannot be used when {addr_flag} is a URI or a UNIX socket path"),
+            ),
+        };
+        usage().error(kind, message).exit()
+    })
+}
+
+/// `mirror`'s destination as the control protocol's ADDR and PORT: an IP
+/// address and a port as flexnbd-c sends them, or (for a UNIX socket or a
+/// named export) the URI and 0; and the IP address connected to, if TCP.
+/// A host name becomes its first address.
+///
+/// # Errors
+///
+/// A host name that cannot be looked up.
+pub(crate) fn mirror_destination(
+    addr: ServerAddr,
+    port: Option<u16>,
+) -> Result<([String; 2], Option<IpAddr>)> {
+    let mut server = server(addr, port, ["--addr", "--port"], || subcommand("mirror"));
+    let target = targets(&server)?.remove(0);
+    let Target::Tcp(addr) = target else {
+        return Ok(([server.encode(), "0".to_owned()], None));
+    };
+    if server.export_name.is_empty() {
+        let lines = [addr.ip().to_string(), addr.port().to_string()];
+        return Ok((lines, Some(addr.ip())));
+    }
+    // The server does not look names up: send the address.
+    server.transport = Transport::Tcp {
+        host: Host::Ip(addr.ip()),
+        port: addr.port(),
+    };
+    Ok(([server.encode(), "0".to_owned()], Some(addr.ip())))
+}
+
+/// The `flexnbd` subcommand `name`, for a usage error of its own.
+pub(crate) fn subcommand(name: &str) -> clap::Command {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand(name).cloned().unwrap_or(cli)
+}
+
+/// The addresses to try for `server`: a host name's, in the resolver's order.
+///
+/// # Errors
+///
+/// The host name cannot be looked up, or has no address.
+pub(crate) fn targets(server: &NbdUri) -> Result<Vec<Target>> {
+    Ok(match &server.transport {
+        Transport::Tcp {
+            host: Host::Ip(ip),
+            port,
+        } => vec![Target::Tcp(SocketAddr::new(*ip, *port))],
+        Transport::Tcp {
+            host: Host::Name(name),
+            port,
+        } => {
+            let addrs: Vec<Target> = (name.as_str(), *port)
+                .to_socket_addrs()
+                .with_context(|| format!("cannot look up {name}"))?
+                .map(Target::Tcp)
+                .collect();
+            if addrs.is_empty() {
+                bail!("{name} has no address");
+            }
+            addrs
+        }
+        Transport::Unix(path) => vec![Target::Unix(path.clone())],
+    })
 }
 
 /// The copy loop of `read` and `write`: walks `range` in pieces of at most

@@ -22,7 +22,14 @@ use crate::proxy::{MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
 /// Bad listen address, the first upstream connection fails (unlike the C
 /// flexnbd-proxy, which exits 0 there), or the listening socket cannot be made.
 pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
-    let upstream = SocketAddr::new(args.conn_addr, args.conn_port);
+    let server = super::server(
+        args.conn_addr,
+        args.conn_port,
+        ["--conn-addr", "--conn-port"],
+        <crate::cli::ProxyCli as clap::CommandFactory>::command,
+    );
+    // A host name's first address: the proxy reconnects to that one.
+    let upstream = super::targets(&server)?.remove(0);
     crate::logging::init(
         crate::logging::level_for(global.verbose, global.quiet),
         &upstream.to_string(),
@@ -49,7 +56,8 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         c.min(MAX_CACHE)
     });
     let config = ProxyConfig {
-        upstream,
+        upstream: upstream.clone(),
+        export_name: server.export_name.clone(),
         bind: args.bind,
         cache: cache.filter(|&c| c > 0),
         oldstyle: args.oldstyle,

@@ -22,7 +22,7 @@ use crate::exit::ExitCode;
 /// from the server, or a failed write to stdout (a closed pipe is reported
 /// as a `BrokenPipe` I/O error, which `main` treats as success).
 pub fn run(args: ReadArgs, global: GlobalArgs) -> Result<ExitCode> {
-    let (mut client, target) = super::connect(&args.conn, global)?;
+    let (mut client, target) = super::connect("read", &args.conn, global)?;
     client
         .check_range(args.range.from, args.range.size)
         .with_context(|| format!("cannot read from {target}"))?;

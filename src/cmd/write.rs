@@ -24,7 +24,7 @@ use crate::proto::types::TransmissionFlags;
 /// read-only export, a stdin that fails or ends before SIZE bytes, or an
 /// error from the server.
 pub fn run(args: WriteArgs, global: GlobalArgs) -> Result<ExitCode> {
-    let (mut client, target) = super::connect(&args.conn, global)?;
+    let (mut client, target) = super::connect("write", &args.conn, global)?;
     let (from, size) = (args.range.from, args.range.size);
     client
         .check_write(from, size)

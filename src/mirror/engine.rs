@@ -72,11 +72,12 @@ pub(super) fn attempt(
     let limit = request_limit();
     let opts = ConnectOptions {
         bind: mirror.request.bind,
+        export_name: mirror.request.export_name.clone(),
         reply_timeout: limit.unwrap_or(Duration::ZERO),
         ..ConnectOptions::default()
     };
     log::info!("Connecting to mirror {}", mirror.request.target);
-    let client = match NbdClient::connect(mirror.request.target, &opts) {
+    let client = match NbdClient::connect(mirror.request.target.clone(), &opts) {
         Ok(client) => client,
         Err(e) => {
             let e = MirrorError::from(e);

@@ -151,9 +151,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Mirror {
     fn new(request: MirrorRequest) -> std::io::Result<Mirror> {
         Ok(Mirror {
+            max_bps: AtomicU64::new(request.max_bps.unwrap_or(u64::MAX)),
             request,
             abandon: Trigger::new()?,
-            max_bps: AtomicU64::new(request.max_bps.unwrap_or(u64::MAX)),
             phase: AtomicU8::new(Phase::Connecting as u8),
             retries: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -473,15 +473,15 @@ impl Shared {
             if self.closed.load(Ordering::SeqCst) || self.server.is_shutting_down() {
                 return Err(StartError::ShuttingDown);
             }
+            log::info!(
+                "Starting mirror to {} ({})",
+                request.target,
+                request.action.as_str()
+            );
             let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
             mirror
         };
-        log::info!(
-            "Starting mirror to {} ({})",
-            request.target,
-            request.action.as_str()
-        );
         let (tx, rx) = mpsc::channel();
         let spawned = spawn_supervisor(me, mirror.clone(), tx);
         if let Err(e) = spawned {

@@ -3,11 +3,19 @@
 //! Parsing checks the arguments in flexnbd-c's order and reports the first
 //! problem as a [`RequestError`]; the control socket turns it into
 //! flexnbd-c's reply text. Nothing here touches a socket.
+//!
+//! Beyond flexnbd-c, ADDR may also be a UNIX socket path (starting with
+//! `/`) or an NBD URI with an IP address (`nbd://IP[:PORT]/EXPORT`,
+//! `nbd+unix:///EXPORT?socket=PATH`); PORT must still be there, a number,
+//! and is then ignored (the URI carries its own).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::IntErrorKind;
+use std::path::PathBuf;
 
+use crate::client::Target;
 use crate::net::parse_ip;
+use crate::uri::{Host, NbdUri, Transport};
 
 /// What happens to the source when a migration completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +40,12 @@ impl MirrorAction {
 }
 
 /// A validated `mirror` command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorRequest {
     /// The destination's NBD address.
-    pub target: SocketAddr,
+    pub target: Target,
+    /// The destination's export to ask for (`""`: its default export).
+    pub export_name: String,
     /// What to do on completion.
     pub action: MirrorAction,
     /// The local address to connect from.
@@ -50,8 +60,8 @@ pub enum RequestError {
     /// Fewer than the address and the port.
     #[error("a migration needs at least an address and a port")]
     TooFewArgs,
-    /// The destination address is not an IP address.
-    #[error("the destination is not an IP address")]
+    /// The destination address is not an IP address, a socket path or an NBD URI with an IP address.
+    #[error("the destination is not an IP address, a UNIX socket path or an NBD URI")]
     BadAddress,
     /// The port is not a number from 0 to 65535.
     #[error("the destination port is not a number from 0 to 65535")]
@@ -82,7 +92,8 @@ pub enum BpsError {
 }
 
 impl MirrorRequest {
-    /// Parses the `mirror` command's arguments: `ADDR PORT [ACTION [BIND [MAX_BPS]]]`.
+    /// Parses the `mirror` command's arguments: `ADDR PORT [ACTION [BIND [MAX_BPS]]]`
+    /// (ADDR may be a socket path or an NBD URI: see the module documentation).
     ///
     /// Stricter than flexnbd-c where it silently accepted nonsense: a port or
     /// speed that is not a number is an error, not 0.
@@ -94,7 +105,7 @@ impl MirrorRequest {
         if args.len() < 2 {
             return Err(RequestError::TooFewArgs);
         }
-        let ip = parse_ip(&args[0]).map_err(|_| RequestError::BadAddress)?;
+        let dest = parse_destination(&args[0]).ok_or(RequestError::BadAddress)?;
         let port = args[1].parse::<u16>().map_err(|_| RequestError::BadPort)?;
         let action = match args.get(2).map(String::as_str) {
             None | Some("exit") => MirrorAction::Exit,
@@ -110,13 +121,53 @@ impl MirrorRequest {
         if args.len() > 5 {
             return Err(RequestError::TooManyArgs);
         }
+        let (target, export_name) = match dest {
+            Destination::Ip(ip) => (Target::Tcp(SocketAddr::new(ip, port)), String::new()),
+            Destination::Other(target, name) => (target, name),
+        };
         Ok(MirrorRequest {
-            target: SocketAddr::new(ip, port),
+            target,
+            export_name,
             action,
             bind,
             max_bps,
         })
     }
+}
+
+/// A `mirror` command's ADDR.
+enum Destination {
+    /// flexnbd-c's form: the port follows.
+    Ip(IpAddr),
+    /// A socket path or a URI, with the export name; the port is ignored.
+    Other(Target, String),
+}
+
+/// ADDR: an IP address, a UNIX socket path or an NBD URI whose host is an IP address.
+fn parse_destination(text: &str) -> Option<Destination> {
+    if text.starts_with('/') {
+        return Some(Destination::Other(
+            Target::Unix(PathBuf::from(text)),
+            String::new(),
+        ));
+    }
+    if !text.contains("://") {
+        return parse_ip(text).ok().map(Destination::Ip);
+    }
+    let uri = NbdUri::parse(text).ok()?;
+    let target = match uri.transport {
+        Transport::Tcp {
+            host: Host::Ip(ip),
+            port,
+        } => Target::Tcp(SocketAddr::new(ip, port)),
+        // Names are looked up by the client (`flexnbd mirror`), not by the server.
+        Transport::Tcp {
+            host: Host::Name(_),
+            ..
+        } => return None,
+        Transport::Unix(path) => Target::Unix(path),
+    };
+    Some(Destination::Other(target, uri.export_name))
 }
 
 /// Parses a bandwidth limit in bytes per second (decimal, no unit).
@@ -167,7 +218,9 @@ mod tests {
     #[test]
     fn a_full_request_and_the_defaults() {
         let ok = parse(&["::1", "4777", "unlink", "127.0.0.2", "1000"]).unwrap();
-        assert_eq!(ok.target, "[::1]:4777".parse().unwrap());
+        let v6: SocketAddr = "[::1]:4777".parse().unwrap();
+        assert_eq!(ok.target, Target::Tcp(v6));
+        assert_eq!(ok.export_name, "");
         assert_eq!(ok.action, MirrorAction::Unlink);
         assert_eq!(ok.bind, Some("127.0.0.2".parse().unwrap()));
         assert_eq!(ok.max_bps, Some(1000));
@@ -180,6 +233,25 @@ mod tests {
             parse(&["0", "1", "nothing"]).unwrap().action,
             MirrorAction::Nothing
         );
+    }
+
+    #[test]
+    fn socket_paths_and_uris_as_the_destination() {
+        let ok = parse(&["/run/d.sock", "0"]).unwrap();
+        assert_eq!(ok.target, Target::Unix("/run/d.sock".into()));
+        let ok = parse(&["nbd+unix:///disk%201?socket=/run/d.sock", "0", "unlink"]).unwrap();
+        assert_eq!(ok.target, Target::Unix("/run/d.sock".into()));
+        assert_eq!(ok.export_name, "disk 1");
+        assert_eq!(ok.action, MirrorAction::Unlink);
+        let ok = parse(&["nbd://127.0.0.1:4777/d", "1"]).unwrap();
+        let v4: SocketAddr = "127.0.0.1:4777".parse().unwrap();
+        assert_eq!((ok.target, ok.export_name.as_str()), (Target::Tcp(v4), "d"));
+        assert_eq!(parse(&["nbd://host/", "1"]), Err(RequestError::BadAddress));
+        assert_eq!(
+            parse(&["nbds://1.2.3.4/", "1"]),
+            Err(RequestError::BadAddress)
+        );
+        assert_eq!(parse(&["/run/d.sock", "x"]), Err(RequestError::BadPort));
     }
 
     #[test]

@@ -41,12 +41,12 @@ mod session;
 mod upstream;
 
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::client::{ClientError, ConnectOptions, NbdClient, ReplyReader};
+use crate::client::{ClientError, ConnectOptions, NbdClient, ReplyReader, Target};
 use crate::nbd::{Listener, Stream};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::types::TransmissionFlags;
@@ -98,7 +98,9 @@ pub fn upstream_timeout() -> Duration {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// The upstream server.
-    pub upstream: SocketAddr,
+    pub upstream: Target,
+    /// The upstream export to ask for (`""`: the default export).
+    pub export_name: String,
     /// The local address to connect to the upstream from.
     pub bind: Option<IpAddr>,
     /// The read-ahead cache size in bytes, if any (capped at [`MAX_CACHE`]).
@@ -152,7 +154,7 @@ impl Proxy {
     ///
     /// The upstream cannot be reached or its handshake fails.
     pub fn connect(config: ProxyConfig) -> Result<Arc<Proxy>, ClientError> {
-        let client = NbdClient::connect(config.upstream, &connect_options(&config))?;
+        let client = NbdClient::connect(config.upstream.clone(), &connect_options(&config))?;
         let size = client.size();
         let flags = passed_on(client.flags());
         let proxy = Arc::new(Proxy {
@@ -292,6 +294,7 @@ fn passed_on(upstream: TransmissionFlags) -> TransmissionFlags {
 fn connect_options(config: &ProxyConfig) -> ConnectOptions {
     ConnectOptions {
         bind: config.bind,
+        export_name: config.export_name.clone(),
         connect_timeout: Duration::from_secs(15).min(config.timeout),
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,

@@ -111,7 +111,10 @@ impl Proxy {
                 if self.stop.is_triggered() {
                     return;
                 }
-                match NbdClient::connect(self.config.upstream, &connect_options(&self.config)) {
+                match NbdClient::connect(
+                    self.config.upstream.clone(),
+                    &connect_options(&self.config),
+                ) {
                     Ok(client) => {
                         if client.size() != self.size {
                             log::warn!(
