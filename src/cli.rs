@@ -47,6 +47,29 @@ pub struct GlobalArgs {
     /// Log nothing; errors that end the command are still printed.
     #[arg(short, long, global = true, overrides_with = "verbose")]
     pub quiet: bool,
+    /// How log lines look: auto is journal under systemd's journal, else plain.
+    ///
+    /// plain: an RFC 3339 UTC timestamp, level, pid, thread and message
+    /// (source file:line from -vv). journal: a syslog priority prefix
+    /// (<3> error ... <7> debug) and no timestamp, for journalctl -p.
+    /// c: the C flexnbd's layout (monotonic ms, level, pid, thread, file,
+    /// source file:line), for diffing logs with it.
+    #[arg(long, value_name = "FORMAT", global = true, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+/// The `--log-format` choices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// journal when stderr is systemd's journal stream, else plain.
+    #[default]
+    Auto,
+    /// Timestamp, level, pid, thread, message.
+    Plain,
+    /// Syslog priority prefix, no timestamp.
+    Journal,
+    /// The C flexnbd's layout.
+    C,
 }
 
 /// The subcommands.

@@ -250,7 +250,11 @@ fn serve_log_lines_have_the_c_layout() {
     let env = TestEnv::new();
     let disk = env.image("disk.img", MIB);
     // Port 0 adds -v, and the port comes from the `Bound to` line.
-    let mut d = Daemon::serve(&disk).port(0).sock(env.sock_path()).start();
+    let mut d = Daemon::serve(&disk)
+        .port(0)
+        .sock(env.sock_path())
+        .args(["--log-format", "c"])
+        .start();
     Client::connect(d.addr(), Handshake::Go).read(7, 0, 512);
     assert_eq!(d.stop().code(), Some(0));
     let log = d.stderr();

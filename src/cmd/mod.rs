@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::control::Reply;
 
-use crate::cli::{Cli, Command, ConnectArgs, GlobalArgs, RangeArgs};
+use crate::cli::{Cli, Command, ConnectArgs, GlobalArgs, LogFormat, RangeArgs};
 use crate::client::{ConnectOptions, NbdClient};
 use crate::exit::ExitCode;
 
@@ -32,6 +32,7 @@ pub mod write;
 /// Whatever the subcommand fails with; `main` prints it as one line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
+    crate::logging::set_format(log_format(global.log_format));
     match cli.command {
         Command::Serve(args) => serve::run(args, global),
         Command::Listen(args) => listen::run(args, global),
@@ -44,6 +45,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Acl(args) => acl::run(args, global),
         Command::Status(args) => status::run(args, global),
         Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// The logger's format for `--log-format`.
+fn log_format(format: LogFormat) -> crate::logging::Format {
+    use crate::logging::Format;
+    match format {
+        LogFormat::Auto => Format::Auto,
+        LogFormat::Plain => Format::Plain,
+        LogFormat::Journal => Format::Journal,
+        LogFormat::C => Format::C,
     }
 }
 
