@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::net::{AclEntry, parse_ip};
 
@@ -122,11 +122,13 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ListenAddrArgs {
     /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
-    pub addr: IpAddr,
+    ///
+    /// Not needed (and ignored) when systemd passes the listening socket.
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip, required = true)]
+    pub addr: Option<IpAddr>,
     /// The port to serve on (0 picks a free port).
-    #[arg(short, long, value_name = "PORT")]
-    pub port: u16,
+    #[arg(short, long, value_name = "PORT", required = true)]
+    pub port: Option<u16>,
 }
 
 /// Options of `serve`.
@@ -141,6 +143,9 @@ pub struct ServeArgs {
     /// Path to the control socket.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
+    /// Write the process id to PATH once serving; removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -185,6 +190,9 @@ pub struct ListenArgs {
     /// Path to the control socket.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
+    /// Write the process id to PATH once serving; removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -356,8 +364,26 @@ impl Cli {
                     command: Command::Proxy(proxy.args),
                 }
             }
-            _ => Cli::parse(),
+            _ => Cli::parse_activated(),
         }
+    }
+
+    /// [`Cli::parse`], except that under systemd's socket activation
+    /// (`LISTEN_FDS` set) `-l/-p` of `serve` and `listen` are optional: the
+    /// listener is passed, not bound.
+    fn parse_activated() -> Cli {
+        if std::env::var_os("LISTEN_FDS").is_none() {
+            return Cli::parse();
+        }
+        let optional = |c: clap::Command| {
+            c.mut_arg("addr", |a| a.required(false))
+                .mut_arg("port", |a| a.required(false))
+        };
+        let matches = Cli::command()
+            .mut_subcommand("serve", optional)
+            .mut_subcommand("listen", optional)
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 }
 
@@ -557,7 +583,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(args.listen.port, 4777);
+        assert_eq!(args.listen.port, Some(4777));
         assert!(args.default_deny && args.killswitch);
         assert_eq!(args.acl.len(), 2);
     }

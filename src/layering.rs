@@ -21,6 +21,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("status", &[]),
     ("sys", &[]),
+    // systemd's socket activation and notifications.
+    ("sd", &[]),
     ("exit", &[]),
     ("net", &[]),
     // Utilities over the leaves: the logger reads the clock, the backing
