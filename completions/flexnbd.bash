@@ -119,12 +119,16 @@ _flexnbd() {
 
     case "${cmd}" in
         flexnbd)
-            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break proxy generate help"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version serve listen read write acl status mirror mirror-speed break proxy generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -133,7 +137,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__acl)
-            opts="-s -v -q -h -V --sock --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +149,10 @@ _flexnbd() {
                     ;;
                 -s)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -155,7 +163,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__break)
-            opts="-s -v -q -h -V --sock --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -169,6 +177,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -177,12 +189,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate)
-            opts="-v -q -h -V --verbose --quiet --help --version man completions help"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -191,12 +207,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate__subcmd__completions)
-            opts="-v -q -h -V --verbose --quiet --help --version bash zsh fish elvish powershell"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version bash zsh fish elvish powershell"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -261,12 +281,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate__subcmd__man)
-            opts="-v -q -h -V --verbose --quiet --help --version"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -485,7 +509,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --pid-file --default-deny --oldstyle --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,6 +547,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pid-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --handshake-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -547,6 +575,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -555,7 +587,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror)
-            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verbose --quiet --help --version"
+            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -601,6 +633,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -609,7 +645,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror__subcmd__speed)
-            opts="-s -m -v -q -h -V --sock --max-speed --verbose --quiet --help --version"
+            opts="-s -m -v -q -h -V --sock --max-speed --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -631,6 +667,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -639,7 +679,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__proxy)
-            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --help --version"
+            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -689,6 +729,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -697,7 +741,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__read)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -743,6 +787,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -751,7 +799,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --pid-file --default-deny --killswitch --read-only --oldstyle --max-clients --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -789,6 +837,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pid-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --max-clients)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -817,6 +869,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -825,7 +881,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__status)
-            opts="-s -v -q -h -V --sock --json --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --json --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -839,6 +895,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -847,7 +907,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__write)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -891,6 +951,10 @@ _flexnbd() {
                     ;;
                 -S)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
                     ;;
                 *)
