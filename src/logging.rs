@@ -303,20 +303,53 @@ mod tests {
         render(format, &line, noon(), 8_697_814)
     }
 
+    /// Plain lines carry UTC time and the source only from debug up; c
+    /// lines keep flexnbd-c's layout, two spaces where the context is empty.
     #[test]
-    fn plain_lines_carry_utc_time_and_no_source_by_default() {
-        assert_eq!(
-            rendered(Format::Plain, Level::Warn, "disk.img", false),
-            "2026-12-02T12:00:00.123Z W 42 main disk.img: Bound to 127.0.0.1 port 4777\n"
-        );
-        assert_eq!(
-            rendered(Format::Plain, Level::Info, "", false),
-            "2026-12-02T12:00:00.123Z I 42 main: Bound to 127.0.0.1 port 4777\n"
-        );
-        assert_eq!(
-            rendered(Format::Plain, Level::Debug, "disk.img", true),
-            "2026-12-02T12:00:00.123Z D 42 main disk.img src/nbd/stream.rs:148: Bound to 127.0.0.1 port 4777\n"
-        );
+    fn plain_and_c_lines_have_their_layouts() {
+        let cases = [
+            (
+                Format::Plain,
+                Level::Warn,
+                "disk.img",
+                false,
+                "2026-12-02T12:00:00.123Z W 42 main disk.img",
+            ),
+            (
+                Format::Plain,
+                Level::Info,
+                "",
+                false,
+                "2026-12-02T12:00:00.123Z I 42 main",
+            ),
+            (
+                Format::Plain,
+                Level::Debug,
+                "disk.img",
+                true,
+                "2026-12-02T12:00:00.123Z D 42 main disk.img src/nbd/stream.rs:148",
+            ),
+            (
+                Format::C,
+                Level::Info,
+                "disk.img",
+                true,
+                "8697814:I:42 main disk.img src/nbd/stream.rs:148",
+            ),
+            (
+                Format::C,
+                Level::Error,
+                "",
+                true,
+                "8697814:E:42 main  src/nbd/stream.rs:148",
+            ),
+        ];
+        for (format, level, context, source, head) in cases {
+            assert_eq!(
+                rendered(format, level, context, source),
+                format!("{head}: Bound to 127.0.0.1 port 4777\n")
+            );
+        }
     }
 
     #[test]
@@ -341,36 +374,19 @@ mod tests {
     }
 
     #[test]
-    fn c_lines_keep_flexnbd_c_layout() {
-        assert_eq!(
-            rendered(Format::C, Level::Info, "disk.img", true),
-            "8697814:I:42 main disk.img src/nbd/stream.rs:148: Bound to 127.0.0.1 port 4777\n"
-        );
-        // Client commands have no context: the C layout keeps its two spaces.
-        assert_eq!(
-            rendered(Format::C, Level::Error, "", true),
-            "8697814:E:42 main  src/nbd/stream.rs:148: Bound to 127.0.0.1 port 4777\n"
-        );
-    }
-
-    #[test]
     fn auto_is_journal_only_when_the_stream_is_stderr() {
         let stderr = Some((64769, 1234));
-        assert_eq!(
-            resolve(Format::Auto, Some("64769:1234"), stderr),
-            Format::Journal
-        );
-        assert_eq!(
-            resolve(Format::Auto, Some("64769:999"), stderr),
-            Format::Plain
-        );
-        assert_eq!(resolve(Format::Auto, Some("junk"), stderr), Format::Plain);
-        assert_eq!(resolve(Format::Auto, None, stderr), Format::Plain);
-        assert_eq!(resolve(Format::Auto, None, None), Format::Plain);
-        assert_eq!(resolve(Format::C, Some("64769:1234"), stderr), Format::C);
-        assert_eq!(
-            resolve(Format::Plain, Some("64769:1234"), stderr),
-            Format::Plain
-        );
+        let cases = [
+            (Format::Auto, Some("64769:1234"), stderr, Format::Journal),
+            (Format::Auto, Some("64769:999"), stderr, Format::Plain),
+            (Format::Auto, Some("junk"), stderr, Format::Plain),
+            (Format::Auto, None, stderr, Format::Plain),
+            (Format::Auto, None, None, Format::Plain),
+            (Format::C, Some("64769:1234"), stderr, Format::C),
+            (Format::Plain, Some("64769:1234"), stderr, Format::Plain),
+        ];
+        for (format, stream, stderr, expected) in cases {
+            assert_eq!(resolve(format, stream, stderr), expected, "{stream:?}");
+        }
     }
 }

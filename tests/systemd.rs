@@ -80,10 +80,21 @@ impl Notify {
     }
 }
 
+/// A temp dir with a 1 MiB `disk.img`, or `None` (the test skips) without
+/// `systemd-socket-activate`.
+fn activation_env() -> Option<(TestEnv, PathBuf)> {
+    if !require_tool(ACTIVATE) {
+        return None;
+    }
+    let env = TestEnv::new();
+    let disk = env.image("disk.img", MIB);
+    Some((env, disk))
+}
+
 /// `systemd-socket-activate -l LISTEN -E NOTIFY_SOCKET=... flexnbd ARGS`
-/// (`udp:ADDR` passes a datagram socket).
-/// The program starts at the first connection, as under a .socket unit.
-fn activate(listen: &str, notify: Option<&Path>, args: &[&str]) -> Command {
+/// (`udp:ADDR` passes a datagram socket), once it listens. flexnbd starts
+/// at the first connection, as under a .socket unit.
+fn activate(listen: &str, notify: Option<&Path>, args: &[&str]) -> Daemon {
     let mut cmd = Command::new(ACTIVATE);
     if listen.starts_with("udp:") {
         cmd.arg("--datagram");
@@ -94,7 +105,11 @@ fn activate(listen: &str, notify: Option<&Path>, args: &[&str]) -> Command {
             .arg(format!("NOTIFY_SOCKET={}", path.display()));
     }
     cmd.arg(flexnbd_path()).args(args);
-    cmd
+    let d = Daemon::spawn(cmd, Vec::new());
+    wait_until("systemd-socket-activate listening", EXIT_TIMEOUT, || {
+        d.stderr().contains("Listening on")
+    });
+    d
 }
 
 fn pid_in(path: &Path) -> Option<u32> {
@@ -103,11 +118,9 @@ fn pid_in(path: &Path) -> Option<u32> {
 
 #[test]
 fn socket_activated_serve_answers_on_the_passed_socket_and_notifies() {
-    if !require_tool(ACTIVATE) {
+    let Some((env, disk)) = activation_env() else {
         return;
-    }
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
+    };
     let sock = env.sock_path();
     let pid_file = env.child("flexnbd.pid");
     let mut notify = Notify::new(&env);
@@ -122,11 +135,7 @@ fn socket_activated_serve_answers_on_the_passed_socket_and_notifies() {
         pid_file.to_str().unwrap(),
         "-v",
     ];
-    let cmd = activate(&addr.to_string(), Some(&notify.path), &args);
-    let mut d = Daemon::spawn(cmd, Vec::new());
-    wait_until("systemd-socket-activate listening", EXIT_TIMEOUT, || {
-        d.stderr().contains("Listening on")
-    });
+    let mut d = activate(&addr.to_string(), Some(&notify.path), &args);
 
     // The first connection starts flexnbd, which serves it from fd 3.
     let mut client = Client::connect(addr, Handshake::Go);
@@ -151,37 +160,29 @@ fn socket_activated_serve_answers_on_the_passed_socket_and_notifies() {
     d.signal(Signal::TERM);
     let status = d.wait_exit(EXIT_TIMEOUT);
     notify.expect("STOPPING=1");
-    assert_eq!(status.code(), Some(0), "{}", d.stderr());
+    let log = d.stderr();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains(": stopped by SIGTERM"), "{log}");
     assert!(!pid_file.exists(), "pid file left behind");
-    assert!(
-        d.stderr().contains(": stopped by SIGTERM"),
-        "{}",
-        d.stderr()
-    );
 }
 
 #[test]
 fn socket_activated_listen_takes_a_unix_socket_and_leaves_it_to_systemd() {
-    if !require_tool(ACTIVATE) {
+    let Some((env, disk)) = activation_env() else {
         return;
-    }
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
+    };
     let path = env.child("nbd.sock");
-    let cmd = activate(
+    let mut d = activate(
         path.to_str().unwrap(),
         None,
         &["listen", "-f", disk.to_str().unwrap()],
     );
-    let mut d = Daemon::spawn(cmd, Vec::new());
-    wait_until("systemd-socket-activate listening", EXIT_TIMEOUT, || {
-        d.stderr().contains("Listening on")
-    });
-    let mut s = UnixStream::connect(&path).unwrap();
+    // The first connection starts flexnbd, which greets it.
+    let s = UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(NOTIFY_TIMEOUT)).unwrap();
-    let mut magic = [0u8; 8];
-    s.read_exact(&mut magic).unwrap();
-    assert_eq!(&magic, b"NBDMAGIC");
+    let mut greeting = Vec::new();
+    (&s).take(8).read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"NBDMAGIC");
     drop(s);
 
     // Stopped before any migration arrived: a failure, and it says so.
@@ -199,22 +200,16 @@ fn socket_activated_listen_takes_a_unix_socket_and_leaves_it_to_systemd() {
 
 #[test]
 fn a_passed_socket_that_is_not_a_stream_listener_is_refused_in_one_line() {
-    if !require_tool(ACTIVATE) {
+    let Some((_env, disk)) = activation_env() else {
         return;
-    }
-    let env = TestEnv::new();
-    let disk = env.image("disk.img", MIB);
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // A datagram socket: flexnbd starts at the first datagram.
-    let cmd = activate(
+    let mut d = activate(
         &format!("udp:{addr}"),
         None,
         &["serve", "-f", disk.to_str().unwrap()],
     );
-    let mut d = Daemon::spawn(cmd, Vec::new());
-    wait_until("systemd-socket-activate listening", EXIT_TIMEOUT, || {
-        d.stderr().contains("Listening on")
-    });
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .send_to(b"x", addr)
@@ -288,10 +283,15 @@ fn pid_file_is_written_once_serving_and_removed_on_exit() {
         .sock(env.sock_path())
         .args(["--pid-file", pid_file.to_str().unwrap()])
         .start();
-    wait_until("the pid file", EXIT_TIMEOUT, || pid_in(&pid_file).is_some());
-    assert_eq!(pid_in(&pid_file), Some(d.pid()));
-    assert_eq!(d.stop().code(), Some(0));
-    assert!(!pid_file.exists(), "pid file left behind");
+    // Written just after the control socket appears.
+    wait_until("the pid file", EXIT_TIMEOUT, || {
+        pid_in(&pid_file) == Some(d.pid())
+    });
+    let status = d.stop();
+    assert!(
+        status.success() && !pid_file.exists(),
+        "{status}: pid file left behind"
+    );
 }
 
 #[test]
