@@ -305,14 +305,17 @@ fn journal_stream_stderr_gets_priority_prefixes_and_no_time() {
         .args(["listen", "-l", "127.0.0.1", "-p", "0", "-v"])
         .arg("-f")
         .arg(&disk)
+        .arg("-s")
+        .arg(env.sock_path())
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
     let read = || std::fs::read_to_string(&log_path).unwrap();
-    wait_until("the Bound to line", EXIT_TIMEOUT, || {
-        read().contains("Bound to")
+    // The control socket comes after the signal handlers: SIGTERM is ours then.
+    wait_until("the control socket", EXIT_TIMEOUT, || {
+        read().contains("control socket listening")
     });
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap(),
