@@ -107,6 +107,11 @@ pub(crate) fn run_server(
 ) -> Result<ExitCode> {
     // First, before any thread starts: taking the listener unsets LISTEN_FDS.
     let activated = crate::sd::take_listener()?;
+    // Handlers before anything slow (a bind retried at boot): a SIGTERM
+    // during start-up waits for the signal thread instead of killing us
+    // silently.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
     let file_name = startup.file.display().to_string();
     crate::logging::init(
         crate::logging::level_for(global.verbose, global.quiet),
@@ -136,8 +141,6 @@ pub(crate) fn run_server(
     }
 
     let stop_signal: Arc<OnceLock<i32>> = Arc::default();
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     let signal_controller = controller.clone();
     let signal_seen = stop_signal.clone();
