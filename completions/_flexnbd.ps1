@@ -21,6 +21,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
 
     $completions = @(switch ($command) {
         'flexnbd' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -48,12 +49,13 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;serve' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--pid-file', '--pid-file', [CompletionResultType]::ParameterName, 'Write the process id to PATH once serving; removed on exit')
             [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'Most clients served at once; further connections are closed at once')
             [CompletionResult]::new('-x', '-x', [CompletionResultType]::ParameterName, 'Serve the file under this export name only (newstyle)')
             [CompletionResult]::new('--export-name', '--export-name', [CompletionResultType]::ParameterName, 'Serve the file under this export name only (newstyle)')
@@ -63,6 +65,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--max-inflight', '--max-inflight', [CompletionResultType]::ParameterName, 'Most bytes of request payloads and read buffers held for all clients')
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'How long a client may pause in the middle of sending a request''s payload')
             [CompletionResult]::new('--handover-grace', '--handover-grace', [CompletionResultType]::ParameterName, 'At a migration''s handover, how long clients have to finish their requests')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('--default-deny', '--default-deny', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('-k', '-k', [CompletionResultType]::ParameterName, 'Drop a client whose request takes longer than 120 seconds')
@@ -83,12 +86,13 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;listen' {
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
             [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port, logged with -v)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--pid-file', '--pid-file', [CompletionResultType]::ParameterName, 'Write the process id to PATH once serving; removed on exit')
             [CompletionResult]::new('-x', '-x', [CompletionResultType]::ParameterName, 'Serve the file under this export name only (newstyle)')
             [CompletionResult]::new('--export-name', '--export-name', [CompletionResultType]::ParameterName, 'Serve the file under this export name only (newstyle)')
             [CompletionResult]::new('--handshake-timeout', '--handshake-timeout', [CompletionResultType]::ParameterName, 'How long a client may take over each step of the handshake')
@@ -97,6 +101,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--max-inflight', '--max-inflight', [CompletionResultType]::ParameterName, 'Most bytes of request payloads and read buffers held for all clients')
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'How long a client may pause in the middle of sending a request''s payload')
             [CompletionResult]::new('--handover-grace', '--handover-grace', [CompletionResultType]::ParameterName, 'At a migration''s handover, how long clients have to finish their requests')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('--default-deny', '--default-deny', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle')
@@ -121,6 +126,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
             [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -142,6 +148,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Byte offset to start at (a suffix is allowed: 1M is 1048576)')
             [CompletionResult]::new('-S', '-S ', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
             [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Number of bytes (a suffix is allowed: 4K is 4096)')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -155,6 +162,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;acl' {
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -168,13 +176,14 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;status' {
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print the status as one JSON object instead of the key=value line')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -190,6 +199,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Bind the local socket to a particular IP address')
             [CompletionResult]::new('-m', '-m', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)')
             [CompletionResult]::new('--max-speed', '--max-speed', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-u', '-u', [CompletionResultType]::ParameterName, 'Unlink the local file when done')
             [CompletionResult]::new('--unlink', '--unlink', [CompletionResultType]::ParameterName, 'Unlink the local file when done')
             [CompletionResult]::new('-w', '-w', [CompletionResultType]::ParameterName, 'Follow the migration until it ends and exit with its outcome')
@@ -210,6 +220,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('-m', '-m', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec')
             [CompletionResult]::new('--max-speed', '--max-speed', [CompletionResultType]::ParameterName, 'Maximum speed of the migration, in bytes/sec')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -223,6 +234,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
         'flexnbd;break' {
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
             [CompletionResult]::new('--sock', '--sock', [CompletionResultType]::ParameterName, 'Path to the control socket')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -245,6 +257,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('-b', '-b', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'The address we connect from, as a proxy')
             [CompletionResult]::new('--cache', '--cache', [CompletionResultType]::ParameterName, 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
@@ -257,6 +270,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;completions' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -268,6 +282,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;man' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
@@ -279,12 +294,13 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;generate' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'As `flexnbd man`')
@@ -293,17 +309,19 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;generate;man' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
         'flexnbd;generate;completions' {
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')

@@ -131,12 +131,16 @@ _flexnbd() {
 
     case "${cmd}" in
         flexnbd)
-            opts="-v -q -h -V --verbose --quiet --help --version serve listen read write acl status mirror mirror-speed break proxy completions man generate help"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version serve listen read write acl status mirror mirror-speed break proxy completions man generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -145,7 +149,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__acl)
-            opts="-s -v -q -h -V --sock --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -157,6 +161,10 @@ _flexnbd() {
                     ;;
                 -s)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -167,7 +175,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__break)
-            opts="-s -v -q -h -V --sock --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -181,6 +189,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -189,12 +201,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__completions)
-            opts="-v -q -h -V --verbose --quiet --help --version bash zsh fish elvish powershell"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version bash zsh fish elvish powershell"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -203,12 +219,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate)
-            opts="-v -q -h -V --verbose --quiet --help --version man completions help"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -217,12 +237,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate__subcmd__completions)
-            opts="-v -q -h -V --verbose --quiet --help --version bash zsh fish elvish powershell"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version bash zsh fish elvish powershell"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -287,12 +311,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__generate__subcmd__man)
-            opts="-v -q -h -V --verbose --quiet --help --version"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -539,7 +567,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --file --sock --pid-file --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -577,6 +605,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pid-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --export-name)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -609,6 +641,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -617,12 +653,16 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__man)
-            opts="-v -q -h -V --verbose --quiet --help --version"
+            opts="-v -q -h -V --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -631,7 +671,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror)
-            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verbose --quiet --help --version"
+            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -677,6 +717,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -685,7 +729,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror__subcmd__speed)
-            opts="-s -m -v -q -h -V --sock --max-speed --verbose --quiet --help --version"
+            opts="-s -m -v -q -h -V --sock --max-speed --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -707,6 +751,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -715,7 +763,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__proxy)
-            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --help --version"
+            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -765,6 +813,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -773,7 +825,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__read)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -819,6 +871,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -827,7 +883,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --file --sock --pid-file --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -862,6 +918,10 @@ _flexnbd() {
                     return 0
                     ;;
                 -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -901,6 +961,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -909,7 +973,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__status)
-            opts="-s -v -q -h -V --sock --json --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --sock --json --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -923,6 +987,10 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -931,7 +999,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__write)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -975,6 +1043,10 @@ _flexnbd() {
                     ;;
                 -S)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
                     ;;
                 *)

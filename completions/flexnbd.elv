@@ -18,6 +18,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
     }
     var completions = [
         &'flexnbd'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -44,12 +45,13 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;serve'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
-            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
+            cand -p 'The port to serve on (0 picks a free port)'
+            cand --port 'The port to serve on (0 picks a free port)'
             cand -f 'The file to serve'
             cand --file 'The file to serve'
             cand -s 'Path to the control socket'
             cand --sock 'Path to the control socket'
+            cand --pid-file 'Write the process id to PATH once serving; removed on exit'
             cand --max-clients 'Most clients served at once; further connections are closed at once'
             cand -x 'Serve the file under this export name only (newstyle)'
             cand --export-name 'Serve the file under this export name only (newstyle)'
@@ -59,6 +61,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --max-inflight 'Most bytes of request payloads and read buffers held for all clients'
             cand --stall-timeout 'How long a client may pause in the middle of sending a request''s payload'
             cand --handover-grace 'At a migration''s handover, how long clients have to finish their requests'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -d 'Deny connections by default unless in ACL'
             cand --default-deny 'Deny connections by default unless in ACL'
             cand -k 'Drop a client whose request takes longer than 120 seconds'
@@ -78,12 +81,13 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;listen'= {
             cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
             cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port, logged with -v)'
-            cand --port 'The port to serve on (0 picks a free port, logged with -v)'
+            cand -p 'The port to serve on (0 picks a free port)'
+            cand --port 'The port to serve on (0 picks a free port)'
             cand -f 'The file to receive into; it must exist with the source''s size'
             cand --file 'The file to receive into; it must exist with the source''s size'
             cand -s 'Path to the control socket'
             cand --sock 'Path to the control socket'
+            cand --pid-file 'Write the process id to PATH once serving; removed on exit'
             cand -x 'Serve the file under this export name only (newstyle)'
             cand --export-name 'Serve the file under this export name only (newstyle)'
             cand --handshake-timeout 'How long a client may take over each step of the handshake'
@@ -92,6 +96,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --max-inflight 'Most bytes of request payloads and read buffers held for all clients'
             cand --stall-timeout 'How long a client may pause in the middle of sending a request''s payload'
             cand --handover-grace 'At a migration''s handover, how long clients have to finish their requests'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -d 'Deny connections by default unless in ACL'
             cand --default-deny 'Deny connections by default unless in ACL'
             cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
@@ -115,6 +120,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --from 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
             cand -S 'Number of bytes (a suffix is allowed: 4K is 4096)'
             cand --size 'Number of bytes (a suffix is allowed: 4K is 4096)'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -135,6 +141,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --from 'Byte offset to start at (a suffix is allowed: 1M is 1048576)'
             cand -S 'Number of bytes (a suffix is allowed: 4K is 4096)'
             cand --size 'Number of bytes (a suffix is allowed: 4K is 4096)'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -147,6 +154,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;acl'= {
             cand -s 'Path to the control socket'
             cand --sock 'Path to the control socket'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -159,13 +167,14 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;status'= {
             cand -s 'Path to the control socket'
             cand --sock 'Path to the control socket'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand --json 'Print the status as one JSON object instead of the key=value line'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -180,6 +189,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --bind 'Bind the local socket to a particular IP address'
             cand -m 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)'
             cand --max-speed 'Maximum speed of the migration, in bytes/sec (changeable with mirror-speed)'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -u 'Unlink the local file when done'
             cand --unlink 'Unlink the local file when done'
             cand -w 'Follow the migration until it ends and exit with its outcome'
@@ -199,6 +209,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --sock 'Path to the control socket'
             cand -m 'Maximum speed of the migration, in bytes/sec'
             cand --max-speed 'Maximum speed of the migration, in bytes/sec'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -211,6 +222,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
         &'flexnbd;break'= {
             cand -s 'Path to the control socket'
             cand --sock 'Path to the control socket'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -232,6 +244,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -b 'The address we connect from, as a proxy'
             cand --bind 'The address we connect from, as a proxy'
             cand --cache 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)'
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand --oldstyle 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
@@ -243,6 +256,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;completions'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -253,6 +267,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;man'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
@@ -263,12 +278,13 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;generate'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
             cand man 'As `flexnbd man`'
@@ -276,16 +292,18 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;generate;man'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'
             cand --quiet 'Log nothing; errors that end the command are still printed'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
         &'flexnbd;generate;completions'= {
+            cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'

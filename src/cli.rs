@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::net::{AclEntry, parse_ip};
 use crate::uri::ServerAddr;
@@ -58,6 +58,29 @@ pub struct GlobalArgs {
     /// Log nothing; errors that end the command are still printed.
     #[arg(short, long, global = true, overrides_with = "verbose")]
     pub quiet: bool,
+    /// How log lines look: auto is journal under systemd's journal, else plain.
+    ///
+    /// plain: an RFC 3339 UTC timestamp, level, pid, thread and message
+    /// (source file:line from -vv). journal: a syslog priority prefix
+    /// (<3> error ... <7> debug) and no timestamp, for journalctl -p.
+    /// c: the C flexnbd's layout (monotonic ms, level, pid, thread, file,
+    /// source file:line), for diffing logs with it.
+    #[arg(long, value_name = "FORMAT", global = true, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+/// The `--log-format` choices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// journal when stderr is systemd's journal stream, else plain.
+    #[default]
+    Auto,
+    /// Timestamp, level, pid, thread, message.
+    Plain,
+    /// Syslog priority prefix, no timestamp.
+    Journal,
+    /// The C flexnbd's layout.
+    C,
 }
 
 /// The subcommands.
@@ -128,11 +151,13 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ListenAddrArgs {
     /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip)]
-    pub addr: IpAddr,
-    /// The port to serve on (0 picks a free port, logged with -v).
-    #[arg(short, long, value_name = "PORT")]
-    pub port: u16,
+    ///
+    /// Not needed (and ignored) when systemd passes the listening socket.
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip, required = true)]
+    pub addr: Option<IpAddr>,
+    /// The port to serve on (0 picks a free port).
+    #[arg(short, long, value_name = "PORT", required = true)]
+    pub port: Option<u16>,
 }
 
 /// Options of `serve`.
@@ -151,6 +176,9 @@ pub struct ServeArgs {
     /// running server, or a file that is not a socket, makes serve fail.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
+    /// Write the process id to PATH once serving; removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -203,6 +231,9 @@ pub struct ListenArgs {
     /// Path to the control socket.
     #[arg(short, long, value_name = "SOCK")]
     pub sock: Option<PathBuf>,
+    /// Write the process id to PATH once serving; removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -401,8 +432,26 @@ impl Cli {
                     command: Command::Proxy(proxy.args),
                 }
             }
-            _ => Cli::parse(),
+            _ => Cli::parse_activated(),
         }
+    }
+
+    /// [`Cli::parse`], except that under systemd's socket activation
+    /// (`LISTEN_FDS` set) `-l/-p` of `serve` and `listen` are optional: the
+    /// listener is passed, not bound.
+    fn parse_activated() -> Cli {
+        if std::env::var_os("LISTEN_FDS").is_none() {
+            return Cli::parse();
+        }
+        let optional = |c: clap::Command| {
+            c.mut_arg("addr", |a| a.required(false))
+                .mut_arg("port", |a| a.required(false))
+        };
+        let matches = Cli::command()
+            .mut_subcommand("serve", optional)
+            .mut_subcommand("listen", optional)
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 }
 
@@ -649,7 +698,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(args.listen.port, 4777);
+        assert_eq!(args.listen.port, Some(4777));
         assert!(args.default_deny && args.killswitch);
         assert_eq!(args.acl.len(), 2);
     }

@@ -21,6 +21,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("status", &[]),
     ("sys", &[]),
+    // systemd's socket activation and notifications.
+    ("sd", &[]),
     ("exit", &[]),
     ("net", &[]),
     // NBD URIs and server addresses: parsing only, over `net`'s IP parser.

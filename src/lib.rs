@@ -8,6 +8,7 @@
 //!   wire headers, the server's option negotiation. No I/O.
 //! - [`sys`]: operating-system helpers any layer may use: the stop
 //!   [`sys::Trigger`], a poison-tolerant lock, the monotonic clock.
+//! - [`sd`]: systemd's socket activation and service notifications.
 //! - [`nbd`]: the connection layer: the stream NBD runs over (TCP or UNIX),
 //!   listeners, the server side of the handshake, the request reader and
 //!   the reply writer, shared by the server, the proxy and the clients.
@@ -48,6 +49,7 @@ pub mod nbd;
 pub mod net;
 pub mod proto;
 pub mod proxy;
+pub mod sd;
 pub mod server;
 pub mod status;
 pub mod sys;

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("flexnbd: {err:#}");
+            flexnbd::logging::print_error(&format!("{err:#}"));
             flexnbd::exit::ExitCode::Failure.into()
         }
     }

@@ -44,3 +44,5 @@ mod readme;
 mod serve;
 /// The `flexnbd serve` process: signals, start-up errors, read-only, its log, its bytes to tools.
 mod serve_process;
+/// systemd: socket activation, notifications, --pid-file, journald log lines.
+mod systemd;

@@ -3,13 +3,14 @@
 //! The same server as `serve`, started without control and for one client
 //! at a time. The migration's source writes the data, then sends
 //! DISCONNECT: control has arrived, the server stops and the process exits
-//! 0. A signal before that exits 1, leaving whatever was written.
+//! 0. A signal before that exits 1, leaving whatever was written, and logs
+//! why (`stopped by SIGTERM before the migration completed ...`): from the
+//! migration's point of view the destination was stopped before it got
+//! the data, so a systemd unit shows it failed, with that line as reason.
 //!
 //! With `--oldstyle` every write is made durable (`fdatasync`) before its
 //! reply, as flexnbd-c's destination does: a flexnbd-c source never sends
 //! FLUSH, and with `--unlink` deletes its copy before the DISCONNECT.
-
-use std::net::SocketAddr;
 
 use anyhow::Result;
 
@@ -39,6 +40,11 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         export_name: args.export_name.clone(),
         sync_writes: args.oldstyle,
     };
-    let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    super::serve::run_server(&args.file, addr, args.sock, config, global)
+    let startup = super::serve::Startup {
+        file: args.file,
+        listen: args.listen,
+        sock: args.sock,
+        pid_file: args.pid_file,
+    };
+    super::serve::run_server(startup, config, global)
 }

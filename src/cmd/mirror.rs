@@ -138,6 +138,7 @@ fn new_bar() -> ProgressBar {
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    crate::logging::set_progress_bar(Some(bar.clone()));
     bar
 }
 

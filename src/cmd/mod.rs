@@ -10,7 +10,7 @@ use clap::CommandFactory;
 
 use crate::control::Reply;
 
-use crate::cli::{Cli, Command, ConnectArgs, GlobalArgs, RangeArgs};
+use crate::cli::{Cli, Command, ConnectArgs, GlobalArgs, LogFormat, RangeArgs};
 use crate::client::{ConnectOptions, ErrorKind, NbdClient, Target};
 use crate::exit::ExitCode;
 use crate::uri::{Host, NbdUri, PortError, ServerAddr, Transport};
@@ -35,6 +35,7 @@ pub mod write;
 /// Whatever the subcommand fails with; `main` prints it as one line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
+    crate::logging::set_format(log_format(global.log_format));
     match cli.command {
         Command::Serve(args) => serve::run(args, global),
         Command::Listen(args) => listen::run(args, global),
@@ -49,6 +50,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions(args) => generate::completions(args),
         Command::Man(args) => generate::man(&args),
         Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// The logger's format for `--log-format`.
+fn log_format(format: LogFormat) -> crate::logging::Format {
+    use crate::logging::Format;
+    match format {
+        LogFormat::Auto => Format::Auto,
+        LogFormat::Plain => Format::Plain,
+        LogFormat::Journal => Format::Journal,
+        LogFormat::C => Format::C,
     }
 }
 

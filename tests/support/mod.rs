@@ -96,7 +96,19 @@ fn clean_env(cmd: &mut Command) {
         }
     }
     // clap wraps help to $COLUMNS and colours it when forced to.
-    for key in ["COLUMNS", "LINES", "CLICOLOR_FORCE", "CLICOLOR", "RUST_LOG"] {
+    // systemd's variables (a test run inside a unit) change where we listen and how we log.
+    for key in [
+        "COLUMNS",
+        "LINES",
+        "CLICOLOR_FORCE",
+        "CLICOLOR",
+        "RUST_LOG",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+    ] {
         cmd.env_remove(key);
     }
 }
