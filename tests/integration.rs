@@ -5,6 +5,8 @@
 
 mod support;
 
+/// ACL entries on the IPv4 and IPv6 wildcards: IPv4 and IPv4-mapped clients and entries.
+mod acl;
 /// The command line: help, version, usage errors, flexnbd-c's option forms.
 mod cli;
 /// The NBD client library and the `read`/`write` subcommands against real servers.
