@@ -485,7 +485,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --default-deny --oldstyle --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -v -q -h -V --addr --port --file --sock --control-mode --default-deny --oldstyle --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -520,6 +520,10 @@ _flexnbd() {
                     return 0
                     ;;
                 -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-mode)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -727,7 +731,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --default-deny --killswitch --read-only --oldstyle --max-clients --verbose --quiet --help --version"
+            opts="-l -p -f -s -d -k -r -v -q -h -V --addr --port --file --sock --control-mode --default-deny --killswitch --read-only --oldstyle --max-clients --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -762,6 +766,10 @@ _flexnbd() {
                     return 0
                     ;;
                 -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-mode)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
@@ -57,6 +58,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'

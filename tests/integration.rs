@@ -11,6 +11,8 @@ mod acl;
 mod cli;
 /// The NBD client library and the `read`/`write` subcommands against real servers.
 mod client;
+/// The control socket's mode: 0600 whatever the umask, or `--control-mode`.
+mod control_mode;
 /// The real `flexnbd serve` process: status, acl, control socket, signals, read/write, start-up errors.
 mod daemon;
 /// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.

@@ -38,5 +38,12 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         sync_writes: args.oldstyle,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    super::serve::run_server(&args.file, addr, args.sock, config, global)
+    super::serve::run_server(
+        &args.file,
+        addr,
+        args.sock,
+        args.control_mode,
+        config,
+        global,
+    )
 }

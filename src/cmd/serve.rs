@@ -40,7 +40,14 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         sync_writes: false,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    run_server(&args.file, addr, args.sock, config, global)
+    run_server(
+        &args.file,
+        addr,
+        args.sock,
+        args.control_mode,
+        config,
+        global,
+    )
 }
 
 /// Runs a server (`serve` or `listen`) to the end and returns its exit status.
@@ -56,6 +63,7 @@ pub(crate) fn run_server(
     file: &Path,
     addr: SocketAddr,
     sock: Option<PathBuf>,
+    control_mode: u32,
     config: ServerConfig,
     global: GlobalArgs,
 ) -> Result<ExitCode> {
@@ -91,7 +99,11 @@ pub(crate) fn run_server(
     // The control socket appears only once the NBD listener is bound, as in
     // flexnbd-c. Its errors already name the socket, so they get no context.
     let control = match &sock {
-        Some(path) => Some(ControlServer::start(path, controller.clone())?),
+        Some(path) => Some(ControlServer::start_with_mode(
+            path,
+            controller.clone(),
+            control_mode,
+        )?),
         None => None,
     };
 
