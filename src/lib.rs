@@ -21,6 +21,8 @@
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand; only
 //!   these print to stdout.
 //! - [`logging`], [`exit`]: the stderr logger and exit codes.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`,
+//!   replayed over the committed corpora by `tests/fuzz_corpus.rs`.
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
@@ -30,6 +32,8 @@ pub mod client;
 pub mod cmd;
 pub mod control;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod mirror;
 pub mod net;

@@ -17,6 +17,8 @@ mod control_mode;
 mod daemon;
 /// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.
 mod differential;
+/// The committed fuzz corpora, replayed through the fuzz targets' entry points (stable).
+mod fuzz_corpus;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.

@@ -50,7 +50,8 @@ mod negotiate;
 
 pub use error::{ClientError, ErrorKind, describe_errno};
 
-use negotiate::{Export, GoReplies, GoStep};
+pub(crate) use negotiate::{Export, max_request};
+use negotiate::{GoReplies, GoStep};
 
 /// How to connect; [`Default`] gives the C flexnbd's timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,14 +117,7 @@ impl NbdClient {
         wait_for_hello(&stream, target, opts.hello_timeout)?;
         let timeout = nonzero(opts.reply_timeout);
         set_timeouts(&stream, timeout)?;
-        let mut hs = Handshake {
-            stream: &stream,
-            timeout,
-        };
-        let (style, export) = hs.run().map_err(|e| match e {
-            ClientError::Closed { .. } => ClientError::HandshakeClosed,
-            e => e,
-        })?;
+        let (style, export) = handshake(&stream, timeout)?;
         let max_request = negotiate::max_request(export.max_payload);
         info!(
             "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
@@ -485,7 +479,7 @@ fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ClientError> {
 }
 
 /// Checks that `reply` answers `req` and reports no error.
-fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
+pub(crate) fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
     if reply.handle != req.handle {
         return Err(ClientError::UnexpectedHandle {
             expected: req.handle,
@@ -625,13 +619,26 @@ fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<(), Cli
         })
 }
 
+/// Negotiates the default export over `stream`, whichever handshake the
+/// server speaks. Generic over the stream so that the fuzz targets
+/// ([`crate::fuzzing`]) can run it over bytes in memory.
+pub(crate) fn handshake(
+    stream: impl Read + Write,
+    timeout: Option<Duration>,
+) -> Result<(Style, Export), ClientError> {
+    Handshake { stream, timeout }.run().map_err(|e| match e {
+        ClientError::Closed { .. } => ClientError::HandshakeClosed,
+        e => e,
+    })
+}
+
 /// The handshake's I/O: one `read_exact` per structure, then a pure decode.
-struct Handshake<'a> {
-    stream: &'a TcpStream,
+struct Handshake<S> {
+    stream: S,
     timeout: Option<Duration>,
 }
 
-impl Handshake<'_> {
+impl<S: Read + Write> Handshake<S> {
     fn run(&mut self) -> Result<(Style, Export), ClientError> {
         let mut head = [0u8; 16];
         self.read(&mut head)?;
@@ -705,15 +712,13 @@ impl Handshake<'_> {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        let mut stream = self.stream;
-        stream
+        self.stream
             .read_exact(buf)
             .map_err(|e| ClientError::from_io(e, "reading the handshake", self.timeout))
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<(), ClientError> {
-        let mut stream = self.stream;
-        stream
+        self.stream
             .write_all(buf)
             .map_err(|e| ClientError::from_io(e, "sending the handshake", self.timeout))
     }

@@ -114,16 +114,33 @@ impl Status {
                 s.push_str(&format!(",\"migration_retries\":{retries}"));
             }
             if let Some(phase) = &m.phase {
-                // Phases are fixed lower-case words: nothing to escape.
-                s.push_str(&format!(",\"migration_phase\":\"{phase}\""));
+                s.push_str(&format!(",\"migration_phase\":{}", json_string(phase)));
             }
         }
         if let Some(last) = &self.last_migration {
-            s.push_str(&format!(",\"last_migration\":\"{last}\""));
+            s.push_str(&format!(",\"last_migration\":{}", json_string(last)));
         }
         s.push('}');
         s
     }
+}
+
+/// `text` as a JSON string. Our server's values are plain words, but
+/// `status --json` prints whatever line the server sent.
+// Regression: fuzz/corpus/status (a control character in last_migration).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Why a status line could not be parsed.
