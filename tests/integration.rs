@@ -19,6 +19,8 @@ mod daemon;
 mod differential;
 /// The committed fuzz corpora, replayed through the fuzz targets' entry points (stable).
 mod fuzz_corpus;
+/// A black-box fuzzer: the real server fed mutated handshakes and requests from a fixed seed.
+mod fuzz_server;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
