@@ -4,14 +4,11 @@
 //!
 //! Regression: issue 10 item 4 (`serve -l :: ... 127.0.0.1` refused 127.0.0.1).
 
-use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
+use crate::daemon::assert_refused;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{Daemon, TestEnv, control, in_ci};
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether this machine can listen on `::` (IPv6 may be disabled in a container).
 fn have_ipv6() -> bool {
@@ -22,20 +19,6 @@ fn have_ipv6() -> bool {
             eprintln!("skipping the -l :: cases: cannot listen on [::]: {e}");
             false
         }
-    }
-}
-
-/// Asserts the server closes a connection from 127.0.0.1 without a byte of handshake.
-#[track_caller]
-fn assert_refused(addr: SocketAddr, what: &str) {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("TCP connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let mut got = Vec::new();
-    match s.read_to_end(&mut got) {
-        Ok(0) => {}
-        Err(e) if e.kind() == ErrorKind::ConnectionReset && got.is_empty() => {}
-        Ok(n) => panic!("{what}: a refused client got {n} bytes: {got:02x?}"),
-        Err(e) => panic!("{what}: a refused client was not closed within {IO_TIMEOUT:?}: {e}"),
     }
 }
 
@@ -58,7 +41,7 @@ fn check_listener(listen: IpAddr) {
             .arg(other)
             .start();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), d.port());
-        assert_refused(addr, &what);
+        assert_refused(addr);
         assert_eq!(control(&sock, "acl", &[ours]), "0: updated\n", "{what}");
         let data = Client::connect(addr, Handshake::Go).read(7, 0, 512);
         assert_eq!(data.len(), 512, "{what}");

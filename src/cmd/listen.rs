@@ -38,12 +38,6 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         sync_writes: args.oldstyle,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    super::serve::run_server(
-        &args.file,
-        addr,
-        args.sock,
-        args.control_mode,
-        config,
-        global,
-    )
+    let control = args.sock.map(|path| (path, args.control_mode));
+    super::serve::run_server(&args.file, addr, control, config, global)
 }

@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 
 use crate::backing::Backing;
 use crate::cli::{GlobalArgs, ServeArgs};
-use crate::control::ControlServer;
+use crate::control::{ControlServer, DEFAULT_REQUEST_TIMEOUT};
 use crate::exit::ExitCode;
 use crate::mirror::Controller;
 use crate::net::Acl;
@@ -40,14 +40,8 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         sync_writes: false,
     };
     let addr = SocketAddr::new(args.listen.addr, args.listen.port);
-    run_server(
-        &args.file,
-        addr,
-        args.sock,
-        args.control_mode,
-        config,
-        global,
-    )
+    let control = args.sock.map(|path| (path, args.control_mode));
+    run_server(&args.file, addr, control, config, global)
 }
 
 /// Runs a server (`serve` or `listen`) to the end and returns its exit status.
@@ -62,8 +56,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
 pub(crate) fn run_server(
     file: &Path,
     addr: SocketAddr,
-    sock: Option<PathBuf>,
-    control_mode: u32,
+    sock: Option<(PathBuf, u32)>,
     config: ServerConfig,
     global: GlobalArgs,
 ) -> Result<ExitCode> {
@@ -98,11 +91,13 @@ pub(crate) fn run_server(
 
     // The control socket appears only once the NBD listener is bound, as in
     // flexnbd-c. Its errors already name the socket, so they get no context.
+    // `mode` is its permission bits (--control-mode).
     let control = match &sock {
-        Some(path) => Some(ControlServer::start_with_mode(
+        Some((path, mode)) => Some(ControlServer::start_with_options(
             path,
             controller.clone(),
-            control_mode,
+            DEFAULT_REQUEST_TIMEOUT,
+            *mode,
         )?),
         None => None,
     };

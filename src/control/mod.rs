@@ -354,21 +354,13 @@ impl ControlServer {
         Self::start_with_options(path, target, request_timeout, DEFAULT_SOCKET_MODE)
     }
 
-    /// Like [`ControlServer::start`], with the socket file's permission bits
-    /// (`mode`, e.g. 0o660), set exactly whatever the umask.
+    /// Like [`ControlServer::start_with_timeout`], with the socket file's
+    /// permission bits (`mode`, e.g. 0o660), set exactly whatever the umask.
     ///
     /// # Errors
     ///
     /// As [`ControlServer::start_with_timeout`].
-    pub fn start_with_mode(
-        path: &Path,
-        target: Arc<dyn Controlled>,
-        mode: u32,
-    ) -> io::Result<ControlServer> {
-        Self::start_with_options(path, target, DEFAULT_REQUEST_TIMEOUT, mode)
-    }
-
-    fn start_with_options(
+    pub fn start_with_options(
         path: &Path,
         target: Arc<dyn Controlled>,
         request_timeout: Duration,
@@ -1071,8 +1063,10 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         server.stop();
         for wanted in [0o660, 0o666, 0o700] {
+            let target = Arc::new(Fake::default());
             let server =
-                ControlServer::start_with_mode(&path, Arc::new(Fake::default()), wanted).unwrap();
+                ControlServer::start_with_options(&path, target, DEFAULT_REQUEST_TIMEOUT, wanted)
+                    .unwrap();
             assert_eq!(mode(&path), wanted);
             assert_eq!(exchange(&path, b"status\n\n"), STATUS_LINE);
             server.stop();
