@@ -51,6 +51,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
@@ -76,6 +77,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-handshakes -d 'Most connections still in their handshake at once' -r

@@ -160,6 +160,21 @@ pub struct ListenAddrArgs {
     pub port: Option<u16>,
 }
 
+/// Parses permission bits written in octal (`600`, `0600` or `0o600`).
+///
+/// # Errors
+///
+/// The text is not an octal number of at most 0777.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.starts_with('+') => Ok(mode),
+        _ => Err(format!(
+            "'{text}' is not a mode: give permission bits in octal, 0000 to 0777"
+        )),
+    }
+}
+
 /// Options of `serve`.
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
@@ -179,6 +194,15 @@ pub struct ServeArgs {
     /// Write the process id to PATH once serving; removed on exit.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
+    /// Permission bits of the control socket, in octal (default 0600: owner only).
+    ///
+    /// The socket is created with exactly this mode whatever the umask, and
+    /// never exists with a wider one. Anyone who can connect to it can change
+    /// the ACL or start a migration to a host of their choice, so widen it
+    /// (e.g. 0660 for a group) with care. The C flexnbd left the mode to the
+    /// umask.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub control_mode: u32,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -234,6 +258,15 @@ pub struct ListenArgs {
     /// Write the process id to PATH once serving; removed on exit.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
+    /// Permission bits of the control socket, in octal (default 0600: owner only).
+    ///
+    /// The socket is created with exactly this mode whatever the umask, and
+    /// never exists with a wider one. Anyone who can connect to it can change
+    /// the ACL or start a migration to a host of their choice, so widen it
+    /// (e.g. 0660 for a group) with care. The C flexnbd left the mode to the
+    /// umask.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub control_mode: u32,
     /// Deny connections by default unless in ACL.
     #[arg(short, long)]
     pub default_deny: bool,
@@ -674,6 +707,25 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn control_mode_is_octal_and_owner_only_by_default() {
+        for (text, mode) in [("600", 0o600), ("0660", 0o660), ("0o777", 0o777), ("0", 0)] {
+            assert_eq!(parse_mode(text), Ok(mode), "{text}");
+        }
+        for bad in ["", "8", "1000", "0x1ff", "+600", "rw", "-1"] {
+            assert!(parse_mode(bad).is_err(), "{bad}");
+        }
+        for cmd in ["serve", "listen"] {
+            let line = ["flexnbd", cmd, "-l", "0", "-p", "1", "-f", "x", "-s", "ctl"];
+            let (serve, listen) = match Cli::try_parse_from(line).unwrap().command {
+                Command::Serve(a) => (Some(a.control_mode), None),
+                Command::Listen(a) => (None, Some(a.control_mode)),
+                _ => panic!("{cmd}"),
+            };
+            assert_eq!(serve.or(listen), Some(0o600), "{cmd}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //!   these print to stdout.
 //! - [`uri`]: NBD URIs and the other spellings of a server to connect to.
 //! - [`logging`], [`exit`]: the stderr logger and exit codes.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`,
+//!   replayed over the committed corpora by `tests/fuzz_corpus.rs`.
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
@@ -41,6 +43,8 @@ pub mod client;
 pub mod cmd;
 pub mod control;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod layering;
 pub mod logging;

@@ -6,7 +6,7 @@
 //! silently ignored. ACL entries are `ADDRESS[/MASK]` (section 9).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Text that is not an IPv4 or IPv6 address (host names are not looked up).
@@ -55,13 +55,27 @@ pub struct AclEntry {
 }
 
 impl AclEntry {
-    /// Whether `client` lies inside this entry. Address families never match each other.
+    /// Whether `client` lies inside this entry.
+    ///
+    /// An IPv4 address and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`, as
+    /// IPv4 clients of a `-l ::` listener appear) are the same client: an
+    /// IPv4 entry matches both, and so does its mapped form. Otherwise the
+    /// families never match (`::1` is not 127.0.0.1).
     pub fn contains(&self, client: IpAddr) -> bool {
-        match (self.addr, client) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
-            _ => false,
-        }
+        // Compare in IPv6 space, where an IPv4 /n is the mapped /(96+n):
+        // unlike `to_canonical` on both sides, this also gives the right
+        // answer for IPv6 entries whose mask is shorter than the mapped prefix.
+        let (net, bits) = as_ipv6(self.addr, self.bits);
+        let (ip, _) = as_ipv6(client, 0);
+        prefix_eq(&net.octets(), &ip.octets(), bits)
+    }
+}
+
+/// `addr` as an IPv6 address (IPv4 mapped), with a mask of `bits` adjusted to match.
+fn as_ipv6(addr: IpAddr, bits: u8) -> (Ipv6Addr, u8) {
+    match addr {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped(), bits + 96),
+        IpAddr::V6(v6) => (v6, bits),
     }
 }
 
@@ -178,10 +192,26 @@ mod tests {
         assert!(odd.contains(ip("10.127.0.1")) && !odd.contains(ip("10.128.0.1")));
     }
 
+    // Regression: issue 10 item 4, `serve -l :: ... 127.0.0.1` refused 127.0.0.1.
     #[test]
-    fn families_never_cross() {
-        let e: AclEntry = "127.0.0.1".parse().unwrap();
-        assert!(!e.contains(ip("::ffff:127.0.0.1")));
+    fn ipv4_entries_match_mapped_clients_and_the_reverse() {
+        let v4: AclEntry = "127.0.0.1".parse().unwrap();
+        assert!(v4.contains(ip("::ffff:127.0.0.1")) && v4.contains(ip("127.0.0.1")));
+        assert!(!v4.contains(ip("::ffff:127.0.0.2")) && !v4.contains(ip("::1")));
+        let mapped: AclEntry = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(mapped.contains(ip("127.0.0.1")) && mapped.contains(ip("::ffff:127.0.0.1")));
+        assert!(!mapped.contains(ip("127.0.0.2")));
+        let net: AclEntry = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains(ip("::ffff:10.200.0.1")) && !net.contains(ip("::ffff:11.0.0.1")));
+        let mapped_net: AclEntry = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped_net.contains(ip("10.1.2.3")) && !mapped_net.contains(ip("11.1.2.3")));
+        // Only the mapped form is an IPv4 address: `::1` and the deprecated
+        // compatible form `::a.b.c.d` are not, and other IPv6 never match.
+        let loopback: AclEntry = "::1".parse().unwrap();
+        assert!(!loopback.contains(ip("127.0.0.1")) && !loopback.contains(ip("0.0.0.1")));
+        assert!(!v4.contains(ip("::127.0.0.1")));
+        let v6: AclEntry = "fe80::/10".parse().unwrap();
+        assert!(!v6.contains(ip("127.0.0.1")));
     }
 
     #[test]

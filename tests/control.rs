@@ -28,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Asserts a new connection to `addr` is closed by the server without a byte.
 #[track_caller]
-fn assert_refused(addr: SocketAddr) {
+pub(crate) fn assert_refused(addr: SocketAddr) {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("TCP connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let mut got = Vec::new();

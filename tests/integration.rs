@@ -5,6 +5,8 @@
 
 mod support;
 
+/// ACL entries on the IPv4 and IPv6 wildcards: IPv4 and IPv4-mapped clients and entries.
+mod acl;
 /// The command line: help, version, usage errors, flexnbd-c's option forms.
 mod cli;
 /// The NBD client library and the `read`/`write` subcommands against nbdkit, the C flexnbd and fakes.
@@ -13,10 +15,16 @@ mod client;
 mod client_uri;
 /// The control socket of a real `flexnbd serve`: status, acl, the socket's lifecycle, bad requests.
 mod control;
+/// The control socket's mode: 0600 whatever the umask, or `--control-mode`.
+mod control_mode;
 /// SIGKILL of `serve` during FUA and FLUSHed writes loses no acknowledged write.
 mod crash;
 /// The same scenarios against the C flexnbd 0.5.0 and ours, side by side: what matches, what differs on purpose.
 mod differential;
+/// The committed fuzz corpora, replayed through the fuzz targets' entry points (stable).
+mod fuzz_corpus;
+/// A black-box fuzzer: the real server fed mutated handshakes and requests from a fixed seed.
+mod fuzz_server;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
 /// What a hostile or broken client cannot do: panics, log floods.

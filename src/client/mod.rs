@@ -55,7 +55,8 @@ mod negotiate;
 
 pub use error::{ClientError, ErrorKind, describe_errno};
 
-use negotiate::{Export, GoReplies, GoStep};
+pub(crate) use negotiate::{Export, max_request};
+use negotiate::{GoReplies, GoStep};
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,15 +161,7 @@ impl NbdClient {
         wait_for_hello(&stream, &target, opts.hello_timeout)?;
         let timeout = nonzero(opts.reply_timeout);
         set_timeouts(&stream, timeout)?;
-        let mut hs = Handshake {
-            stream: &stream,
-            timeout,
-            name: &opts.export_name,
-        };
-        let (style, export) = hs.run().map_err(|e| match e {
-            ClientError::Closed { .. } => ClientError::HandshakeClosed,
-            e => e,
-        })?;
+        let (style, export) = handshake(&stream, timeout, &opts.export_name)?;
         let max_request = negotiate::max_request(export.max_payload);
         info!(
             "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
@@ -530,7 +523,7 @@ fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ClientError> {
 }
 
 /// Checks that `reply` answers `req` and reports no error.
-fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
+pub(crate) fn check_reply(req: &Request, reply: &SimpleReply) -> Result<(), ClientError> {
     if reply.handle != req.handle {
         return Err(ClientError::UnexpectedHandle {
             expected: req.handle,
@@ -670,15 +663,35 @@ fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), Client
         })
 }
 
+/// Negotiates the export `name` over `stream`, whichever handshake the
+/// server speaks. Generic over the stream so that the fuzz targets
+/// ([`crate::fuzzing`]) can run it over bytes in memory.
+pub(crate) fn handshake(
+    stream: impl Read + Write,
+    timeout: Option<Duration>,
+    name: &str,
+) -> Result<(Style, Export), ClientError> {
+    Handshake {
+        stream,
+        timeout,
+        name,
+    }
+    .run()
+    .map_err(|e| match e {
+        ClientError::Closed { .. } => ClientError::HandshakeClosed,
+        e => e,
+    })
+}
+
 /// The handshake's I/O: one `read_exact` per structure, then a pure decode.
-struct Handshake<'a> {
-    stream: &'a Stream,
+struct Handshake<'a, S> {
+    stream: S,
     timeout: Option<Duration>,
     /// The export to ask for.
     name: &'a str,
 }
 
-impl Handshake<'_> {
+impl<S: Read + Write> Handshake<'_, S> {
     fn run(&mut self) -> Result<(Style, Export), ClientError> {
         let mut head = [0u8; 16];
         self.read(&mut head)?;
@@ -758,15 +771,13 @@ impl Handshake<'_> {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        let mut stream = self.stream;
-        stream
+        self.stream
             .read_exact(buf)
             .map_err(|e| ClientError::from_io(e, "reading the handshake", self.timeout))
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<(), ClientError> {
-        let mut stream = self.stream;
-        stream
+        self.stream
             .write_all(buf)
             .map_err(|e| ClientError::from_io(e, "sending the handshake", self.timeout))
     }

@@ -44,6 +44,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
+        control_mode: args.control_mode,
         pid_file: args.pid_file,
     };
     super::serve::run_server(startup, config, global)

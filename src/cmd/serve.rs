@@ -23,7 +23,7 @@ use signal_hook::iterator::Signals;
 
 use crate::backing::Backing;
 use crate::cli::{GlobalArgs, LimitArgs, ListenAddrArgs, ServeArgs};
-use crate::control::ControlServer;
+use crate::control::{ControlServer, DEFAULT_REQUEST_TIMEOUT};
 use crate::exit::ExitCode;
 use crate::mirror::Controller;
 use crate::nbd::Listener;
@@ -47,6 +47,8 @@ pub(crate) struct Startup {
     pub(crate) listen: ListenAddrArgs,
     /// The control socket's path.
     pub(crate) sock: Option<PathBuf>,
+    /// The control socket's permission bits (`--control-mode`).
+    pub(crate) control_mode: u32,
     /// Where to write the process id once serving.
     pub(crate) pid_file: Option<PathBuf>,
 }
@@ -73,6 +75,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
+        control_mode: args.control_mode,
         pid_file: args.pid_file,
     };
     run_server(startup, config, global)
@@ -159,7 +162,12 @@ pub(crate) fn run_server(
     // The control socket appears only once the NBD listener is bound, as in
     // flexnbd-c. Its errors already name the socket, so they get no context.
     let control = match &startup.sock {
-        Some(path) => Some(ControlServer::start(path, controller.clone())?),
+        Some(path) => Some(ControlServer::start_with_options(
+            path,
+            controller.clone(),
+            DEFAULT_REQUEST_TIMEOUT,
+            startup.control_mode,
+        )?),
         None => None,
     };
     let pid_file = startup

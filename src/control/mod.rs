@@ -44,7 +44,11 @@
 //!   is refused, and anything that is not a socket is left alone (C fails
 //!   to bind in all three cases);
 //! - the socket is unlinked on stop only if it is still ours;
-//! - a path too long for a UNIX socket is an error (C truncates it).
+//! - a path too long for a UNIX socket is an error (C truncates it);
+//! - the socket is created with mode [`DEFAULT_SOCKET_MODE`] (0600, owner
+//!   only) or the mode asked for, whatever the umask, and never exists
+//!   with a wider one (C leaves it to the umask, so under umask 000 any
+//!   local user could replace the ACL or start a mirror).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -69,6 +73,9 @@ use protocol::{RequestError, read_request};
 
 /// How long a client has to send its whole request before it is dropped.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The mode of the control socket unless told otherwise: owner only.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
 /// The listen backlog, as in flexnbd-c.
 const BACKLOG: i32 = 5;
@@ -135,7 +142,7 @@ impl ControlServer {
     /// Like [`ControlServer::start`], with the time a client has to send its request.
     ///
     /// If `path` is a socket nobody listens on (left by a server that
-    /// crashed), it is replaced.
+    /// crashed), it is replaced. The socket's mode is [`DEFAULT_SOCKET_MODE`].
     ///
     /// # Errors
     ///
@@ -148,7 +155,22 @@ impl ControlServer {
         target: Arc<dyn Controlled>,
         request_timeout: Duration,
     ) -> io::Result<ControlServer> {
-        let listener = bind(path)?;
+        Self::start_with_options(path, target, request_timeout, DEFAULT_SOCKET_MODE)
+    }
+
+    /// Like [`ControlServer::start_with_timeout`], with the socket file's
+    /// permission bits (`mode`, e.g. 0o660), set exactly whatever the umask.
+    ///
+    /// # Errors
+    ///
+    /// As [`ControlServer::start_with_timeout`].
+    pub fn start_with_options(
+        path: &Path,
+        target: Arc<dyn Controlled>,
+        request_timeout: Duration,
+        mode: u32,
+    ) -> io::Result<ControlServer> {
+        let listener = bind(path, mode)?;
         let identity = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
         let shared = Arc::new(Shared {
             listener,
@@ -240,8 +262,9 @@ impl Drop for ControlServer {
     }
 }
 
-/// Creates a listening socket at `path`, replacing a stale socket file.
-fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Creates a listening socket at `path` with permission bits `mode`,
+/// replacing a stale socket file.
+fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     let shown = path.display();
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -294,9 +317,31 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
     };
     let addr = SockAddr::unix(path).map_err(|e| fail("use", e))?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| fail("create", e))?;
+    // Linux creates the socket file with the mode of the unbound socket's
+    // inode less the umask, so the file never exists with more than `mode`
+    // allows; no process-wide umask change, which would race with other
+    // threads creating files.
+    rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))
+        .map_err(|e| fail("set the mode of", e.into()))?;
     socket.bind(&addr).map_err(|e| fail("bind", e))?;
+    set_mode(path, mode).map_err(|e| {
+        let _ = fs::remove_file(path);
+        fail("set the mode of", e)
+    })?;
     socket.listen(BACKLOG).map_err(|e| fail("listen on", e))?;
     Ok(UnixListener::from(socket))
+}
+
+/// Gives the socket file just bound at `path` exactly the permission bits
+/// `mode`: the umask may have taken some away. Nobody can connect before
+/// the socket listens, so widening it now opens no window.
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = mode & 0o777;
+    if fs::symlink_metadata(path)?.permissions().mode() & 0o777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Whether a process accepts connections on the socket at `path`.
@@ -813,6 +858,26 @@ mod tests {
         assert_eq!(exchange(&path, b"status\n\n"), STATUS_LINE);
         server.stop();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_socket_is_owner_only_or_has_the_mode_asked_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let server = ControlServer::start(&path, Arc::new(Fake::default())).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        server.stop();
+        for wanted in [0o660, 0o666, 0o700] {
+            let target = Arc::new(Fake::default());
+            let server =
+                ControlServer::start_with_options(&path, target, DEFAULT_REQUEST_TIMEOUT, wanted)
+                    .unwrap();
+            assert_eq!(mode(&path), wanted);
+            assert_eq!(exchange(&path, b"status\n\n"), STATUS_LINE);
+            server.stop();
+        }
     }
 
     #[test]
