@@ -47,10 +47,11 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;serve' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port); not with a UNIX socket')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port); not with a UNIX socket')
+            [CompletionResult]::new('--socket-mode', '--socket-mode', [CompletionResultType]::ParameterName, 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to serve')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')
@@ -85,10 +86,11 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             break
         }
         'flexnbd;listen' {
-            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)')
-            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port)')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)')
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port); not with a UNIX socket')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to serve on (0 picks a free port); not with a UNIX socket')
+            [CompletionResult]::new('--socket-mode', '--socket-mode', [CompletionResultType]::ParameterName, 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)')
             [CompletionResult]::new('-f', '-f', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file to receive into; it must exist with the source''s size')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Path to the control socket')

@@ -43,10 +43,11 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'flexnbd;serve'= {
-            cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -l 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)'
+            cand --addr 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)'
+            cand -p 'The port to serve on (0 picks a free port); not with a UNIX socket'
+            cand --port 'The port to serve on (0 picks a free port); not with a UNIX socket'
+            cand --socket-mode 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)'
             cand -f 'The file to serve'
             cand --file 'The file to serve'
             cand -s 'Path to the control socket'
@@ -80,10 +81,11 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --version 'Print version'
         }
         &'flexnbd;listen'= {
-            cand -l 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand --addr 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)'
-            cand -p 'The port to serve on (0 picks a free port)'
-            cand --port 'The port to serve on (0 picks a free port)'
+            cand -l 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)'
+            cand --addr 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)'
+            cand -p 'The port to serve on (0 picks a free port); not with a UNIX socket'
+            cand --port 'The port to serve on (0 picks a free port); not with a UNIX socket'
+            cand --socket-mode 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)'
             cand -f 'The file to receive into; it must exist with the source''s size'
             cand --file 'The file to receive into; it must exist with the source''s size'
             cand -s 'Path to the control socket'

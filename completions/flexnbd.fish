@@ -46,8 +46,9 @@ complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "completions" -d 'Pr
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "man" -d 'Write the man pages into DIR, or print flexnbd(1) to stdout'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "generate" -d 'The older spelling of `completions` and `man`: `generate completions SHELL`, `generate man DIR`'
 complete -c flexnbd -n "__fish_flexnbd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s l -l addr -d 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s p -l port -d 'The port to serve on (0 picks a free port); not with a UNIX socket' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l socket-mode -d 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d 'The file to serve' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F
@@ -72,8 +73,9 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 'The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s l -l addr -d 'The address to serve on: an IPv4 or IPv6 address (0 means all IPv4 addresses), or the path of a UNIX socket (starting with / or ./)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s p -l port -d 'The port to serve on (0 picks a free port); not with a UNIX socket' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l socket-mode -d 'Permission bits of the NBD UNIX socket, in octal (default 0600: owner only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s f -l file -d 'The file to receive into; it must exist with the source\'s size' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F

@@ -150,14 +150,42 @@ pub enum Command {
 /// Where a server listens.
 #[derive(Debug, Args, Clone)]
 pub struct ListenAddrArgs {
-    /// The address to serve on (an IPv4 or IPv6 address; 0 means all IPv4 addresses).
+    /// The address to serve on: an IPv4 or IPv6 address (0 means all IPv4
+    /// addresses), or the path of a UNIX socket (starting with / or ./).
     ///
-    /// Not needed (and ignored) when systemd passes the listening socket.
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_ip, required = true)]
-    pub addr: Option<IpAddr>,
-    /// The port to serve on (0 picks a free port).
-    #[arg(short, long, value_name = "PORT", required = true)]
+    /// A UNIX socket is created with --socket-mode (0600) whatever the
+    /// umask, a stale one left by a crashed server is replaced, and it is
+    /// removed on exit. Not needed (and ignored) when systemd passes the
+    /// listening socket.
+    #[arg(short = 'l', long, value_name = "ADDR", value_parser = parse_listen_addr, required = true)]
+    pub addr: Option<ListenAddr>,
+    /// The port to serve on (0 picks a free port); not with a UNIX socket.
+    #[arg(short, long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Permission bits of the NBD UNIX socket, in octal (default 0600: owner only).
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+}
+
+/// Where a server listens: an IP address (with `--port`) or a UNIX socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Ip(IpAddr),
+    /// A UNIX socket at this path.
+    Unix(PathBuf),
+}
+
+/// A listen address: a path (starting with `/` or `.`) or an IP address as
+/// flexnbd-c reads them.
+fn parse_listen_addr(text: &str) -> Result<ListenAddr, String> {
+    if text.starts_with('/') || text.starts_with("./") || text.starts_with("../") {
+        Ok(ListenAddr::Unix(PathBuf::from(text)))
+    } else {
+        parse_ip(text)
+            .map(ListenAddr::Ip)
+            .map_err(|e| format!("{e}; a UNIX socket path starts with / or ./"))
+    }
 }
 
 /// Parses permission bits written in octal (`600`, `0600` or `0o600`).

@@ -47,10 +47,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("proxy", &["proto", "nbd", "client", "net", "sys"]),
     // The control socket words the mirror's typed results as replies.
-    ("control", &["mirror", "net", "status", "sys"]),
+    ("control", &["mirror", "nbd", "net", "status", "sys"]),
     // Parsing types only (addresses, ACL entries), so `generate` can reuse it.
     ("cli", &["net", "uri"]),
     ("cmd", ANY),
+    // The fuzz targets' entry points reach into every decoder.
+    ("fuzzing", ANY),
     ("main", ANY),
 ];
 

@@ -665,7 +665,7 @@ fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), Client
 
 /// Negotiates the export `name` over `stream`, whichever handshake the
 /// server speaks. Generic over the stream so that the fuzz targets
-/// ([`crate::fuzzing`]) can run it over bytes in memory.
+/// (the `fuzzing` module, above this one) can run it over bytes in memory.
 pub(crate) fn handshake(
     stream: impl Read + Write,
     timeout: Option<Duration>,

@@ -22,11 +22,12 @@ use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::backing::Backing;
-use crate::cli::{GlobalArgs, LimitArgs, ListenAddrArgs, ServeArgs};
+use crate::cli::{GlobalArgs, LimitArgs, ListenAddr, ListenAddrArgs, ServeArgs};
 use crate::control::{ControlServer, DEFAULT_REQUEST_TIMEOUT};
 use crate::exit::ExitCode;
 use crate::mirror::Controller;
 use crate::nbd::Listener;
+use crate::nbd::stream::bind_unix;
 use crate::net::Acl;
 use crate::sd::Activated;
 use crate::server::{KILLSWITCH_TIMEOUT, Limits, Server, ServerConfig};
@@ -132,11 +133,18 @@ pub(crate) fn run_server(
         // systemd owns the socket file: an empty path is never removed
         // (`Server::run` removes the path of the UNIX listeners it is given).
         Some(Activated::Unix(l)) => Listener::Unix(l, PathBuf::new()),
-        None => {
-            let addr = listen_addr(&startup.listen)?;
-            let l = Listener::bind_tcp(addr).with_context(|| format!("cannot bind {addr}"))?;
-            Listener::Tcp(l)
-        }
+        None => match listen_on(&startup.listen)? {
+            Listen::Tcp(addr) => {
+                let l = Listener::bind_tcp(addr).with_context(|| format!("cannot bind {addr}"))?;
+                Listener::Tcp(l)
+            }
+            // Errors name the socket.
+            Listen::Unix(path) => {
+                let l = bind_unix(&path, startup.listen.socket_mode, 128, "NBD socket")?;
+                log::info!("Listening on UNIX socket {}", path.display());
+                Listener::Unix(l, path)
+            }
+        },
     };
     let server = Server::new(backing, config).context("cannot start the server")?;
     let controller = Controller::new(server.clone());
@@ -235,14 +243,33 @@ pub(crate) fn run_server(
     })
 }
 
-/// The address to bind from `-l/-p`.
-fn listen_addr(listen: &ListenAddrArgs) -> Result<SocketAddr> {
-    match (listen.addr, listen.port) {
-        (Some(addr), Some(port)) => Ok(SocketAddr::new(addr, port)),
-        // clap lets them out only when LISTEN_FDS is set, but it was not ours.
-        _ => bail!(
-            "both --addr and --port are required: LISTEN_FDS is set but LISTEN_PID is not this process"
-        ),
+/// Where `-l/-p` say to listen.
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Where to listen, from `-l/-p`. An IP address needs `--port`; a socket
+/// path takes none (usage errors, exit 2, as clap's own).
+fn listen_on(listen: &ListenAddrArgs) -> Result<Listen> {
+    let usage = |message: &str| -> ! {
+        let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+        cmd.error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .exit()
+    };
+    match (&listen.addr, listen.port) {
+        (Some(ListenAddr::Ip(addr)), Some(port)) => Ok(Listen::Tcp(SocketAddr::new(*addr, port))),
+        (Some(ListenAddr::Ip(_)), None) => {
+            usage("--port is required when --addr is an IP address (not a UNIX socket path)")
+        }
+        (Some(ListenAddr::Unix(path)), None) => Ok(Listen::Unix(path.clone())),
+        (Some(ListenAddr::Unix(_)), Some(_)) => {
+            usage("--port cannot be used when --addr is a UNIX socket path")
+        }
+        // clap lets it out only when LISTEN_FDS is set, but it was not ours.
+        (None, _) => {
+            bail!("--addr is required: LISTEN_FDS is set but LISTEN_PID is not this process")
+        }
     }
 }
 

@@ -61,7 +61,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use socket2::{Domain, SockAddr, Socket, Type};
 
 pub mod client;
 mod commands;
@@ -262,106 +261,10 @@ impl Drop for ControlServer {
     }
 }
 
-/// Creates a listening socket at `path` with permission bits `mode`,
+/// Creates the control socket at `path` with permission bits `mode`,
 /// replacing a stale socket file.
 fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    let shown = path.display();
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot check control socket {shown}: {e}"),
-            ));
-        }
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{shown} exists and is not a socket; not replacing it with the control socket"
-                ),
-            ));
-        }
-        Ok(_) => match is_listening(path) {
-            Ok(true) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("control socket {shown} is in use by another process"),
-                ));
-            }
-            Ok(false) => {
-                warn!("removing stale control socket {shown}");
-                match fs::remove_file(path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("cannot remove stale control socket {shown}: {e}"),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot check whether control socket {shown} is in use: {e}"),
-                ));
-            }
-        },
-    }
-    let fail = |what: &str, e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot {what} control socket {shown}: {e}"),
-        )
-    };
-    let addr = SockAddr::unix(path).map_err(|e| fail("use", e))?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| fail("create", e))?;
-    // Linux creates the socket file with the mode of the unbound socket's
-    // inode less the umask, so the file never exists with more than `mode`
-    // allows; no process-wide umask change, which would race with other
-    // threads creating files.
-    rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))
-        .map_err(|e| fail("set the mode of", e.into()))?;
-    socket.bind(&addr).map_err(|e| fail("bind", e))?;
-    set_mode(path, mode).map_err(|e| {
-        let _ = fs::remove_file(path);
-        fail("set the mode of", e)
-    })?;
-    socket.listen(BACKLOG).map_err(|e| fail("listen on", e))?;
-    Ok(UnixListener::from(socket))
-}
-
-/// Gives the socket file just bound at `path` exactly the permission bits
-/// `mode`: the umask may have taken some away. Nobody can connect before
-/// the socket listens, so widening it now opens no window.
-fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = mode & 0o777;
-    if fs::symlink_metadata(path)?.permissions().mode() & 0o777 != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
-}
-
-/// Whether a process accepts connections on the socket at `path`.
-///
-/// Connects without blocking, so a live server with a full backlog counts
-/// as listening instead of stalling us.
-fn is_listening(path: &Path) -> io::Result<bool> {
-    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    probe.set_nonblocking(true)?;
-    match probe.connect(&SockAddr::unix(path)?) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
-        Err(e)
-            if e.kind() == io::ErrorKind::WouldBlock
-                || e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) =>
-        {
-            Ok(true)
-        }
-        Err(e) => Err(e),
-    }
+    crate::nbd::stream::bind_unix(path, mode, BACKLOG, "control socket")
 }
 
 /// The control thread: accept, serve, repeat until stopped.

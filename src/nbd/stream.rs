@@ -11,14 +11,16 @@
 //! both.
 
 use std::fmt;
+use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 
 /// A connected socket.
 #[derive(Debug)]
@@ -302,9 +304,11 @@ impl Listener {
         }
     }
 
-    /// Removes a UNIX listener's socket file (when the server stops).
+    /// Removes a UNIX listener's socket file (when the server stops). An
+    /// empty path marks a socket this process did not create (one systemd
+    /// passed): its file is left alone.
     pub fn remove_path(&self) {
-        if let Some(path) = self.path() {
+        if let Some(path) = self.path().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -322,6 +326,110 @@ impl AsFd for Listener {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l, _) => l.as_fd(),
         }
+    }
+}
+
+/// Creates a listening UNIX socket at `path` with exactly the permission
+/// bits `mode`, whatever the umask, replacing a stale socket file (one
+/// nobody listens on, left by a process that crashed). A socket some
+/// process listens on, or a file that is not a socket, is left alone and
+/// is an error. `what` names the socket in messages ("control socket").
+///
+/// # Errors
+///
+/// As above, or the socket cannot be created, bound or listened on.
+pub fn bind_unix(path: &Path, mode: u32, backlog: i32, what: &str) -> io::Result<UnixListener> {
+    let shown = path.display();
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot check {what} {shown}: {e}"),
+            ));
+        }
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{shown} exists and is not a socket; not replacing it with the {what}"),
+            ));
+        }
+        Ok(_) => match is_listening(path) {
+            Ok(true) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{what} {shown} is in use by another process"),
+                ));
+            }
+            Ok(false) => {
+                log::warn!("removing stale {what} {shown}");
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot remove stale {what} {shown}: {e}"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot check whether {what} {shown} is in use: {e}"),
+                ));
+            }
+        },
+    }
+    let fail = |action: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot {action} {what} {shown}: {e}"))
+    };
+    let addr = SockAddr::unix(path).map_err(|e| fail("use", e))?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| fail("create", e))?;
+    // Linux creates the socket file with the mode of the unbound socket's
+    // inode less the umask, so the file never exists with more than `mode`
+    // allows; no process-wide umask change, which would race with other
+    // threads creating files.
+    rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))
+        .map_err(|e| fail("set the mode of", e.into()))?;
+    socket.bind(&addr).map_err(|e| fail("bind", e))?;
+    set_mode(path, mode).map_err(|e| {
+        let _ = fs::remove_file(path);
+        fail("set the mode of", e)
+    })?;
+    socket.listen(backlog).map_err(|e| fail("listen on", e))?;
+    Ok(UnixListener::from(socket))
+}
+
+/// Gives the socket file just bound at `path` exactly the permission bits
+/// `mode`: the umask may have taken some away. Nobody can connect before
+/// the socket listens, so widening it now opens no window.
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = mode & 0o777;
+    if fs::symlink_metadata(path)?.permissions().mode() & 0o777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Whether a process accepts connections on the socket at `path`.
+///
+/// Connects without blocking, so a live server with a full backlog counts
+/// as listening instead of stalling us.
+fn is_listening(path: &Path) -> io::Result<bool> {
+    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock
+                || e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
     }
 }
 
