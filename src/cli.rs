@@ -383,7 +383,7 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
 pub struct MirrorArgs {
     /// The address to mirror to: an IP address (with --port), a UNIX socket path or an NBD URI.
     ///
-    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, as for
+    /// nbd://HOST:PORT/EXPORT (PORT optional) or nbd+unix:///EXPORT?socket=PATH, as for
     /// read and write. A host name is looked up here. A socket path or an
     /// export name goes to the server as a URI, which the C flexnbd does
     /// not understand (see docs/control-protocol.md).
@@ -436,7 +436,7 @@ pub struct ProxyArgs {
     pub port: Option<u16>,
     /// Address of the proxied server: an IP address (with --conn-port), a UNIX socket path or an NBD URI.
     ///
-    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, as for
+    /// nbd://HOST:PORT/EXPORT (PORT optional) or nbd+unix:///EXPORT?socket=PATH, as for
     /// read and write.
     #[arg(short = 'C', long, value_name = "ADDR")]
     pub conn_addr: ServerAddr,
@@ -558,7 +558,7 @@ pub struct IgnoredArgs {
 pub struct ConnectArgs {
     /// The server: an IP address (with --port), a UNIX socket path or an NBD URI.
     ///
-    /// An NBD URI names the export too: nbd://HOST[:PORT]/EXPORT over TCP
+    /// An NBD URI names the export too: nbd://HOST:PORT/EXPORT (PORT optional) over TCP
     /// (HOST may be a host name; PORT defaults to 10809) or
     /// nbd+unix:///EXPORT?socket=PATH over a UNIX socket. A path starting
     /// with / is a UNIX socket (default export). nbds:// (TLS) is not
