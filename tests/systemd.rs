@@ -240,7 +240,7 @@ fn listen_fds_for_another_process_is_not_activation() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
-        "flexnbd: both --addr and --port are required: LISTEN_FDS is set but LISTEN_PID is not this process\n"
+        "flexnbd: --addr is required: LISTEN_FDS is set but LISTEN_PID is not this process\n"
     );
 }
 
