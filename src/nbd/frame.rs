@@ -127,15 +127,16 @@ impl<'a> RequestReader<'a> {
         })
     }
 
-    /// Reads a large payload of `len` bytes into `buf` (emptied first; its
-    /// capacity is made at least `len`), charging `charge(n)` before each
-    /// piece of `n` bytes is read: the memory a client makes the server hold
-    /// grows with what it actually sent (the buffer's untouched pages are
-    /// not resident), and a `charge` that blocks stops the reading. Pieces
-    /// start at [`PIECE_MIN`] and double up to [`PIECE_MAX`]. The socket
-    /// read timeout is `stall` while the payload is awaited, so a client
-    /// that stops half way is dropped after `stall` instead of holding its
-    /// share for ever.
+    /// Reads a large payload of `len` bytes into `buf` (its capacity made at
+    /// least `len`; on success its length is `len`), charging `charge(n)`
+    /// before each piece of `n` bytes is read: the memory a client makes
+    /// the server hold grows with what it actually sent (a new buffer's
+    /// pages are touched only as its pieces are read), and a `charge` that
+    /// blocks stops the reading. Pieces start at [`PIECE_MIN`] and double
+    /// up to [`PIECE_MAX`]. A reused buffer's initialised bytes are read
+    /// over, not cleared again. The socket read timeout is `stall` while
+    /// the payload is awaited, so a client that stops half way is dropped
+    /// after `stall` instead of holding its share for ever.
     ///
     /// # Errors
     ///
@@ -148,33 +149,35 @@ impl<'a> RequestReader<'a> {
         stall: std::time::Duration,
         mut charge: impl FnMut(usize),
     ) -> io::Result<()> {
-        buf.clear();
         if buf.capacity() < len {
             *buf = Vec::with_capacity(len);
         }
         self.streaming = true;
         let result = with_reader!(self, r => {
             let mut piece = PIECE_MIN;
+            let mut filled = 0;
             let mut timeout_set = false;
             let mut read = || -> io::Result<()> {
-                while buf.len() < len {
-                    let n = piece.min(len - buf.len());
+                while filled < len {
+                    let n = piece.min(len - filled);
                     charge(n);
+                    if buf.len() < filled + n {
+                        // Within the capacity: zeroes only this piece.
+                        buf.resize(filled + n, 0);
+                    }
+                    let target = &mut buf[filled..filled + n];
                     let buffered = r.buffer().len().min(n);
-                    buf.extend_from_slice(&r.buffer()[..buffered]);
+                    target[..buffered].copy_from_slice(&r.buffer()[..buffered]);
                     r.consume(buffered);
-                    let rest = (n - buffered) as u64;
-                    if rest > 0 {
+                    if buffered < n {
                         if !timeout_set {
                             r.get_ref().set_read_timeout(Some(stall))?;
                             timeout_set = true;
                         }
-                        // Into the spare capacity: no zeroing, no growth.
-                        let got = (*r.get_ref()).take(rest).read_to_end(buf)?;
-                        if (got as u64) < rest {
-                            return Err(io::ErrorKind::UnexpectedEof.into());
-                        }
+                        let mut socket = *r.get_ref();
+                        socket.read_exact(&mut target[buffered..])?;
                     }
+                    filled += n;
                     piece = (piece * 2).min(PIECE_MAX);
                 }
                 Ok(())
@@ -185,6 +188,7 @@ impl<'a> RequestReader<'a> {
             }
             result
         });
+        buf.truncate(len);
         result.map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::other(format!(
                 "the client sent nothing for {stall:?} in the middle of a request's payload"
@@ -474,6 +478,5 @@ mod tests {
             .read_payload_charged(&mut buf, 5000, std::time::Duration::from_millis(50), |_| {})
             .unwrap_err();
         assert!(e.to_string().contains("sent nothing"), "{e}");
-        assert_eq!(buf.len(), 1000);
     }
 }
