@@ -20,11 +20,29 @@ fn daemon_with_env(t: &TestEnv, mode: &str, env: &[(&str, &str)]) -> (Daemon, So
     ))
 }
 
+/// `serve` over a fresh image of `size` bytes with a control socket and `args`.
+fn serve_with(t: &TestEnv, size: u64, args: &[&str]) -> (Daemon, SocketAddr) {
+    let file = t.image("disk.img", size);
+    start(
+        DaemonBuilder::new("serve", &file)
+            .sock(t.sock_path())
+            .args(args),
+    )
+}
+
 /// Starts `builder`; the daemon and its NBD address.
 fn start(builder: DaemonBuilder) -> (Daemon, SocketAddr) {
     let d = builder.start();
     let addr = d.addr();
     (d, addr)
+}
+
+/// Whether the fault points exist (debug builds): if not, says why the test skips.
+fn panic_points() -> bool {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic points exist in debug builds only");
+    }
+    cfg!(debug_assertions)
 }
 
 /// Waits until `d`'s `status` shows `n` clients.
@@ -35,9 +53,7 @@ fn wait_num_clients(d: &Daemon, n: u64) {
 
 #[test]
 fn a_panic_serving_a_request_closes_only_that_connection() {
-    // Debug builds only: the hook is compiled out of release builds.
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the panic hook exists in debug builds only");
+    if !panic_points() {
         return;
     }
     let t = TestEnv::new();
@@ -66,8 +82,7 @@ fn a_panic_serving_a_request_closes_only_that_connection() {
 
 #[test]
 fn a_panic_on_the_reading_thread_frees_the_listen_slot() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the panic hook exists in debug builds only");
+    if !panic_points() {
         return;
     }
     let t = TestEnv::new();
@@ -148,15 +163,16 @@ fn silent_connections_cannot_lock_a_real_client_out() {
 #[test]
 fn handshake_limits_are_flags() {
     let t = TestEnv::new();
-    let file = t.image("disk.img", SIZE);
-    let sock = t.sock_path();
-    let builder = DaemonBuilder::new("serve", &file).sock(&sock).args([
-        "--handshake-timeout",
-        "300ms",
-        "--max-clients-per-address",
-        "2",
-    ]);
-    let (d, addr) = start(builder);
+    let (d, addr) = serve_with(
+        &t,
+        SIZE,
+        &[
+            "--handshake-timeout",
+            "300ms",
+            "--max-clients-per-address",
+            "2",
+        ],
+    );
     // A silent connection is closed after the handshake timeout.
     let mut silent = Client::new(crate::support::wire::tcp(addr));
     let mut hello = [0u8; 18];
@@ -177,8 +193,7 @@ fn handshake_limits_are_flags() {
     );
     for bad in ["0s", "soon"] {
         crate::support::flexnbd()
-            .args(["serve", "-l", "127.0.0.1", "-p", "1", "-f"])
-            .arg(&file)
+            .args(["serve", "-l", "127.0.0.1", "-p", "1", "-f", "disk.img"])
             .args(["--handshake-timeout", bad])
             .assert()
             .code(2);
@@ -199,12 +214,7 @@ fn rss_bytes(pid: u32) -> u64 {
 #[test]
 fn stalled_32m_writes_hold_only_what_they_sent() {
     let t = TestEnv::new();
-    let file = t.image("disk.img", 64 << 20);
-    let sock = t.sock_path();
-    let builder = DaemonBuilder::new("serve", &file)
-        .sock(&sock)
-        .args(["--max-clients", "2000"]);
-    let (d, addr) = start(builder);
+    let (d, addr) = serve_with(&t, 64 << 20, &["--max-clients", "2000"]);
     const CONNS: usize = 1024;
     const SENT: usize = 32 << 10;
     // Each declares a 32 MiB WRITE, sends 32 KiB of it, and stalls.
@@ -241,13 +251,7 @@ fn stalled_32m_writes_hold_only_what_they_sent() {
 #[test]
 fn a_client_stalled_mid_payload_is_dropped_after_the_stall_timeout() {
     let t = TestEnv::new();
-    let file = t.image("disk.img", SIZE);
-    let sock = t.sock_path();
-    let builder =
-        DaemonBuilder::new("serve", &file)
-            .sock(&sock)
-            .args(["--stall-timeout", "200ms", "-v"]);
-    let (d, addr) = start(builder);
+    let (d, addr) = serve_with(&t, SIZE, &["--stall-timeout", "200ms", "-v"]);
     let mut c = Client::connect(addr, Handshake::Go);
     c.send(Cmd::WRITE, CmdFlags(0), 1, 0, 512 << 10, &[1u8; 1000]);
     c.assert_closed();
@@ -379,8 +383,7 @@ fn handover_with_newstyle_clients_that_never_read_is_bounded() {
 
 #[test]
 fn a_panic_in_a_control_command_is_answered_and_the_socket_goes_on() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the panic hook exists in debug builds only");
+    if !panic_points() {
         return;
     }
     let t = TestEnv::new();
@@ -401,8 +404,7 @@ fn a_panic_in_a_control_command_is_answered_and_the_socket_goes_on() {
 
 #[test]
 fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the panic hook exists in debug builds only");
+    if !panic_points() {
         return;
     }
     let t = TestEnv::new();
@@ -415,17 +417,12 @@ fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
             .env("FLEXNBD_TEST_PANIC_MIRROR", "copy"),
     );
     let (_dest, dport, _) = node(&t, "listen", &dst, "dst.sock", &[]);
-    let out = crate::support::flexnbd()
-        .args(["mirror", "-l", "127.0.0.1", "-p"])
-        .arg(dport.to_string())
-        .arg("-s")
-        .arg(&ssock)
-        .output()
-        .expect("mirror");
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::text(&out.stderr)
+    crate::support::run_ok(
+        crate::support::flexnbd()
+            .args(["mirror", "-l", "127.0.0.1", "-p"])
+            .arg(dport.to_string())
+            .arg("-s")
+            .arg(&ssock),
     );
     crate::support::wait_until("the mirror to give up", Duration::from_secs(20), || {
         let status = crate::support::control(&ssock, "status", &[]);

@@ -1,7 +1,7 @@
 //! What operators who know qemu-nbd and nbdkit reach for: export names
 //! (`-x`), seen through libnbd and qemu.
 
-use crate::support::{DaemonBuilder, TestEnv, flexnbd, require_tool, text, tool};
+use crate::support::{DaemonBuilder, TestEnv, flexnbd, require_tool, run_ok, text, tool};
 
 #[test]
 fn a_named_export_is_listed_and_other_names_are_refused() {
@@ -15,25 +15,10 @@ fn a_named_export_is_listed_and_other_names_are_refused() {
         .start();
     let base = format!("nbd://127.0.0.1:{}", d.port());
 
-    let list = tool("nbdinfo")
-        .arg("--list")
-        .arg(&base)
-        .output()
-        .expect("nbdinfo");
-    assert!(list.status.success(), "{}", text(&list.stderr));
-    assert!(
-        text(&list.stdout).contains("export=\"disk0\""),
-        "{}",
-        text(&list.stdout)
-    );
-
-    let named = tool("nbdinfo")
-        .arg("--size")
-        .arg(format!("{base}/disk0"))
-        .output()
-        .expect("nbdinfo");
-    assert!(named.status.success(), "{}", text(&named.stderr));
-    assert_eq!(text(&named.stdout).trim(), "1048576");
+    let list = run_ok(tool("nbdinfo").arg("--list").arg(&base));
+    assert!(list.contains("export=\"disk0\""), "{list}");
+    let size = run_ok(tool("nbdinfo").arg("--size").arg(format!("{base}/disk0")));
+    assert_eq!(size.trim(), "1048576");
 
     let other = tool("nbdinfo")
         .arg("--size")
@@ -41,24 +26,16 @@ fn a_named_export_is_listed_and_other_names_are_refused() {
         .output()
         .expect("nbdinfo");
     assert!(!other.status.success(), "another name was served");
-    assert!(
-        text(&other.stderr).contains("other"),
-        "{}",
-        text(&other.stderr)
-    );
+    let why = text(&other.stderr);
+    assert!(why.contains("other"), "{why}");
 
     // qemu asks by NBD_OPT_GO with the name.
-    let qemu = tool("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(format!("{base}/disk0"))
-        .output()
-        .expect("qemu-img");
-    assert!(qemu.status.success(), "{}", text(&qemu.stderr));
-    assert!(
-        text(&qemu.stdout).contains("\"virtual-size\": 1048576"),
-        "{}",
-        text(&qemu.stdout)
+    let qemu = run_ok(
+        tool("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(format!("{base}/disk0")),
     );
+    assert!(qemu.contains("\"virtual-size\": 1048576"), "{qemu}");
 }
 
 #[test]

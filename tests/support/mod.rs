@@ -339,5 +339,19 @@ pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `cmd` to its end, asserts it succeeded (showing its stderr if not),
+/// and returns its stdout as text.
+#[track_caller]
+pub(crate) fn run_ok(cmd: &mut assert_cmd::Command) -> String {
+    let out = cmd.output().expect("cannot run the command");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 #[cfg(test)]
 mod tests;
