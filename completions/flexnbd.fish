@@ -59,7 +59,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-time
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
@@ -85,7 +85,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handshake-tim
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-handshakes -d 'Most connections still in their handshake at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-per-address -d 'Most connections from one address at once (no limit by default)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'

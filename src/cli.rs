@@ -344,9 +344,11 @@ pub struct LimitArgs {
     /// others finish. A WRITE's payload is counted as its bytes arrive.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_nonzero_bytes)]
     pub max_inflight: u64,
-    /// How long a client may pause in the middle of sending a request's payload.
+    /// How long a client may pause in the middle of sending a request's payload, or leave a reply unread.
     ///
-    /// Its connection is then closed and what it held freed.
+    /// Its connection is then closed and what it held freed: a client
+    /// that stops reading cannot hold a worker, a buffer or the memory
+    /// budget for longer.
     #[arg(long, value_name = "DURATION", default_value = "30s",
           value_parser = positive_duration)]
     pub stall_timeout: std::time::Duration,

@@ -444,3 +444,36 @@ fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
     assert_eq!(again, "0: Mirror started\n", "{}", source.stderr());
     assert!(source.stderr().contains("internal error in the mirror"));
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_dropped_after_the_stall_timeout() {
+    let t = TestEnv::new();
+    let (d, addr) = serve_with(&t, 16 << 20, &["--stall-timeout", "300ms", "-v"]);
+    let mut c = Client::connect(addr, Handshake::Go);
+    // 1 MiB READs, sent and never read: the replies fill the socket buffers
+    // and the server's writes stop making progress.
+    let sender = {
+        let mut s = c.s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for i in 0..256u64 {
+                let h = crate::support::wire::header(
+                    Cmd::READ,
+                    CmdFlags(0),
+                    i,
+                    (i % 16) << 20,
+                    1 << 20,
+                );
+                if std::io::Write::write_all(&mut s, &h).is_err() {
+                    break; // closed by the server
+                }
+            }
+        })
+    };
+    wait_num_clients(&d, 0);
+    sender.join().expect("sender");
+    assert!(d.stderr().contains("cannot send"), "{}", d.stderr());
+    // Everyone else goes on.
+    let mut other = Client::connect(addr, Handshake::Go);
+    assert_eq!(other.read(1, 0, 4096), vec![0u8; 4096]);
+    drop(c);
+}

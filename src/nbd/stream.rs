@@ -115,6 +115,19 @@ impl Stream {
         }
     }
 
+    /// Sets only the write timeout: a write (or `sendfile`) that makes no
+    /// progress for that long fails.
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`; a zero duration is refused.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
     /// Switches between blocking and non-blocking mode.
     ///
     /// # Errors

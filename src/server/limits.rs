@@ -17,8 +17,9 @@ pub struct Limits {
     /// Most bytes of request payloads and reply buffers the whole server
     /// holds at once; a connection that would go over waits, not reading.
     pub max_inflight: u64,
-    /// How long a client may pause in the middle of sending a payload
-    /// before its connection is closed (and what it held freed).
+    /// How long a client may pause in the middle of sending a payload, or
+    /// leave a reply unread, before its connection is closed (and what it
+    /// held freed).
     pub stall_timeout: Duration,
     /// At a migration's handover, how long connected clients have to finish
     /// the requests they sent before their connections are closed.

@@ -202,6 +202,11 @@ impl<'a> Conn<'a> {
     /// here or on workers started as needed, and returns once the reading
     /// side ended and every request read was answered.
     fn run(&self, stream: &Stream) -> io::Result<Outcome> {
+        // A client that stops reading its replies would hold the thread
+        // writing to it, and whatever that request holds (budgets, a
+        // buffer), for ever: a reply that makes no progress for the stall
+        // timeout fails and ends the connection.
+        stream.set_write_timeout(Some(self.server.config.limits.stall_timeout))?;
         let mut reader = RequestReader::new(stream);
         std::thread::scope(|scope| {
             // Closes the queue however this closure ends, a panic included,
