@@ -449,7 +449,7 @@ fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
 fn a_client_that_never_reads_its_replies_is_dropped_after_the_stall_timeout() {
     let t = TestEnv::new();
     let (d, addr) = serve_with(&t, 16 << 20, &["--stall-timeout", "300ms", "-v"]);
-    let mut c = Client::connect(addr, Handshake::Go);
+    let c = Client::connect(addr, Handshake::Go);
     // 1 MiB READs, sent and never read: the replies fill the socket buffers
     // and the server's writes stop making progress.
     let sender = {
