@@ -33,11 +33,9 @@
 //! blocks for ever. Errors are [`ClientError`]s whose [`ErrorKind`] tells
 //! the outcomes of the C mirror apart.
 
-use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -58,35 +56,8 @@ pub use error::{ClientError, ErrorKind, describe_errno};
 pub(crate) use negotiate::{Export, max_request};
 use negotiate::{GoReplies, GoStep};
 
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// A UNIX socket path.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Tcp(addr) => write!(f, "{addr}"),
-            Target::Unix(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
-
-impl From<SocketAddr> for Target {
-    fn from(addr: SocketAddr) -> Self {
-        Target::Tcp(addr)
-    }
-}
-
-impl From<PathBuf> for Target {
-    fn from(path: PathBuf) -> Self {
-        Target::Unix(path)
-    }
-}
+/// Where the server listens: the connection layer's address of either kind.
+pub use crate::nbd::Peer as Target;
 
 /// How to connect; [`Default`] gives the C flexnbd's timings and the default export.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,7 +31,8 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-/// Where a peer connects from, for logs and access control.
+/// The other end of a connection: where a client connects from (for logs
+/// and access control), or where a client connects to (`client::Target`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     /// A TCP peer.
@@ -48,6 +49,18 @@ impl Peer {
             Peer::Tcp(addr) => Some(addr.ip()),
             Peer::Unix(_) => None,
         }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer::Tcp(addr)
+    }
+}
+
+impl From<PathBuf> for Peer {
+    fn from(path: PathBuf) -> Self {
+        Peer::Unix(path)
     }
 }
 
