@@ -104,6 +104,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand -d 'Deny connections by default unless in ACL'
             cand --default-deny 'Deny connections by default unless in ACL'
             cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+            cand --serve-after-handover 'Once the migration has handed control over, go on serving the file as `serve` would'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'

@@ -310,6 +310,16 @@ pub struct ListenArgs {
     #[arg(short = 'x', long, value_name = "NAME", value_parser = parse_export_name,
           conflicts_with = "oldstyle")]
     pub export_name: Option<String>,
+    /// Once the migration has handed control over, go on serving the file as `serve` would.
+    ///
+    /// Without it `listen` exits 0 when control arrives, as the C flexnbd
+    /// does, and the file is served again only once something starts
+    /// `serve` on it. With it the same listener and control socket serve
+    /// the file at once: new clients (up to 1024, still subject to the
+    /// ACL), `status`, `acl`, a further `mirror`. Before control arrives
+    /// it is the same `listen`: one client at a time.
+    #[arg(long)]
+    pub serve_after_handover: bool,
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,

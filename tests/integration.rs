@@ -27,6 +27,9 @@ mod fuzz_corpus;
 mod fuzz_server;
 /// Committed man pages and completions match `flexnbd generate`.
 mod generated;
+/// `listen --serve-after-handover`: the destination serves on after the handover, a client
+/// behind the proxy carries on with it.
+mod handover;
 /// What a hostile or broken client cannot do: panics, log floods.
 mod hardening;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.

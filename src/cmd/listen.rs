@@ -8,6 +8,11 @@
 //! migration's point of view the destination was stopped before it got
 //! the data, so a systemd unit shows it failed, with that line as reason.
 //!
+//! With `--serve-after-handover` control arriving does not stop it: the
+//! same listener and control socket go on serving the file as `serve`
+//! does, so clients (behind `flexnbd proxy`, say) are back without waiting
+//! for a `serve` to start.
+//!
 //! With `--oldstyle` every write is made durable (`fdatasync`) before its
 //! reply, as flexnbd-c's destination does: a flexnbd-c source never sends
 //! FLUSH, and with `--unlink` deletes its copy before the DISCONNECT.
@@ -19,6 +24,9 @@ use crate::exit::ExitCode;
 use crate::net::Acl;
 use crate::server::ServerConfig;
 
+/// Most clients once a `--serve-after-handover` destination has control: `serve`'s default.
+const SERVE_MAX_CLIENTS: usize = 1024;
+
 /// Runs `listen`.
 ///
 /// # Errors
@@ -28,9 +36,11 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
     let config = ServerConfig {
         oldstyle: args.oldstyle,
         read_only: false,
-        max_clients: 1,
+        // Until control arrives the server takes one client at a time.
+        max_clients: SERVE_MAX_CLIENTS,
         killswitch: None,
         listen_mode: true,
+        serve_after_handover: args.serve_after_handover,
         acl: Acl::new(args.acl, args.default_deny),
         // An old-style source is flexnbd-c's mirror: plain WRITEs, then (with
         // --unlink) it deletes its file and sends DISCONNECT, and never a

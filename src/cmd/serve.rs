@@ -67,6 +67,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         max_clients: usize::try_from(args.max_clients).unwrap_or(usize::MAX),
         killswitch: args.killswitch.then_some(KILLSWITCH_TIMEOUT),
         listen_mode: false,
+        serve_after_handover: false,
         acl: Acl::new(args.acl, args.default_deny),
         limits: limits(&args.limits),
         export_name: args.export_name.clone(),
@@ -123,6 +124,7 @@ pub(crate) fn run_server(
         &file_name,
     );
     let listen_mode = config.listen_mode;
+    let serve_after_handover = config.serve_after_handover;
     let backing = Backing::open(&startup.file, config.read_only)
         .with_context(|| format!("cannot open {file_name}"))?;
     if activated.is_some() {
@@ -228,7 +230,8 @@ pub(crate) fn run_server(
     result?;
     let success = controller.success();
     let ending = Ending {
-        listen_mode,
+        // A destination that served on after the handover ended as a `serve`.
+        listen_mode: listen_mode && !(serve_after_handover && server.has_control()),
         has_control: server.has_control(),
         migrated_away: controller.status().last_migration == Some(Outcome::Done),
         signal: stop_signal.get().copied(),

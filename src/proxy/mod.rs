@@ -6,8 +6,8 @@
 //! client ──(newstyle or old-style)──> proxy ──(old-style or newstyle)──> upstream
 //!                                      │ every request is kept until its
 //!                                      │ reply has been relayed; on any
-//!                                      │ upstream failure: reconnect (every
-//!                                      │ 3 s) and resend all of them
+//!                                      │ upstream failure: reconnect (soon,
+//!                                      │ then every 3 s) and resend all of them
 //! ```
 //!
 //! Threads: the accept loop runs one session at a time on the caller's
@@ -57,8 +57,21 @@ use inflight::{InFlight, Limits};
 
 /// The default for `FLEXNBD_UPSTREAM_TIMEOUT`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pause between failed reconnection attempts (flexnbd-c's cooldown).
+/// The longest pause between failed reconnection attempts (flexnbd-c's
+/// cooldown, which it always waits).
 pub const RECONNECT_COOLDOWN: Duration = Duration::from_secs(3);
+/// The shortest pause between failed reconnection attempts.
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(10);
+
+/// The pause after a failed reconnection attempt when attempts have been
+/// failing for `failing`: a quarter of that, from [`RECONNECT_FIRST_PAUSE`]
+/// up to [`RECONNECT_COOLDOWN`]. A migration's destination that takes over
+/// within tens of milliseconds of the source going (`listen
+/// --serve-after-handover`) is found within about a quarter more; an
+/// upstream that stays down is tried every 3 s, as flexnbd-c does.
+fn reconnect_pause(failing: Duration) -> Duration {
+    (failing / 4).clamp(RECONNECT_FIRST_PAUSE, RECONNECT_COOLDOWN)
+}
 /// The largest read-ahead cache: a doubled read must still fit one request.
 pub const MAX_CACHE: usize = (MAX_REQUEST_LEN / 2) as usize;
 /// At most this many requests are in flight upstream; the client is not
@@ -298,5 +311,20 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         connect_timeout: Duration::from_secs(15).min(config.timeout),
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnection_starts_fast_and_slows_to_the_cooldown() {
+        let ms = Duration::from_millis;
+        assert_eq!(reconnect_pause(Duration::ZERO), ms(10));
+        assert_eq!(reconnect_pause(ms(20)), ms(10));
+        assert_eq!(reconnect_pause(ms(200)), ms(50));
+        assert_eq!(reconnect_pause(ms(4000)), ms(1000));
+        assert_eq!(reconnect_pause(ms(60_000)), RECONNECT_COOLDOWN);
     }
 }

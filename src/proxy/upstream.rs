@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::inflight::{Outgoing, Refused};
-use super::{Proxy, RECONNECT_COOLDOWN, STOP_CHECK, Up, connect_options, passed_on};
+use super::{Proxy, STOP_CHECK, Up, connect_options, passed_on, reconnect_pause};
 use crate::client::{ClientError, ErrorKind, NbdClient, ReplyReader};
 use crate::proto::types::{Cmd, Errno};
 use crate::sys::lock;
@@ -107,6 +107,7 @@ impl Proxy {
                     let _ = old.shutdown();
                 }
             }
+            let failed_at = Instant::now();
             loop {
                 if self.stop.is_triggered() {
                     return;
@@ -139,7 +140,7 @@ impl Proxy {
                     }
                     Err(e) => {
                         log::info!("cannot reconnect to upstream {}: {e}", self.config.upstream);
-                        if self.stop.wait_timeout(RECONNECT_COOLDOWN) {
+                        if self.stop.wait_timeout(reconnect_pause(failed_at.elapsed())) {
                             return;
                         }
                     }

@@ -52,8 +52,13 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Drop a client whose request makes no progress for this long.
     pub killswitch: Option<Duration>,
-    /// `listen` mode: start without control; a client's DISCONNECT hands control over and stops the server.
+    /// `listen` mode: start without control, serving one client at a time; a
+    /// client's DISCONNECT hands control over and stops the server.
     pub listen_mode: bool,
+    /// With `listen_mode`: control arriving does not stop the server, which
+    /// goes on serving the file on the same listener as `serve` does (up to
+    /// `max_clients`, writes no longer synced one by one).
+    pub serve_after_handover: bool,
     /// The access control list at start-up.
     pub acl: Acl,
     /// Make every write durable before its reply, as flexnbd-c's server does:
@@ -73,6 +78,7 @@ impl Default for ServerConfig {
             max_clients: 1024,
             killswitch: None,
             listen_mode: false,
+            serve_after_handover: false,
             acl: Acl::default(),
             sync_writes: false,
             limits: Limits::default(),
@@ -413,9 +419,9 @@ impl Server {
         }
     }
 
-    /// Most clients in transmission at once: one for `listen`.
+    /// Most clients in transmission at once: one for `listen` until it has control.
     fn client_limit(&self) -> usize {
-        if self.config.listen_mode {
+        if self.config.listen_mode && !self.has_control() {
             1
         } else {
             self.config.max_clients
@@ -471,12 +477,30 @@ impl Server {
         }
     }
 
-    /// `listen` mode's handover: a client's DISCONNECT gives us control, and the server stops.
+    /// `listen` mode's handover: a client's DISCONNECT gives us control, and
+    /// the server stops, or with `serve_after_handover` serves on as `serve`.
     fn control_arrived(&self) {
-        if !self.has_control.swap(true, Ordering::SeqCst) {
+        if self.has_control.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if !self.config.serve_after_handover {
             log::info!("control arrived: the migration is complete");
             self.shutdown();
+            return;
         }
+        // New clients are admitted from here on; the sync below (the data
+        // is ours alone now, and an old-style source never FLUSHes) runs
+        // on the finished migration's thread without holding them up.
+        log::info!("control arrived: the migration is complete, serving the file");
+        if let Err(e) = self.backing.sync() {
+            log::error!("cannot sync the file after the migration: {e}");
+        }
+    }
+
+    /// Whether every write is made durable before its reply: an old-style
+    /// `listen` until it has control (its C source never sends FLUSH).
+    pub(crate) fn sync_writes(&self) -> bool {
+        self.config.sync_writes && !(self.config.serve_after_handover && self.has_control())
     }
 
     fn remove_client(&self, id: u64) {

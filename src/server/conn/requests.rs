@@ -127,7 +127,7 @@ impl Conn<'_> {
             if req.cmd == Cmd::WRITE
                 && req.len <= INLINE_WRITE_MAX
                 && !req.flags.contains(CmdFlags::FUA)
-                && !self.server.config.sync_writes
+                && !self.server.sync_writes()
             {
                 let len = req.len as usize;
                 if reader.buffered() < len {

@@ -284,7 +284,7 @@ impl Conn<'_> {
     /// Performs one request and sends its reply; returns the buffer for reuse.
     fn execute(&self, req: Request, mut buf: Vec<u8>) -> Vec<u8> {
         super::test_hooks::maybe_panic(super::test_hooks::Site::Worker, req.offset);
-        let fua = req.flags.contains(CmdFlags::FUA) || self.server.config.sync_writes;
+        let fua = req.flags.contains(CmdFlags::FUA) || self.server.sync_writes();
         let result = match req.cmd {
             Cmd::READ => {
                 if self.sendfile_fits(&req) {

@@ -1,0 +1,429 @@
+//! `listen --serve-after-handover`: once a migration hands control over, the
+//! destination serves the file on the same listener and control socket, as
+//! a `serve` would, instead of exiting.
+//!
+//! - The migrated file is served byte for byte to new clients (several at
+//!   once), `status` answers as a serve's, a further `mirror` moves it on,
+//!   and SIGTERM then ends it as a serve (exit 0).
+//! - A client behind `flexnbd proxy`, writing and reading all the while,
+//!   carries on with the destination after the handover: every write it
+//!   had acknowledged is in the destination's file, and reads see them. The
+//!   proxy's upstream is a "service address" (a relay here, a moved IP or a
+//!   load balancer in production) that leads to whichever server listens.
+//!   The longest pause between two replies is printed, not asserted
+//!   (`bench/run --handover` measures it).
+//!
+//! Without the flag `listen` exits 0 at the handover, as the migration
+//! tests check.
+
+// Test helpers panic on purpose when something is off.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use flexnbd::client::{ConnectOptions, NbdClient};
+
+use crate::support::commands::{read_ok, write_ok};
+use crate::support::control::status;
+use crate::support::{
+    self, Daemon, DaemonBuilder, Ready, Signal, TestEnv, flexnbd_std, status_value, wait_until,
+};
+
+const MIB: u64 = 1 << 20;
+/// How long a migration that should complete may take, in a debug build on a busy machine.
+const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
+/// How long a process may take to exit when it should.
+const EXIT_WITHIN: Duration = Duration::from_secs(30);
+
+/// `listen --serve-after-handover` on `file`, with a control socket.
+fn serving_listen(file: &std::path::Path, sock: &std::path::Path) -> Daemon {
+    DaemonBuilder::new("listen", file)
+        .sock(sock)
+        .arg("--serve-after-handover")
+        .start()
+}
+
+/// `flexnbd mirror -s SOCK -l 127.0.0.1 -p PORT EXTRA...`, asserting it exits 0.
+#[track_caller]
+fn mirror(sock: &std::path::Path, port: u16, extra: &[&str]) {
+    let mut args = vec![
+        "mirror".to_owned(),
+        "-s".to_owned(),
+        sock.to_str().unwrap().to_owned(),
+        "-l".to_owned(),
+        "127.0.0.1".to_owned(),
+        "-p".to_owned(),
+        port.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let child = flexnbd_std()
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::finish(child, MIGRATION_WITHIN);
+    support::commands::assert_success("mirror", &out);
+}
+
+/// One value of `status`, as a pair, for assertions that show the key.
+fn key(sock: &std::path::Path, k: &str) -> (String, String) {
+    (k.to_owned(), status_value(sock, k))
+}
+
+#[test]
+fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
+    const SIZE: u64 = 4 * MIB;
+    let env = TestEnv::new();
+    let data = env.pattern(SIZE as usize, 14);
+    let src = env.image_with("source.img", &data);
+    let dst = env.image("destination.img", SIZE);
+    let source_sock = env.sock_path_named("source.sock");
+    let dest_sock = env.sock_path_named("dest.sock");
+    let mut source = DaemonBuilder::new("serve", &src).sock(&source_sock).start();
+    let mut dest = serving_listen(&dst, &dest_sock);
+    assert_eq!(
+        key(&dest_sock, "has_control"),
+        ("has_control".into(), "false".into())
+    );
+
+    mirror(&source_sock, dest.port(), &["--wait", "--no-progress"]);
+    assert_eq!(
+        source.wait_exit(EXIT_WITHIN).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
+    wait_until("the destination has control", EXIT_WITHIN, || {
+        status_value(&dest_sock, "has_control") == "true"
+    });
+    assert!(dest.is_running(), "listen exited: {}", dest.stderr());
+
+    // The same address serves the migrated file, byte for byte.
+    assert!(
+        read_ok(&dest, 0, SIZE) == data,
+        "the file read back differs"
+    );
+    // `status` answers as a serve's.
+    let pairs = status(&dest_sock);
+    for (k, v) in [
+        ("has_control", "true"),
+        ("is_mirroring", "false"),
+        ("clients_allowed", "true"),
+        ("num_clients", "0"),
+    ] {
+        assert!(
+            pairs.iter().any(|(pk, pv)| pk == k && pv == v),
+            "{k}={v} not in {pairs:?}"
+        );
+    }
+    // Several clients at once, as a serve (listen takes one at a time).
+    let opts = ConnectOptions::default();
+    let mut a = NbdClient::connect(dest.addr(), &opts).unwrap();
+    let mut b = NbdClient::connect(dest.addr(), &opts).unwrap();
+    let mut buf = vec![0; 4096];
+    a.read_at(0, &mut buf).unwrap();
+    assert!(buf == data[..4096]);
+    b.write_at(4096, b"written after the handover", false)
+        .unwrap();
+    b.flush().unwrap();
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+    write_ok(&dest, 8192, b"and by a third client");
+    // Disconnecting clients do not stop it.
+    assert!(dest.is_running(), "listen exited: {}", dest.stderr());
+
+    // A further migration moves it on, as from a serve.
+    let third = env.image("third.img", SIZE);
+    let mut onward = DaemonBuilder::new("listen", &third).start();
+    mirror(&dest_sock, onward.port(), &["--wait", "--no-progress"]);
+    assert_eq!(
+        dest.wait_exit(EXIT_WITHIN).code(),
+        Some(0),
+        "{}",
+        dest.stderr()
+    );
+    assert!(
+        dest.stderr().contains("was migrated away"),
+        "{}",
+        dest.stderr()
+    );
+    assert_eq!(
+        onward.wait_exit(EXIT_WITHIN).code(),
+        Some(0),
+        "{}",
+        onward.stderr()
+    );
+    let mut expected = data;
+    expected[4096..4096 + 26].copy_from_slice(b"written after the handover");
+    expected[8192..8192 + 21].copy_from_slice(b"and by a third client");
+    assert!(env.read(&third) == expected, "the onward copy differs");
+}
+
+#[test]
+fn serve_after_handover_ends_as_a_serve_on_sigterm() {
+    const SIZE: u64 = MIB;
+    let env = TestEnv::new();
+    let src = env.image_with("source.img", &env.pattern(SIZE as usize, 3));
+    let dst = env.image("destination.img", SIZE);
+    let source_sock = env.sock_path_named("source.sock");
+    let dest_sock = env.sock_path_named("dest.sock");
+    let mut source = DaemonBuilder::new("serve", &src)
+        .sock(&source_sock)
+        .arg("--oldstyle")
+        .start();
+    // Old-style, as for a C source: writes synced one by one until control.
+    let mut dest = DaemonBuilder::new("listen", &dst)
+        .sock(&dest_sock)
+        .args(["--serve-after-handover", "--oldstyle"])
+        .start();
+    mirror(&source_sock, dest.port(), &["--wait", "--no-progress"]);
+    assert_eq!(
+        source.wait_exit(EXIT_WITHIN).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
+    wait_until("the destination has control", EXIT_WITHIN, || {
+        status_value(&dest_sock, "has_control") == "true"
+    });
+    assert!(env.read(&dst) == env.read(&src));
+    dest.signal(Signal::TERM);
+    assert_eq!(
+        dest.wait_exit(EXIT_WITHIN).code(),
+        Some(0),
+        "{}",
+        dest.stderr()
+    );
+    let stderr = dest.stderr();
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+}
+
+#[test]
+fn signal_before_the_handover_still_fails_with_the_flag() {
+    let env = TestEnv::new();
+    let dst = env.image("destination.img", MIB);
+    let mut dest = serving_listen(&dst, &env.sock_path_named("dest.sock"));
+    dest.signal(Signal::TERM);
+    assert_eq!(
+        dest.wait_exit(EXIT_WITHIN).code(),
+        Some(1),
+        "{}",
+        dest.stderr()
+    );
+    assert!(
+        dest.stderr().contains("incomplete copy"),
+        "{}",
+        dest.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Behind the proxy.
+
+/// A "service address": each connection goes to `source` while it accepts
+/// connections, and to `dest` once it does not. Counts the connections
+/// that went to `dest`.
+struct Relay {
+    port: u16,
+    to_dest: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(source: SocketAddr, dest: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let to_dest = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopping) = (to_dest.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let upstream = match TcpStream::connect(source) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                        match TcpStream::connect(dest) {
+                            Ok(s) => {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                s
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                    Err(_) => continue,
+                };
+                pipe(client, upstream);
+            }
+        });
+        Relay {
+            port,
+            to_dest,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until either side closes.
+fn pipe(a: TcpStream, b: TcpStream) {
+    for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+        let _ = from.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 256 << 10];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+        });
+    }
+}
+
+/// What the client behind the proxy did: its model of the file, how many
+/// requests it completed, and the longest pause between two replies.
+struct Driven {
+    model: Vec<u8>,
+    ops: u64,
+    longest_pause: Duration,
+}
+
+/// Writes 4 KiB blocks at QD1 through `proxy`, reading back every fourth,
+/// until `stop`; counts completed requests in `done`.
+fn drive(proxy: SocketAddr, mut model: Vec<u8>, stop: &AtomicBool, done: &AtomicU64) -> Driven {
+    const BLOCK: usize = 4096;
+    let mut client = NbdClient::connect(proxy, &ConnectOptions::default()).unwrap();
+    let blocks = (model.len() / BLOCK) as u64;
+    let mut last = Instant::now();
+    let mut longest_pause = Duration::ZERO;
+    let mut ops = 0u64;
+    let mut buf = vec![0; BLOCK];
+    while !stop.load(Ordering::SeqCst) {
+        // A block from a scrambled sequence; its content names the op.
+        let block = (ops.wrapping_mul(0x9e37_79b9) % blocks) as usize;
+        let at = block * BLOCK;
+        if ops % 4 == 3 {
+            client.read_at(at as u64, &mut buf).unwrap();
+            assert!(
+                buf == model[at..at + BLOCK],
+                "read of block {block} differs"
+            );
+        } else {
+            let data = support::pattern(BLOCK, ops);
+            client.write_at(at as u64, &data, false).unwrap();
+            model[at..at + BLOCK].copy_from_slice(&data);
+        }
+        ops += 1;
+        done.store(ops, Ordering::SeqCst);
+        let now = Instant::now();
+        longest_pause = longest_pause.max(now - last);
+        last = now;
+    }
+    client.flush().unwrap();
+    client.disconnect().unwrap();
+    Driven {
+        model,
+        ops,
+        longest_pause,
+    }
+}
+
+#[test]
+fn a_client_behind_the_proxy_carries_on_with_the_destination() {
+    const SIZE: u64 = 8 * MIB;
+    let env = TestEnv::new();
+    let data = env.pattern(SIZE as usize, 7);
+    let src = env.image_with("source.img", &data);
+    let dst = env.image("destination.img", SIZE);
+    let source_sock = env.sock_path_named("source.sock");
+    let dest_sock = env.sock_path_named("dest.sock");
+    let mut source = DaemonBuilder::new("serve", &src).sock(&source_sock).start();
+    let mut dest = serving_listen(&dst, &dest_sock);
+    let relay = Relay::start(source.addr(), dest.addr());
+    let mut proxy_cmd = flexnbd_std();
+    proxy_cmd.args([
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "-v",
+        "-C",
+        "127.0.0.1",
+        "-P",
+    ]);
+    proxy_cmd.arg(relay.port.to_string());
+    let mut proxy = Daemon::spawn(proxy_cmd, vec![Ready::LoggedPort]);
+    proxy.wait_ready();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, done, addr) = (stop.clone(), done.clone(), proxy.addr());
+        std::thread::spawn(move || drive(addr, data, &stop, &done))
+    };
+    let ops_now = || done.load(Ordering::SeqCst);
+    wait_until("the client's first requests", EXIT_WITHIN, || {
+        ops_now() >= 50
+    });
+    mirror(&source_sock, dest.port(), &[]);
+    assert_eq!(
+        source.wait_exit(MIGRATION_WITHIN).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
+    // The client goes on, served by the destination.
+    let after_handover = ops_now();
+    wait_until(
+        "the client's requests after the handover",
+        MIGRATION_WITHIN,
+        || ops_now() >= after_handover + 200,
+    );
+    stop.store(true, Ordering::SeqCst);
+    let driven = client.join().unwrap();
+    assert!(
+        relay.to_dest.load(Ordering::SeqCst) >= 1,
+        "the proxy never reached the destination"
+    );
+    assert_eq!(
+        key(&dest_sock, "has_control"),
+        ("has_control".into(), "true".into())
+    );
+    eprintln!(
+        "{} requests; longest pause between two replies {:?}",
+        driven.ops, driven.longest_pause
+    );
+    assert_eq!(proxy.stop().code(), Some(0), "{}", proxy.stderr());
+    assert_eq!(dest.stop().code(), Some(0), "{}", dest.stderr());
+    assert!(
+        env.read(&dst) == driven.model,
+        "the destination file lacks acknowledged writes"
+    );
+}
