@@ -11,7 +11,7 @@
 //!   proxy's upstream is a "service address" (a relay here, a moved IP or a
 //!   load balancer in production) that leads to whichever server listens.
 //!   The longest pause between two replies is printed, not asserted
-//!   (`bench/run --handover` measures it).
+//!   (`bench/run --only handover-idle,handover-busy` measures it).
 //!
 //! Without the flag `listen` exits 0 at the handover, as the migration
 //! tests check.
