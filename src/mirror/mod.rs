@@ -4,8 +4,8 @@
 //! The source is a running `serve`; the destination is usually a `listen`
 //! (ours or the C flexnbd's). The source connects to the destination as an
 //! ordinary NBD client and the destination sees only what flexnbd-c sends:
-//! WRITEs of at most 8 MiB carrying the handle `.MIRROR.`, then one
-//! DISCONNECT, which tells a `listen` that it now has control. To a newstyle
+//! WRITEs carrying the handle `.MIRROR.` (of at most 1 MiB; flexnbd-c's go
+//! up to 8 MiB), then one DISCONNECT, which tells a `listen` that it now has control. To a newstyle
 //! destination that offers it, ranges that read as zero go as WRITE_ZEROES
 //! instead, so holes are not sent and the destination stays sparse, and a
 //! FLUSH before the handover makes every byte durable there (flexnbd-c's
@@ -77,8 +77,12 @@ pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Longest transfer (flexnbd-c's mirror_longest_write).
-pub const MAX_TRANSFER: u64 = 8 << 20;
+/// Longest transfer. flexnbd-c's mirror_longest_write is 8 MiB, but a
+/// window of 16 such WRITEs holds 128 MiB at the destination, more than
+/// our `listen` keeps pooled buffers for (16 MiB a connection): each then
+/// takes fresh memory, and an idle 256 MiB migration took 2-4x as long as
+/// with 1 MiB transfers (qemu's mirror sends 1 MiB too).
+pub const MAX_TRANSFER: u64 = 1 << 20;
 /// The default for `FLEXNBD_MS_REQUEST_LIMIT_SECS`: how long a transfer may make no progress.
 pub const DEFAULT_REQUEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -229,7 +233,15 @@ struct Shared {
     last: Mutex<Option<Outcome>>,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
+    /// When a migration last started, and a `status` was last asked for:
+    /// whether anyone follows the migration, so is worth lingering for.
+    followed: Mutex<[Option<Instant>; 2]>,
 }
+
+/// `mirror --wait` asks for `status` every 100 ms: after a handover the
+/// source lingers only if a `status` was asked for, or the migration
+/// started, this recently (its follower may not have asked yet).
+const FOLLOWER_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Slot {
@@ -249,6 +261,7 @@ impl Controller {
                 closed: AtomicBool::new(false),
                 last: Mutex::new(None),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
+                followed: Mutex::new([None, None]),
             }),
         })
     }
@@ -314,9 +327,14 @@ impl Controller {
 
     /// After a completed migration, keeps the caller (and so the control
     /// socket) up to `limit` until one `status` has reported the outcome, so
-    /// that `mirror --wait` learns it for sure.
+    /// that `mirror --wait` learns it for sure; not when nobody follows the
+    /// migration (no `status` within [`FOLLOWER_WITHIN`], nor a start).
     pub fn linger_after_migration(&self, limit: Duration) {
-        if !self.shared.migrated.load(Ordering::SeqCst) {
+        let followed = lock(&self.shared.followed)
+            .iter()
+            .flatten()
+            .any(|t| t.elapsed() < FOLLOWER_WITHIN);
+        if !self.shared.migrated.load(Ordering::SeqCst) || !followed {
             return;
         }
         let (reported, cv) = &self.shared.completion_reported;
@@ -447,6 +465,7 @@ fn spawn_supervisor(
 
 impl Shared {
     fn status(&self) -> Status {
+        lock(&self.followed)[0] = Some(Instant::now());
         let mut status = self.server.status();
         if let Some(mirror) = self.running() {
             status.migration = Some(mirror.progress(status.size));
@@ -480,6 +499,7 @@ impl Shared {
             );
             let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
+            lock(&self.followed)[1] = Some(Instant::now());
             mirror
         };
         let (tx, rx) = mpsc::channel();
