@@ -567,7 +567,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --oldstyle --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -891,7 +891,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -k -r -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --killswitch --read-only --oldstyle --max-clients --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -941,10 +941,6 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --max-clients)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --export-name)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -974,6 +970,10 @@ _flexnbd() {
                     return 0
                     ;;
                 --handover-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-clients)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -53,7 +53,6 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes -d 'Most connections still in their handshake at once' -r
@@ -61,6 +60,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-pe
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'

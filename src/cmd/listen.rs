@@ -31,21 +31,21 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         max_clients: 1,
         killswitch: None,
         listen_mode: true,
-        acl: Acl::new(args.acl, args.default_deny),
+        acl: Acl::new(args.acl, args.server.default_deny),
         // An old-style source is flexnbd-c's mirror: plain WRITEs, then (with
         // --unlink) it deletes its file and sends DISCONNECT, and never a
         // FLUSH. Its own destination syncs every write before the reply, so
         // must we. Newstyle sources (ours) FLUSH before the handover.
-        limits: super::serve::limits(&args.limits),
-        export_name: args.export_name.clone(),
+        limits: super::serve::limits(&args.server.limits),
+        export_name: args.server.export_name,
         sync_writes: args.oldstyle,
     };
     let startup = super::serve::Startup {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
-        control_mode: args.control_mode,
-        pid_file: args.pid_file,
+        control_mode: args.server.control_mode,
+        pid_file: args.server.pid_file,
     };
     super::serve::run_server(startup, config, global)
 }

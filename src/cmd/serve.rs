@@ -67,17 +67,17 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         max_clients: usize::try_from(args.max_clients).unwrap_or(usize::MAX),
         killswitch: args.killswitch.then_some(KILLSWITCH_TIMEOUT),
         listen_mode: false,
-        acl: Acl::new(args.acl, args.default_deny),
-        limits: limits(&args.limits),
-        export_name: args.export_name.clone(),
+        acl: Acl::new(args.acl, args.server.default_deny),
+        limits: limits(&args.server.limits),
+        export_name: args.server.export_name,
         sync_writes: false,
     };
     let startup = Startup {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
-        control_mode: args.control_mode,
-        pid_file: args.pid_file,
+        control_mode: args.server.control_mode,
+        pid_file: args.server.pid_file,
     };
     run_server(startup, config, global)
 }
