@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::MIB;
 use crate::support::commands::{assert_success, one_error_line, run};
 use crate::support::daemon::serve_image;
 use crate::support::{
     Daemon, DaemonBuilder, Ready, Style, TestEnv, flexnbd_std, pattern, require_tool, text,
 };
-
-const MIB: u64 = 1 << 20;
 
 /// `flexnbd read -l ADDR -F from -S size`.
 fn read(addr: &str, from: u64, size: u64) -> Output {

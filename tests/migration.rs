@@ -38,13 +38,13 @@ use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
 use flexnbd::status::{Phase, Status};
 
+use crate::support::MIB;
 use crate::support::wire;
 use crate::support::{
     self, Daemon, DaemonBuilder, Signal, TestEnv, allocated, control, control::status_line,
     flexnbd_std, pattern, require_tool, text,
 };
 
-const MIB: u64 = 1 << 20;
 /// The longest transfer the source sends (flexnbd-c's mirror_longest_write).
 const MAX_TRANSFER: u64 = 8 * MIB;
 /// How long a migration that should complete may take, in a debug build on a busy machine.
