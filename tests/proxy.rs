@@ -134,6 +134,13 @@ fn proxy_to_serve(file: &Path, style: Style) -> (Daemon, Daemon) {
     (upstream, proxy)
 }
 
+/// [`proxy_to_serve`] of a blank 16 KiB `disc.img` in `env`, the disc of
+/// flexnbd-c's proxy tests.
+#[track_caller]
+fn proxy_to_blank_disc(env: &TestEnv, style: Style) -> (Daemon, Daemon) {
+    proxy_to_serve(&env.image("disc.img", 16 * 1024), style)
+}
+
 /// The client disconnects, then the proxy stops cleanly ([`stop_proxy`]).
 #[track_caller]
 fn disconnect_and_stop(c: Client, proxy: &mut Daemon) {
@@ -375,8 +382,7 @@ fn maximum_write_request_size(style: Style) {
 
 fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut c = connect(proxy.addr(), style);
     // flexnbd-c's test: block 1000 of a 16-block disc; its server says ENOSPC (28).
     assert_eq!(c.write_reply(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
@@ -390,8 +396,7 @@ fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
 
 fn only_one_client_at_a_time(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut first = connect(proxy.addr(), style);
     let mut second = TcpStream::connect_timeout(&proxy.addr(), IO_TIMEOUT).unwrap();
     second
@@ -587,8 +592,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
 
 fn sigterm_mid_session_exits_0(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.write_reply(1, 0, &[1; 512]), Errno::OK);
     proxy.signal(Signal::TERM);
