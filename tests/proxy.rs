@@ -46,7 +46,7 @@ use crate::support::wire::{
 };
 use crate::support::{
     Daemon, DaemonBuilder, FakePeer, Ready, Signal, Style, TestEnv, flexnbd_std, pattern,
-    require_tool, wait_until,
+    require_tool, unix_uri, wait_until,
 };
 
 /// The read timeout on every socket a test or fake uses.
@@ -634,14 +634,19 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 
     // Requests no upstream should see: answered EINVAL, and the session goes on.
     let mut c = connect(addr, style);
-    c.send(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]);
-    assert_ne!(c.reply().error, Errno::OK);
+    assert_eq!(
+        c.call(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        c.call(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]),
+        Errno::EINVAL
+    );
+    assert_eq!(c.call(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]), Errno::EINVAL);
+    assert_ne!(
+        c.call(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]),
+        Errno::OK
+    );
     assert_eq!(c.read(5, 0, 4096), data[..4096]);
     // A request with a bad magic ends the session.
     c.s.write_all(&[0u8; Request::SIZE]).unwrap();
@@ -726,14 +731,19 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         "one client at a time: {flags:?}"
     );
     assert_eq!(c.write_reply(1, 0, &[5; 4096]), Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]);
-    assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(
+        c.call(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]),
+        Errno::OK
+    );
+    assert_eq!(c.call(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]), Errno::OK);
+    assert_eq!(
+        c.call(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]),
+        Errno::OK
+    );
+    assert_eq!(
+        c.call(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]),
+        Errno::OK
+    );
     let on_disc = env.read(&file);
     assert!(on_disc[..4096].iter().all(|&b| b == 5));
     assert!(on_disc[4096..8192].iter().all(|&b| b == 6));
@@ -776,14 +786,19 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         !flags.contains(F::SEND_TRIM) && !flags.contains(F::SEND_WRITE_ZEROES),
         "{flags:?}"
     );
-    c.send(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
-    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(
+        c.call(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        c.call(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]),
+        Errno::EINVAL
+    );
+    assert_eq!(c.call(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]), Errno::OK);
+    assert_eq!(
+        c.call(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]),
+        Errno::OK
+    );
     disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(
@@ -829,7 +844,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
     assert_eq!(&magic, b"NBDMAGIC");
     drop(s);
     if require_tool("nbdinfo") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let out = crate::support::tool("nbdinfo")
             .arg("--size")
             .arg(&uri)
@@ -842,7 +857,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
         );
     }
     if require_tool("qemu-io") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let out = crate::support::tool("qemu-io")
             .args([
                 "-f",
@@ -863,7 +878,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
         data.clone_from(&expected);
     }
     if require_tool("nbdcopy") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let copy = env.child("copy.img");
         let out = crate::support::tool("nbdcopy")
             .arg(&uri)
