@@ -140,6 +140,18 @@ fn rejected_by(script: impl FnOnce(TcpStream) + Send + 'static) -> ClientError {
     err
 }
 
+/// [`rejected_by`] a fixed-newstyle fake that reads the client's first
+/// option (its GO) and answers it with `answer`, then drains.
+#[track_caller]
+fn go_rejected_by(answer: impl FnOnce(&mut TcpStream) + Send + 'static) -> ClientError {
+    rejected_by(|mut s| {
+        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
+        read_option(&mut s);
+        answer(&mut s);
+        drain(&mut s);
+    })
+}
+
 /// An old-style fake of `size` bytes that answers the first request with
 /// `respond(stream, request)`, then drains.
 fn oldstyle_fake(
@@ -606,12 +618,7 @@ fn plain_newstyle_uses_export_name_without_zeroes() {
 
 #[test]
 fn go_refusal_is_rejected_with_the_servers_message() {
-    let err = rejected_by(|mut s| {
-        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
-        read_option(&mut s);
-        send_option_reply(&mut s, Opt::GO, Rep::ERR_POLICY, b"go away");
-        drain(&mut s);
-    });
+    let err = go_rejected_by(|s| send_option_reply(s, Opt::GO, Rep::ERR_POLICY, b"go away"));
     assert_eq!(
         err.to_string(),
         "server refused GO with ERR_POLICY: go away"
@@ -620,12 +627,7 @@ fn go_refusal_is_rejected_with_the_servers_message() {
 
 #[test]
 fn oversized_option_reply_is_rejected_before_allocating() {
-    let err = rejected_by(|mut s| {
-        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
-        read_option(&mut s);
-        send_option_reply_header(&mut s, Opt::GO, Rep::INFO, u32::MAX);
-        drain(&mut s);
-    });
+    let err = go_rejected_by(|s| send_option_reply_header(s, Opt::GO, Rep::INFO, u32::MAX));
     assert!(matches!(err, ClientError::BadHandshake(_)), "{err:?}");
 }
 

@@ -634,19 +634,14 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 
     // Requests no upstream should see: answered EINVAL, and the session goes on.
     let mut c = connect(addr, style);
-    assert_eq!(
-        c.call(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]),
-        Errno::EINVAL
-    );
-    assert_eq!(
-        c.call(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]),
-        Errno::EINVAL
-    );
-    assert_eq!(c.call(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]), Errno::EINVAL);
-    assert_ne!(
-        c.call(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]),
-        Errno::OK
-    );
+    c.send(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]);
+    assert_eq!(c.reply_to(1), Errno::EINVAL);
+    c.send(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]);
+    assert_eq!(c.reply_to(2), Errno::EINVAL);
+    c.send(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]);
+    assert_eq!(c.reply_to(3), Errno::EINVAL);
+    c.send(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]);
+    assert_ne!(c.reply_to(4), Errno::OK);
     assert_eq!(c.read(5, 0, 4096), data[..4096]);
     // A request with a bad magic ends the session.
     c.s.write_all(&[0u8; Request::SIZE]).unwrap();
@@ -731,19 +726,14 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         "one client at a time: {flags:?}"
     );
     assert_eq!(c.write_reply(1, 0, &[5; 4096]), Errno::OK);
-    assert_eq!(
-        c.call(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]),
-        Errno::OK
-    );
-    assert_eq!(c.call(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]), Errno::OK);
-    assert_eq!(
-        c.call(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]),
-        Errno::OK
-    );
-    assert_eq!(
-        c.call(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]),
-        Errno::OK
-    );
+    c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]);
+    assert_eq!(c.reply_to(2), Errno::OK);
+    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
+    assert_eq!(c.reply_to(3), Errno::OK);
+    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]);
+    assert_eq!(c.reply_to(4), Errno::OK);
+    c.send(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]);
+    assert_eq!(c.reply_to(5), Errno::OK);
     let on_disc = env.read(&file);
     assert!(on_disc[..4096].iter().all(|&b| b == 5));
     assert!(on_disc[4096..8192].iter().all(|&b| b == 6));
@@ -786,19 +776,14 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         !flags.contains(F::SEND_TRIM) && !flags.contains(F::SEND_WRITE_ZEROES),
         "{flags:?}"
     );
-    assert_eq!(
-        c.call(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]),
-        Errno::EINVAL
-    );
-    assert_eq!(
-        c.call(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]),
-        Errno::EINVAL
-    );
-    assert_eq!(c.call(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]), Errno::OK);
-    assert_eq!(
-        c.call(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]),
-        Errno::OK
-    );
+    c.send(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]);
+    assert_eq!(c.reply_to(1), Errno::EINVAL);
+    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]);
+    assert_eq!(c.reply_to(2), Errno::EINVAL);
+    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
+    assert_eq!(c.reply_to(3), Errno::OK);
+    c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
+    assert_eq!(c.reply_to(4), Errno::OK);
     disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(

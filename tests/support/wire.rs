@@ -321,24 +321,6 @@ impl Client {
         self.s.write_all(payload).expect("send payload");
     }
 
-    /// [`Client::send`], then its simple reply: the reply's error (its handle
-    /// is checked).
-    #[track_caller]
-    pub(crate) fn call(
-        &mut self,
-        cmd: Cmd,
-        flags: CmdFlags,
-        handle: u64,
-        offset: u64,
-        len: u32,
-        payload: &[u8],
-    ) -> Errno {
-        self.send(cmd, flags, handle, offset, len, payload);
-        let r = self.reply();
-        assert_eq!(r.handle, handle, "reply to the wrong handle");
-        r.error
-    }
-
     /// Sends a request header without flags or payload.
     #[track_caller]
     pub(crate) fn request(&mut self, cmd: Cmd, handle: u64, offset: u64, len: u32) {
@@ -355,8 +337,16 @@ impl Client {
     /// A WRITE and its reply: the reply's error (its handle is checked).
     #[track_caller]
     pub(crate) fn write_reply(&mut self, handle: u64, offset: u64, data: &[u8]) -> Errno {
-        let len = data.len() as u32;
-        self.call(Cmd::WRITE, CmdFlags(0), handle, offset, len, data)
+        self.write(handle, offset, data);
+        self.reply_to(handle)
+    }
+
+    /// Reads the simple reply to `handle` (its handle is checked): its error.
+    #[track_caller]
+    pub(crate) fn reply_to(&mut self, handle: u64) -> Errno {
+        let r = self.reply();
+        assert_eq!(r.handle, handle, "reply to the wrong handle");
+        r.error
     }
 
     /// Reads one simple reply.
