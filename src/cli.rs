@@ -20,7 +20,8 @@ use crate::uri::ServerAddr;
 mod server;
 
 pub use server::{
-    LimitArgs, ListenAddr, ListenAddrArgs, ListenArgs, ServeArgs, ServerArgs, parse_mode,
+    LimitArgs, ListenAddr, ListenAddrArgs, ListenArgs, ServeArgs, ServerArgs, ServerTlsArgs,
+    TlsModeArg, parse_mode,
 };
 
 /// What `--version` shows: the package version, and the commit when built
@@ -195,6 +196,14 @@ pub struct MirrorArgs {
     /// With --wait, print no progress, only the outcome.
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
+    /// Migrate over TLS, with the serving process's own --tls-certificates.
+    ///
+    /// The destination is sent to the server as an nbds:// URI (which the C
+    /// flexnbd does not understand); its certificate is checked for the
+    /// host named here. The destination should run listen --tls require
+    /// --tls-verify-peer, so that only this source can write into it.
+    #[arg(long)]
+    pub tls: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
@@ -230,6 +239,14 @@ pub struct ProxyArgs {
     /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
     #[arg(long)]
     pub oldstyle: bool,
+    /// TLS towards clients; its --tls-certificates also serve --upstream-tls.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// Speak TLS to the upstream server, with the client certificate of --tls-certificates.
+    ///
+    /// An nbds:// upstream asks for it too.
+    #[arg(long)]
+    pub upstream_tls: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
@@ -336,8 +353,8 @@ pub struct ConnectArgs {
     /// An NBD URI names the export too: nbd://HOST:PORT/EXPORT (PORT optional) over TCP
     /// (HOST may be a host name; PORT defaults to 10809) or
     /// nbd+unix:///EXPORT?socket=PATH over a UNIX socket. A path starting
-    /// with / is a UNIX socket (default export). nbds:// (TLS) is not
-    /// supported yet.
+    /// with / is a UNIX socket (default export). nbds:// and nbds+unix://
+    /// are the same over TLS (see --tls).
     #[arg(short = 'l', long, value_name = "ADDR")]
     pub addr: ServerAddr,
     /// The port of the server (with an IP address only).
@@ -346,6 +363,29 @@ pub struct ConnectArgs {
     /// Bind the local socket to a particular IP address (TCP only).
     #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
+    /// TLS towards the server.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// TLS towards a server, for a client (`read`, `write`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// Speak TLS (NBD_OPT_STARTTLS); a server without TLS is an error.
+    ///
+    /// Nothing but the greeting and the request for TLS is sent in clear.
+    /// An nbds:// URI asks for TLS too.
+    #[arg(long)]
+    pub tls: bool,
+    /// The directory of TLS certificates: ca-cert.pem checks the server's
+    /// certificate; client-cert.pem and client-key.pem, if there, are presented.
+    ///
+    /// Also tls-certificates=DIR in an nbds:// URI.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host connected to).
+    #[arg(long, value_name = "NAME")]
+    pub tls_hostname: Option<String>,
 }
 
 /// The byte range of `read` and `write`.

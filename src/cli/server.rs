@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::parse_nonzero_bytes;
 use crate::net::{AclEntry, parse_ip};
@@ -108,6 +108,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
+    /// Migrations over TLS, with the client certificate of --tls-certificates.
+    ///
+    /// Every migration this server starts speaks TLS to its destination, as
+    /// an nbds:// destination asks for one migration (flexnbd mirror --tls).
+    #[arg(long)]
+    pub mirror_tls: bool,
     /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
     ///
     /// An empty list allows everyone unless --default-deny is given; a
@@ -144,7 +150,7 @@ pub struct ListenArgs {
 
 /// The server options `serve` and `listen` share, after the file and the
 /// control socket: the pid file, the control socket's mode, the ACL's
-/// default, the export name and the connection limits.
+/// default, the export name, the connection limits and TLS.
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
     /// Write the process id to PATH once serving; removed on exit.
@@ -172,6 +178,47 @@ pub struct ServerArgs {
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS towards clients.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+}
+
+/// The `--tls` modes of a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TlsModeArg {
+    /// No TLS (NBD_OPT_STARTTLS is refused).
+    #[default]
+    Off,
+    /// TLS offered; clients may also stay in plaintext.
+    On,
+    /// Only TLS: a client that does not upgrade gets nothing but errors.
+    Require,
+}
+
+/// TLS towards a server's clients (`serve`, `listen`, `proxy`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerTlsArgs {
+    /// Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require.
+    ///
+    /// on lets each client choose; require serves only clients that upgrade
+    /// (every other option gets NBD_REP_ERR_TLS_REQD). Needs
+    /// --tls-certificates; not with --oldstyle, whose handshake has no
+    /// STARTTLS.
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    pub tls: TlsModeArg,
+    /// The directory of TLS certificates, laid out as for nbdkit and qemu.
+    ///
+    /// ca-cert.pem (the CA that signs peers' certificates), server-cert.pem
+    /// and server-key.pem (this server's), and client-cert.pem and
+    /// client-key.pem (presented by the connections this process makes:
+    /// migrations, the proxy's upstream). The files are read again for
+    /// every TLS connection, so replacing them rotates certificates without
+    /// a restart; connections already open keep their session.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem.
+    #[arg(long)]
+    pub tls_verify_peer: bool,
 }
 
 /// Bounds that keep silent or slow connections from locking clients out

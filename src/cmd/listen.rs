@@ -39,6 +39,9 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         limits: super::serve::limits(&args.server.limits),
         export_name: args.server.export_name,
         sync_writes: args.oldstyle,
+        tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
+            super::subcommand("listen")
+        })?,
     };
     let startup = super::serve::Startup {
         file: args.file,
@@ -46,6 +49,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.server.control_mode,
         pid_file: args.server.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.server.tls, false),
     };
     super::serve::run_server(startup, config, global)
 }

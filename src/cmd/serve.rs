@@ -51,6 +51,8 @@ pub(crate) struct Startup {
     pub(crate) control_mode: u32,
     /// Where to write the process id once serving.
     pub(crate) pid_file: Option<PathBuf>,
+    /// The TLS of the migrations it starts.
+    pub(crate) outgoing_tls: crate::mirror::OutgoingTls,
 }
 
 /// Serves the file until SIGINT, SIGTERM or SIGQUIT, or a completed migration.
@@ -70,6 +72,9 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         limits: limits(&args.server.limits),
         export_name: args.server.export_name,
         sync_writes: false,
+        tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
+            super::subcommand("serve")
+        })?,
     };
     let startup = Startup {
         file: args.file,
@@ -77,6 +82,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.server.control_mode,
         pid_file: args.server.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.server.tls, args.mirror_tls),
     };
     run_server(startup, config, global)
 }
@@ -142,7 +148,7 @@ pub(crate) fn run_server(
         },
     };
     let server = Server::new(backing, config).context("cannot start the server")?;
-    let controller = Controller::new(server.clone());
+    let controller = Controller::with_tls(server.clone(), startup.outgoing_tls.clone());
     if !listen_mode {
         log::info!("Serving file {file_name}");
     }
