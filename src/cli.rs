@@ -110,9 +110,9 @@ pub enum Command {
     ///
     /// Speaks both the old-style and the newstyle handshake, so it reads from
     /// flexnbd in either mode, the C flexnbd, qemu-nbd, nbdkit and nbd-server.
-    Read(ReadArgs),
+    Read(ReadWriteArgs),
     /// Write SIZE bytes from stdin to a server at ADDR:PORT, starting at OFFSET.
-    Write(WriteArgs),
+    Write(ReadWriteArgs),
     /// Set the access control list for a server with control socket SOCK.
     Acl(AclArgs),
     /// Get the status for a server with control socket SOCK.
@@ -399,27 +399,14 @@ pub struct RangeArgs {
     pub size: u64,
 }
 
-/// Options of `read`.
+/// Options of `read` and `write`, which take the same: the server and the
+/// byte range (for `write`, exactly SIZE bytes are read from stdin).
 #[derive(Debug, Args, Clone)]
-pub struct ReadArgs {
-    /// The server to read from.
+pub struct ReadWriteArgs {
+    /// The server to read from or write to.
     #[command(flatten)]
     pub conn: ConnectArgs,
-    /// The range to read.
-    #[command(flatten)]
-    pub range: RangeArgs,
-    /// Extra arguments, ignored as the C flexnbd ignores them.
-    #[command(flatten)]
-    pub ignored: IgnoredArgs,
-}
-
-/// Options of `write`.
-#[derive(Debug, Args, Clone)]
-pub struct WriteArgs {
-    /// The server to write to.
-    #[command(flatten)]
-    pub conn: ConnectArgs,
-    /// The range to write; exactly SIZE bytes are read from stdin.
+    /// The range to read or write.
     #[command(flatten)]
     pub range: RangeArgs,
     /// Extra arguments, ignored as the C flexnbd ignores them.
