@@ -31,10 +31,9 @@ use flexnbd::client::{ConnectOptions, NbdClient};
 use crate::support::commands::{read_ok, write_ok};
 use crate::support::control::status;
 use crate::support::{
-    self, Daemon, DaemonBuilder, Ready, Signal, TestEnv, flexnbd_std, status_value, wait_until,
+    self, Daemon, DaemonBuilder, MIB, Ready, Signal, TestEnv, flexnbd_std, status_value, wait_until,
 };
 
-const MIB: u64 = 1 << 20;
 /// How long a migration that should complete may take, in a debug build on a busy machine.
 const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
 /// How long a process may take to exit when it should.

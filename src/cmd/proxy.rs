@@ -6,10 +6,9 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-use signal_hook::iterator::Signals;
 
-use crate::cli::{GlobalArgs, ProxyArgs};
+use super::SignalThread;
+use crate::cli::{ClientTlsArgs, GlobalArgs, ProxyArgs};
 use crate::exit::ExitCode;
 use crate::nbd::Listener;
 use crate::net::parse_ip;
@@ -22,18 +21,25 @@ use crate::proxy::{MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
 /// Bad listen address, the first upstream connection fails (unlike the C
 /// flexnbd-proxy, which exits 0 there), or the listening socket cannot be made.
 pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
+    let usage = <crate::cli::ProxyCli as clap::CommandFactory>::command;
     let server = super::server(
         args.conn_addr,
         args.conn_port,
         ["--conn-addr", "--conn-port"],
-        <crate::cli::ProxyCli as clap::CommandFactory>::command,
+        usage,
+    );
+    let upstream_tls = super::tls::client(
+        &ClientTlsArgs {
+            tls: args.upstream_tls,
+            tls_certificates: args.tls.tls_certificates.clone(),
+            tls_hostname: None,
+        },
+        &server,
+        usage,
     );
     // A host name's first address: the proxy reconnects to that one.
     let upstream = super::targets(&server)?.remove(0);
-    crate::logging::init(
-        crate::logging::level_for(global.verbose, global.quiet),
-        &upstream.to_string(),
-    );
+    super::init_logging(global, &upstream.to_string());
     let listen = if args.addr.starts_with('/') {
         Listen::Unix(PathBuf::from(&args.addr))
     } else {
@@ -62,6 +68,8 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         cache: cache.filter(|&c| c > 0),
         oldstyle: args.oldstyle,
         timeout: upstream_timeout(),
+        tls: super::tls::server_offer(&args.tls, args.oldstyle, usage)?,
+        upstream_tls,
     };
     let proxy = Proxy::connect(config).with_context(|| {
         format!("couldn't connect to upstream server {upstream} during initialization")
@@ -77,22 +85,13 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         }
     };
 
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
-    let handle = signals.handle();
     let signal_proxy = proxy.clone();
-    let signal_thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("Exit signalled ({sig})");
-                signal_proxy.shutdown();
-            }
-        })
-        .context("cannot start the signal thread")?;
+    let signal_thread = SignalThread::start(SignalThread::install()?, move |sig| {
+        log::info!("Exit signalled ({sig})");
+        signal_proxy.shutdown();
+    })?;
     let result = proxy.run(listener).context("the proxy's listener failed");
-    handle.close();
-    let _ = signal_thread.join();
+    signal_thread.finish();
     result?;
     Ok(ExitCode::Success)
 }

@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::client::ClientTls;
 use crate::net::AclEntry;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
@@ -73,7 +74,9 @@ mod replies;
 mod request;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
-pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps};
+pub use request::{
+    BpsError, MirrorAction, MirrorRequest, NoTlsCredentials, OutgoingTls, RequestError, parse_bps,
+};
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -130,6 +133,8 @@ enum AttemptEnd {
 #[derive(Debug)]
 pub struct Mirror {
     request: MirrorRequest,
+    /// TLS towards the destination, if the migration uses it.
+    tls: Option<ClientTls>,
     abandon: Trigger,
     max_bps: AtomicU64,
     phase: AtomicU8,
@@ -153,8 +158,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Mirror {
-    fn new(request: MirrorRequest) -> std::io::Result<Mirror> {
+    fn new(request: MirrorRequest, tls: Option<ClientTls>) -> std::io::Result<Mirror> {
         Ok(Mirror {
+            tls,
             max_bps: AtomicU64::new(request.max_bps.unwrap_or(u64::MAX)),
             request,
             abandon: Trigger::new()?,
@@ -236,6 +242,8 @@ struct Shared {
     /// When a migration last started, and a `status` was last asked for:
     /// whether anyone follows the migration, so is worth lingering for.
     followed: Mutex<[Option<Instant>; 2]>,
+    /// The TLS settings of this server's migrations.
+    outgoing_tls: OutgoingTls,
 }
 
 /// `mirror --wait` asks for `status` every 100 ms: after a handover the
@@ -252,6 +260,11 @@ enum Slot {
 impl Controller {
     /// A controller for `server` with no migration running.
     pub fn new(server: Arc<Server>) -> Arc<Controller> {
+        Self::with_tls(server, OutgoingTls::default())
+    }
+
+    /// A controller whose migrations use TLS as `outgoing_tls` says.
+    pub fn with_tls(server: Arc<Server>, outgoing_tls: OutgoingTls) -> Arc<Controller> {
         Arc::new(Controller {
             shared: Arc::new(Shared {
                 server,
@@ -262,6 +275,7 @@ impl Controller {
                 last: Mutex::new(None),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
                 followed: Mutex::new([None, None]),
+                outgoing_tls,
             }),
         })
     }
@@ -497,7 +511,11 @@ impl Shared {
                 request.target,
                 request.action.as_str()
             );
-            let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
+            let tls = self
+                .outgoing_tls
+                .for_request(&request)
+                .map_err(StartError::NoTlsCredentials)?;
+            let mirror = Arc::new(Mirror::new(request, tls).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
             lock(&self.followed)[1] = Some(Instant::now());
             mirror
