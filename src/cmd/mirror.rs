@@ -61,6 +61,13 @@ pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
     if let Some(bps) = args.max_speed {
         lines.push(bps.to_string());
     }
+    if args.wait {
+        // Tells the source someone follows: it then keeps its control
+        // socket after the handover until a `status` has seen the outcome,
+        // even for a migration over before the first poll. A failure shows
+        // in the `mirror` request below.
+        let _ = client::request::<&str>(&args.sock, "status", &[], Some(client::DEFAULT_TIMEOUT));
+    }
     let reply = client::request(&args.sock, "mirror", &lines, Some(START_TIMEOUT))?;
     let code = super::report(&reply)?;
     if !args.wait || reply.code != 0 {

@@ -239,16 +239,17 @@ struct Shared {
     last: Mutex<Option<Outcome>>,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
-    /// When a migration last started, and a `status` was last asked for:
+    /// When a `status` was last asked for, and a migration last started:
     /// whether anyone follows the migration, so is worth lingering for.
     followed: Mutex<[Option<Instant>; 2]>,
     /// The TLS settings of this server's migrations.
     outgoing_tls: OutgoingTls,
 }
 
-/// `mirror --wait` asks for `status` every 100 ms: after a handover the
-/// source lingers only if a `status` was asked for, or the migration
-/// started, this recently (its follower may not have asked yet).
+/// `mirror --wait` asks for `status` just before it starts the migration
+/// and every 100 ms while it runs: after a handover the source lingers only
+/// if a `status` was asked for since this long before the migration
+/// started, so a migration nobody follows ends at once.
 const FOLLOWER_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
@@ -342,12 +343,12 @@ impl Controller {
     /// After a completed migration, keeps the caller (and so the control
     /// socket) up to `limit` until one `status` has reported the outcome, so
     /// that `mirror --wait` learns it for sure; not when nobody follows the
-    /// migration (no `status` within [`FOLLOWER_WITHIN`], nor a start).
+    /// migration (no `status` since [`FOLLOWER_WITHIN`] before it started).
     pub fn linger_after_migration(&self, limit: Duration) {
-        let followed = lock(&self.shared.followed)
-            .iter()
-            .flatten()
-            .any(|t| t.elapsed() < FOLLOWER_WITHIN);
+        let followed = match *lock(&self.shared.followed) {
+            [Some(status), Some(started)] => status + FOLLOWER_WITHIN >= started,
+            _ => false,
+        };
         if !self.shared.migrated.load(Ordering::SeqCst) || !followed {
             return;
         }
