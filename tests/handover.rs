@@ -21,6 +21,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -40,16 +41,67 @@ const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
 
 /// `listen --serve-after-handover` on `file`, with a control socket.
-fn serving_listen(file: &std::path::Path, sock: &std::path::Path) -> Daemon {
+fn serving_listen(file: &Path, sock: &Path) -> Daemon {
     DaemonBuilder::new("listen", file)
         .sock(sock)
         .arg("--serve-after-handover")
         .start()
 }
 
+/// A source serving a file of pattern data and a `listen
+/// --serve-after-handover` on an empty one, both with control sockets.
+struct Pair {
+    env: TestEnv,
+    data: Vec<u8>,
+    dst: PathBuf,
+    source_sock: PathBuf,
+    dest_sock: PathBuf,
+    source: Daemon,
+    dest: Daemon,
+}
+
+impl Pair {
+    /// `size` bytes of pattern `seed`; `extra` goes to both commands.
+    fn start(size: u64, seed: u64, extra: &[&str]) -> Pair {
+        let env = TestEnv::new();
+        let data = env.pattern(size as usize, seed);
+        let src = env.image_with("source.img", &data);
+        let dst = env.image("destination.img", size);
+        let source_sock = env.sock_path_named("source.sock");
+        let dest_sock = env.sock_path_named("dest.sock");
+        let source = DaemonBuilder::new("serve", &src)
+            .sock(&source_sock)
+            .args(extra)
+            .start();
+        let dest = DaemonBuilder::new("listen", &dst)
+            .sock(&dest_sock)
+            .arg("--serve-after-handover")
+            .args(extra)
+            .start();
+        Pair {
+            env,
+            data,
+            dst,
+            source_sock,
+            dest_sock,
+            source,
+            dest,
+        }
+    }
+
+    /// Waits for the source to exit 0 and the destination to have control.
+    fn handed_over(&mut self, within: Duration) {
+        let code = self.source.wait_exit(within).code();
+        assert_eq!(code, Some(0), "{}", self.source.stderr());
+        wait_until("the destination has control", EXIT_WITHIN, || {
+            status_value(&self.dest_sock, "has_control") == "true"
+        });
+    }
+}
+
 /// `flexnbd mirror -s SOCK -l 127.0.0.1 -p PORT EXTRA...`, asserting it exits 0.
 #[track_caller]
-fn mirror(sock: &std::path::Path, port: u16, extra: &[&str]) {
+fn mirror(sock: &Path, port: u16, extra: &[&str]) {
     let mut args = vec![
         "mirror".to_owned(),
         "-s".to_owned(),
@@ -70,37 +122,37 @@ fn mirror(sock: &std::path::Path, port: u16, extra: &[&str]) {
     support::commands::assert_success("mirror", &out);
 }
 
+/// Waits for `d` to exit with `code`, its log saying `says`.
+#[track_caller]
+fn exits(d: &mut Daemon, code: i32, says: &str) {
+    let status = d.wait_exit(EXIT_WITHIN);
+    let stderr = d.stderr();
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
 /// One value of `status`, as a pair, for assertions that show the key.
-fn key(sock: &std::path::Path, k: &str) -> (String, String) {
+fn key(sock: &Path, k: &str) -> (String, String) {
     (k.to_owned(), status_value(sock, k))
 }
 
 #[test]
 fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
     const SIZE: u64 = 4 * MIB;
-    let env = TestEnv::new();
-    let data = env.pattern(SIZE as usize, 14);
-    let src = env.image_with("source.img", &data);
-    let dst = env.image("destination.img", SIZE);
-    let source_sock = env.sock_path_named("source.sock");
-    let dest_sock = env.sock_path_named("dest.sock");
-    let mut source = DaemonBuilder::new("serve", &src).sock(&source_sock).start();
-    let mut dest = serving_listen(&dst, &dest_sock);
+    let mut p = Pair::start(SIZE, 14, &[]);
     assert_eq!(
-        key(&dest_sock, "has_control"),
+        key(&p.dest_sock, "has_control"),
         ("has_control".into(), "false".into())
     );
-
-    mirror(&source_sock, dest.port(), &["--wait", "--no-progress"]);
-    assert_eq!(
-        source.wait_exit(EXIT_WITHIN).code(),
-        Some(0),
-        "{}",
-        source.stderr()
-    );
-    wait_until("the destination has control", EXIT_WITHIN, || {
-        status_value(&dest_sock, "has_control") == "true"
-    });
+    mirror(&p.source_sock, p.dest.port(), &["--wait", "--no-progress"]);
+    p.handed_over(EXIT_WITHIN);
+    let Pair {
+        env,
+        data,
+        dest_sock,
+        mut dest,
+        ..
+    } = p;
     assert!(dest.is_running(), "listen exited: {}", dest.stderr());
 
     // The same address serves the migrated file, byte for byte.
@@ -141,23 +193,8 @@ fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
     let third = env.image("third.img", SIZE);
     let mut onward = DaemonBuilder::new("listen", &third).start();
     mirror(&dest_sock, onward.port(), &["--wait", "--no-progress"]);
-    assert_eq!(
-        dest.wait_exit(EXIT_WITHIN).code(),
-        Some(0),
-        "{}",
-        dest.stderr()
-    );
-    assert!(
-        dest.stderr().contains("was migrated away"),
-        "{}",
-        dest.stderr()
-    );
-    assert_eq!(
-        onward.wait_exit(EXIT_WITHIN).code(),
-        Some(0),
-        "{}",
-        onward.stderr()
-    );
+    exits(&mut dest, 0, "was migrated away");
+    exits(&mut onward, 0, "completed: it has control");
     let mut expected = data;
     expected[4096..4096 + 26].copy_from_slice(b"written after the handover");
     expected[8192..8192 + 21].copy_from_slice(b"and by a third client");
@@ -166,41 +203,14 @@ fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
 
 #[test]
 fn serve_after_handover_ends_as_a_serve_on_sigterm() {
-    const SIZE: u64 = MIB;
-    let env = TestEnv::new();
-    let src = env.image_with("source.img", &env.pattern(SIZE as usize, 3));
-    let dst = env.image("destination.img", SIZE);
-    let source_sock = env.sock_path_named("source.sock");
-    let dest_sock = env.sock_path_named("dest.sock");
-    let mut source = DaemonBuilder::new("serve", &src)
-        .sock(&source_sock)
-        .arg("--oldstyle")
-        .start();
     // Old-style, as for a C source: writes synced one by one until control.
-    let mut dest = DaemonBuilder::new("listen", &dst)
-        .sock(&dest_sock)
-        .args(["--serve-after-handover", "--oldstyle"])
-        .start();
-    mirror(&source_sock, dest.port(), &["--wait", "--no-progress"]);
-    assert_eq!(
-        source.wait_exit(EXIT_WITHIN).code(),
-        Some(0),
-        "{}",
-        source.stderr()
-    );
-    wait_until("the destination has control", EXIT_WITHIN, || {
-        status_value(&dest_sock, "has_control") == "true"
-    });
-    assert!(env.read(&dst) == env.read(&src));
+    let mut p = Pair::start(MIB, 3, &["--oldstyle"]);
+    mirror(&p.source_sock, p.dest.port(), &["--wait", "--no-progress"]);
+    p.handed_over(EXIT_WITHIN);
+    assert!(p.env.read(&p.dst) == p.data);
+    let mut dest = p.dest;
     dest.signal(Signal::TERM);
-    assert_eq!(
-        dest.wait_exit(EXIT_WITHIN).code(),
-        Some(0),
-        "{}",
-        dest.stderr()
-    );
-    let stderr = dest.stderr();
-    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    exits(&mut dest, 0, "stopped by SIGTERM");
 }
 
 #[test]
@@ -209,17 +219,7 @@ fn signal_before_the_handover_still_fails_with_the_flag() {
     let dst = env.image("destination.img", MIB);
     let mut dest = serving_listen(&dst, &env.sock_path_named("dest.sock"));
     dest.signal(Signal::TERM);
-    assert_eq!(
-        dest.wait_exit(EXIT_WITHIN).code(),
-        Some(1),
-        "{}",
-        dest.stderr()
-    );
-    assert!(
-        dest.stderr().contains("incomplete copy"),
-        "{}",
-        dest.stderr()
-    );
+    exits(&mut dest, 1, "incomplete copy");
 }
 
 // ---------------------------------------------------------------------------
@@ -355,15 +355,8 @@ fn drive(proxy: SocketAddr, mut model: Vec<u8>, stop: &AtomicBool, done: &Atomic
 
 #[test]
 fn a_client_behind_the_proxy_carries_on_with_the_destination() {
-    const SIZE: u64 = 8 * MIB;
-    let env = TestEnv::new();
-    let data = env.pattern(SIZE as usize, 7);
-    let src = env.image_with("source.img", &data);
-    let dst = env.image("destination.img", SIZE);
-    let source_sock = env.sock_path_named("source.sock");
-    let dest_sock = env.sock_path_named("dest.sock");
-    let mut source = DaemonBuilder::new("serve", &src).sock(&source_sock).start();
-    let mut dest = serving_listen(&dst, &dest_sock);
+    let mut p = Pair::start(8 * MIB, 7, &[]);
+    let (source, dest) = (&p.source, &p.dest);
     let relay = Relay::start(source.addr(), dest.addr());
     let mut proxy_cmd = flexnbd_std();
     proxy_cmd.args([
@@ -385,19 +378,15 @@ fn a_client_behind_the_proxy_carries_on_with_the_destination() {
     let done = Arc::new(AtomicU64::new(0));
     let client = {
         let (stop, done, addr) = (stop.clone(), done.clone(), proxy.addr());
+        let data = p.data.clone();
         std::thread::spawn(move || drive(addr, data, &stop, &done))
     };
     let ops_now = || done.load(Ordering::SeqCst);
     wait_until("the client's first requests", EXIT_WITHIN, || {
         ops_now() >= 50
     });
-    mirror(&source_sock, dest.port(), &[]);
-    assert_eq!(
-        source.wait_exit(MIGRATION_WITHIN).code(),
-        Some(0),
-        "{}",
-        source.stderr()
-    );
+    mirror(&p.source_sock, dest.port(), &[]);
+    p.handed_over(MIGRATION_WITHIN);
     // The client goes on, served by the destination.
     let after_handover = ops_now();
     wait_until(
@@ -411,18 +400,14 @@ fn a_client_behind_the_proxy_carries_on_with_the_destination() {
         relay.to_dest.load(Ordering::SeqCst) >= 1,
         "the proxy never reached the destination"
     );
-    assert_eq!(
-        key(&dest_sock, "has_control"),
-        ("has_control".into(), "true".into())
-    );
     eprintln!(
         "{} requests; longest pause between two replies {:?}",
         driven.ops, driven.longest_pause
     );
     assert_eq!(proxy.stop().code(), Some(0), "{}", proxy.stderr());
-    assert_eq!(dest.stop().code(), Some(0), "{}", dest.stderr());
+    assert_eq!(p.dest.stop().code(), Some(0), "{}", p.dest.stderr());
     assert!(
-        env.read(&dst) == driven.model,
+        p.env.read(&p.dst) == driven.model,
         "the destination file lacks acknowledged writes"
     );
 }
