@@ -32,6 +32,8 @@ pub struct Offer {
     pub structured_replies: bool,
     /// The deadline for each read and write of the handshake.
     pub timeout: Duration,
+    /// Offer the flexnbd hash extension with these flags (`proto::hash`; `listen` only).
+    pub hash: Option<u32>,
 }
 
 /// How a handshake ended without an error.
@@ -102,6 +104,7 @@ fn negotiate(
         negotiation = negotiation.without_structured_replies();
     }
     negotiation = negotiation.with_export_name(offer.name.clone());
+    negotiation = negotiation.with_hash_extension(offer.hash);
     let mut payload = Vec::new();
     let mut out = Vec::new();
     let mut admit = Some(admit);
@@ -157,6 +160,7 @@ mod tests {
             oldstyle,
             structured_replies: true,
             timeout: Duration::from_secs(5),
+            hash: None,
         }
     }
 

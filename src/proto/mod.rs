@@ -19,6 +19,7 @@
 
 pub mod consts;
 pub mod handshake;
+pub mod hash;
 pub mod reply;
 pub mod types;
 pub mod wire;

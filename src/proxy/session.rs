@@ -69,6 +69,7 @@ impl Proxy {
             // Upstream replies are relayed as they come: simple ones only.
             structured_replies: false,
             timeout: HANDSHAKE_TIMEOUT,
+            hash: None,
         };
         match serve_handshake(down, &offer, || true)? {
             Handshake::Transmit(_) => Ok(()),

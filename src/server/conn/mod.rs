@@ -54,6 +54,7 @@ use crate::sys::{RateLimit, Verdict, monotonic_ms};
 
 use super::Server;
 
+mod hash;
 mod reply;
 mod requests;
 mod test_hooks;
@@ -106,6 +107,10 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) 
         oldstyle: server.config.oldstyle,
         structured_replies: true,
         timeout: server.config.limits.handshake_timeout,
+        hash: server
+            .config
+            .listen_mode
+            .then(|| hash::offer_flags(&server.backing)),
     };
     let admit = || server.start_transmission(id);
     let result = serve_handshake(stream, &offer, admit).and_then(|end| match end {
@@ -266,6 +271,7 @@ impl<'a> Conn<'a> {
                     return Err(Errno::EINVAL);
                 }
             }
+            crate::proto::hash::NBD_CMD_FLEXNBD_HASH => return self.validate_hash(req),
             _ => {
                 self.warn(format_args!("Unknown request {:#010X}", req.cmd.0));
                 return Err(Errno::EINVAL);
