@@ -43,6 +43,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::nbd::{Stream, send_more, write_all_vectored};
 use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
+use crate::proto::hash::HashParams;
 use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
 use crate::proto::wire::{
     ExportNameReply, Greeting, OldstyleHello, OptionReplyHeader, Request, SimpleReply,
@@ -77,6 +78,9 @@ pub struct ConnectOptions {
     /// the rest of the handshake, and each request and reply (60 s, the C
     /// mirror's request timeout). Zero means no limit.
     pub reply_timeout: Duration,
+    /// Ask a fixed-newstyle server for the flexnbd hash extension
+    /// (`proto::hash`) before `NBD_OPT_GO`; a server without it goes on plainly.
+    pub hash_extension: bool,
 }
 
 impl Default for ConnectOptions {
@@ -87,6 +91,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(60),
+            hash_extension: false,
         }
     }
 }
@@ -110,6 +115,7 @@ pub struct NbdClient {
     max_request: u32,
     timeout: Option<Duration>,
     next_handle: u64,
+    hash: Option<HashParams>,
 }
 
 impl NbdClient {
@@ -132,7 +138,8 @@ impl NbdClient {
         wait_for_hello(&stream, &target, opts.hello_timeout)?;
         let timeout = nonzero(opts.reply_timeout);
         set_timeouts(&stream, timeout)?;
-        let (style, export) = handshake(&stream, timeout, &opts.export_name)?;
+        let (style, export, hash) =
+            handshake_with(&stream, timeout, &opts.export_name, opts.hash_extension)?;
         let max_request = negotiate::max_request(export.max_payload);
         info!(
             "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
@@ -146,6 +153,7 @@ impl NbdClient {
             max_request,
             timeout,
             next_handle: 1,
+            hash,
         })
     }
 
@@ -167,6 +175,11 @@ impl NbdClient {
     /// The handshake the server spoke.
     pub fn style(&self) -> Style {
         self.style
+    }
+
+    /// The flexnbd hash extension's parameters, if it was negotiated.
+    pub fn hash_params(&self) -> Option<HashParams> {
+        self.hash
     }
 
     /// The largest payload sent or asked for in one request: the server's
@@ -642,16 +655,29 @@ pub(crate) fn handshake(
     timeout: Option<Duration>,
     name: &str,
 ) -> Result<(Style, Export), ClientError> {
-    Handshake {
+    handshake_with(stream, timeout, name, false).map(|(style, export, _)| (style, export))
+}
+
+/// [`handshake`], asking for the hash extension first when `want_hash`.
+fn handshake_with(
+    stream: impl Read + Write,
+    timeout: Option<Duration>,
+    name: &str,
+    want_hash: bool,
+) -> Result<(Style, Export, Option<HashParams>), ClientError> {
+    let mut h = Handshake {
         stream,
         timeout,
         name,
-    }
-    .run()
-    .map_err(|e| match e {
-        ClientError::Closed { .. } => ClientError::HandshakeClosed,
-        e => e,
-    })
+        want_hash,
+        hash: None,
+    };
+    h.run()
+        .map(|(style, export)| (style, export, h.hash))
+        .map_err(|e| match e {
+            ClientError::Closed { .. } => ClientError::HandshakeClosed,
+            e => e,
+        })
 }
 
 /// The handshake's I/O: one `read_exact` per structure, then a pure decode.
@@ -660,6 +686,10 @@ struct Handshake<'a, S> {
     timeout: Option<Duration>,
     /// The export to ask for.
     name: &'a str,
+    /// Ask for the hash extension before GO.
+    want_hash: bool,
+    /// What the server answered to it.
+    hash: Option<HashParams>,
 }
 
 impl<S: Read + Write> Handshake<'_, S> {
@@ -698,6 +728,9 @@ impl<S: Read + Write> Handshake<'_, S> {
         self.write(&flags.0.to_be_bytes())?;
         let no_zeroes = server.contains(HandshakeFlags::NO_ZEROES);
         if server.contains(HandshakeFlags::FIXED_NEWSTYLE) {
+            if self.want_hash {
+                self.hash = self.ask_hash()?;
+            }
             if let Some(export) = self.go()? {
                 return Ok(export);
             }
@@ -723,6 +756,19 @@ impl<S: Read + Write> Handshake<'_, S> {
                 GoStep::Unsupported => return Ok(None),
             }
         }
+    }
+
+    /// Asks for the hash extension; `None` if the server does not offer it.
+    fn ask_hash(&mut self) -> Result<Option<HashParams>, ClientError> {
+        self.write(&negotiate::hash_request())?;
+        let mut head = [0u8; OptionReplyHeader::SIZE];
+        self.read(&mut head)?;
+        let header = OptionReplyHeader::decode(&head).map_err(ClientError::BadHandshake)?;
+        let mut payload = vec![0u8; header.len as usize];
+        self.read(&mut payload)?;
+        let hash = negotiate::hash_reply(&header, &payload)?;
+        debug!("hash extension: {hash:?}");
+        Ok(hash)
     }
 
     fn export_name(&mut self, no_zeroes: bool) -> Result<Export, ClientError> {

@@ -51,8 +51,6 @@ const FLUSH_QUICK: Duration = Duration::from_millis(40);
 const MAX_FLUSH_ROUNDS: u32 = 4;
 /// A write-through cycle this long is logged.
 const SLOW_CYCLE: Duration = Duration::from_millis(20);
-/// How often the handover checks whether the clients have gone.
-const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
@@ -185,18 +183,18 @@ impl Drop for CloseOnUnwind<'_> {
     }
 }
 
-struct Transfer<'a> {
-    server: &'a Arc<Server>,
-    mirror: &'a Mirror,
-    tracker: &'a Arc<Tracker>,
-    replies: &'a Replies,
-    client: NbdClient,
+pub(super) struct Transfer<'a> {
+    pub(super) server: &'a Arc<Server>,
+    pub(super) mirror: &'a Mirror,
+    pub(super) tracker: &'a Arc<Tracker>,
+    pub(super) replies: &'a Replies,
+    pub(super) client: NbdClient,
     buf: Vec<u8>,
     next_send: Instant,
 }
 
 /// Why the sender must stop.
-enum Stop {
+pub(super) enum Stop {
     Abandoned,
     Failed(MirrorError),
 }
@@ -272,107 +270,7 @@ impl Transfer<'_> {
             return Ok(AttemptEnd::Done);
         }
 
-        // Handover: refuse new clients and stop the connected ones; their
-        // last writes are mirrored by the cycles below before they are answered.
-        self.mirror.set_phase(Phase::Handover);
-        let refused_at = Instant::now();
-        self.server.set_clients_allowed(false);
-        self.server.stop_clients();
-        // Clients finish what they sent within the grace; one that does not
-        // read its replies (a paused VM, a half-open connection) would hold
-        // its last reply, and the handover, for ever: its socket is shut.
-        log::info!(
-            "handover: asking clients to stop ({} bytes sent)",
-            self.mirror.wire_bytes.load(Ordering::SeqCst)
-        );
-        let grace = self.server.handover_grace();
-        let mut forced = false;
-        while self.server.num_clients() > 0 {
-            if let Err(stop) = self.check() {
-                self.server.set_clients_allowed(true);
-                return Err(stop);
-            }
-            if !forced && refused_at.elapsed() >= grace {
-                log::warn!(
-                    "handover: {} client(s) still connected {} ms after being asked to stop; closing their connections",
-                    self.server.num_clients(),
-                    grace.as_millis()
-                );
-                self.server.close_clients();
-                forced = true;
-            }
-            self.tracker.wait_for_writes(HANDOVER_POLL);
-            self.cycle()?;
-        }
-        // No client is left to write: one last cycle leaves nothing dirty.
-        self.cycle()?;
-        if !self.tracker.map.is_clean() {
-            return Err(Stop::Failed(MirrorError::new(
-                Kind::Internal,
-                "data left dirty after the last cycle",
-            )));
-        }
-        // Acknowledged is not durable everywhere: flexnbd-c's listen syncs
-        // every write before its reply, but a newstyle destination (ours, qemu-nbd,
-        // nbdkit) may only have it in memory. Make it durable before the
-        // source lets go (and unlinks). Old-style destinations get flexnbd-c's
-        // wire unchanged.
-        if let Err(stop) = self.flush_destination() {
-            self.server.set_clients_allowed(true);
-            return Err(stop);
-        }
-        if let Err(stop) = self.check() {
-            self.server.set_clients_allowed(true);
-            return Err(stop);
-        }
-        // Point of no return: close the NBD listener; no source client is served after this.
-        self.mirror.committed.store(true, Ordering::SeqCst);
-        self.tracker.abort();
-        self.server.set_tracker(None);
-        self.server.shutdown();
-        while !self.server.wait_closed(Duration::from_secs(1)) {
-            log::info!("waiting for the NBD listener to close");
-        }
-        log::info!(
-            "handover: new clients refused for {} ms before the listener closed",
-            refused_at.elapsed().as_millis()
-        );
-        if self.mirror.request.action == MirrorAction::Unlink {
-            let path = self.server.backing().path().to_owned();
-            match std::fs::remove_file(&path) {
-                Ok(()) => log::info!("unlinked {}", path.display()),
-                // The data is on the destination even if the unlink failed:
-                // report it, but the migration is done.
-                Err(e) => log::error!(
-                    "migration completed, but cannot unlink {} after migrating it: {e}",
-                    path.display()
-                ),
-            }
-        }
-        // Every byte is acknowledged: hand control over.
-        lock_closed(self.replies);
-        let handle = self.client.next_handle();
-        let disc = Request {
-            flags: CmdFlags(0),
-            cmd: Cmd::DISC,
-            handle,
-            offset: 0,
-            len: 0,
-        };
-        match self.client.send_request(&disc, &[]) {
-            Ok(()) => log::info!("Mirror sent."),
-            Err(e) => log::error!("cannot send DISCONNECT to the destination: {e}"),
-        }
-        // Queued bytes still go out before the FIN; this also wakes the reply thread.
-        let _ = self.client.shutdown();
-        log::info!(
-            "handover: {} bytes sent for {} bytes of file in {} attempts",
-            self.mirror.wire_bytes.load(Ordering::SeqCst),
-            self.server.backing().size(),
-            self.mirror.retries.load(Ordering::SeqCst) + 1
-        );
-        log::info!("Server closed, quitting after successful migration");
-        Ok(AttemptEnd::Done)
+        self.hand_over()
     }
 
     /// Sends dirty runs until [`Transfer::converged`], or until the passes
@@ -427,7 +325,7 @@ impl Transfer<'_> {
     /// A FLUSH to a newstyle destination that offers it, and its reply
     /// (with every reply before it).
     /// Returns how long it took.
-    fn flush_destination(&mut self) -> Result<Duration, Stop> {
+    pub(super) fn flush_destination(&mut self) -> Result<Duration, Stop> {
         if !self.can_flush() {
             return Ok(Duration::ZERO);
         }
@@ -465,7 +363,7 @@ impl Transfer<'_> {
     }
 
     /// Fails if the attempt was abandoned or the reply thread saw an error.
-    fn check(&self) -> Result<(), Stop> {
+    pub(super) fn check(&self) -> Result<(), Stop> {
         if self.mirror.abandon.is_triggered() {
             return Err(Stop::Abandoned);
         }
@@ -476,7 +374,7 @@ impl Transfer<'_> {
     }
 
     /// One write-through cycle: send everything dirty, wait for every reply.
-    fn cycle(&mut self) -> Result<(), Stop> {
+    pub(super) fn cycle(&mut self) -> Result<(), Stop> {
         let n = self.tracker.begin_cycle();
         let started = Instant::now();
         let (mut cursor, mut bytes, mut transfers) = (0, 0, 0);
@@ -511,7 +409,7 @@ impl Transfer<'_> {
     /// one. Ranges taken in one sweep of the dirty map are disjoint; before
     /// a sweep wraps round, and before the cycles start, everything in
     /// flight is waited for.
-    fn wait_window(&self, most: usize) -> Result<(), Stop> {
+    pub(super) fn wait_window(&self, most: usize) -> Result<(), Stop> {
         let mut w = self.replies.lock();
         loop {
             if let Some(why) = w.failed.clone() {
@@ -628,7 +526,7 @@ impl Transfer<'_> {
     /// kernel may even send a page changed after `sendfile` returned): a
     /// client write meanwhile marked its blocks dirty again after it reached
     /// the file, so they are sent again, later on the same connection.
-    fn send_request(&mut self, req: &Request, acked: u64) -> Result<(), Stop> {
+    pub(super) fn send_request(&mut self, req: &Request, acked: u64) -> Result<(), Stop> {
         {
             let mut w = self.replies.lock();
             if w.lens.is_empty() {

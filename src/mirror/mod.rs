@@ -68,6 +68,7 @@ use crate::sys::Trigger;
 
 mod engine;
 mod error;
+mod handover;
 mod passes;
 mod replies;
 mod request;

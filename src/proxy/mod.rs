@@ -298,5 +298,6 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         connect_timeout: Duration::from_secs(15).min(config.timeout),
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,
+        hash_extension: false,
     }
 }
