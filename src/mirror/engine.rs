@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::backing::is_zero;
 use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
+use crate::proto::hash::HashParams;
 use crate::proto::types::{Cmd, CmdFlags, TransmissionFlags};
 use crate::proto::wire::Request;
 use crate::server::Server;
@@ -72,6 +73,7 @@ pub(super) fn attempt(
         bind: mirror.request.bind,
         export_name: mirror.request.export_name.clone(),
         reply_timeout: limit.unwrap_or(Duration::ZERO),
+        hash_extension: true,
         ..ConnectOptions::default()
     };
     log::info!("Connecting to mirror {}", mirror.request.target);
@@ -106,7 +108,20 @@ pub(super) fn attempt(
         commit(Err(StartError::Failed(e.clone())));
         return AttemptEnd::Failed(e);
     }
+    if mirror.request.verify && client.hash_params().is_none() {
+        log::warn!(
+            "Mirror rejected: --verify needs a flexnbd listen (the destination has no hash extension)"
+        );
+        let _ = client.shutdown();
+        let e = MirrorError::new(
+            Kind::Verify,
+            "the destination does not offer the flexnbd hash extension that --verify needs",
+        );
+        commit(Err(StartError::Failed(e.clone())));
+        return AttemptEnd::Failed(e);
+    }
     commit(Ok(()));
+    let incremental = super::hashes::incremental(&mirror.request, &client);
     log::info!(
         "Starting mirror: {} bytes to {}",
         local,
@@ -115,8 +130,12 @@ pub(super) fn attempt(
 
     let tracker = Arc::new(Tracker::new(local));
     server.set_tracker(Some(tracker.clone()));
-    // Everything written before this point is in the file: send all of it.
-    tracker.map.mark_all();
+    // Everything written before this point is in the file: send all of it
+    // (incremental: what differs from the destination's copy, marked once
+    // the reply thread runs).
+    if incremental.is_none() {
+        tracker.map.mark_all();
+    }
     *lock(&mirror.tracker) = Some(tracker.clone());
     mirror.set_phase(Phase::Copying);
 
@@ -147,7 +166,7 @@ pub(super) fn attempt(
                 buf: Vec::new(),
                 next_send: Instant::now(),
             };
-            let end = transfer.run();
+            let end = transfer.run(incremental);
             if end != AttemptEnd::Done {
                 // Wake the reply thread: the connection is finished.
                 lock_closed(&replies);
@@ -189,7 +208,7 @@ pub(super) struct Transfer<'a> {
     pub(super) tracker: &'a Arc<Tracker>,
     pub(super) replies: &'a Replies,
     pub(super) client: NbdClient,
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     next_send: Instant,
 }
 
@@ -209,7 +228,12 @@ impl From<Stop> for AttemptEnd {
 }
 
 impl Transfer<'_> {
-    fn run(&mut self) -> AttemptEnd {
+    fn run(&mut self, incremental: Option<HashParams>) -> AttemptEnd {
+        if let Some(params) = incremental {
+            if let Err(stop) = self.mark_differences(params) {
+                return stop.into();
+            }
+        }
         match self.copy_and_hand_over() {
             Ok(end) => end,
             Err(stop) => stop.into(),

@@ -72,6 +72,12 @@ impl Transfer<'_> {
             self.server.set_clients_allowed(true);
             return Err(stop);
         }
+        if self.mirror.request.verify {
+            if let Err(stop) = self.verify() {
+                self.server.set_clients_allowed(true);
+                return Err(stop);
+            }
+        }
         // Point of no return: close the NBD listener; no source client is served after this.
         self.mirror.committed.store(true, Ordering::SeqCst);
         self.tracker.abort();

@@ -69,12 +69,13 @@ use crate::sys::Trigger;
 mod engine;
 mod error;
 mod handover;
+mod hashes;
 mod passes;
 mod replies;
 mod request;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
-pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps};
+pub use request::{BpsError, Incremental, MirrorAction, MirrorRequest, RequestError, parse_bps};
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -141,6 +142,8 @@ pub struct Mirror {
     tracker: Mutex<Option<Arc<Tracker>>>,
     /// Set when the listener was closed for the handover: past this point it cannot be abandoned.
     committed: AtomicBool,
+    /// `--verify`: the destination's hashes matched ours in this attempt.
+    verified: AtomicBool,
     completed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -163,6 +166,7 @@ impl Mirror {
             started: Mutex::new(Instant::now()),
             tracker: Mutex::new(None),
             committed: AtomicBool::new(false),
+            verified: AtomicBool::new(false),
             completed: AtomicBool::new(false),
             thread: Mutex::new(None),
         })
@@ -198,6 +202,10 @@ impl Mirror {
             retries: Some(self.retries.load(Ordering::SeqCst)),
             phase: Some(self.phase()),
             bytes_copied: Some(acked),
+            verified: self
+                .request
+                .verify
+                .then(|| self.verified.load(Ordering::SeqCst)),
         }
     }
 
@@ -228,6 +236,8 @@ struct Shared {
     closed: AtomicBool,
     /// How the last migration ended, for `status` (`last_migration`).
     last: Mutex<Option<Outcome>>,
+    /// The last migration handed over verified (`last_migration_verified`).
+    last_verified: AtomicBool,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
 }
@@ -249,6 +259,7 @@ impl Controller {
                 migrated: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 last: Mutex::new(None),
+                last_verified: AtomicBool::new(false),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
             }),
         })
@@ -394,6 +405,8 @@ impl Shared {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
                     *lock(&self.last) = Some(Outcome::Done);
+                    self.last_verified
+                        .store(mirror.verified.load(Ordering::SeqCst), Ordering::SeqCst);
                     mirror.completed.store(true, Ordering::SeqCst);
                     if mirror.request.action != MirrorAction::Nothing {
                         self.migrated.store(true, Ordering::SeqCst);
@@ -405,7 +418,8 @@ impl Shared {
                     *lock(&self.last) = Some(Outcome::Stopped);
                     break;
                 }
-                AttemptEnd::Failed(why) if ever_go => {
+                // A destination that fails verification would fail it again.
+                AttemptEnd::Failed(why) if ever_go && why.kind() != ErrorKind::Verify => {
                     log::warn!("Mirror failed, retrying: {why}");
                     mirror.set_phase(Phase::Retrying);
                     mirror.retries.fetch_add(1, Ordering::SeqCst);
@@ -416,7 +430,7 @@ impl Shared {
                     }
                 }
                 AttemptEnd::Failed(why) => {
-                    log::warn!("Mirror failed before commit, giving up: {why}");
+                    log::warn!("Mirror failed, giving up: {why}");
                     *lock(&self.last) = Some(Outcome::Failed);
                     break;
                 }
@@ -453,6 +467,7 @@ impl Shared {
             status.migration = Some(mirror.progress(status.size));
         }
         status.last_migration = *lock(&self.last);
+        status.last_verified = self.last_verified.load(Ordering::SeqCst);
         if status.migration.is_none() && status.last_migration == Some(Outcome::Done) {
             let (reported, cv) = &self.completion_reported;
             *lock(reported) = true;
@@ -480,6 +495,7 @@ impl Shared {
                 request.action.as_str()
             );
             let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
+            self.last_verified.store(false, Ordering::SeqCst);
             *slot = Slot::Running(mirror.clone());
             mirror
         };
