@@ -44,25 +44,25 @@ use crate::support::{
     flexnbd_std, pattern, require_tool, text,
 };
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 /// The longest transfer the source sends (flexnbd-c's mirror_longest_write).
-const MAX_TRANSFER: u64 = 8 * MIB;
+pub(crate) const MAX_TRANSFER: u64 = 8 * MIB;
 /// How long a migration that should complete may take, in a debug build on a busy machine.
-const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
+pub(crate) const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
 /// How long a process may take to exit when it should.
-const EXIT_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const EXIT_WITHIN: Duration = Duration::from_secs(30);
 /// How long a state reported by `status` may take to arrive.
 const STATE_WITHIN: Duration = Duration::from_secs(30);
 /// How often the waits poll.
 const POLL: Duration = Duration::from_millis(20);
 /// `mirror-speed` value that lifts the limit (flexnbd-c's "unlimited", 2^64-1).
-const UNLIMITED: &str = "18446744073709551615";
+pub(crate) const UNLIMITED: &str = "18446744073709551615";
 
 // ---------------------------------------------------------------------------
 // Files.
 
 /// Fills `path` (already `size` bytes long) with deterministic data, 1 MiB at a time.
-fn fill(path: &Path, size: u64, seed: u64) {
+pub(crate) fn fill(path: &Path, size: u64, seed: u64) {
     let f = File::options().write(true).open(path).unwrap();
     for (i, at) in (0..size).step_by(MIB as usize).enumerate() {
         let len = MIB.min(size - at) as usize;
@@ -71,7 +71,7 @@ fn fill(path: &Path, size: u64, seed: u64) {
 }
 
 /// A file of `size` bytes full of deterministic data.
-fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
+pub(crate) fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
     let path = env.image(name, size);
     fill(&path, size, seed);
     path
@@ -79,7 +79,7 @@ fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
 
 /// Asserts two files have the same length and bytes; names the first difference.
 #[track_caller]
-fn assert_same_files(what: &str, a: &Path, b: &Path) {
+pub(crate) fn assert_same_files(what: &str, a: &Path, b: &Path) {
     let (la, lb) = (a.metadata().unwrap().len(), b.metadata().unwrap().len());
     assert_eq!(
         la,
@@ -117,10 +117,10 @@ fn assert_same_files(what: &str, a: &Path, b: &Path) {
 // Processes.
 
 /// A `flexnbd serve` or `flexnbd listen` with a control socket.
-struct Node {
-    daemon: Daemon,
-    port: u16,
-    sock: PathBuf,
+pub(crate) struct Node {
+    pub(crate) daemon: Daemon,
+    pub(crate) port: u16,
+    pub(crate) sock: PathBuf,
     file: PathBuf,
 }
 
@@ -128,7 +128,7 @@ impl Node {
     /// `flexnbd <mode> -v` on `file` with the control socket `sock_name`,
     /// with `more` done to its builder.
     #[track_caller]
-    fn start(
+    pub(crate) fn start(
         env: &TestEnv,
         mode: &str,
         file: &Path,
@@ -147,13 +147,13 @@ impl Node {
 
     /// `flexnbd serve -v` on `file`: a migration's source.
     #[track_caller]
-    fn serve(env: &TestEnv, file: &Path) -> Node {
+    pub(crate) fn serve(env: &TestEnv, file: &Path) -> Node {
         Node::start(env, "serve", file, "source.sock", |b| b)
     }
 
     /// `flexnbd listen -v` on `file`, on `port` if given: a migration's destination.
     #[track_caller]
-    fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
+    pub(crate) fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
         Node::start(env, "listen", file, sock_name, |b| match port {
             Some(p) => b.port(p),
             None => b,
@@ -161,7 +161,7 @@ impl Node {
     }
 
     #[track_caller]
-    fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let reply = control(&self.sock, "status", &[]);
         let line = reply
             .strip_prefix("0: ")
@@ -171,13 +171,13 @@ impl Node {
 
     /// The status reply, `0: ` and all.
     #[track_caller]
-    fn status_line(&self) -> String {
+    pub(crate) fn status_line(&self) -> String {
         status_line(&self.sock)
     }
 
     /// Polls `status` until `pred` holds; panics with the last status after [`STATE_WITHIN`].
     #[track_caller]
-    fn wait_status(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
+    pub(crate) fn wait_status(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
         let deadline = Instant::now() + STATE_WITHIN;
         loop {
             assert!(
@@ -199,7 +199,7 @@ impl Node {
 
     /// Waits for the migration to have been acknowledged up to `bytes` (at least).
     #[track_caller]
-    fn wait_progress(&mut self, bytes: u64) -> Status {
+    pub(crate) fn wait_progress(&mut self, bytes: u64) -> Status {
         self.wait_status("migration progress", |st| {
             st.migration.as_ref().is_some_and(|m| {
                 st.size - m.bytes_left >= bytes && m.phase != Some(Phase::Connecting)
@@ -209,7 +209,7 @@ impl Node {
 
     /// Waits for the process to exit by itself with `code`.
     #[track_caller]
-    fn assert_exits(&mut self, code: i32, what: &str) {
+    pub(crate) fn assert_exits(&mut self, code: i32, what: &str) {
         let status = self.daemon.wait_exit(EXIT_WITHIN);
         assert_eq!(
             status.code(),
@@ -225,12 +225,12 @@ impl Node {
 }
 
 /// `flexnbd ARGS` with its output piped, killed (by PID) when dropped.
-struct Cli {
+pub(crate) struct Cli {
     child: Option<Child>,
 }
 
 impl Cli {
-    fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Cli {
+    pub(crate) fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Cli {
         let child = flexnbd_std()
             .args(args)
             .stdout(Stdio::piped())
@@ -242,7 +242,7 @@ impl Cli {
 
     /// Waits up to `timeout` for it to end; fails (after killing it) otherwise.
     #[track_caller]
-    fn finish(mut self, timeout: Duration) -> Output {
+    pub(crate) fn finish(mut self, timeout: Duration) -> Output {
         support::finish(self.child.take().unwrap(), timeout)
     }
 }
@@ -257,7 +257,7 @@ impl Drop for Cli {
 }
 
 /// `flexnbd mirror -s SOURCE_SOCK -l 127.0.0.1 -p PORT EXTRA...`.
-fn mirror_args(source: &Node, port: u16, extra: &[&str]) -> Vec<String> {
+pub(crate) fn mirror_args(source: &Node, port: u16, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "mirror".to_owned(),
         "-s".to_owned(),
@@ -289,7 +289,7 @@ fn migrate_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path)
 /// Lifts the speed limit of the running migration from `source` to `dest`
 /// and checks it completes as [`migrate_and_check`] does.
 #[track_caller]
-fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+pub(crate) fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     let sock = source.sock.to_str().unwrap();
     assert_ok(
         &run(&["mirror-speed", "-s", sock, "-m", UNLIMITED]),
@@ -301,7 +301,7 @@ fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst:
 /// The source and the destination exit 0 by themselves, and the
 /// destination's file `dst` is the source's `src`.
 #[track_caller]
-fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+pub(crate) fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     assert_same_files("destination", dst, src);
@@ -309,13 +309,13 @@ fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) 
 
 /// Runs a short CLI command to the end.
 #[track_caller]
-fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
+pub(crate) fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Cli::spawn(args).finish(Duration::from_secs(60))
 }
 
 /// The command succeeded and printed `stdout` (trimmed) on stdout.
 #[track_caller]
-fn assert_ok(out: &Output, stdout: &str) {
+pub(crate) fn assert_ok(out: &Output, stdout: &str) {
     assert!(
         out.status.success() && text(&out.stdout).trim_end() == stdout,
         "expected success with {stdout:?}: {}; stdout {:?} stderr {:?}",
@@ -327,7 +327,7 @@ fn assert_ok(out: &Output, stdout: &str) {
 
 /// A plain `mirror` (no `--wait`) that must reply `Mirror started`.
 #[track_caller]
-fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
+pub(crate) fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
     assert_ok(&run(&mirror_args(source, port, extra)), "Mirror started");
 }
 
