@@ -217,7 +217,10 @@ pub fn request_ranges(
     let start = offset / block * block;
     let end = offset.saturating_add(len).min(size).div_ceil(block) * block;
     let end = if len == 0 { start } else { end.min(size) };
-    let step = params.max_request_bytes();
+    // A request's length is a u32.
+    let step = params
+        .max_request_bytes()
+        .min(u64::from(u32::MAX) / block * block);
     let mut at = start;
     std::iter::from_fn(move || {
         if at >= end {
