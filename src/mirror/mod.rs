@@ -39,7 +39,10 @@
 //! fresh attempt from the beginning a second later, for ever, until it
 //! completes or `break` (or a signal) abandons it. A failure of the first
 //! attempt before the destination was accepted is reported to the `mirror`
-//! command and not retried.
+//! command and not retried. With a flexnbd `listen` as the destination
+//! (the hash extension, `hashes.rs`), an incremental attempt goes through
+//! `comparing` before `copying`, and `--verify` through `verifying` during
+//! the handover; a verification that fails is not retried.
 //!
 //! Every byte is sent at least once after its last write: a writer marks
 //! its blocks dirty after its data reached the file, and the mirror clears
