@@ -416,7 +416,9 @@ fn check_json(json: &str) {
 /// (u64 size, u64 offset, u32 length) as our server checks them and a
 /// reply payload split into hashes.
 pub fn hash(data: &[u8]) {
-    use crate::proto::hash::{HASH_LEN, HashParams, decode_hashes, decode_option_data, request_ranges};
+    use crate::proto::hash::{
+        HASH_LEN, HashParams, decode_hashes, decode_option_data, request_ranges,
+    };
     let params = match HashParams::decode(data.get(..HashParams::SIZE).unwrap_or(data)) {
         Ok(p) => {
             assert_eq!(HashParams::decode(&p.encode()), Ok(p));
@@ -433,7 +435,8 @@ pub fn hash(data: &[u8]) {
     let mut rest = data;
     while let Some(raw) = take(&mut rest, 20) {
         let size = u64::from_be_bytes(raw[0..8].try_into().unwrap_or_default()) >> (raw[0] % 64);
-        let offset = u64::from_be_bytes(raw[8..16].try_into().unwrap_or_default()) % size.saturating_add(1);
+        let offset =
+            u64::from_be_bytes(raw[8..16].try_into().unwrap_or_default()) % size.saturating_add(1);
         let len = u32::from_be_bytes(raw[16..20].try_into().unwrap_or_default());
         if let Ok(n) = params.check_request(size, offset, len) {
             let end = offset + u64::from(len);
@@ -447,7 +450,10 @@ pub fn hash(data: &[u8]) {
         for (o, l) in request_ranges(&params, size, offset, u64::from(len)).take(64) {
             assert!(at.is_none_or(|a| a == o), "ranges are contiguous");
             let l32 = u32::try_from(l).unwrap_or(u32::MAX);
-            assert!(params.check_request(size, o, l32).is_ok(), "{o}+{l} of {size}");
+            assert!(
+                params.check_request(size, o, l32).is_ok(),
+                "{o}+{l} of {size}"
+            );
             at = Some(o + l);
         }
         let count = usize::from(raw[19]);

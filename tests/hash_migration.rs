@@ -3,8 +3,9 @@
 //!
 //! - `mirror --verify` finds a block corrupted in the destination's file
 //!   behind its server's back mid-migration, sends it again, and hands over
-//!   a byte-identical copy; a destination that keeps corrupting makes the
-//!   migration fail instead, and the source keeps serving.
+//!   a byte-identical copy; a destination that keeps corrupting (a relay
+//!   spoils every WRITE to its first block) makes the migration fail
+//!   instead, and the source keeps serving.
 //! - Incremental: into a destination that holds a copy with 1% of its
 //!   64 KiB blocks changed, only about that much is sent; a retry after the
 //!   destination was killed half-way sends only what is missing (the
@@ -15,16 +16,17 @@
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::migration::{
     Cli, EXIT_WITHIN, MIB, MIGRATION_WITHIN, Node, UNLIMITED, assert_ok, assert_same_files,
-    data_image, lift_the_limit_and_check, mirror_args, run, start_mirror,
+    data_image, data_pair, destination_killed_and_restarted, lift_the_limit_and_check, mirror_args,
+    run, start_mirror,
 };
-use crate::support::{Signal, TestEnv, pattern, text};
+use crate::support::{TestEnv, pattern, text};
 
 /// The block size our `listen` hashes by.
 const BLOCK: u64 = 64 << 10;
@@ -52,10 +54,7 @@ fn corrupt(path: &Path, offset: u64, len: usize, seed: u64) {
 fn verify_repairs_a_destination_corrupted_behind_its_back() {
     let env = TestEnv::new();
     let size = 24 * MIB;
-    let src = data_image(&env, "source.img", size, 41);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 41);
     let waiting = Cli::spawn(&mirror_args(
         &source,
         dest.port,
@@ -78,29 +77,78 @@ fn verify_repairs_a_destination_corrupted_behind_its_back() {
     assert!(log.contains("verified: the destination's hashes match ours"));
 }
 
+/// A relay in front of a destination that spoils every WRITE to offset 0 on
+/// its way there (it flips one byte of the payload): a destination that
+/// keeps corrupting what it is sent, however often it is repaired.
+fn start_flipping_relay(dest: SocketAddr) -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for source in listener.incoming() {
+            let Ok(source) = source else { return };
+            let Ok(dest) = TcpStream::connect(dest) else {
+                return;
+            };
+            let (mut down_from, mut down_to) =
+                (dest.try_clone().unwrap(), source.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down_from, &mut down_to);
+                let _ = down_to.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = flip_writes_at_zero(source, dest);
+            });
+        }
+    });
+    port
+}
+
+/// Forwards a newstyle client's bytes: the flags, the options up to GO,
+/// then requests, with byte 100 of every WRITE at offset 0 flipped.
+fn flip_writes_at_zero(source: TcpStream, mut dest: TcpStream) -> std::io::Result<()> {
+    let mut from = BufReader::new(source);
+    let take = |n: usize, from: &mut BufReader<TcpStream>| -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        from.read_exact(&mut b)?;
+        Ok(b)
+    };
+    dest.write_all(&take(4, &mut from)?)?;
+    loop {
+        let head = take(16, &mut from)?;
+        let opt = u32::from_be_bytes(head[8..12].try_into().unwrap());
+        let len = u32::from_be_bytes(head[12..16].try_into().unwrap()) as usize;
+        dest.write_all(&head)?;
+        dest.write_all(&take(len, &mut from)?)?;
+        if opt == 7 {
+            break;
+        }
+    }
+    loop {
+        let head = take(28, &mut from)?;
+        dest.write_all(&head)?;
+        let cmd = u16::from_be_bytes(head[6..8].try_into().unwrap());
+        let offset = u64::from_be_bytes(head[16..24].try_into().unwrap());
+        let len = u32::from_be_bytes(head[24..28].try_into().unwrap()) as usize;
+        if cmd == 1 {
+            let mut payload = take(len, &mut from)?;
+            if offset == 0 && len > 100 {
+                payload[100] ^= 0xff;
+            }
+            dest.write_all(&payload)?;
+        }
+    }
+}
+
 #[test]
 fn verify_fails_rather_than_hand_over_to_a_destination_that_keeps_corrupting() {
     let env = TestEnv::new();
     let size = 16 * MIB;
-    let src = data_image(&env, "source.img", size, 42);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-    start_mirror(&source, dest.port, &["--verify", "-m", "1048576"]);
-    source.wait_progress(8 * MIB);
-    // From here on, the first block of the destination's file is spoilt
-    // again and again, however often the source repairs it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let corrupter = {
-        let (stop, dst) = (stop.clone(), dst.clone());
-        std::thread::spawn(move || {
-            let f = File::options().write(true).open(&dst).unwrap();
-            let junk = pattern(4096, 3);
-            while !stop.load(Ordering::SeqCst) {
-                f.write_all_at(&junk, 0).unwrap();
-            }
-        })
-    };
+    let (_src, dst, mut source, mut dest) = data_pair(&env, size, 42);
+    let relay = start_flipping_relay(dest.addr());
+    start_mirror(&source, relay, &["--verify", "-m", "1048576"]);
+    let running = source.wait_progress(8 * MIB);
+    assert_eq!(running.migration.unwrap().verified, Some(false));
+    assert!(source.status_line().contains("migration_verified=false"));
     let sock = source.sock.to_str().unwrap().to_owned();
     assert_ok(
         &run(&["mirror-speed", "-s", &sock, "-m", UNLIMITED]),
@@ -109,8 +157,6 @@ fn verify_fails_rather_than_hand_over_to_a_destination_that_keeps_corrupting() {
     let st = source.wait_status("the migration failing", |st| {
         st.migration.is_none() && st.last_migration.is_some()
     });
-    stop.store(true, Ordering::SeqCst);
-    corrupter.join().unwrap();
     assert_eq!(
         st.last_migration,
         Some(flexnbd::status::Outcome::Failed),
@@ -123,9 +169,15 @@ fn verify_fails_rather_than_hand_over_to_a_destination_that_keeps_corrupting() {
         log.contains("still differs after 3 repairs"),
         "no verify failure in the source's log:\n{log}"
     );
-    // The destination never got control; the source still serves.
+    // The destination never got control and holds the spoilt block; the source still serves.
     assert!(dest.daemon.is_running());
     assert!(!dest.status().has_control);
+    let mut head = [0u8; 4096];
+    File::open(&dst)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert_ne!(head[..], pattern(MIB as usize, 42)[..4096]);
     let out = run(&[
         "read",
         "-l",
@@ -155,76 +207,49 @@ fn changed_copy(env: &TestEnv, src: &Path, name: &str, percent: u64) -> std::pat
     dst
 }
 
-#[test]
-fn incremental_into_a_copy_with_one_percent_changed_sends_little() {
+/// Migrates a `size`-byte file into a destination holding a copy with 1%
+/// of its blocks changed, with `extra` options on `mirror --wait`; checks
+/// the handover and returns the bytes sent and the source's log.
+fn migrate_into_a_copy(size: u64, seed: u64, extra: &[&str]) -> (u64, String) {
     let env = TestEnv::new();
-    let size = 64 * MIB;
-    let src = data_image(&env, "source.img", size, 43);
+    let src = data_image(&env, "source.img", size, seed);
     let dst = changed_copy(&env, &src, "dest.img", 1);
     let mut source = Node::serve(&env, &src);
     let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait", "--verify"]))
-        .finish(MIGRATION_WITHIN);
+    let mut args = vec!["--wait"];
+    args.extend_from_slice(extra);
+    let out = Cli::spawn(&mirror_args(&source, dest.port, &args)).finish(MIGRATION_WITHIN);
     assert!(out.status.success(), "{}", text(&out.stderr));
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     assert_same_files("destination", &dst, &src);
-    let sent = bytes_sent(&source);
+    (bytes_sent(&source), source.daemon.stderr())
+}
+
+#[test]
+fn incremental_into_a_copy_with_one_percent_changed_sends_little() {
+    let size = 64 * MIB;
+    let (sent, log) = migrate_into_a_copy(size, 43, &["--verify"]);
     assert!(
         sent <= size * 3 / 100,
         "{sent} bytes sent for a {size}-byte file of which 1% differed"
     );
-    let log = source.daemon.stderr();
     assert!(log.contains("incremental: "), "{log}");
 }
 
 #[test]
 fn no_incremental_copies_everything_into_a_copy() {
-    let env = TestEnv::new();
     let size = 16 * MIB;
-    let src = data_image(&env, "source.img", size, 44);
-    let dst = changed_copy(&env, &src, "dest.img", 1);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-    let out = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "--no-incremental"],
-    ))
-    .finish(MIGRATION_WITHIN);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    source.assert_exits(0, "source after the handover");
-    dest.assert_exits(0, "destination after the handover");
-    assert_same_files("destination", &dst, &src);
-    assert!(bytes_sent(&source) >= size);
+    let (sent, _) = migrate_into_a_copy(size, 44, &["--no-incremental"]);
+    assert!(sent >= size);
 }
 
 #[test]
 fn a_retry_after_the_destination_died_half_way_sends_only_what_is_missing() {
     let env = TestEnv::new();
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 45);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::start(&env, "serve", &src, "source.sock", |b| {
-        b.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
-    });
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-    let dest_port = dest.port;
-    start_mirror(&source, dest_port, &["-m", "4194304"]);
-    source.wait_progress(size / 2);
-    dest.daemon.signal(Signal::KILL);
-    dest.daemon.wait_exit(EXIT_WITHIN);
-    let st = source.wait_status("a retry", |st| {
-        st.migration
-            .as_ref()
-            .is_some_and(|m| m.retries.unwrap_or(0) >= 1)
-    });
-    // What the first attempt sent, about half the file.
-    let first = st.migration.unwrap().bytes_sent.unwrap();
     // The same file: what the first attempt wrote is there.
-    let mut dest = Node::listen(&env, &dst, "dest2.sock", Some(dest_port));
-    dest.wait_status("the source reconnecting", |st| st.num_clients == 1);
-    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
+    let (source, first) = destination_killed_and_restarted(&env, false, "4194304", size / 2);
     let retry = bytes_sent(&source) - first;
     assert!(
         retry <= size * 60 / 100,
@@ -257,20 +282,4 @@ fn verify_into_the_c_listen_is_refused_at_the_start() {
     let st = c_dest.wait_exit(EXIT_WITHIN);
     assert_eq!(st.code(), Some(0), "{}", c_dest.stderr());
     assert_same_files("destination", &dst, &src);
-}
-
-#[test]
-fn status_shows_the_verification() {
-    let env = TestEnv::new();
-    let size = 4 * MIB;
-    let src = data_image(&env, "source.img", size, 47);
-    let dst = env.image("dest.img", size);
-    let mut source = Node::serve(&env, &src);
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
-    start_mirror(&source, dest.port, &["--verify", "-m", "1048576"]);
-    let st = source.wait_status("mirroring", |st| st.migration.is_some());
-    let m = st.migration.unwrap();
-    assert_eq!(m.verified, Some(false), "{m:?}");
-    assert!(source.status_line().contains("migration_verified=false"));
-    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
 }

@@ -219,7 +219,7 @@ impl Node {
         );
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 }
@@ -334,7 +334,7 @@ pub(crate) fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
 /// A source serving `size` bytes of data (from `seed`) and an empty
 /// destination listening: both files and both nodes.
 #[track_caller]
-fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
+pub(crate) fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
     let src = data_image(env, "source.img", size, seed);
     let dst = env.image("dest.img", size);
     let source = Node::serve(env, &src);
@@ -887,49 +887,57 @@ fn data_deep_inside_ranges_of_zeroes_is_sent() {
 // ---------------------------------------------------------------------------
 // 3. A process killed mid-transfer.
 
-/// The destination is killed after the first transfer and restarted on the
-/// same port, on `fresh` file or the same one: the source retries and completes.
-fn destination_killed_and_restarted(fresh: bool) {
-    let env = TestEnv::new();
+/// The destination is killed once `kill_at` bytes are acknowledged (at
+/// `speed` bytes/s) and restarted on the same port, on `fresh` file or the
+/// same one: the source retries and completes. Returns the source, exited,
+/// and what it had sent when the destination died.
+pub(crate) fn destination_killed_and_restarted(
+    env: &TestEnv,
+    fresh: bool,
+    speed: &str,
+    kill_at: u64,
+) -> (Node, u64) {
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 5);
+    let src = data_image(env, "source.img", size, 5);
     let dst = env.image("dest.img", size);
     // A short request limit: the source notices a dead destination quickly.
-    let mut source = Node::start(&env, "serve", &src, "source.sock", |b| {
+    let mut source = Node::start(env, "serve", &src, "source.sock", |b| {
         b.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
     });
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let mut dest = Node::listen(env, &dst, "dest.sock", None);
     let dest_port = dest.port;
 
-    start_mirror(&source, dest_port, &["-m", "1048576"]);
-    source.wait_progress(MAX_TRANSFER);
+    start_mirror(&source, dest_port, &["-m", speed]);
+    source.wait_progress(kill_at);
     dest.daemon.signal(Signal::KILL);
     dest.daemon.wait_exit(EXIT_WITHIN);
-    source.wait_status("a retry", |st| {
+    let st = source.wait_status("a retry", |st| {
         st.migration
             .as_ref()
             .is_some_and(|m| m.retries.unwrap_or(0) >= 1)
     });
+    let sent = st.migration.and_then(|m| m.bytes_sent).unwrap_or(0);
 
     let dst2 = if fresh {
         env.image("dest2.img", size)
     } else {
         dst
     };
-    let mut dest = Node::listen(&env, &dst2, "dest2.sock", Some(dest_port));
-    // The new destination gets the migration again from the start.
+    let mut dest = Node::listen(env, &dst2, "dest2.sock", Some(dest_port));
+    // The new destination gets the migration again.
     dest.wait_status("the source reconnecting", |st| st.num_clients == 1);
     lift_the_limit_and_check(&mut source, &mut dest, &src, &dst2);
+    (source, sent)
 }
 
 #[test]
 fn destination_killed_and_restarted_on_the_same_file_gets_everything() {
-    destination_killed_and_restarted(false);
+    destination_killed_and_restarted(&TestEnv::new(), false, "1048576", MAX_TRANSFER);
 }
 
 #[test]
 fn destination_killed_and_restarted_on_a_fresh_file_gets_everything() {
-    destination_killed_and_restarted(true);
+    destination_killed_and_restarted(&TestEnv::new(), true, "1048576", MAX_TRANSFER);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::backing::is_zero;
+use crate::backing::{Backing, is_zero};
 use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::hash::HashParams;
@@ -20,7 +20,7 @@ use crate::server::dirty::Tracker;
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
 use super::passes::{COPY_BUDGET, Passes};
-use super::replies::{Replies, lock_closed, read_replies, reply_reader};
+use super::replies::{Replies, Window, lock_closed, read_replies, reply_reader};
 use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
 
 /// Most transfers in flight at once.
@@ -434,13 +434,22 @@ impl Transfer<'_> {
     /// a sweep wraps round, and before the cycles start, everything in
     /// flight is waited for.
     pub(super) fn wait_window(&self, most: usize) -> Result<(), Stop> {
+        self.wait_for(|w| (w.lens.len() <= most).then_some(()))
+    }
+
+    /// Waits until `ready` finds what it wants in the window; fails when
+    /// the reply thread saw an error or the attempt was abandoned.
+    pub(super) fn wait_for<T>(
+        &self,
+        mut ready: impl FnMut(&mut Window) -> Option<T>,
+    ) -> Result<T, Stop> {
         let mut w = self.replies.lock();
         loop {
             if let Some(why) = w.failed.clone() {
                 return Err(Stop::Failed(why));
             }
-            if w.lens.len() <= most {
-                return Ok(());
+            if let Some(got) = ready(&mut w) {
+                return Ok(got);
             }
             if self.mirror.abandon.is_triggered() {
                 return Err(Stop::Abandoned);
@@ -529,12 +538,7 @@ impl Transfer<'_> {
             let n = usize::try_from(len - done)
                 .map_or(ZERO_CHECK_PIECE, |left| left.min(ZERO_CHECK_PIECE));
             let piece = &mut self.buf[..n];
-            backing.read_at(piece, offset + done).map_err(|e| {
-                Stop::Failed(MirrorError::new(
-                    Kind::Local,
-                    format!("cannot read {}: {e}", backing.path().display()),
-                ))
-            })?;
+            read_local(backing, piece, offset + done)?;
             if !is_zero(piece) {
                 return Ok(false);
             }
@@ -582,4 +586,14 @@ impl Transfer<'_> {
             .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
+pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
+    backing.read_at(buf, offset).map_err(|e| {
+        Stop::Failed(MirrorError::new(
+            Kind::Local,
+            format!("cannot read {}: {e}", backing.path().display()),
+        ))
+    })
 }

@@ -12,9 +12,7 @@
 //! compares only after its FLUSH was answered.
 
 use std::collections::VecDeque;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use crate::proto::hash::{
     HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, hash_blocks, request_ranges,
@@ -22,7 +20,7 @@ use crate::proto::hash::{
 use crate::proto::types::CmdFlags;
 use crate::proto::wire::Request;
 
-use super::engine::{Stop, Transfer};
+use super::engine::{Stop, Transfer, read_local};
 use super::error::{ErrorKind as Kind, MirrorError};
 use super::{Incremental, MirrorRequest, Phase};
 use crate::client::NbdClient;
@@ -199,24 +197,7 @@ impl Transfer<'_> {
 
     /// Waits for the hashes answering `handle`.
     fn take_hashes(&self, handle: u64) -> Result<Vec<u8>, Stop> {
-        let mut w = self.replies.lock();
-        loop {
-            if let Some(why) = w.failed.clone() {
-                return Err(Stop::Failed(why));
-            }
-            if let Some(hashes) = w.hash_done.remove(&handle) {
-                return Ok(hashes);
-            }
-            if self.mirror.abandon.is_triggered() {
-                return Err(Stop::Abandoned);
-            }
-            let (guard, _) = self
-                .replies
-                .cv
-                .wait_timeout(w, Duration::from_millis(100))
-                .unwrap_or_else(PoisonError::into_inner);
-            w = guard;
-        }
+        self.wait_for(|w| w.hash_done.remove(&handle))
     }
 
     /// Hashes `len` bytes of our file at `offset`, block by block.
@@ -237,12 +218,7 @@ impl Transfer<'_> {
         while done < len {
             let n = usize::try_from((len - done).min(piece_max)).unwrap_or(0);
             let piece = &mut self.buf[..n];
-            backing.read_at(piece, offset + done).map_err(|e| {
-                Stop::Failed(MirrorError::new(
-                    Kind::Local,
-                    format!("cannot read {}: {e}", backing.path().display()),
-                ))
-            })?;
+            read_local(backing, piece, offset + done)?;
             hash_blocks(piece, usize::try_from(block).unwrap_or(usize::MAX), out);
             done += n as u64;
         }
