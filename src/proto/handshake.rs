@@ -22,6 +22,20 @@ pub struct Export {
     pub flags: TransmissionFlags,
 }
 
+/// Whether a server offers TLS, and whether it insists on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// No TLS: `NBD_OPT_STARTTLS` is refused as unsupported.
+    #[default]
+    Off,
+    /// TLS is offered; a client may also go on in plaintext.
+    On,
+    /// Only TLS: before `NBD_OPT_STARTTLS` every option but `ABORT` gets
+    /// `NBD_REP_ERR_TLS_REQD` (and `EXPORT_NAME`, which has no error
+    /// reply, a closed connection).
+    Require,
+}
+
 /// What to do after an option has been answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -34,6 +48,13 @@ pub enum Step {
     /// `EXPORT_NAME` named an export this server does not have: the
     /// protocol has no error reply for it, so close the connection.
     UnknownExport,
+    /// `STARTTLS` was accepted (the ACK is in the output): send it, run the
+    /// TLS handshake, call [`ServerNegotiation::tls_started`] and read the
+    /// next option over TLS.
+    StartTls,
+    /// `EXPORT_NAME` before `STARTTLS` on a server that requires TLS: it
+    /// has no error reply, so close the connection.
+    TlsRequired,
 }
 
 /// The outcome of negotiation that the transmission phase needs.
@@ -45,6 +66,8 @@ pub struct Negotiated {
     pub base_allocation: bool,
     /// The flexnbd hash extension was negotiated (`proto::hash`).
     pub hash: bool,
+    /// Transmission runs over TLS.
+    pub tls: bool,
 }
 
 /// The server's negotiation state for one connection.
@@ -57,6 +80,7 @@ pub struct ServerNegotiation {
     structured_allowed: bool,
     /// The hash extension's flags, when it is offered.
     hash_offer: Option<u32>,
+    tls: TlsMode,
     state: Negotiated,
 }
 
@@ -86,6 +110,7 @@ impl ServerNegotiation {
             no_zeroes: client_flags.contains(ClientFlags::NO_ZEROES),
             structured_allowed: true,
             hash_offer: None,
+            tls: TlsMode::Off,
             state: Negotiated::default(),
         })
     }
@@ -113,6 +138,22 @@ impl ServerNegotiation {
         self
     }
 
+    /// Offers TLS (or insists on it) with `NBD_OPT_STARTTLS`.
+    pub fn with_tls(mut self, mode: TlsMode) -> Self {
+        self.tls = mode;
+        self
+    }
+
+    /// The TLS handshake that [`Step::StartTls`] asked for succeeded: what
+    /// was negotiated in plaintext is forgotten, as the spec requires, and
+    /// options are answered in full from now on.
+    pub fn tls_started(&mut self) {
+        self.state = Negotiated {
+            tls: true,
+            ..Negotiated::default()
+        };
+    }
+
     /// Whether `asked` names the export served.
     fn knows(&self, asked: &[u8]) -> bool {
         self.name.as_ref().is_none_or(|n| n.as_bytes() == asked)
@@ -125,6 +166,24 @@ impl ServerNegotiation {
 
     /// Answers one option, appending the reply bytes to `out`.
     pub fn handle(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Step {
+        if opt == Opt::STARTTLS {
+            return self.starttls(data, out);
+        }
+        if self.tls == TlsMode::Require && !self.state.tls {
+            match opt {
+                Opt::ABORT => {}
+                Opt::EXPORT_NAME => return Step::TlsRequired,
+                _ => {
+                    error(
+                        out,
+                        opt,
+                        Rep::ERR_TLS_REQD,
+                        "this server requires TLS: send NBD_OPT_STARTTLS first",
+                    );
+                    return Step::Continue;
+                }
+            }
+        }
         match opt {
             Opt::EXPORT_NAME if !self.knows(data) => Step::UnknownExport,
             Opt::EXPORT_NAME => {
@@ -215,6 +274,27 @@ impl ServerNegotiation {
         }
     }
 
+    /// Answers `STARTTLS`.
+    fn starttls(&mut self, data: &[u8], out: &mut Vec<u8>) -> Step {
+        let opt = Opt::STARTTLS;
+        if self.tls == TlsMode::Off {
+            error(
+                out,
+                opt,
+                Rep::ERR_UNSUP,
+                "TLS is not enabled on this server",
+            );
+        } else if self.state.tls {
+            error(out, opt, Rep::ERR_INVALID, "TLS is already active");
+        } else if !data.is_empty() {
+            error(out, opt, Rep::ERR_INVALID, "STARTTLS takes no data");
+        } else {
+            reply(out, opt, Rep::ACK, &[]);
+            return Step::StartTls;
+        }
+        Step::Continue
+    }
+
     /// Answers `INFO` or `GO`; whether the export was found.
     fn info(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Result<bool, ProtoError> {
         let mut r = Reader::new(data);
@@ -253,9 +333,19 @@ impl ServerNegotiation {
         Ok(true)
     }
 
-    /// Answers the hash extension's option: ACK with our parameters.
+    /// Answers the hash extension's option: ACK with our parameters; where
+    /// TLS is offered, only over TLS.
     fn hash_option(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let opt = super::hash::NBD_OPT_FLEXNBD_HASH;
+        if self.tls != TlsMode::Off && !self.state.tls {
+            error(
+                out,
+                opt,
+                Rep::ERR_TLS_REQD,
+                "hashes are only given over TLS here",
+            );
+            return;
+        }
         match super::hash::decode_option_data(data) {
             Ok(_) => {
                 let flags = self.hash_offer.unwrap_or(0);
@@ -432,6 +522,87 @@ mod tests {
         assert_eq!(r[0].0, Rep::ACK);
         assert_eq!(HashParams::decode(&r[0].1), Ok(HashParams::ours(1)));
         assert!(offered.negotiated().hash);
+        // Where TLS is offered, only over TLS.
+        let mut tls = neg().with_tls(TlsMode::On).with_hash_extension(Some(0));
+        out.clear();
+        tls.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_TLS_REQD);
+        tls.handle(Opt::STARTTLS, b"", &mut Vec::new());
+        tls.tls_started();
+        out.clear();
+        tls.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ACK);
+    }
+
+    #[test]
+    fn starttls_follows_the_mode() {
+        // Off: unsupported, as before.
+        let mut out = Vec::new();
+        assert_eq!(neg().handle(Opt::STARTTLS, b"", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+        // On: plaintext options are answered; STARTTLS is acknowledged once.
+        let mut n = neg().with_tls(TlsMode::On);
+        out.clear();
+        assert_eq!(
+            n.handle(Opt::STRUCTURED_REPLY, b"", &mut out),
+            Step::Continue
+        );
+        assert_eq!(replies(&out)[0].0, Rep::ACK);
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"x", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_INVALID);
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"", &mut out), Step::StartTls);
+        assert_eq!(replies(&out), vec![(Rep::ACK, vec![])]);
+        n.tls_started();
+        // What was negotiated in plaintext is forgotten.
+        assert_eq!(
+            n.negotiated(),
+            Negotiated {
+                tls: true,
+                ..Negotiated::default()
+            }
+        );
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_INVALID);
+    }
+
+    #[test]
+    fn require_answers_only_starttls_and_abort_in_plaintext() {
+        let mut n = neg().with_tls(TlsMode::Require);
+        for opt in [
+            Opt::GO,
+            Opt::INFO,
+            Opt::LIST,
+            Opt::STRUCTURED_REPLY,
+            Opt(77),
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(
+                n.handle(opt, &go_payload("", &[]), &mut out),
+                Step::Continue
+            );
+            assert_eq!(replies(&out)[0].0, Rep::ERR_TLS_REQD, "{opt}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(n.handle(Opt::EXPORT_NAME, b"", &mut out), Step::TlsRequired);
+        assert!(out.is_empty());
+        assert_eq!(
+            neg()
+                .with_tls(TlsMode::Require)
+                .handle(Opt::ABORT, b"", &mut out),
+            Step::Abort
+        );
+        // After TLS, GO transmits.
+        n.handle(Opt::STARTTLS, b"", &mut Vec::new());
+        n.tls_started();
+        let mut out = Vec::new();
+        assert_eq!(
+            n.handle(Opt::GO, &go_payload("", &[]), &mut out),
+            Step::Transmit
+        );
+        assert!(n.negotiated().tls);
     }
 
     #[test]
