@@ -20,7 +20,7 @@ use crate::server::dirty::Tracker;
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
 use super::passes::{COPY_BUDGET, Passes};
-use super::replies::{Replies, Window, lock_closed, read_replies, reply_reader};
+use super::replies::{CloseOnUnwind, Replies, Window, lock_closed, read_replies, reply_reader};
 use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
 
 /// Most transfers in flight at once.
@@ -185,22 +185,6 @@ pub(super) fn attempt(
         }
     }
     end
-}
-
-/// On a panic, closes the reply window and the destination's socket, which
-/// ends the reply thread.
-struct CloseOnUnwind<'r> {
-    replies: &'r Replies,
-    socket: crate::client::ReplyReader,
-}
-
-impl Drop for CloseOnUnwind<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            lock_closed(self.replies);
-            self.socket.shutdown();
-        }
-    }
 }
 
 pub(super) struct Transfer<'a> {

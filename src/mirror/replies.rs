@@ -90,6 +90,22 @@ pub(super) fn lock_closed(replies: &Replies) {
     replies.cv.notify_all();
 }
 
+/// On a panic, closes the reply window and the destination's socket, which
+/// ends the reply thread.
+pub(super) struct CloseOnUnwind<'r> {
+    pub(super) replies: &'r Replies,
+    pub(super) socket: ReplyReader,
+}
+
+impl Drop for CloseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock_closed(self.replies);
+            self.socket.shutdown();
+        }
+    }
+}
+
 /// Reads replies until the connection ends; every reply must be a success for `.MIRROR.`.
 pub(super) fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
     loop {
