@@ -166,6 +166,7 @@ pub(super) fn attempt(
                 client,
                 buf: Vec::new(),
                 next_send: Instant::now(),
+                pre_verified: false,
             };
             let end = transfer.run(incremental);
             if end != AttemptEnd::Done {
@@ -195,6 +196,8 @@ pub(super) struct Transfer<'a> {
     pub(super) client: NbdClient,
     pub(super) buf: Vec<u8>,
     next_send: Instant,
+    /// `--verify` compared the whole file before converging.
+    pub(super) pre_verified: bool,
 }
 
 /// Why the sender must stop.
@@ -262,6 +265,11 @@ impl Transfer<'_> {
         // The cycles below resend ranges the copy may still have in flight
         // (a FLUSH waits for them too, but only a newstyle destination gets one).
         self.wait_window(0)?;
+        if self.mirror.request.verify && self.mirror.request.action != MirrorAction::Nothing {
+            // Most of the checking while clients are still served: the
+            // handover then checks only what was written since.
+            self.pre_verify()?;
+        }
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);

@@ -24,6 +24,7 @@ use super::engine::{Stop, Transfer, read_local};
 use super::error::{ErrorKind as Kind, MirrorError};
 use super::{Incremental, MirrorRequest, Phase};
 use crate::client::NbdClient;
+use crate::server::dirty::DirtyMap;
 
 /// Hash requests in flight at once: the destination's workers hash them in parallel.
 const HASH_WINDOW: usize = 8;
@@ -33,6 +34,22 @@ const HASH_REQUEST_BYTES: u64 = 16 << 20;
 const READ_PIECE: usize = 1 << 20;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
+
+/// Clears `map`; the runs that were set, in file order.
+fn drain(map: &DirtyMap) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut cursor = 0;
+    while let Some((offset, len)) = map.take_run(cursor, u64::MAX) {
+        if offset < cursor {
+            // Wrapped round: a block set meanwhile.
+            runs.push((offset, len));
+            break;
+        }
+        runs.push((offset, len));
+        cursor = offset + len;
+    }
+    runs
+}
 
 /// Whether to compare before copying, from the request and what the destination offers.
 pub(super) fn incremental(request: &MirrorRequest, client: &NbdClient) -> Option<HashParams> {
@@ -63,19 +80,52 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    /// `--verify`, once every byte is acknowledged and durable and no client
-    /// is left: compares the whole file, resends what differs and checks it
-    /// again, up to [`VERIFY_ROUNDS`] times.
-    pub(super) fn verify(&mut self) -> Result<(), Stop> {
-        let Some(params) = self.client.hash_params() else {
-            return Err(Stop::Failed(MirrorError::new(
+    /// `--verify` before converging, while clients are served and nothing
+    /// is in flight: compares the whole file; what differs is marked to be
+    /// sent again. Blocks written from here on are `touched`, and they and
+    /// those that differed are what [`Transfer::verify`] checks again.
+    pub(super) fn pre_verify(&mut self) -> Result<(), Stop> {
+        let params = self.hash_params()?;
+        self.mirror.set_phase(Phase::Verifying);
+        drain(&self.tracker.touched);
+        let size = self.server.backing().size();
+        let differ = self.compare(params, &[(0, size)])?;
+        let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
+        for &(offset, len) in &differ {
+            self.tracker.map.mark(offset, len);
+            self.tracker.touched.mark(offset, len);
+        }
+        log::info!(
+            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile",
+            differ.len(),
+            self.tracker.touched.dirty_bytes().saturating_sub(bytes)
+        );
+        self.pre_verified = true;
+        Ok(())
+    }
+
+    fn hash_params(&self) -> Result<HashParams, Stop> {
+        self.client.hash_params().ok_or_else(|| {
+            Stop::Failed(MirrorError::new(
                 Kind::Verify,
                 "the destination does not offer the hash extension",
-            )));
-        };
+            ))
+        })
+    }
+
+    /// `--verify`, once every byte is acknowledged and durable and no client
+    /// is left: compares what [`Transfer::pre_verify`] left to check (or
+    /// the whole file), resends what differs and checks it again, up to
+    /// [`VERIFY_ROUNDS`] times.
+    pub(super) fn verify(&mut self) -> Result<(), Stop> {
+        let params = self.hash_params()?;
         self.mirror.set_phase(Phase::Verifying);
         let size = self.server.backing().size();
-        let mut ranges = vec![(0, size)];
+        let mut ranges = if self.pre_verified {
+            drain(&self.tracker.touched)
+        } else {
+            vec![(0, size)]
+        };
         for round in 0..=VERIFY_ROUNDS {
             let differ = self.compare(params, &ranges)?;
             if differ.is_empty() {
