@@ -88,6 +88,11 @@ impl Transfer<'_> {
         let params = self.hash_params()?;
         self.mirror.set_phase(Phase::Verifying);
         drain(&self.tracker.touched);
+        // What is still to send is sent after the comparison: check it again too.
+        for (offset, len) in drain(&self.tracker.map) {
+            self.tracker.map.mark(offset, len);
+            self.tracker.touched.mark(offset, len);
+        }
         let size = self.server.backing().size();
         let differ = self.compare(params, &[(0, size)])?;
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
