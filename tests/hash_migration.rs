@@ -22,11 +22,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::migration::{
-    Cli, EXIT_WITHIN, MIB, MIGRATION_WITHIN, Node, UNLIMITED, assert_ok, assert_same_files,
-    data_image, data_pair, destination_killed_and_restarted, lift_the_limit_and_check, mirror_args,
-    run, start_mirror,
+    Cli, EXIT_WITHIN, MIGRATION_WITHIN, Node, UNLIMITED, assert_ok, assert_same_files, data_image,
+    data_pair, destination_killed_and_restarted, lift_the_limit_and_check, mirror_args, run,
+    start_mirror,
 };
-use crate::support::{TestEnv, pattern, text};
+use crate::support::{MIB, TestEnv, pattern, text};
 
 /// The block size our `listen` hashes by.
 const BLOCK: u64 = 64 << 10;
