@@ -287,3 +287,47 @@ fn verify_into_the_c_listen_is_refused_at_the_start() {
     assert_eq!(st.code(), Some(0), "{}", c_dest.stderr());
     assert_same_files("destination", &dst, &src);
 }
+
+#[test]
+fn verify_with_a_client_writing_throughout_hands_over_a_verified_copy() {
+    let env = TestEnv::new();
+    let size = 16 * MIB;
+    let (src, dst, mut source, mut dest) = data_pair(&env, size, 48);
+    let waiting = Cli::spawn(&mirror_args(
+        &source,
+        dest.port,
+        &["--wait", "--verify", "-m", "4194304"],
+    ));
+    source.wait_progress(8 * MIB);
+    // A client writes 4 KiB blocks all over the file until the handover
+    // closes its connection.
+    let addr = source.addr();
+    let writer = std::thread::spawn(move || {
+        let opts = flexnbd::client::ConnectOptions {
+            reply_timeout: std::time::Duration::from_secs(10),
+            ..flexnbd::client::ConnectOptions::default()
+        };
+        let mut client = flexnbd::client::NbdClient::connect(addr, &opts).unwrap();
+        let mut n = 0u64;
+        loop {
+            let offset = (n * 7919 % (size / 4096)) * 4096;
+            if client
+                .write_at(offset, &pattern(4096, 1000 + n), false)
+                .is_err()
+            {
+                return n;
+            }
+            n += 1;
+        }
+    });
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
+    let writes = writer.join().unwrap();
+    assert!(writes > 0);
+    let out = waiting.finish(MIGRATION_WITHIN);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Migration complete and verified"),
+        "{:?}",
+        text(&out.stdout)
+    );
+}
