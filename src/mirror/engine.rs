@@ -251,8 +251,15 @@ impl Transfer<'_> {
             // writers wait for, would be that long.
             // Writers that kept the passes from converging would be chased
             // again by these copies: one FLUSH, and write-through from there.
-            for _ in 0..MAX_FLUSH_ROUNDS {
-                let took = self.flush_destination()?;
+            for round in 0..MAX_FLUSH_ROUNDS {
+                let took = if round == 0 && self.mirror.request.verify {
+                    // --verify's first check, while the destination syncs:
+                    // a round that says nothing about how quick a FLUSH is.
+                    self.pre_verify(true)?;
+                    Duration::MAX
+                } else {
+                    self.flush_destination()?
+                };
                 if !converged {
                     break;
                 }
@@ -265,10 +272,13 @@ impl Transfer<'_> {
         // The cycles below resend ranges the copy may still have in flight
         // (a FLUSH waits for them too, but only a newstyle destination gets one).
         self.wait_window(0)?;
-        if self.mirror.request.verify && self.mirror.request.action != MirrorAction::Nothing {
+        if self.mirror.request.verify
+            && !self.pre_verified
+            && self.mirror.request.action != MirrorAction::Nothing
+        {
             // Most of the checking while clients are still served: the
             // handover then checks only what was written since.
-            self.pre_verify()?;
+            self.pre_verify(false)?;
         }
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
@@ -358,7 +368,7 @@ impl Transfer<'_> {
 
     /// Sends a FLUSH without waiting for its reply; it takes a place in the
     /// window like a transfer of no bytes.
-    fn send_flush(&mut self) -> Result<(), Stop> {
+    pub(super) fn send_flush(&mut self) -> Result<(), Stop> {
         self.wait_window(WINDOW - 1)?;
         let req = Request {
             flags: CmdFlags(0),

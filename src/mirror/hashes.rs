@@ -67,7 +67,7 @@ impl Transfer<'_> {
     pub(super) fn mark_differences(&mut self, params: HashParams) -> Result<(), Stop> {
         self.mirror.set_phase(Phase::Comparing);
         let size = self.server.backing().size();
-        let differ = self.compare(params, &[(0, size)])?;
+        let differ = self.compare(params, &[(0, size)], false)?;
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
         for &(offset, len) in &differ {
             self.tracker.map.mark(offset, len);
@@ -84,8 +84,12 @@ impl Transfer<'_> {
     /// is in flight: compares the whole file; what differs is marked to be
     /// sent again. Blocks written from here on are `touched`, and they and
     /// those that differed are what [`Transfer::verify`] checks again.
-    pub(super) fn pre_verify(&mut self) -> Result<(), Stop> {
+    /// With `flush`, the destination is asked to FLUSH meanwhile; this
+    /// returns once that FLUSH is answered too.
+    pub(super) fn pre_verify(&mut self, flush: bool) -> Result<(), Stop> {
         let params = self.hash_params()?;
+        // Hashes see only answered WRITEs.
+        self.wait_window(0)?;
         self.mirror.set_phase(Phase::Verifying);
         drain(&self.tracker.touched);
         // What is still to send is sent after the comparison: check it again too.
@@ -94,7 +98,7 @@ impl Transfer<'_> {
             self.tracker.touched.mark(offset, len);
         }
         let size = self.server.backing().size();
-        let differ = self.compare(params, &[(0, size)])?;
+        let differ = self.compare(params, &[(0, size)], flush)?;
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
         for &(offset, len) in &differ {
             self.tracker.map.mark(offset, len);
@@ -106,7 +110,7 @@ impl Transfer<'_> {
             self.tracker.touched.dirty_bytes().saturating_sub(bytes)
         );
         self.pre_verified = true;
-        Ok(())
+        self.wait_window(0)
     }
 
     fn hash_params(&self) -> Result<HashParams, Stop> {
@@ -132,7 +136,7 @@ impl Transfer<'_> {
             vec![(0, size)]
         };
         for round in 0..=VERIFY_ROUNDS {
-            let differ = self.compare(params, &ranges)?;
+            let differ = self.compare(params, &ranges, false)?;
             if differ.is_empty() {
                 log::info!("verified: the destination's hashes match ours");
                 self.mirror.verified.store(true, Ordering::SeqCst);
@@ -166,11 +170,14 @@ impl Transfer<'_> {
     }
 
     /// Compares hashes over `ranges` (widened to whole blocks); returns the
-    /// blocks that differ, adjacent ones merged.
+    /// blocks that differ, adjacent ones merged. With `flush`, a FLUSH goes
+    /// out behind the first hash requests, so that the destination syncs
+    /// while both sides hash (its reply is left in the window).
     fn compare(
         &mut self,
         params: HashParams,
         ranges: &[(u64, u64)],
+        mut flush: bool,
     ) -> Result<Vec<(u64, u64)>, Stop> {
         let size = self.server.backing().size();
         let per_request = HashParams {
@@ -195,6 +202,12 @@ impl Transfer<'_> {
                     break;
                 };
                 sent.push_back((self.send_hash_request(offset, len, block)?, offset, len));
+            }
+            if flush {
+                // Not alone in flight: the destination syncs on a worker
+                // while others hash.
+                self.send_flush()?;
+                flush = false;
             }
             let Some((handle, offset, len)) = sent.pop_front() else {
                 break;
