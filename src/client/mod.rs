@@ -13,7 +13,10 @@
 //! - fixed newstyle: `NBD_OPT_GO` for the export asking for
 //!   `NBD_INFO_BLOCK_SIZE`, falling back to `NBD_OPT_EXPORT_NAME` when the
 //!   server answers `NBD_REP_ERR_UNSUP`;
-//! - plain (not fixed) newstyle: `NBD_OPT_EXPORT_NAME` directly.
+//! - plain (not fixed) newstyle: `NBD_OPT_EXPORT_NAME` directly;
+//! - with [`ConnectOptions::tls`], fixed newstyle only: `NBD_OPT_STARTTLS`
+//!   right after the greeting, then the above over TLS (never a fallback
+//!   to plaintext).
 //!
 //! Structured replies are never negotiated, so every reply is a simple one.
 //!
@@ -33,63 +36,30 @@
 //! blocks for ever. Errors are [`ClientError`]s whose [`ErrorKind`] tells
 //! the outcomes of the C mirror apart.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::{self, IoSlice, Read};
+use std::net::Shutdown;
 use std::time::Duration;
 
-use log::{debug, info, warn};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use log::{debug, info};
 
 use crate::nbd::{Stream, send_more, write_all_vectored};
-use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
-use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
-use crate::proto::wire::{
-    ExportNameReply, Greeting, OldstyleHello, OptionReplyHeader, Request, SimpleReply,
-};
+use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
+use crate::proto::wire::{Request, SimpleReply};
 
+mod connect;
 mod error;
+mod handshake;
 mod negotiate;
 
+pub use crate::nbd::tls::ClientTls;
+pub use connect::ConnectOptions;
 pub use error::{ClientError, ErrorKind, describe_errno};
 
+pub(crate) use handshake::handshake;
 pub(crate) use negotiate::{Export, max_request};
-use negotiate::{GoReplies, GoStep};
 
 /// Where the server listens: the connection layer's address of either kind.
 pub use crate::nbd::Peer as Target;
-
-/// How to connect; [`Default`] gives the C flexnbd's timings and the default export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectOptions {
-    /// The local address to bind to (with source port 0); `None` lets the
-    /// kernel choose. Only for TCP: ignored on a UNIX socket.
-    pub bind: Option<IpAddr>,
-    /// The export to ask for: `""` is the server's default export. At most
-    /// 4096 bytes; old-style servers have no names, and it is ignored there.
-    pub export_name: String,
-    /// How long the connect may take (15 s, as the C client). Zero means no limit.
-    pub connect_timeout: Duration,
-    /// How long to wait for the first byte of the server's hello (5 s, as
-    /// the C mirror's `MS_HELLO_TIME_SECS`). Zero means no limit.
-    pub hello_timeout: Duration,
-    /// How long any later read or write on the socket may make no progress:
-    /// the rest of the handshake, and each request and reply (60 s, the C
-    /// mirror's request timeout). Zero means no limit.
-    pub reply_timeout: Duration,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            bind: None,
-            export_name: String::new(),
-            connect_timeout: Duration::from_secs(15),
-            hello_timeout: Duration::from_secs(5),
-            reply_timeout: Duration::from_secs(60),
-        }
-    }
-}
 
 /// Which handshake the server spoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,18 +95,13 @@ impl NbdClient {
     /// handshake stalls or the socket fails.
     pub fn connect(target: impl Into<Target>, opts: &ConnectOptions) -> Result<Self, ClientError> {
         let target = target.into();
-        if opts.export_name.len() > negotiate::MAX_EXPORT_NAME {
-            return Err(ClientError::ExportNameTooLong(opts.export_name.len()));
-        }
-        let stream = open(&target, opts)?;
-        wait_for_hello(&stream, &target, opts.hello_timeout)?;
-        let timeout = nonzero(opts.reply_timeout);
-        set_timeouts(&stream, timeout)?;
-        let (style, export) = handshake(&stream, timeout, &opts.export_name)?;
+        let (stream, style, export, timeout) = connect::establish(&target, opts)?;
         let max_request = negotiate::max_request(export.max_payload);
         info!(
-            "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
-            export.size, export.flags
+            "connected to {target} ({style:?}{}): size {}, flags {:?}, max request {max_request}",
+            if stream.is_tls() { ", TLS" } else { "" },
+            export.size,
+            export.flags
         );
         Ok(NbdClient {
             stream,
@@ -530,228 +495,6 @@ fn read_payload(
     stream
         .read_exact(buf)
         .map_err(|e| ClientError::from_io(e, "reading data", timeout))
-}
-
-/// Writes every byte of `bufs`, in as few system calls as the socket allows.
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
-}
-
-/// Creates the socket, binds it if asked (TCP only), connects with a
-/// timeout and, on TCP, sets `TCP_NODELAY`.
-fn open(target: &Target, opts: &ConnectOptions) -> Result<Stream, ClientError> {
-    let connect_err = |source| ClientError::Connect {
-        addr: target.clone(),
-        source,
-    };
-    let (socket, addr) = match target {
-        Target::Tcp(addr) => {
-            let socket = Socket::new(
-                Domain::for_address(*addr),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )
-            .map_err(connect_err)?;
-            if let Some(ip) = opts.bind {
-                socket
-                    .bind(&SocketAddr::new(ip, 0).into())
-                    .map_err(|source| ClientError::Bind { addr: ip, source })?;
-            }
-            (socket, SockAddr::from(*addr))
-        }
-        Target::Unix(path) => {
-            if let Some(ip) = opts.bind {
-                debug!("not binding to {ip}: {} is a UNIX socket", path.display());
-            }
-            let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(connect_err)?;
-            (socket, SockAddr::unix(path).map_err(connect_err)?)
-        }
-    };
-    let connected = match nonzero(opts.connect_timeout) {
-        Some(t) => socket.connect_timeout(&addr, t),
-        None => socket.connect(&addr),
-    };
-    connected.map_err(|source| {
-        if source.kind() == io::ErrorKind::TimedOut {
-            ClientError::ConnectTimeout {
-                addr: target.clone(),
-                timeout: opts.connect_timeout,
-            }
-        } else {
-            connect_err(source)
-        }
-    })?;
-    Ok(match target {
-        Target::Tcp(_) => {
-            socket.set_tcp_nodelay(true).map_err(connect_err)?;
-            Stream::Tcp(TcpStream::from(socket))
-        }
-        Target::Unix(_) => Stream::Unix(UnixStream::from(socket)),
-    })
-}
-
-/// Waits until the first byte of the hello can be read, without consuming it.
-fn wait_for_hello(stream: &Stream, addr: &Target, timeout: Duration) -> Result<(), ClientError> {
-    let limit = nonzero(timeout);
-    set_timeouts(stream, limit)?;
-    let mut byte = [0u8; 1];
-    let peeked = loop {
-        // MSG_PEEK through rustix: std's UnixStream::peek is not stable yet.
-        match rustix::net::recv(stream, &mut byte, rustix::net::RecvFlags::PEEK) {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => break other.map(|(n, _)| n).map_err(io::Error::from),
-        }
-    };
-    match peeked {
-        Ok(0) => Err(ClientError::HandshakeClosed),
-        Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(ClientError::NoHello {
-                addr: addr.clone(),
-                timeout,
-            })
-        }
-        Err(e) => Err(
-            match ClientError::from_io(e, "waiting for the hello", limit) {
-                ClientError::Closed { .. } => ClientError::HandshakeClosed,
-                e => e,
-            },
-        ),
-    }
-}
-
-fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), ClientError> {
-    stream
-        .set_timeouts(timeout)
-        .map_err(|source| ClientError::Io {
-            what: "setting socket timeouts",
-            source,
-        })
-}
-
-/// Negotiates the export `name` over `stream`, whichever handshake the
-/// server speaks. Generic over the stream so that the fuzz targets
-/// (the `fuzzing` module, above this one) can run it over bytes in memory.
-pub(crate) fn handshake(
-    stream: impl Read + Write,
-    timeout: Option<Duration>,
-    name: &str,
-) -> Result<(Style, Export), ClientError> {
-    Handshake {
-        stream,
-        timeout,
-        name,
-    }
-    .run()
-    .map_err(|e| match e {
-        ClientError::Closed { .. } => ClientError::HandshakeClosed,
-        e => e,
-    })
-}
-
-/// The handshake's I/O: one `read_exact` per structure, then a pure decode.
-struct Handshake<'a, S> {
-    stream: S,
-    timeout: Option<Duration>,
-    /// The export to ask for.
-    name: &'a str,
-}
-
-impl<S: Read + Write> Handshake<'_, S> {
-    fn run(&mut self) -> Result<(Style, Export), ClientError> {
-        let mut head = [0u8; 16];
-        self.read(&mut head)?;
-        match Greeting::decode(&head).map_err(ClientError::BadHello)? {
-            Greeting::Oldstyle => self.oldstyle(&head).map(|e| (Style::Oldstyle, e)),
-            Greeting::Newstyle => self.newstyle().map(|e| (Style::Newstyle, e)),
-        }
-    }
-
-    fn oldstyle(&mut self, head: &[u8; 16]) -> Result<Export, ClientError> {
-        let mut buf = [0u8; OLDSTYLE_HELLO_SIZE];
-        buf[..16].copy_from_slice(head);
-        self.read(&mut buf[16..])?;
-        let hello = OldstyleHello::decode(&buf).map_err(ClientError::BadHello)?;
-        if !self.name.is_empty() {
-            warn!(
-                "the server speaks the old-style handshake, which has no export names: ignoring {:?}",
-                self.name
-            );
-        }
-        Ok(Export {
-            size: hello.size,
-            flags: hello.transmission_flags(),
-            max_payload: None,
-        })
-    }
-
-    fn newstyle(&mut self) -> Result<Export, ClientError> {
-        let mut buf = [0u8; 2];
-        self.read(&mut buf)?;
-        let server = HandshakeFlags(u16::from_be_bytes(buf));
-        let flags = negotiate::client_flags(server);
-        self.write(&flags.0.to_be_bytes())?;
-        let no_zeroes = server.contains(HandshakeFlags::NO_ZEROES);
-        if server.contains(HandshakeFlags::FIXED_NEWSTYLE) {
-            if let Some(export) = self.go()? {
-                return Ok(export);
-            }
-            debug!("server does not support NBD_OPT_GO; falling back to NBD_OPT_EXPORT_NAME");
-        }
-        self.export_name(no_zeroes)
-    }
-
-    /// Sends `NBD_OPT_GO`; `None` if the server does not support it.
-    fn go(&mut self) -> Result<Option<Export>, ClientError> {
-        self.write(&negotiate::go_request(self.name))?;
-        let mut replies = GoReplies::default();
-        loop {
-            let mut head = [0u8; OptionReplyHeader::SIZE];
-            self.read(&mut head)?;
-            // decode bounds the length (64 KiB) before we allocate for it.
-            let header = OptionReplyHeader::decode(&head).map_err(ClientError::BadHandshake)?;
-            let mut payload = vec![0u8; header.len as usize];
-            self.read(&mut payload)?;
-            match replies.handle(&header, &payload)? {
-                GoStep::Continue => {}
-                GoStep::Done(export) => return Ok(Some(export)),
-                GoStep::Unsupported => return Ok(None),
-            }
-        }
-    }
-
-    fn export_name(&mut self, no_zeroes: bool) -> Result<Export, ClientError> {
-        self.write(&negotiate::export_name_request(self.name))?;
-        let mut buf = [0u8; ExportNameReply::SIZE];
-        self.read(&mut buf)?;
-        let reply = ExportNameReply::decode(&buf);
-        if !no_zeroes {
-            let mut zeroes = [0u8; HELLO_PADDING];
-            self.read(&mut zeroes)?;
-        }
-        Ok(Export {
-            size: reply.size,
-            flags: reply.flags,
-            max_payload: None,
-        })
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        self.stream
-            .read_exact(buf)
-            .map_err(|e| ClientError::from_io(e, "reading the handshake", self.timeout))
-    }
-
-    fn write(&mut self, buf: &[u8]) -> Result<(), ClientError> {
-        self.stream
-            .write_all(buf)
-            .map_err(|e| ClientError::from_io(e, "sending the handshake", self.timeout))
-    }
 }
 
 #[cfg(test)]

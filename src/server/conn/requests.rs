@@ -25,8 +25,8 @@ const INLINE_READ_MAX: u32 = 64 << 10;
 const INLINE_WRITE_MAX: u32 = 64 << 10;
 /// Replies gathered on the reading thread are sent once they reach this size.
 const PENDING_MAX: usize = 256 << 10;
-/// READs of at least this size over data with no hole go out with sendfile:
-/// no copy into and out of user space.
+/// READs of at least this size over data with no hole go out with sendfile
+/// (to a client on another machine): no copy into and out of user space.
 pub(super) const SENDFILE_MIN: u32 = 64 << 10;
 /// A WRITE larger than this always goes to a worker, even alone in flight:
 /// its hand-off costs little next to the copy, and receiving the next
@@ -269,13 +269,15 @@ impl Conn<'_> {
         cached
     }
 
-    /// Whether a READ goes out with `sendfile`: to a client on another
-    /// machine (see `sendfile_pays`), large enough, and over data with no
-    /// hole. Holes matter only to structured replies, which send them as
-    /// hole chunks unless DF asks for one chunk: only they look.
+    /// Whether a READ goes out with `sendfile`: not under TLS (which
+    /// encrypts in user space), to a client on another machine (see
+    /// `sendfile_pays`), large enough, and over data with no hole. Holes
+    /// matter only to structured replies, which send them as hole chunks
+    /// unless DF asks for one chunk: only they look.
     pub(super) fn sendfile_fits(&self, req: &Request) -> bool {
         let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
-        self.sendfile
+        !self.negotiated.tls
+            && self.sendfile
             && req.len >= SENDFILE_MIN
             && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
     }
