@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::migration::{
     Cli, EXIT_WITHIN, MIGRATION_WITHIN, Node, UNLIMITED, assert_ok, assert_same_files, data_image,
@@ -50,21 +50,28 @@ fn corrupt(path: &Path, offset: u64, len: usize, seed: u64) {
     f.write_all_at(&pattern(len, seed), offset).unwrap();
 }
 
-#[test]
-fn verify_repairs_a_destination_corrupted_behind_its_back() {
-    let env = TestEnv::new();
-    let size = 24 * MIB;
-    let (src, dst, mut source, mut dest) = data_pair(&env, size, 41);
+/// A source of `size` bytes of data (from `seed`) migrating into an empty
+/// destination under `mirror --wait --verify` at `speed` bytes/s, once 8 MiB
+/// are on the destination: both files, both nodes and the `mirror --wait`.
+fn verified_migration_under_way(
+    env: &TestEnv,
+    size: u64,
+    seed: u64,
+    speed: &str,
+) -> (PathBuf, PathBuf, Node, Node, Cli) {
+    let (src, dst, mut source, dest) = data_pair(env, size, seed);
     let waiting = Cli::spawn(&mirror_args(
         &source,
         dest.port,
-        &["--wait", "--verify", "-m", "1048576"],
+        &["--wait", "--verify", "-m", speed],
     ));
-    // The first transfers are on the destination: spoil some of them.
     source.wait_progress(8 * MIB);
-    corrupt(&dst, 4096, 100, 1);
-    corrupt(&dst, 3 * MIB, 2 * BLOCK as usize, 2);
-    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
+    (src, dst, source, dest, waiting)
+}
+
+/// The `mirror --wait` ended with a verified handover.
+#[track_caller]
+fn assert_verified(waiting: Cli) {
     let out = waiting.finish(MIGRATION_WITHIN);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -72,6 +79,18 @@ fn verify_repairs_a_destination_corrupted_behind_its_back() {
         "{:?}",
         text(&out.stdout)
     );
+}
+
+#[test]
+fn verify_repairs_a_destination_corrupted_behind_its_back() {
+    let env = TestEnv::new();
+    let (src, dst, mut source, mut dest, waiting) =
+        verified_migration_under_way(&env, 24 * MIB, 41, "1048576");
+    // The first transfers are on the destination: spoil some of them.
+    corrupt(&dst, 4096, 100, 1);
+    corrupt(&dst, 3 * MIB, 2 * BLOCK as usize, 2);
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
+    assert_verified(waiting);
     let log = source.daemon.stderr();
     // Found by the check before the handover, while clients were still served.
     assert!(
@@ -199,7 +218,7 @@ fn verify_fails_rather_than_hand_over_to_a_destination_that_keeps_corrupting() {
 
 /// A copy of `src` in which `percent`% of the 64 KiB blocks (spread
 /// evenly) were changed.
-fn changed_copy(env: &TestEnv, src: &Path, name: &str, percent: u64) -> std::path::PathBuf {
+fn changed_copy(env: &TestEnv, src: &Path, name: &str, percent: u64) -> PathBuf {
     let dst = env.child(name);
     std::fs::copy(src, &dst).unwrap();
     let blocks = src.metadata().unwrap().len() / BLOCK;
@@ -292,13 +311,8 @@ fn verify_into_the_c_listen_is_refused_at_the_start() {
 fn verify_with_a_client_writing_throughout_hands_over_a_verified_copy() {
     let env = TestEnv::new();
     let size = 16 * MIB;
-    let (src, dst, mut source, mut dest) = data_pair(&env, size, 48);
-    let waiting = Cli::spawn(&mirror_args(
-        &source,
-        dest.port,
-        &["--wait", "--verify", "-m", "4194304"],
-    ));
-    source.wait_progress(8 * MIB);
+    let (src, dst, mut source, mut dest, waiting) =
+        verified_migration_under_way(&env, size, 48, "4194304");
     // A client writes 4 KiB blocks all over the file until the handover
     // closes its connection.
     let addr = source.addr();
@@ -323,11 +337,5 @@ fn verify_with_a_client_writing_throughout_hands_over_a_verified_copy() {
     lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
     let writes = writer.join().unwrap();
     assert!(writes > 0);
-    let out = waiting.finish(MIGRATION_WITHIN);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("Migration complete and verified"),
-        "{:?}",
-        text(&out.stdout)
-    );
+    assert_verified(waiting);
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::backing::{Backing, is_zero};
+use crate::backing::is_zero;
 use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::hash::HashParams;
@@ -19,6 +19,7 @@ use crate::server::Server;
 use crate::server::dirty::Tracker;
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
+use super::hashes::read_local;
 use super::passes::{COPY_BUDGET, Passes};
 use super::replies::{CloseOnUnwind, Replies, Window, lock_closed, read_replies, reply_reader};
 use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
@@ -593,14 +594,4 @@ impl Transfer<'_> {
             .fetch_add((Request::SIZE + payload_len) as u64, Ordering::SeqCst);
         Ok(())
     }
-}
-
-/// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
-pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
-    backing.read_at(buf, offset).map_err(|e| {
-        Stop::Failed(MirrorError::new(
-            Kind::Local,
-            format!("cannot read {}: {e}", backing.path().display()),
-        ))
-    })
 }

@@ -20,9 +20,10 @@ use crate::proto::hash::{
 use crate::proto::types::CmdFlags;
 use crate::proto::wire::Request;
 
-use super::engine::{Stop, Transfer, read_local};
+use super::engine::{Stop, Transfer};
 use super::error::{ErrorKind as Kind, MirrorError};
 use super::{Incremental, MirrorRequest, Phase};
+use crate::backing::Backing;
 use crate::client::NbdClient;
 use crate::server::dirty::DirtyMap;
 
@@ -292,4 +293,14 @@ impl Transfer<'_> {
         }
         Ok(())
     }
+}
+
+/// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
+pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
+    backing.read_at(buf, offset).map_err(|e| {
+        Stop::Failed(MirrorError::new(
+            Kind::Local,
+            format!("cannot read {}: {e}", backing.path().display()),
+        ))
+    })
 }
