@@ -32,6 +32,8 @@ mod generated;
 mod handover;
 /// What a hostile or broken client cannot do: panics, log floods.
 mod hardening;
+/// The flexnbd hash extension: `mirror --verify` repairs or refuses a bad copy, incremental copies send what differs.
+mod hash_migration;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
 /// Live migrations end to end: fio writers, --unlink, break, mirror-speed, sparse files,
