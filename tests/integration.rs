@@ -54,3 +54,5 @@ mod serve;
 mod serve_process;
 /// systemd: socket activation, notifications, --pid-file, journald log lines.
 mod systemd;
+/// The test PKI of `support::tls`: its layout, checked with GnuTLS's certtool.
+mod tls_fixture;
