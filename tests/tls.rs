@@ -572,7 +572,7 @@ fn tls_options_that_cannot_work_are_refused_at_start() {
     ] {
         let dir_s = dir.to_str().unwrap().to_owned();
         let out = flexnbd()
-            .args(&base)
+            .args(base)
             .args(["--tls", "require", "--tls-certificates", &dir_s])
             .output()
             .unwrap();
