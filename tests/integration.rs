@@ -59,3 +59,5 @@ mod systemd;
 mod tls;
 /// The test PKI of `support::tls`: its layout, checked with GnuTLS's certtool.
 mod tls_fixture;
+/// TLS with nbdinfo, nbdcopy, qemu-img, nbdkit and qemu-nbd, both ways.
+mod tls_interop;
