@@ -567,7 +567,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -649,6 +649,14 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
@@ -679,7 +687,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror)
-            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verbose --quiet --log-format --help --version"
+            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --tls --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -771,7 +779,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__proxy)
-            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --verbose --quiet --log-format --help --version"
+            opts="-l -p -C -P -b -v -q -h -V --addr --port --conn-addr --conn-port --bind --cache --oldstyle --tls --tls-certificates --tls-verify-peer --upstream-tls --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -821,6 +829,14 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
@@ -833,7 +849,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__read)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --tls --tls-certificates --tls-hostname --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -860,6 +876,14 @@ _flexnbd() {
                     return 0
                     ;;
                 -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-hostname)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -891,7 +915,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --mirror-tls --tls --tls-certificates --tls-verify-peer --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -977,6 +1001,14 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "auto plain journal c" -- "${cur}"))
                     return 0
@@ -1015,7 +1047,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__write)
-            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --from --size --verbose --quiet --log-format --help --version"
+            opts="-l -p -b -F -S -v -q -h -V --addr --port --bind --tls --tls-certificates --tls-hostname --from --size --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1042,6 +1074,14 @@ _flexnbd() {
                     return 0
                     ;;
                 -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-hostname)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -61,6 +61,10 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-pe
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls -d 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require' -r -f -a "off\t'No TLS (NBD_OPT_STARTTLS is refused)'
+on\t'TLS offered; clients may also stay in plaintext'
+require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls-certificates -d 'The directory of TLS certificates, laid out as for nbdkit and qemu' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
@@ -69,6 +73,8 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-d
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l mirror-tls -d 'Migrations over TLS, with the client certificate of --tls-certificates'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -87,12 +93,17 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-p
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls -d 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require' -r -f -a "off\t'No TLS (NBD_OPT_STARTTLS is refused)'
+on\t'TLS offered; clients may also stay in plaintext'
+require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls-certificates -d 'The directory of TLS certificates, laid out as for nbdkit and qemu' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -100,12 +111,15 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s V -l version 
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'The server: an IP address (with --port), a UNIX socket path or an NBD URI' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls-certificates -d 'The directory of TLS certificates: ca-cert.pem checks the server\'s certificate; client-cert.pem and client-key.pem, if there, are presented' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls -d 'Speak TLS (NBD_OPT_STARTTLS); a server without TLS is an error'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -113,12 +127,15 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s V -l version -d
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d 'The server: an IP address (with --port), a UNIX socket path or an NBD URI' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls-certificates -d 'The directory of TLS certificates: ca-cert.pem checks the server\'s certificate; client-cert.pem and client-key.pem, if there, are presented' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls -d 'Speak TLS (NBD_OPT_STARTTLS); a server without TLS is an error'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -154,6 +171,7 @@ c\t'The C flexnbd\'s layout'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s u -l unlink -d 'Unlink the local file when done'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s w -l wait -d 'Follow the migration until it ends and exit with its outcome'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -l no-progress -d 'With --wait, print no progress, only the outcome'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -l tls -d 'Migrate over TLS, with the serving process\'s own --tls-certificates'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand mirror" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -183,11 +201,17 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s C -l conn-addr
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s P -l conn-port -d 'Port of the proxied server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s b -l bind -d 'The address we connect from, as a proxy' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l cache -d 'Use a RAM read cache of the given size (4096 if no size is given; at most 16 MiB)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l tls -d 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require' -r -f -a "off\t'No TLS (NBD_OPT_STARTTLS is refused)'
+on\t'TLS offered; clients may also stay in plaintext'
+require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l tls-certificates -d 'The directory of TLS certificates, laid out as for nbdkit and qemu' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l oldstyle -d 'Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -l upstream-tls -d 'Speak TLS to the upstream server, with the client certificate of --tls-certificates'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand proxy" -s h -l help -d 'Print help (see more with \'--help\')'

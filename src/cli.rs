@@ -262,6 +262,15 @@ pub struct ServeArgs {
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Migrations over TLS, with the client certificate of --tls-certificates.
+    ///
+    /// Every migration this server starts speaks TLS to its destination, as
+    /// an nbds:// destination asks for one migration (flexnbd mirror --tls).
+    #[arg(long)]
+    pub mirror_tls: bool,
+    /// TLS towards clients.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// Addresses allowed to connect, as ADDRESS[/MASK] (e.g. 10.0.0.0/8 or ::1).
     ///
     /// An empty list allows everyone unless --default-deny is given; a
@@ -313,9 +322,70 @@ pub struct ListenArgs {
     /// Bounds on connections that have not finished their handshake.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS towards clients.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// Addresses allowed to connect, as ADDRESS[/MASK].
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,
+}
+
+/// The `--tls` modes of a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TlsModeArg {
+    /// No TLS (NBD_OPT_STARTTLS is refused).
+    #[default]
+    Off,
+    /// TLS offered; clients may also stay in plaintext.
+    On,
+    /// Only TLS: a client that does not upgrade gets nothing but errors.
+    Require,
+}
+
+/// TLS towards a server's clients (`serve`, `listen`, `proxy`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerTlsArgs {
+    /// Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require.
+    ///
+    /// on lets each client choose; require serves only clients that upgrade
+    /// (every other option gets NBD_REP_ERR_TLS_REQD). Needs
+    /// --tls-certificates; not with --oldstyle, whose handshake has no
+    /// STARTTLS.
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    pub tls: TlsModeArg,
+    /// The directory of TLS certificates, laid out as for nbdkit and qemu.
+    ///
+    /// ca-cert.pem (the CA that signs peers' certificates), server-cert.pem
+    /// and server-key.pem (this server's), and client-cert.pem and
+    /// client-key.pem (presented by the connections this process makes:
+    /// migrations, the proxy's upstream). The files are read again for
+    /// every TLS connection, so replacing them rotates certificates without
+    /// a restart; connections already open keep their session.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem.
+    #[arg(long)]
+    pub tls_verify_peer: bool,
+}
+
+/// TLS towards a server, for a client (`read`, `write`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// Speak TLS (NBD_OPT_STARTTLS); a server without TLS is an error.
+    ///
+    /// Nothing but the greeting and the request for TLS is sent in clear.
+    /// An nbds:// URI asks for TLS too.
+    #[arg(long)]
+    pub tls: bool,
+    /// The directory of TLS certificates: ca-cert.pem checks the server's
+    /// certificate; client-cert.pem and client-key.pem, if there, are presented.
+    ///
+    /// Also tls-certificates=DIR in an nbds:// URI.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host connected to).
+    #[arg(long, value_name = "NAME")]
+    pub tls_hostname: Option<String>,
 }
 
 /// Bounds that keep silent or slow connections from locking clients out
@@ -422,6 +492,14 @@ pub struct MirrorArgs {
     /// With --wait, print no progress, only the outcome.
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
+    /// Migrate over TLS, with the serving process's own --tls-certificates.
+    ///
+    /// The destination is sent to the server as an nbds:// URI (which the C
+    /// flexnbd does not understand); its certificate is checked for the
+    /// host named here. The destination should run listen --tls require
+    /// --tls-verify-peer, so that only this source can write into it.
+    #[arg(long)]
+    pub tls: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
@@ -457,6 +535,14 @@ pub struct ProxyArgs {
     /// Speak the old-style handshake to the client (as the C flexnbd-proxy) instead of fixed newstyle.
     #[arg(long)]
     pub oldstyle: bool,
+    /// TLS towards clients; its --tls-certificates also serve --upstream-tls.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// Speak TLS to the upstream server, with the client certificate of --tls-certificates.
+    ///
+    /// An nbds:// upstream asks for it too.
+    #[arg(long)]
+    pub upstream_tls: bool,
     /// Extra arguments, ignored as the C flexnbd ignores them.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
@@ -563,8 +649,8 @@ pub struct ConnectArgs {
     /// An NBD URI names the export too: nbd://HOST:PORT/EXPORT (PORT optional) over TCP
     /// (HOST may be a host name; PORT defaults to 10809) or
     /// nbd+unix:///EXPORT?socket=PATH over a UNIX socket. A path starting
-    /// with / is a UNIX socket (default export). nbds:// (TLS) is not
-    /// supported yet.
+    /// with / is a UNIX socket (default export). nbds:// and nbds+unix://
+    /// are the same over TLS (see --tls).
     #[arg(short = 'l', long, value_name = "ADDR")]
     pub addr: ServerAddr,
     /// The port of the server (with an IP address only).
@@ -573,6 +659,9 @@ pub struct ConnectArgs {
     /// Bind the local socket to a particular IP address (TCP only).
     #[arg(short, long, value_name = "BIND_ADDR", value_parser = parse_ip)]
     pub bind: Option<IpAddr>,
+    /// TLS towards the server.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// The byte range of `read` and `write`.

@@ -23,7 +23,7 @@ use crate::control::protocol::{MAX_REPLY_LEN, Reply, RequestParser, read_request
 use crate::control::{Controlled, dispatch};
 use crate::net::AclEntry;
 use crate::proto::consts::{HELLO_PADDING, MAX_REQUEST_LEN};
-use crate::proto::handshake::{Export, ServerNegotiation, Step};
+use crate::proto::handshake::{Export, ServerNegotiation, Step, TlsMode};
 use crate::proto::types::{ClientFlags, Cmd, Errno, Opt, Rep, TransmissionFlags};
 use crate::proto::wire::{
     ChunkHeader, ExportNameReply, OptionHeader, OptionReplyHeader, Request, SimpleReply,
@@ -66,8 +66,9 @@ fn take_array<const N: usize>(data: &mut &[u8]) -> Option<[u8; N]> {
 
 /// The server's option negotiation: byte 0 chooses the configuration (bit
 /// 0: no structured replies, as the proxy; bit 1: the export is named
-/// `disk`, as with `-x disk`), then come the client flags (4 bytes) and
-/// options as a client sends them.
+/// `disk`, as with `-x disk`; bits 2-3: TLS off, on or required, a
+/// STARTTLS taken as a TLS handshake that succeeded), then come the client
+/// flags (4 bytes) and options as a client sends them.
 pub fn negotiation(mut data: &[u8]) {
     let Some([config]) = take_array::<1>(&mut data) else {
         return;
@@ -84,6 +85,12 @@ pub fn negotiation(mut data: &[u8]) {
     if config & 2 != 0 {
         neg = neg.with_export_name(Some("disk".to_owned()));
     }
+    let tls = match (config >> 2) & 3 {
+        0 => TlsMode::Off,
+        1 => TlsMode::On,
+        _ => TlsMode::Require,
+    };
+    neg = neg.with_tls(tls);
     while let Some(head) = take_array::<{ OptionHeader::SIZE }>(&mut data) {
         // A bad header ends the connection, as in the server.
         let Ok(header) = OptionHeader::decode(&head) else {
@@ -93,8 +100,31 @@ pub fn negotiation(mut data: &[u8]) {
             return;
         };
         let mut out = Vec::new();
+        let before_tls = !neg.negotiated().tls;
         let step = neg.handle(header.opt, payload, &mut out);
+        if step == Step::TlsRequired {
+            assert!(tls == TlsMode::Require && before_tls && header.opt == Opt::EXPORT_NAME);
+            assert!(out.is_empty(), "no reply to EXPORT_NAME without TLS");
+            return;
+        }
+        if tls == TlsMode::Require
+            && before_tls
+            && ![Opt::STARTTLS, Opt::ABORT].contains(&header.opt)
+        {
+            assert_eq!(
+                out.get(16..20),
+                Some(&Rep::ERR_TLS_REQD.0.to_be_bytes()[..])
+            );
+        }
         check_option_replies(header.opt, step, &out);
+        if step == Step::StartTls {
+            assert!(
+                tls != TlsMode::Off && before_tls,
+                "STARTTLS accepted twice or when off"
+            );
+            neg.tls_started();
+            continue;
+        }
         let negotiated = neg.negotiated();
         assert!(
             !negotiated.base_allocation || negotiated.structured,
@@ -161,6 +191,8 @@ fn check_option_replies(opt: Opt, step: Step, mut out: &[u8]) {
         Step::Abort => assert!(opt == Opt::ABORT, "{opt} aborts"),
         Step::Continue => assert!(opt != Opt::ABORT, "ABORT continues"),
         Step::UnknownExport => unreachable!("checked above"),
+        Step::StartTls => assert!(opt == Opt::STARTTLS && last == Rep::ACK, "{opt} starts TLS"),
+        Step::TlsRequired => unreachable!("checked by the caller"),
     }
 }
 

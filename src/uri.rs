@@ -13,13 +13,17 @@
 //! - `nbd+unix:///[EXPORT]?socket=PATH`: a UNIX socket, with no host;
 //! - the export name is the path without its leading `/`, percent-decoded
 //!   (`nbd://h//disk` names `/disk`, `nbd://h/hello%20world` `hello world`);
-//! - `tls-type`, `tls-hostname`, `tls-verify-peer` (any `tls-` parameter)
-//!   are ignored: they only matter when TLS is negotiated, which `nbd://`
-//!   and `nbd+unix://` never do here; any other parameter is an error, as
-//!   the specification recommends.
+//! - `nbds://` and `nbds+unix://`: the same over TLS, with the query
+//!   parameters `tls-certificates=DIR` (the credentials directory, as
+//!   libnbd takes it), `tls-hostname=NAME` (the name the server's
+//!   certificate must carry; default the host), `tls-type=x509` and
+//!   `tls-verify-peer=true` (the only values: pre-shared keys and an
+//!   unchecked server are refused);
+//! - `tls-` parameters are ignored on `nbd://` and `nbd+unix://`, which
+//!   never negotiate TLS; any other parameter is an error, as the
+//!   specification recommends.
 //!
-//! Refused with a message saying why: `nbds://` and `nbds+unix://` (TLS is
-//! not supported yet), other schemes (`nbd+vsock://` included), a missing
+//! Refused with a message saying why: other schemes (`nbd+vsock://` included), a missing
 //! `socket=`, abstract socket names (`%00...`), IPv6 zone identifiers, a
 //! fragment, and export names that are not UTF-8, hold a NUL or exceed the
 //! protocol's 4096 bytes.
@@ -80,6 +84,17 @@ pub struct NbdUri {
     pub transport: Transport,
     /// The export to ask for (`""` is the default export).
     pub export_name: String,
+    /// TLS (`nbds://`), with what the URI says of it.
+    pub tls: Option<UriTls>,
+}
+
+/// The TLS settings of an `nbds://` URI.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UriTls {
+    /// `tls-certificates=DIR`: the credentials directory.
+    pub certificates: Option<PathBuf>,
+    /// `tls-hostname=NAME`: the name the server's certificate must carry.
+    pub hostname: Option<String>,
 }
 
 /// Text that is not a usable NBD URI or server address.
@@ -91,9 +106,9 @@ pub enum UriError {
     /// A scheme other than `nbd` or `nbd+unix`.
     #[error("unknown URI scheme '{0}' (nbd or nbd+unix)")]
     UnknownScheme(String),
-    /// `nbds://` or `nbds+unix://`.
-    #[error("{0}:// needs TLS, which is not supported yet")]
-    Tls(String),
+    /// A TLS parameter with a value this client does not support.
+    #[error("{0}")]
+    Tls(&'static str),
     /// `nbd+unix://` without `socket=`.
     #[error("nbd+unix:// needs the socket path as ?socket=PATH")]
     MissingSocket,
@@ -132,10 +147,11 @@ impl NbdUri {
     pub fn parse(text: &str) -> Result<NbdUri, UriError> {
         let (scheme, rest) = text.split_once("://").ok_or(UriError::NotUri)?;
         let scheme = scheme.to_ascii_lowercase();
-        let unix = match scheme.as_str() {
-            "nbd" => false,
-            "nbd+unix" => true,
-            "nbds" | "nbds+unix" => return Err(UriError::Tls(scheme)),
+        let (unix, tls) = match scheme.as_str() {
+            "nbd" => (false, false),
+            "nbd+unix" => (true, false),
+            "nbds" => (false, true),
+            "nbds+unix" => (true, true),
             _ => return Err(UriError::UnknownScheme(scheme)),
         };
         if rest.contains('#') {
@@ -144,8 +160,8 @@ impl NbdUri {
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
         let export_name = export_name(path)?;
-        let socket = socket_param(query, unix)?;
-        // userinfo only serves TLS authentication, which is never negotiated.
+        let Params { socket, tls } = params(query, unix, tls)?;
+        // userinfo only serves TLS with pre-shared keys, which is refused.
         let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let transport = if unix {
             if !hostport.is_empty() {
@@ -161,6 +177,7 @@ impl NbdUri {
         Ok(NbdUri {
             transport,
             export_name,
+            tls,
         })
     }
 }
@@ -170,14 +187,30 @@ impl NbdUri {
     /// the export name and socket path percent-encoded (so it is one line
     /// whatever they hold).
     pub fn encode(&self) -> String {
+        let s = if self.tls.is_some() { "s" } else { "" };
         let mut out = match &self.transport {
-            Transport::Tcp { host, port } => format!("nbd://{host}:{port}/"),
-            Transport::Unix(_) => "nbd+unix:///".to_owned(),
+            Transport::Tcp { host, port } => format!("nbd{s}://{host}:{port}/"),
+            Transport::Unix(_) => format!("nbd{s}+unix:///"),
         };
         percent_encode(self.export_name.as_bytes(), &mut out);
+        let mut sep = '?';
+        let mut param = |out: &mut String, key: &str, value: &[u8]| {
+            out.push(sep);
+            out.push_str(key);
+            out.push('=');
+            percent_encode(value, out);
+            sep = '&';
+        };
         if let Transport::Unix(path) = &self.transport {
-            out.push_str("?socket=");
-            percent_encode(path.as_os_str().as_bytes(), &mut out);
+            param(&mut out, "socket", path.as_os_str().as_bytes());
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(dir) = &tls.certificates {
+                param(&mut out, "tls-certificates", dir.as_os_str().as_bytes());
+            }
+            if let Some(name) = &tls.hostname {
+                param(&mut out, "tls-hostname", name.as_bytes());
+            }
         }
         out
     }
@@ -198,11 +231,14 @@ impl fmt::Display for NbdUri {
     /// The URI again, with the export name and socket path as given (not
     /// percent-encoded: this is for messages).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.tls.is_some() { "s" } else { "" };
         match &self.transport {
-            Transport::Tcp { host, port } => write!(f, "nbd://{host}:{port}/{}", self.export_name),
+            Transport::Tcp { host, port } => {
+                write!(f, "nbd{s}://{host}:{port}/{}", self.export_name)
+            }
             Transport::Unix(path) => write!(
                 f,
-                "nbd+unix:///{}?socket={}",
+                "nbd{s}+unix:///{}?socket={}",
                 self.export_name,
                 path.display()
             ),
@@ -224,9 +260,17 @@ fn export_name(path: &str) -> Result<String, UriError> {
     Ok(name)
 }
 
-/// The `socket=` parameter (only for `nbd+unix`); other parameters checked.
-fn socket_param(query: &str, unix: bool) -> Result<Option<PathBuf>, UriError> {
+/// What a URI's query says.
+struct Params {
+    socket: Option<PathBuf>,
+    tls: Option<UriTls>,
+}
+
+/// The `socket=` parameter (only for `nbd+unix`) and, for `nbds`, the TLS
+/// ones; other parameters checked.
+fn params(query: &str, unix: bool, tls: bool) -> Result<Params, UriError> {
     let mut socket = None;
+    let mut settings = tls.then(UriTls::default);
     for param in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = param.split_once('=').unwrap_or((param, ""));
         let key = String::from_utf8(percent_decode(key)?)
@@ -253,12 +297,48 @@ fn socket_param(query: &str, unix: bool) -> Result<Option<PathBuf>, UriError> {
                     Some(_) => socket = Some(PathBuf::from(OsString::from_vec(path))),
                 }
             }
-            // Only meaningful once TLS is negotiated, which these schemes never do.
-            key if key.starts_with("tls-") => {}
+            key if key.starts_with("tls-") => {
+                if let Some(settings) = &mut settings {
+                    tls_param(settings, key, &percent_decode(value)?)?;
+                }
+                // Otherwise only meaningful once TLS is negotiated, which
+                // nbd:// and nbd+unix:// never do.
+            }
             _ => return Err(UriError::UnknownParam(key)),
         }
     }
-    Ok(socket)
+    Ok(Params {
+        socket,
+        tls: settings,
+    })
+}
+
+/// One `tls-` parameter of an `nbds://` URI.
+fn tls_param(settings: &mut UriTls, key: &str, value: &[u8]) -> Result<(), UriError> {
+    let text = || String::from_utf8_lossy(value).into_owned();
+    match key {
+        "tls-certificates" if value.is_empty() || value.contains(&0) => {
+            Err(UriError::Invalid("tls-certificates= needs a directory"))
+        }
+        "tls-certificates" => {
+            settings.certificates = Some(PathBuf::from(OsString::from_vec(value.to_vec())));
+            Ok(())
+        }
+        "tls-hostname" if value.is_empty() => Err(UriError::Invalid("tls-hostname= needs a name")),
+        "tls-hostname" => {
+            settings.hostname = Some(text());
+            Ok(())
+        }
+        "tls-type" if value.eq_ignore_ascii_case(b"x509") => Ok(()),
+        "tls-type" => Err(UriError::Tls(
+            "only tls-type=x509 is supported (certificates, not pre-shared keys)",
+        )),
+        "tls-verify-peer" if matches!(value, b"true" | b"1" | b"yes" | b"on") => Ok(()),
+        "tls-verify-peer" => Err(UriError::Tls(
+            "tls-verify-peer cannot be turned off: the server's certificate is always checked",
+        )),
+        _ => Err(UriError::UnknownParam(key.to_owned())),
+    }
 }
 
 /// The host and port of an `nbd://` authority.
@@ -382,6 +462,7 @@ impl ServerAddr {
         Ok(NbdUri {
             transport,
             export_name: String::new(),
+            tls: None,
         })
     }
 }
@@ -410,6 +491,7 @@ mod tests {
         NbdUri {
             transport: Transport::Tcp { host, port },
             export_name: name.to_owned(),
+            tls: None,
         }
     }
 
@@ -438,6 +520,7 @@ mod tests {
             NbdUri {
                 transport: Transport::Unix("sock".into()),
                 export_name: "disk".into(),
+                tls: None,
             }
         );
         assert_eq!(
@@ -511,15 +594,14 @@ mod tests {
 
     #[test]
     fn bad_schemes_params_and_names() {
-        let e = NbdUri::parse("nbds://h/").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "nbds:// needs TLS, which is not supported yet"
-        );
-        assert!(matches!(
-            NbdUri::parse("nbds+unix:///?socket=/s"),
-            Err(UriError::Tls(_))
-        ));
+        for bad in [
+            "nbds://h/?tls-type=psk",
+            "nbds://h/?tls-verify-peer=false",
+            "nbds://h/?tls-psk-file=/k",
+        ] {
+            assert!(NbdUri::parse(bad).is_err(), "{bad}");
+        }
+        assert!(NbdUri::parse("nbds://h/?tls-certificates=").is_err());
         assert_eq!(
             NbdUri::parse("http://h/").unwrap_err(),
             UriError::UnknownScheme("http".into())
@@ -596,9 +678,28 @@ mod tests {
             "example.com".parse::<ServerAddr>(),
             Err(UriError::NotAddress(_))
         ));
-        assert!(matches!(
-            "nbds://h".parse::<ServerAddr>(),
-            Err(UriError::Tls(_))
-        ));
+    }
+
+    #[test]
+    fn nbds_uris_carry_their_tls_settings_and_round_trip() {
+        let uri = NbdUri::parse(
+            "nbds://h:7/e?tls-certificates=/etc/pki/a%20b&tls-hostname=srv.example&tls-type=x509",
+        )
+        .unwrap();
+        assert_eq!(
+            uri.tls,
+            Some(UriTls {
+                certificates: Some("/etc/pki/a b".into()),
+                hostname: Some("srv.example".into()),
+            })
+        );
+        assert_eq!(NbdUri::parse(&uri.encode()).unwrap(), uri);
+        assert_eq!(uri.to_string(), "nbds://h:7/e");
+        let unix = NbdUri::parse("nbds+unix:///e?socket=/s").unwrap();
+        assert_eq!(unix.tls, Some(UriTls::default()));
+        assert_eq!(NbdUri::parse(&unix.encode()).unwrap(), unix);
+        // Plain schemes ignore tls- parameters and never negotiate TLS.
+        assert_eq!(NbdUri::parse("nbd://h/?tls-hostname=x").unwrap().tls, None);
+        assert!("nbds://h".parse::<ServerAddr>().is_ok());
     }
 }

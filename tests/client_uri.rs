@@ -292,7 +292,15 @@ fn ports_and_uris_that_do_not_fit_are_usage_errors() {
         ("read -l /x.sock -p 1 -F 0 -S 1", "--port cannot be used"),
         (
             "read -l nbds://h/ -F 0 -S 1",
-            "TLS, which is not supported yet",
+            "TLS needs --tls-certificates DIR",
+        ),
+        (
+            "read -l 127.0.0.1 -p 1 --tls -F 0 -S 1",
+            "TLS needs --tls-certificates DIR",
+        ),
+        (
+            "read -l nbds://h/?tls-verify-peer=false -F 0 -S 1",
+            "tls-verify-peer cannot be turned off",
         ),
         ("read -l nbd+unix:/// -F 0 -S 1", "?socket=PATH"),
         ("read -l nbd://h:99999/ -F 0 -S 1", "bad port"),

@@ -49,6 +49,8 @@ impl InProcessProxy {
             cache: None,
             oldstyle: false,
             timeout: IO_TIMEOUT,
+            tls: None,
+            upstream_tls: None,
         })
         .expect("the proxy's first upstream connection");
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();

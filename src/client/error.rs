@@ -95,6 +95,21 @@ pub enum ClientError {
         /// The server's message, if any (lossily decoded, at most a few KiB).
         message: String,
     },
+    /// TLS was asked for, and the server speaks a handshake without it.
+    #[error("{0}")]
+    NoTls(String),
+    /// The TLS credentials cannot be used.
+    #[error("unusable TLS credentials")]
+    TlsCredentials(#[source] crate::nbd::tls::TlsError),
+    /// The TLS handshake failed (the server's certificate refused, or ours).
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The server's address.
+        addr: Target,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The server sent a malformed or unexpected option reply.
     #[error("bad handshake reply")]
     BadHandshake(#[source] ProtoError),
@@ -186,6 +201,8 @@ impl ClientError {
             ClientError::HandshakeClosed
             | ClientError::BadHello(_)
             | ClientError::Refused { .. }
+            | ClientError::NoTls(_)
+            | ClientError::Tls { .. }
             | ClientError::BadHandshake(_) => ErrorKind::Rejected,
             ClientError::BadReply(_) | ClientError::UnexpectedHandle { .. } => ErrorKind::Protocol,
             ClientError::ErrorReply { .. } => ErrorKind::Reply,
@@ -195,7 +212,8 @@ impl ClientError {
             | ClientError::PayloadMismatch { .. }
             | ClientError::ReadOnly
             | ClientError::Unsupported(_)
-            | ClientError::ExportNameTooLong(_) => ErrorKind::InvalidRequest,
+            | ClientError::ExportNameTooLong(_)
+            | ClientError::TlsCredentials(_) => ErrorKind::InvalidRequest,
         }
     }
 

@@ -33,28 +33,27 @@
 //! blocks for ever. Errors are [`ClientError`]s whose [`ErrorKind`] tells
 //! the outcomes of the C mirror apart.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::nbd::{Stream, send_more, write_all_vectored};
-use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
-use crate::proto::types::{Cmd, CmdFlags, Errno, HandshakeFlags, TransmissionFlags};
-use crate::proto::wire::{
-    ExportNameReply, Greeting, OldstyleHello, OptionReplyHeader, Request, SimpleReply,
-};
+use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
+use crate::proto::wire::{Request, SimpleReply};
 
 mod error;
+mod handshake;
 mod negotiate;
 
+pub use crate::nbd::tls::ClientTls;
 pub use error::{ClientError, ErrorKind, describe_errno};
 
+pub(crate) use handshake::handshake;
 pub(crate) use negotiate::{Export, max_request};
-use negotiate::{GoReplies, GoStep};
 
 /// Where the server listens: the connection layer's address of either kind.
 pub use crate::nbd::Peer as Target;
@@ -77,6 +76,10 @@ pub struct ConnectOptions {
     /// the rest of the handshake, and each request and reply (60 s, the C
     /// mirror's request timeout). Zero means no limit.
     pub reply_timeout: Duration,
+    /// Speak TLS (`NBD_OPT_STARTTLS`) with these credentials: nothing but
+    /// the greeting and the request for TLS goes in clear, and a server
+    /// without TLS is an error, never a fallback to plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ConnectOptions {
@@ -87,6 +90,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -128,15 +132,40 @@ impl NbdClient {
         if opts.export_name.len() > negotiate::MAX_EXPORT_NAME {
             return Err(ClientError::ExportNameTooLong(opts.export_name.len()));
         }
-        let stream = open(&target, opts)?;
+        // Credentials first: a directory that cannot be used is the
+        // operator's error, found before anything is sent.
+        let tls = match &opts.tls {
+            Some(tls) => Some((tls.config().map_err(ClientError::TlsCredentials)?, tls)),
+            None => None,
+        };
+        let mut stream = open(&target, opts)?;
         wait_for_hello(&stream, &target, opts.hello_timeout)?;
         let timeout = nonzero(opts.reply_timeout);
         set_timeouts(&stream, timeout)?;
-        let (style, export) = handshake(&stream, timeout, &opts.export_name)?;
+        let (style, export) = match tls {
+            None => handshake(&stream, timeout, &opts.export_name)?,
+            Some((config, tls)) => {
+                let server = handshake::starttls(&stream, timeout)?;
+                let name = tls
+                    .server_name()
+                    .map_or_else(|| default_server_name(&target), str::to_owned);
+                stream = crate::nbd::tls::connect(&stream, config, &name).map_err(|source| {
+                    ClientError::Tls {
+                        addr: target.clone(),
+                        source,
+                    }
+                })?;
+                let export =
+                    handshake::after_starttls(&stream, timeout, server, &opts.export_name)?;
+                (Style::Newstyle, export)
+            }
+        };
         let max_request = negotiate::max_request(export.max_payload);
         info!(
-            "connected to {target} ({style:?}): size {}, flags {:?}, max request {max_request}",
-            export.size, export.flags
+            "connected to {target} ({style:?}{}): size {}, flags {:?}, max request {max_request}",
+            if stream.is_tls() { ", TLS" } else { "" },
+            export.size,
+            export.flags
         );
         Ok(NbdClient {
             stream,
@@ -625,6 +654,15 @@ fn wait_for_hello(stream: &Stream, addr: &Target, timeout: Duration) -> Result<(
     }
 }
 
+/// The name a server's certificate is checked for when none was given: the
+/// IP address connected to, or `localhost` on a UNIX socket.
+fn default_server_name(target: &Target) -> String {
+    match target {
+        Target::Tcp(addr) => addr.ip().to_string(),
+        Target::Unix(_) => "localhost".to_owned(),
+    }
+}
+
 fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), ClientError> {
     stream
         .set_timeouts(timeout)
@@ -632,126 +670,6 @@ fn set_timeouts(stream: &Stream, timeout: Option<Duration>) -> Result<(), Client
             what: "setting socket timeouts",
             source,
         })
-}
-
-/// Negotiates the export `name` over `stream`, whichever handshake the
-/// server speaks. Generic over the stream so that the fuzz targets
-/// (the `fuzzing` module, above this one) can run it over bytes in memory.
-pub(crate) fn handshake(
-    stream: impl Read + Write,
-    timeout: Option<Duration>,
-    name: &str,
-) -> Result<(Style, Export), ClientError> {
-    Handshake {
-        stream,
-        timeout,
-        name,
-    }
-    .run()
-    .map_err(|e| match e {
-        ClientError::Closed { .. } => ClientError::HandshakeClosed,
-        e => e,
-    })
-}
-
-/// The handshake's I/O: one `read_exact` per structure, then a pure decode.
-struct Handshake<'a, S> {
-    stream: S,
-    timeout: Option<Duration>,
-    /// The export to ask for.
-    name: &'a str,
-}
-
-impl<S: Read + Write> Handshake<'_, S> {
-    fn run(&mut self) -> Result<(Style, Export), ClientError> {
-        let mut head = [0u8; 16];
-        self.read(&mut head)?;
-        match Greeting::decode(&head).map_err(ClientError::BadHello)? {
-            Greeting::Oldstyle => self.oldstyle(&head).map(|e| (Style::Oldstyle, e)),
-            Greeting::Newstyle => self.newstyle().map(|e| (Style::Newstyle, e)),
-        }
-    }
-
-    fn oldstyle(&mut self, head: &[u8; 16]) -> Result<Export, ClientError> {
-        let mut buf = [0u8; OLDSTYLE_HELLO_SIZE];
-        buf[..16].copy_from_slice(head);
-        self.read(&mut buf[16..])?;
-        let hello = OldstyleHello::decode(&buf).map_err(ClientError::BadHello)?;
-        if !self.name.is_empty() {
-            warn!(
-                "the server speaks the old-style handshake, which has no export names: ignoring {:?}",
-                self.name
-            );
-        }
-        Ok(Export {
-            size: hello.size,
-            flags: hello.transmission_flags(),
-            max_payload: None,
-        })
-    }
-
-    fn newstyle(&mut self) -> Result<Export, ClientError> {
-        let mut buf = [0u8; 2];
-        self.read(&mut buf)?;
-        let server = HandshakeFlags(u16::from_be_bytes(buf));
-        let flags = negotiate::client_flags(server);
-        self.write(&flags.0.to_be_bytes())?;
-        let no_zeroes = server.contains(HandshakeFlags::NO_ZEROES);
-        if server.contains(HandshakeFlags::FIXED_NEWSTYLE) {
-            if let Some(export) = self.go()? {
-                return Ok(export);
-            }
-            debug!("server does not support NBD_OPT_GO; falling back to NBD_OPT_EXPORT_NAME");
-        }
-        self.export_name(no_zeroes)
-    }
-
-    /// Sends `NBD_OPT_GO`; `None` if the server does not support it.
-    fn go(&mut self) -> Result<Option<Export>, ClientError> {
-        self.write(&negotiate::go_request(self.name))?;
-        let mut replies = GoReplies::default();
-        loop {
-            let mut head = [0u8; OptionReplyHeader::SIZE];
-            self.read(&mut head)?;
-            // decode bounds the length (64 KiB) before we allocate for it.
-            let header = OptionReplyHeader::decode(&head).map_err(ClientError::BadHandshake)?;
-            let mut payload = vec![0u8; header.len as usize];
-            self.read(&mut payload)?;
-            match replies.handle(&header, &payload)? {
-                GoStep::Continue => {}
-                GoStep::Done(export) => return Ok(Some(export)),
-                GoStep::Unsupported => return Ok(None),
-            }
-        }
-    }
-
-    fn export_name(&mut self, no_zeroes: bool) -> Result<Export, ClientError> {
-        self.write(&negotiate::export_name_request(self.name))?;
-        let mut buf = [0u8; ExportNameReply::SIZE];
-        self.read(&mut buf)?;
-        let reply = ExportNameReply::decode(&buf);
-        if !no_zeroes {
-            let mut zeroes = [0u8; HELLO_PADDING];
-            self.read(&mut zeroes)?;
-        }
-        Ok(Export {
-            size: reply.size,
-            flags: reply.flags,
-            max_payload: None,
-        })
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        self.stream
-            .read_exact(buf)
-            .map_err(|e| ClientError::from_io(e, "reading the handshake", self.timeout))
-    }
-
-    fn write(&mut self, buf: &[u8]) -> Result<(), ClientError> {
-        self.stream
-            .write_all(buf)
-            .map_err(|e| ClientError::from_io(e, "sending the handshake", self.timeout))
-    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub(crate) fn client_flags(server: HandshakeFlags) -> ClientFlags {
 pub(crate) const MAX_EXPORT_NAME: usize = 4096;
 
 /// An option request: the header, then `data`.
-fn option_request(opt: Opt, data: &[u8]) -> Vec<u8> {
+pub(crate) fn option_request(opt: Opt, data: &[u8]) -> Vec<u8> {
     // Names are checked against MAX_EXPORT_NAME before any request is made.
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
     let mut header = [0u8; OptionHeader::SIZE];
@@ -124,14 +124,7 @@ impl GoReplies {
                 }))
             }
             Rep::ERR_UNSUP => Ok(GoStep::Unsupported),
-            rep if rep.is_error() => {
-                let text = &payload[..payload.len().min(MAX_MESSAGE_LEN)];
-                Err(ClientError::Refused {
-                    opt: Opt::GO,
-                    rep,
-                    message: String::from_utf8_lossy(text).into_owned(),
-                })
-            }
+            rep if rep.is_error() => Err(refused(Opt::GO, rep, payload)),
             _ => Err(bad("unexpected reply type to NBD_OPT_GO")),
         }
     }
@@ -156,6 +149,16 @@ impl GoReplies {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The server's error reply `rep` to `opt`, with its message.
+pub(crate) fn refused(opt: Opt, rep: Rep, payload: &[u8]) -> ClientError {
+    let text = &payload[..payload.len().min(MAX_MESSAGE_LEN)];
+    ClientError::Refused {
+        opt,
+        rep,
+        message: String::from_utf8_lossy(text).into_owned(),
     }
 }
 

@@ -39,6 +39,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         limits: super::serve::limits(&args.limits),
         export_name: args.export_name.clone(),
         sync_writes: args.oldstyle,
+        tls: super::tls::server_offer(&args.tls, args.oldstyle, || super::subcommand("listen"))?,
     };
     let startup = super::serve::Startup {
         file: args.file,
@@ -46,6 +47,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.control_mode,
         pid_file: args.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.tls, false),
     };
     super::serve::run_server(startup, config, global)
 }

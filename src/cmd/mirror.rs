@@ -41,7 +41,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// not complete.
 pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
     crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let ([addr, port], ip) = super::mirror_destination(args.addr, args.port)?;
+    let ([addr, port], ip) = super::mirror_destination(args.addr, args.port, args.tls)?;
     let mut lines = vec![
         addr,
         port,

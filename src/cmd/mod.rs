@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod read;
 pub mod serve;
 pub mod status;
+pub mod tls;
 pub mod write;
 
 /// Runs the subcommand named on the command line.
@@ -87,6 +88,7 @@ pub(crate) fn connect(
     let opts = ConnectOptions {
         bind: conn.bind,
         export_name: server.export_name.clone(),
+        tls: tls::client(&conn.tls, &server, || subcommand(name)),
         ..ConnectOptions::default()
     };
     let mut last = None;
@@ -139,13 +141,27 @@ pub(crate) fn server(
 pub(crate) fn mirror_destination(
     addr: ServerAddr,
     port: Option<u16>,
+    tls: bool,
 ) -> Result<([String; 2], Option<IpAddr>)> {
     let mut server = server(addr, port, ["--addr", "--port"], || subcommand("mirror"));
+    if tls || server.tls.is_some() {
+        // The server checks the destination's certificate for the name
+        // given here, which it will not see otherwise (it gets an address).
+        let mut settings = server.tls.take().unwrap_or_default();
+        if let Transport::Tcp {
+            host: Host::Name(name),
+            ..
+        } = &server.transport
+        {
+            settings.hostname.get_or_insert_with(|| name.clone());
+        }
+        server.tls = Some(settings);
+    }
     let target = targets(&server)?.remove(0);
     let Target::Tcp(addr) = target else {
         return Ok(([server.encode(), "0".to_owned()], None));
     };
-    if server.export_name.is_empty() {
+    if server.export_name.is_empty() && server.tls.is_none() {
         let lines = [addr.ip().to_string(), addr.port().to_string()];
         return Ok((lines, Some(addr.ip())));
     }

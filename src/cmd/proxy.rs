@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{GlobalArgs, ProxyArgs};
+use crate::cli::{ClientTlsArgs, GlobalArgs, ProxyArgs};
 use crate::exit::ExitCode;
 use crate::nbd::Listener;
 use crate::net::parse_ip;
@@ -22,11 +22,21 @@ use crate::proxy::{MAX_CACHE, Proxy, ProxyConfig, upstream_timeout};
 /// Bad listen address, the first upstream connection fails (unlike the C
 /// flexnbd-proxy, which exits 0 there), or the listening socket cannot be made.
 pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
+    let usage = <crate::cli::ProxyCli as clap::CommandFactory>::command;
     let server = super::server(
         args.conn_addr,
         args.conn_port,
         ["--conn-addr", "--conn-port"],
-        <crate::cli::ProxyCli as clap::CommandFactory>::command,
+        usage,
+    );
+    let upstream_tls = super::tls::client(
+        &ClientTlsArgs {
+            tls: args.upstream_tls,
+            tls_certificates: args.tls.tls_certificates.clone(),
+            tls_hostname: None,
+        },
+        &server,
+        usage,
     );
     // A host name's first address: the proxy reconnects to that one.
     let upstream = super::targets(&server)?.remove(0);
@@ -62,6 +72,8 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         cache: cache.filter(|&c| c > 0),
         oldstyle: args.oldstyle,
         timeout: upstream_timeout(),
+        tls: super::tls::server_offer(&args.tls, args.oldstyle, usage)?,
+        upstream_tls,
     };
     let proxy = Proxy::connect(config).with_context(|| {
         format!("couldn't connect to upstream server {upstream} during initialization")

@@ -52,6 +52,8 @@ pub(crate) struct Startup {
     pub(crate) control_mode: u32,
     /// Where to write the process id once serving.
     pub(crate) pid_file: Option<PathBuf>,
+    /// The TLS of the migrations it starts.
+    pub(crate) outgoing_tls: crate::mirror::OutgoingTls,
 }
 
 /// Serves the file until SIGINT, SIGTERM or SIGQUIT, or a completed migration.
@@ -71,6 +73,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         limits: limits(&args.limits),
         export_name: args.export_name.clone(),
         sync_writes: false,
+        tls: super::tls::server_offer(&args.tls, args.oldstyle, || super::subcommand("serve"))?,
     };
     let startup = Startup {
         file: args.file,
@@ -78,6 +81,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.control_mode,
         pid_file: args.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.tls, args.mirror_tls),
     };
     run_server(startup, config, global)
 }
@@ -147,7 +151,7 @@ pub(crate) fn run_server(
         },
     };
     let server = Server::new(backing, config).context("cannot start the server")?;
-    let controller = Controller::new(server.clone());
+    let controller = Controller::with_tls(server.clone(), startup.outgoing_tls.clone());
     if !listen_mode {
         log::info!("Serving file {file_name}");
     }

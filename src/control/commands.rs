@@ -179,6 +179,7 @@ fn started(result: Result<(), StartError>) -> Reply {
         StartError::AlreadyRunning => "mirror already running".to_owned(),
         StartError::ShuttingDown => "shutting down".to_owned(),
         StartError::Setup(source) => format!("cannot start mirror: {source}"),
+        StartError::NoTlsCredentials(e) => e.to_string(),
         StartError::Failed(why) => match why.kind() {
             ErrorKind::Connect => "Mirror failed to connect",
             ErrorKind::NoHello => "Remote server failed to respond",

@@ -73,6 +73,7 @@ pub(super) fn attempt(
     let opts = ConnectOptions {
         bind: mirror.request.bind,
         export_name: mirror.request.export_name.clone(),
+        tls: mirror.tls.clone(),
         reply_timeout: limit.unwrap_or(Duration::ZERO),
         ..ConnectOptions::default()
     };
@@ -640,9 +641,13 @@ impl Transfer<'_> {
         let (sent, payload_len) = if req.cmd == Cmd::WRITE {
             let backing = self.server.backing();
             let (offset, len) = (req.offset, req.len as usize);
-            let sent = self
-                .client
-                .send_write_with(req, |socket| backing.send_to(socket, offset, len));
+            let sent = self.client.send_write_with(req, |socket| {
+                if socket.can_sendfile() {
+                    backing.send_to(socket, offset, len)
+                } else {
+                    backing.copy_to(&mut &*socket, offset, len)
+                }
+            });
             (sent, len)
         } else {
             (self.client.send_request(req, &[]), 0)

@@ -86,6 +86,9 @@ pub enum StartError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// TLS was asked for and the server has no credentials.
+    #[error(transparent)]
+    NoTlsCredentials(super::NoTlsCredentials),
     /// The migration's thread or its stop trigger could not be created.
     #[error("cannot start the migration")]
     Setup(#[source] io::Error),

@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::client::ClientTls;
 use crate::net::AclEntry;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
@@ -73,7 +74,9 @@ mod replies;
 mod request;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
-pub use request::{BpsError, MirrorAction, MirrorRequest, RequestError, parse_bps};
+pub use request::{
+    BpsError, MirrorAction, MirrorRequest, NoTlsCredentials, OutgoingTls, RequestError, parse_bps,
+};
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -126,6 +129,8 @@ enum AttemptEnd {
 #[derive(Debug)]
 pub struct Mirror {
     request: MirrorRequest,
+    /// TLS towards the destination, if the migration uses it.
+    tls: Option<ClientTls>,
     abandon: Trigger,
     max_bps: AtomicU64,
     phase: AtomicU8,
@@ -149,8 +154,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Mirror {
-    fn new(request: MirrorRequest) -> std::io::Result<Mirror> {
+    fn new(request: MirrorRequest, tls: Option<ClientTls>) -> std::io::Result<Mirror> {
         Ok(Mirror {
+            tls,
             max_bps: AtomicU64::new(request.max_bps.unwrap_or(u64::MAX)),
             request,
             abandon: Trigger::new()?,
@@ -229,6 +235,8 @@ struct Shared {
     last: Mutex<Option<Outcome>>,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
+    /// The TLS settings of this server's migrations.
+    outgoing_tls: OutgoingTls,
 }
 
 #[derive(Debug)]
@@ -240,6 +248,11 @@ enum Slot {
 impl Controller {
     /// A controller for `server` with no migration running.
     pub fn new(server: Arc<Server>) -> Arc<Controller> {
+        Self::with_tls(server, OutgoingTls::default())
+    }
+
+    /// A controller whose migrations use TLS as `outgoing_tls` says.
+    pub fn with_tls(server: Arc<Server>, outgoing_tls: OutgoingTls) -> Arc<Controller> {
         Arc::new(Controller {
             shared: Arc::new(Shared {
                 server,
@@ -249,6 +262,7 @@ impl Controller {
                 closed: AtomicBool::new(false),
                 last: Mutex::new(None),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
+                outgoing_tls,
             }),
         })
     }
@@ -478,7 +492,11 @@ impl Shared {
                 request.target,
                 request.action.as_str()
             );
-            let mirror = Arc::new(Mirror::new(request).map_err(StartError::Setup)?);
+            let tls = self
+                .outgoing_tls
+                .for_request(&request)
+                .map_err(StartError::NoTlsCredentials)?;
+            let mirror = Arc::new(Mirror::new(request, tls).map_err(StartError::Setup)?);
             *slot = Slot::Running(mirror.clone());
             mirror
         };

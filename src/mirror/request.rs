@@ -13,9 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::IntErrorKind;
 use std::path::PathBuf;
 
-use crate::client::Target;
+use crate::client::{ClientTls, Target};
 use crate::net::parse_ip;
-use crate::uri::{Host, NbdUri, Transport};
+use crate::uri::{Host, NbdUri, Transport, UriTls};
 
 /// What happens to the source when a migration completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,47 @@ pub struct MirrorRequest {
     pub bind: Option<IpAddr>,
     /// The bandwidth limit in bytes per second, if any.
     pub max_bps: Option<u64>,
+    /// TLS, asked for by an `nbds://` destination (with its settings).
+    pub tls: Option<UriTls>,
+}
+
+/// The TLS of a server's migrations, from its command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingTls {
+    /// `--tls-certificates`: the credentials (`ca-cert.pem` to check the
+    /// destination, `client-cert.pem`/`client-key.pem` to be checked by it).
+    pub certificates: Option<PathBuf>,
+    /// `--mirror-tls`: every migration uses TLS, whatever its destination says.
+    pub always: bool,
+}
+
+/// A TLS migration was asked for, and the server has no credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a TLS migration needs --tls-certificates DIR on the server's command line")]
+pub struct NoTlsCredentials;
+
+impl OutgoingTls {
+    /// The client TLS settings of `request`: `None` for a plain migration.
+    /// The URI's `tls-certificates` wins over the server's directory.
+    ///
+    /// # Errors
+    ///
+    /// TLS is wanted and no directory is known.
+    pub fn for_request(
+        &self,
+        request: &MirrorRequest,
+    ) -> Result<Option<ClientTls>, NoTlsCredentials> {
+        let uri = request.tls.clone();
+        if uri.is_none() && !self.always {
+            return Ok(None);
+        }
+        let uri = uri.unwrap_or_default();
+        let dir = uri
+            .certificates
+            .or_else(|| self.certificates.clone())
+            .ok_or(NoTlsCredentials)?;
+        Ok(Some(ClientTls::new(&dir, uri.hostname)))
+    }
 }
 
 /// The first problem with the `mirror` command's arguments, in flexnbd-c's order.
@@ -121,9 +162,9 @@ impl MirrorRequest {
         if args.len() > 5 {
             return Err(RequestError::TooManyArgs);
         }
-        let (target, export_name) = match dest {
-            Destination::Ip(ip) => (Target::Tcp(SocketAddr::new(ip, port)), String::new()),
-            Destination::Other(target, name) => (target, name),
+        let (target, export_name, tls) = match dest {
+            Destination::Ip(ip) => (Target::Tcp(SocketAddr::new(ip, port)), String::new(), None),
+            Destination::Other(target, name, tls) => (target, name, tls),
         };
         Ok(MirrorRequest {
             target,
@@ -131,6 +172,7 @@ impl MirrorRequest {
             action,
             bind,
             max_bps,
+            tls,
         })
     }
 }
@@ -139,8 +181,8 @@ impl MirrorRequest {
 enum Destination {
     /// flexnbd-c's form: the port follows.
     Ip(IpAddr),
-    /// A socket path or a URI, with the export name; the port is ignored.
-    Other(Target, String),
+    /// A socket path or a URI, with the export name and TLS settings; the port is ignored.
+    Other(Target, String, Option<UriTls>),
 }
 
 /// ADDR: an IP address, a UNIX socket path or an NBD URI whose host is an IP address.
@@ -149,6 +191,7 @@ fn parse_destination(text: &str) -> Option<Destination> {
         return Some(Destination::Other(
             Target::Unix(PathBuf::from(text)),
             String::new(),
+            None,
         ));
     }
     if !text.contains("://") {
@@ -167,7 +210,7 @@ fn parse_destination(text: &str) -> Option<Destination> {
         } => return None,
         Transport::Unix(path) => Target::Unix(path),
     };
-    Some(Destination::Other(target, uri.export_name))
+    Some(Destination::Other(target, uri.export_name, uri.tls))
 }
 
 /// Parses a bandwidth limit in bytes per second (decimal, no unit).
@@ -236,6 +279,28 @@ mod tests {
     }
 
     #[test]
+    fn tls_comes_from_the_uri_or_the_server_and_needs_a_directory() {
+        let plain = parse(&["1.2.3.4", "1"]).unwrap();
+        let nbds = parse(&["nbds://1.2.3.4:1/?tls-hostname=d.example", "1"]).unwrap();
+        let none = OutgoingTls::default();
+        let dir = OutgoingTls {
+            certificates: Some("/etc/pki/flexnbd".into()),
+            always: false,
+        };
+        assert_eq!(none.for_request(&plain), Ok(None));
+        assert_eq!(none.for_request(&nbds), Err(NoTlsCredentials));
+        assert_eq!(dir.for_request(&plain), Ok(None));
+        let tls = dir.for_request(&nbds).unwrap().unwrap();
+        assert_eq!(tls.dir(), std::path::Path::new("/etc/pki/flexnbd"));
+        assert_eq!(tls.server_name(), Some("d.example"));
+        let always = OutgoingTls {
+            always: true,
+            ..dir
+        };
+        assert!(always.for_request(&plain).unwrap().is_some());
+    }
+
+    #[test]
     fn socket_paths_and_uris_as_the_destination() {
         let ok = parse(&["/run/d.sock", "0"]).unwrap();
         assert_eq!(ok.target, Target::Unix("/run/d.sock".into()));
@@ -247,10 +312,9 @@ mod tests {
         let v4: SocketAddr = "127.0.0.1:4777".parse().unwrap();
         assert_eq!((ok.target, ok.export_name.as_str()), (Target::Tcp(v4), "d"));
         assert_eq!(parse(&["nbd://host/", "1"]), Err(RequestError::BadAddress));
-        assert_eq!(
-            parse(&["nbds://1.2.3.4/", "1"]),
-            Err(RequestError::BadAddress)
-        );
+        let tls = parse(&["nbds://1.2.3.4/?tls-hostname=dest.example", "1"]).unwrap();
+        assert_eq!(tls.tls.unwrap().hostname.as_deref(), Some("dest.example"));
+        assert_eq!(parse(&["nbd://1.2.3.4/", "1"]).unwrap().tls, None);
         assert_eq!(parse(&["/run/d.sock", "x"]), Err(RequestError::BadPort));
     }
 

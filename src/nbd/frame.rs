@@ -8,7 +8,6 @@
 use std::borrow::Borrow;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +16,12 @@ use crate::proto::wire::Request;
 use crate::sys::lock;
 
 use super::Stream;
+use super::tls::TlsStream;
 
 /// The read buffer in front of the socket, so small pipelined requests cost few syscalls.
 pub const READ_BUFFER: usize = 256 << 10;
+/// The read buffer in front of a TLS session's plaintext.
+pub const TLS_READ_BUFFER: usize = 64 << 10;
 
 /// The first piece of a payload charged by [`RequestReader::read_payload_charged`].
 pub const PIECE_MIN: usize = 64 << 10;
@@ -44,6 +46,7 @@ pub struct RequestReader<'a> {
 enum Buffered<'a> {
     Tcp(BufReader<&'a TcpStream>),
     Unix(BufReader<&'a UnixStream>),
+    Tls(BufReader<&'a TlsStream>),
 }
 
 /// Runs `$body` with `$r` bound to the `BufReader` of whichever socket it is.
@@ -52,6 +55,7 @@ macro_rules! with_reader {
         match &mut $self.inner {
             Buffered::Tcp($r) => $body,
             Buffered::Unix($r) => $body,
+            Buffered::Tls($r) => $body,
         }
     };
 }
@@ -62,6 +66,9 @@ impl<'a> RequestReader<'a> {
         let inner = match stream {
             Stream::Tcp(s) => Buffered::Tcp(BufReader::with_capacity(READ_BUFFER, s)),
             Stream::Unix(s) => Buffered::Unix(BufReader::with_capacity(READ_BUFFER, s)),
+            // Plaintext comes a record (16 KiB) at a time; this buffer is
+            // zeroed once, so it is smaller than a plain socket's.
+            Stream::Tls(s) => Buffered::Tls(BufReader::with_capacity(TLS_READ_BUFFER, s)),
         };
         RequestReader {
             inner,
@@ -74,6 +81,7 @@ impl<'a> RequestReader<'a> {
         match &self.inner {
             Buffered::Tcp(r) => r.buffer().len(),
             Buffered::Unix(r) => r.buffer().len(),
+            Buffered::Tls(r) => r.buffer().len(),
         }
     }
 
@@ -298,14 +306,19 @@ pub fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> 
 
 /// Sends `buf` whole with `MSG_MORE`: more of the same message (a payload
 /// after its header) follows at once, so they can leave in one segment.
+/// Under TLS, a plain write (the records are the segments).
 ///
 /// # Errors
 ///
 /// Any error from `send` but `EINTR`, or `WriteZero`.
-pub fn send_more(socket: impl AsFd, mut buf: &[u8]) -> io::Result<()> {
+pub fn send_more(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
     use rustix::net::SendFlags;
+    if stream.is_tls() {
+        let mut stream = stream;
+        return stream.write_all(buf);
+    }
     while !buf.is_empty() {
-        match rustix::net::send(&socket, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
+        match rustix::net::send(stream, buf, SendFlags::MORE | SendFlags::NOSIGNAL) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
             Err(rustix::io::Errno::INTR) => {}

@@ -13,6 +13,7 @@ use crate::proto::types::ClientFlags;
 use crate::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader};
 
 use super::Stream;
+use super::tls::{self, ServerTls, TlsMode};
 
 /// How long a client may take over each step of the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,8 +31,20 @@ pub struct Offer {
     pub oldstyle: bool,
     /// Whether structured replies may be negotiated (the proxy relays only simple ones).
     pub structured_replies: bool,
-    /// The deadline for each read and write of the handshake.
+    /// The deadline for each read and write of the handshake (the TLS
+    /// handshake's included).
     pub timeout: Duration,
+    /// TLS: offered or required, with the credentials to answer with.
+    pub tls: Option<TlsOffer>,
+}
+
+/// What a server says to `NBD_OPT_STARTTLS`.
+#[derive(Debug, Clone)]
+pub struct TlsOffer {
+    /// Offered or required (never [`TlsMode::Off`]: that is no offer).
+    pub mode: TlsMode,
+    /// The credentials, read again at each upgrade.
+    pub credentials: ServerTls,
 }
 
 /// How a handshake ended without an error.
@@ -51,13 +64,19 @@ pub enum Handshake {
 /// client may be served; so a client that sees transmission start is
 /// already counted. On success the stream's timeouts are cleared.
 ///
+/// A client that asks for TLS (`NBD_OPT_STARTTLS`, when offered) has its
+/// `stream` replaced by the TLS session, over which negotiation goes on
+/// and transmission runs.
+///
 /// # Errors
 ///
 /// The stream failed or timed out, or the client broke the protocol
 /// (`InvalidData`, with the [`ProtoError`] inside), or sent more than
-/// [`MAX_OPTIONS`] options.
+/// [`MAX_OPTIONS`] options, or the TLS handshake failed (the message
+/// starts "TLS handshake failed"), or the client tried to start
+/// transmission in plaintext on a server that requires TLS.
 pub fn serve_handshake(
-    stream: &Stream,
+    stream: &mut Stream,
     offer: &Offer,
     admit: impl FnOnce() -> bool,
 ) -> io::Result<Handshake> {
@@ -70,7 +89,7 @@ pub fn serve_handshake(
 }
 
 fn negotiate(
-    mut stream: &Stream,
+    stream: &mut Stream,
     offer: &Offer,
     admit: impl FnOnce() -> bool,
 ) -> io::Result<Handshake> {
@@ -85,7 +104,7 @@ fn negotiate(
             flags: u32::from(export.flags.0),
         }
         .encode(&mut hello);
-        stream.write_all(&hello)?;
+        (&*stream).write_all(&hello)?;
         return Ok(Handshake::Transmit(Negotiated::default()));
     }
     let mut hello = [0u8; NewstyleHello::SIZE];
@@ -93,34 +112,56 @@ fn negotiate(
         flags: ServerNegotiation::HANDSHAKE_FLAGS,
     }
     .encode(&mut hello);
-    stream.write_all(&hello)?;
+    (&*stream).write_all(&hello)?;
     let mut flags = [0u8; 4];
-    stream.read_exact(&mut flags)?;
+    (&*stream).read_exact(&mut flags)?;
     let mut negotiation = ServerNegotiation::new(export, ClientFlags(u32::from_be_bytes(flags)))
         .map_err(invalid_data)?;
     if !offer.structured_replies {
         negotiation = negotiation.without_structured_replies();
     }
     negotiation = negotiation.with_export_name(offer.name.clone());
+    if let Some(tls) = &offer.tls {
+        negotiation = negotiation.with_tls(tls.mode);
+    }
     let mut payload = Vec::new();
     let mut out = Vec::new();
     let mut admit = Some(admit);
     for _ in 0..MAX_OPTIONS {
         let mut head = [0u8; OptionHeader::SIZE];
-        stream.read_exact(&mut head)?;
+        (&*stream).read_exact(&mut head)?;
         let header = OptionHeader::decode(&head).map_err(invalid_data)?;
         // The length was bounded by decode, so this allocation is bounded too.
         payload.resize(header.len as usize, 0);
-        stream.read_exact(&mut payload)?;
+        (&*stream).read_exact(&mut payload)?;
         log::debug!("option {} with {} bytes", header.opt, header.len);
         out.clear();
         let step = negotiation.handle(header.opt, &payload, &mut out);
         if step == Step::Transmit && !admit.take().is_some_and(|admit| admit()) {
             return Ok(Handshake::Refused);
         }
-        stream.write_all(&out)?;
+        (&*stream).write_all(&out)?;
         match step {
             Step::Continue => {}
+            Step::StartTls => {
+                // Offered only with credentials: `with_tls` saw a mode.
+                let Some(tls) = &offer.tls else {
+                    return Err(io::Error::other("STARTTLS accepted without credentials"));
+                };
+                *stream = tls::accept(stream, &tls.credentials).map_err(|e| {
+                    io::Error::new(e.kind(), TlsFailed(format!("TLS handshake failed: {e}")))
+                })?;
+                negotiation.tls_started();
+                if let Stream::Tls(session) = &*stream {
+                    log::debug!("TLS session started: {}", session.describe());
+                }
+            }
+            Step::TlsRequired => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "client tried to start transmission without TLS, which this server requires",
+                ));
+            }
             Step::Abort => return Ok(Handshake::Aborted),
             Step::Transmit => return Ok(Handshake::Transmit(negotiation.negotiated())),
             Step::UnknownExport => {
@@ -133,6 +174,25 @@ fn negotiate(
         }
     }
     Err(invalid_data(ProtoError::Invalid("too many options")))
+}
+
+/// The TLS handshake after `NBD_OPT_STARTTLS` failed: not TLS, a refused
+/// certificate, unusable credentials, or a stall.
+#[derive(Debug)]
+struct TlsFailed(String);
+
+impl std::fmt::Display for TlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFailed {}
+
+/// Whether a handshake error is a failed TLS handshake (worth a warning:
+/// a client with the wrong certificate, or not speaking TLS at all).
+pub fn is_tls_failure(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<TlsFailed>())
 }
 
 /// A protocol violation as an I/O error (`InvalidData`), for callers that end the connection on either.
@@ -157,6 +217,7 @@ mod tests {
             oldstyle,
             structured_replies: true,
             timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 
@@ -170,7 +231,7 @@ mod tests {
         admitted: bool,
     ) -> (io::Result<Handshake>, Vec<u8>) {
         let (a, b) = UnixStream::pair().unwrap();
-        let server = Stream::from(a);
+        let mut server = Stream::from(a);
         let mut reader = b.try_clone().unwrap();
         let mut writer = b;
         // Write and read on two threads: neither side may wait on the other's buffer.
@@ -184,7 +245,7 @@ mod tests {
             let _ = reader.read_to_end(&mut got);
             got
         });
-        let result = serve_handshake(&server, &offer(oldstyle), || admitted);
+        let result = serve_handshake(&mut server, &offer(oldstyle), || admitted);
         drop(server);
         sender.join().unwrap();
         (result, receiver.join().unwrap())

@@ -1,8 +1,11 @@
 //! The NBD connection layer: the streams NBD runs over and what every
 //! server-side connection does with them before and around the commands.
 //!
-//! - [`stream`]: [`Stream`] (a connected TCP or UNIX socket) and
-//!   [`Listener`]; a new transport plugs in here once, under everything.
+//! - [`stream`]: [`Stream`] (a connected TCP or UNIX socket, or a TLS
+//!   session over one) and [`Listener`]; a new transport plugs in here
+//!   once, under everything.
+//! - [`tls`]: `NBD_OPT_STARTTLS`'s upgrade on either side, the
+//!   credentials directory, and the encrypted stream.
 //! - [`handshake`]: the server side of the handshake (old-style greeting, or
 //!   the fixed-newstyle option loop), used by `serve`, `listen` and the
 //!   proxy's client side.
@@ -16,6 +19,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod stream;
+pub mod tls;
 
 pub use frame::{ReplyWriter, RequestReader, is_disconnect, send_more, write_all_vectored};
 pub use handshake::{Handshake, Offer, serve_handshake};

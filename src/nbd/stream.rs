@@ -20,7 +20,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
+
+use super::tls::TlsStream;
 
 /// A connected socket.
 #[derive(Debug)]
@@ -29,6 +33,8 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A UNIX-domain stream connection.
     Unix(UnixStream),
+    /// A TLS session over one of the others (shared by its clones).
+    Tls(Arc<TlsStream>),
 }
 
 /// The other end of a connection: where a client connects from (for logs
@@ -83,6 +89,7 @@ impl Stream {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tls(s) => Stream::Tls(Arc::clone(s)),
         })
     }
 
@@ -95,6 +102,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+            Stream::Tls(s) => s.shutdown(how),
         }
     }
 
@@ -113,6 +121,7 @@ impl Stream {
                 s.set_read_timeout(timeout)?;
                 s.set_write_timeout(timeout)
             }
+            Stream::Tls(s) => s.socket().set_timeouts(timeout),
         }
     }
 
@@ -125,6 +134,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(timeout),
             Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tls(s) => s.socket().set_read_timeout(timeout),
         }
     }
 
@@ -138,6 +148,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(timeout),
             Stream::Unix(s) => s.set_write_timeout(timeout),
+            Stream::Tls(s) => s.socket().set_write_timeout(timeout),
         }
     }
 
@@ -150,6 +161,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_nonblocking(nonblocking),
             Stream::Unix(s) => s.set_nonblocking(nonblocking),
+            Stream::Tls(s) => s.socket().set_nonblocking(nonblocking),
         }
     }
 
@@ -158,14 +170,20 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Some(s),
             Stream::Unix(_) => None,
+            Stream::Tls(s) => s.socket().as_tcp(),
         }
     }
 
     /// Whether file data may be sent with `sendfile(2)` straight into this
-    /// stream: true for plain sockets (an encrypted stream would need the
-    /// bytes in user space).
+    /// stream: true for plain sockets, false under TLS (the bytes must be
+    /// encrypted in user space).
     pub fn can_sendfile(&self) -> bool {
-        true
+        !self.is_tls()
+    }
+
+    /// Whether this is a TLS session.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 }
 
@@ -186,6 +204,7 @@ impl AsFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+            Stream::Tls(s) => s.socket().as_fd(),
         }
     }
 }
@@ -195,6 +214,7 @@ impl Read for &Stream {
         match *self {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tls(s) => (&**s).read(buf),
         }
     }
 }
@@ -204,6 +224,7 @@ impl Write for &Stream {
         match *self {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
+            Stream::Tls(s) => (&**s).write(buf),
         }
     }
 
@@ -211,6 +232,7 @@ impl Write for &Stream {
         match *self {
             Stream::Tcp(s) => (&*s).write_vectored(bufs),
             Stream::Unix(s) => (&*s).write_vectored(bufs),
+            Stream::Tls(s) => (&**s).write_vectored(bufs),
         }
     }
 

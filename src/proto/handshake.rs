@@ -22,6 +22,20 @@ pub struct Export {
     pub flags: TransmissionFlags,
 }
 
+/// Whether a server offers TLS, and whether it insists on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// No TLS: `NBD_OPT_STARTTLS` is refused as unsupported.
+    #[default]
+    Off,
+    /// TLS is offered; a client may also go on in plaintext.
+    On,
+    /// Only TLS: before `NBD_OPT_STARTTLS` every option but `ABORT` gets
+    /// `NBD_REP_ERR_TLS_REQD` (and `EXPORT_NAME`, which has no error
+    /// reply, a closed connection).
+    Require,
+}
+
 /// What to do after an option has been answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -34,6 +48,13 @@ pub enum Step {
     /// `EXPORT_NAME` named an export this server does not have: the
     /// protocol has no error reply for it, so close the connection.
     UnknownExport,
+    /// `STARTTLS` was accepted (the ACK is in the output): send it, run the
+    /// TLS handshake, call [`ServerNegotiation::tls_started`] and read the
+    /// next option over TLS.
+    StartTls,
+    /// `EXPORT_NAME` before `STARTTLS` on a server that requires TLS: it
+    /// has no error reply, so close the connection.
+    TlsRequired,
 }
 
 /// The outcome of negotiation that the transmission phase needs.
@@ -43,6 +64,8 @@ pub struct Negotiated {
     pub structured: bool,
     /// `base:allocation` was selected for BLOCK_STATUS.
     pub base_allocation: bool,
+    /// Transmission runs over TLS.
+    pub tls: bool,
 }
 
 /// The server's negotiation state for one connection.
@@ -53,6 +76,7 @@ pub struct ServerNegotiation {
     name: Option<String>,
     no_zeroes: bool,
     structured_allowed: bool,
+    tls: TlsMode,
     state: Negotiated,
 }
 
@@ -81,6 +105,7 @@ impl ServerNegotiation {
             name: None,
             no_zeroes: client_flags.contains(ClientFlags::NO_ZEROES),
             structured_allowed: true,
+            tls: TlsMode::Off,
             state: Negotiated::default(),
         })
     }
@@ -100,6 +125,22 @@ impl ServerNegotiation {
         self
     }
 
+    /// Offers TLS (or insists on it) with `NBD_OPT_STARTTLS`.
+    pub fn with_tls(mut self, mode: TlsMode) -> Self {
+        self.tls = mode;
+        self
+    }
+
+    /// The TLS handshake that [`Step::StartTls`] asked for succeeded: what
+    /// was negotiated in plaintext is forgotten, as the spec requires, and
+    /// options are answered in full from now on.
+    pub fn tls_started(&mut self) {
+        self.state = Negotiated {
+            tls: true,
+            ..Negotiated::default()
+        };
+    }
+
     /// Whether `asked` names the export served.
     fn knows(&self, asked: &[u8]) -> bool {
         self.name.as_ref().is_none_or(|n| n.as_bytes() == asked)
@@ -112,6 +153,24 @@ impl ServerNegotiation {
 
     /// Answers one option, appending the reply bytes to `out`.
     pub fn handle(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Step {
+        if opt == Opt::STARTTLS {
+            return self.starttls(data, out);
+        }
+        if self.tls == TlsMode::Require && !self.state.tls {
+            match opt {
+                Opt::ABORT => {}
+                Opt::EXPORT_NAME => return Step::TlsRequired,
+                _ => {
+                    error(
+                        out,
+                        opt,
+                        Rep::ERR_TLS_REQD,
+                        "this server requires TLS: send NBD_OPT_STARTTLS first",
+                    );
+                    return Step::Continue;
+                }
+            }
+        }
         match opt {
             Opt::EXPORT_NAME if !self.knows(data) => Step::UnknownExport,
             Opt::EXPORT_NAME => {
@@ -196,6 +255,27 @@ impl ServerNegotiation {
                 Step::Continue
             }
         }
+    }
+
+    /// Answers `STARTTLS`.
+    fn starttls(&mut self, data: &[u8], out: &mut Vec<u8>) -> Step {
+        let opt = Opt::STARTTLS;
+        if self.tls == TlsMode::Off {
+            error(
+                out,
+                opt,
+                Rep::ERR_UNSUP,
+                "TLS is not enabled on this server",
+            );
+        } else if self.state.tls {
+            error(out, opt, Rep::ERR_INVALID, "TLS is already active");
+        } else if !data.is_empty() {
+            error(out, opt, Rep::ERR_INVALID, "STARTTLS takes no data");
+        } else {
+            reply(out, opt, Rep::ACK, &[]);
+            return Step::StartTls;
+        }
+        Step::Continue
     }
 
     /// Answers `INFO` or `GO`; whether the export was found.
@@ -376,6 +456,77 @@ mod tests {
         out.clear();
         neg().handle(Opt::STARTTLS, b"", &mut out);
         assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+    }
+
+    #[test]
+    fn starttls_follows_the_mode() {
+        // Off: unsupported, as before.
+        let mut out = Vec::new();
+        assert_eq!(neg().handle(Opt::STARTTLS, b"", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+        // On: plaintext options are answered; STARTTLS is acknowledged once.
+        let mut n = neg().with_tls(TlsMode::On);
+        out.clear();
+        assert_eq!(
+            n.handle(Opt::STRUCTURED_REPLY, b"", &mut out),
+            Step::Continue
+        );
+        assert_eq!(replies(&out)[0].0, Rep::ACK);
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"x", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_INVALID);
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"", &mut out), Step::StartTls);
+        assert_eq!(replies(&out), vec![(Rep::ACK, vec![])]);
+        n.tls_started();
+        // What was negotiated in plaintext is forgotten.
+        assert_eq!(
+            n.negotiated(),
+            Negotiated {
+                tls: true,
+                ..Negotiated::default()
+            }
+        );
+        out.clear();
+        assert_eq!(n.handle(Opt::STARTTLS, b"", &mut out), Step::Continue);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_INVALID);
+    }
+
+    #[test]
+    fn require_answers_only_starttls_and_abort_in_plaintext() {
+        let mut n = neg().with_tls(TlsMode::Require);
+        for opt in [
+            Opt::GO,
+            Opt::INFO,
+            Opt::LIST,
+            Opt::STRUCTURED_REPLY,
+            Opt(77),
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(
+                n.handle(opt, &go_payload("", &[]), &mut out),
+                Step::Continue
+            );
+            assert_eq!(replies(&out)[0].0, Rep::ERR_TLS_REQD, "{opt}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(n.handle(Opt::EXPORT_NAME, b"", &mut out), Step::TlsRequired);
+        assert!(out.is_empty());
+        assert_eq!(
+            neg()
+                .with_tls(TlsMode::Require)
+                .handle(Opt::ABORT, b"", &mut out),
+            Step::Abort
+        );
+        // After TLS, GO transmits.
+        n.handle(Opt::STARTTLS, b"", &mut Vec::new());
+        n.tls_started();
+        let mut out = Vec::new();
+        assert_eq!(
+            n.handle(Opt::GO, &go_payload("", &[]), &mut out),
+            Step::Transmit
+        );
+        assert!(n.negotiated().tls);
     }
 
     #[test]

@@ -47,6 +47,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::client::{ClientError, ConnectOptions, NbdClient, ReplyReader, Target};
+use crate::nbd::handshake::TlsOffer;
+use crate::nbd::tls::ClientTls;
 use crate::nbd::{Listener, Stream};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::types::TransmissionFlags;
@@ -109,6 +111,10 @@ pub struct ProxyConfig {
     pub oldstyle: bool,
     /// How long the upstream may make no progress on a request before it is abandoned and resent.
     pub timeout: Duration,
+    /// TLS offered or required to the proxy's clients.
+    pub tls: Option<TlsOffer>,
+    /// TLS towards the upstream, with these credentials.
+    pub upstream_tls: Option<ClientTls>,
 }
 
 #[derive(Debug, Default)]
@@ -298,5 +304,6 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         connect_timeout: Duration::from_secs(15).min(config.timeout),
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,
+        tls: config.upstream_tls.clone(),
     }
 }

@@ -23,25 +23,26 @@ use crate::sys::lock;
 impl Proxy {
     /// One client from handshake to close; returns the requests answered.
     pub(super) fn session(&self, stream: Stream) -> u64 {
-        let reader = match stream.try_clone() {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("cannot clone the client socket: {e}");
-                return 0;
-            }
-        };
         *lock(&self.down_ctl) = stream.try_clone().ok();
         if self.stop.is_triggered() {
             *lock(&self.down_ctl) = None;
             return 0;
         }
-        let down = stream;
-        if let Err(e) = self.handshake(&down) {
-            log::info!("client handshake ended: {e}");
-            let _ = down.shutdown(Shutdown::Both);
-            *lock(&self.down_ctl) = None;
-            return 0;
-        }
+        let mut down = stream;
+        // After the handshake: it may have turned the stream into a TLS session.
+        let reader = match self.handshake(&mut down).and_then(|()| down.try_clone()) {
+            Ok(reader) => reader,
+            Err(e) => {
+                if crate::nbd::handshake::is_tls_failure(&e) {
+                    log::warn!("client: {e}");
+                } else {
+                    log::info!("client handshake ended: {e}");
+                }
+                let _ = down.shutdown(Shutdown::Both);
+                *lock(&self.down_ctl) = None;
+                return 0;
+            }
+        };
         *lock(&self.down) = Some(down);
         let mut reader = RequestReader::new(&reader);
         let mut answered = 0u64;
@@ -58,7 +59,7 @@ impl Proxy {
         answered
     }
 
-    fn handshake(&self, down: &Stream) -> io::Result<()> {
+    fn handshake(&self, down: &mut Stream) -> io::Result<()> {
         let offer = Offer {
             name: None,
             export: Export {
@@ -69,6 +70,7 @@ impl Proxy {
             // Upstream replies are relayed as they come: simple ones only.
             structured_replies: false,
             timeout: HANDSHAKE_TIMEOUT,
+            tls: self.config.tls.clone(),
         };
         match serve_handshake(down, &offer, || true)? {
             Handshake::Transmit(_) => Ok(()),

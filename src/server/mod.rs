@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::backing::Backing;
+use crate::nbd::handshake::TlsOffer;
 use crate::nbd::{Listener, Peer, Stream};
 use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The export's name (newstyle): `None` serves the file under any name.
     pub export_name: Option<String>,
+    /// TLS offered or required to clients (newstyle only).
+    pub tls: Option<TlsOffer>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             sync_writes: false,
             limits: Limits::default(),
             export_name: None,
+            tls: None,
         }
     }
 }
@@ -400,7 +404,8 @@ impl Server {
             .name(format!("client-{id}"))
             .spawn(move || {
                 let server = &slot.server;
-                let outcome = conn::serve(server, id, &stream, &shared);
+                let mut stream = stream;
+                let outcome = conn::serve(server, id, &peer, &mut stream, &shared);
                 log::info!("client {id} at {peer} finished: {outcome}");
                 if outcome == conn::Outcome::Disconnected && server.config.listen_mode {
                     server.control_arrived();

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::backing::Backing;
-use crate::nbd::{Handshake, Offer, ReplyWriter, RequestReader, Stream, serve_handshake};
+use crate::nbd::{Handshake, Offer, Peer, ReplyWriter, RequestReader, Stream, serve_handshake};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::handshake::{Export, Negotiated};
 use crate::proto::types::{Cmd, Errno};
@@ -96,7 +96,13 @@ impl fmt::Display for Outcome {
 }
 
 /// Serves one client from handshake to close.
-pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) -> Outcome {
+pub(super) fn serve(
+    server: &Server,
+    id: u64,
+    peer: &Peer,
+    stream: &mut Stream,
+    shared: &Shared,
+) -> Outcome {
     let offer = Offer {
         name: server.config.export_name.clone(),
         export: Export {
@@ -106,12 +112,14 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) 
         oldstyle: server.config.oldstyle,
         structured_replies: true,
         timeout: server.config.limits.handshake_timeout,
+        tls: server.config.tls.clone(),
     };
     let admit = || server.start_transmission(id);
     let result = serve_handshake(stream, &offer, admit).and_then(|end| match end {
         Handshake::Aborted => Ok(Outcome::Aborted),
         Handshake::Refused => Ok(Outcome::Refused),
         Handshake::Transmit(negotiated) => {
+            let stream = &*stream;
             let conn = Conn::new(server, stream, negotiated, shared);
             let outcome = conn.run(stream);
             conn.log_suppressed();
@@ -120,7 +128,11 @@ pub(super) fn serve(server: &Server, id: u64, stream: &Stream, shared: &Shared) 
     });
     let _ = stream.shutdown(Shutdown::Both);
     result.unwrap_or_else(|e| {
-        log::info!("connection error: {e}");
+        if crate::nbd::handshake::is_tls_failure(&e) {
+            log::warn!("client {id} at {peer}: {e}");
+        } else {
+            log::info!("connection error: {e}");
+        }
         Outcome::Failed
     })
 }

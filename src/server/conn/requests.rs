@@ -250,12 +250,14 @@ impl Conn<'_> {
         true
     }
 
-    /// Whether a READ goes out with `sendfile`: large enough, and over data
-    /// with no hole. Holes matter only to structured replies, which send them
-    /// as hole chunks unless DF asks for one chunk: only they look.
+    /// Whether a READ goes out with `sendfile`: not under TLS (which
+    /// encrypts in user space), large enough, and over data with no hole.
+    /// Holes matter only to structured replies, which send them as hole
+    /// chunks unless DF asks for one chunk: only they look.
     pub(super) fn sendfile_fits(&self, req: &Request) -> bool {
         let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
-        req.len >= SENDFILE_MIN
+        !self.negotiated.tls
+            && req.len >= SENDFILE_MIN
             && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
     }
 

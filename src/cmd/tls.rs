@@ -1,0 +1,108 @@
+//! The TLS options of the subcommands, checked (usage errors exit 2, as
+//! clap's own) and turned into the library's settings.
+
+use anyhow::{Context, Result};
+
+use crate::cli::{ClientTlsArgs, ServerTlsArgs, TlsModeArg};
+use crate::client::ClientTls;
+use crate::mirror::OutgoingTls;
+use crate::nbd::handshake::TlsOffer;
+use crate::nbd::tls::{ServerTls, TlsMode};
+use crate::uri::{Host, NbdUri, Transport};
+
+fn usage_error(
+    usage: impl FnOnce() -> clap::Command,
+    kind: clap::error::ErrorKind,
+    message: &str,
+) -> ! {
+    usage().error(kind, message).exit()
+}
+
+/// What a server (`serve`, `listen`, `proxy`) offers its clients. The
+/// credentials are read once here, so a server never starts with a
+/// directory it cannot use.
+///
+/// # Errors
+///
+/// The directory's files cannot be read or do not fit together.
+pub(crate) fn server_offer(
+    args: &ServerTlsArgs,
+    oldstyle: bool,
+    usage: impl FnOnce() -> clap::Command,
+) -> Result<Option<TlsOffer>> {
+    use clap::error::ErrorKind::{ArgumentConflict, MissingRequiredArgument};
+    let mode = match args.tls {
+        TlsModeArg::Off => {
+            if args.tls_verify_peer {
+                usage_error(
+                    usage,
+                    MissingRequiredArgument,
+                    "--tls-verify-peer needs --tls on or --tls require",
+                );
+            }
+            return Ok(None);
+        }
+        TlsModeArg::On => TlsMode::On,
+        TlsModeArg::Require => TlsMode::Require,
+    };
+    if oldstyle {
+        usage_error(
+            usage,
+            ArgumentConflict,
+            "--tls cannot be used with --oldstyle: the old-style handshake has no STARTTLS",
+        );
+    }
+    let Some(dir) = &args.tls_certificates else {
+        usage_error(
+            usage,
+            MissingRequiredArgument,
+            "--tls on and --tls require need --tls-certificates DIR",
+        );
+    };
+    let credentials = ServerTls::new(dir, args.tls_verify_peer)
+        .with_context(|| format!("cannot use the TLS certificates in {}", dir.display()))?;
+    Ok(Some(TlsOffer { mode, credentials }))
+}
+
+/// The TLS of the connections a server makes (migrations, the proxy's upstream).
+pub(crate) fn outgoing(args: &ServerTlsArgs, always: bool) -> OutgoingTls {
+    OutgoingTls {
+        certificates: args.tls_certificates.clone(),
+        always,
+    }
+}
+
+/// The TLS settings of a client of `server`: `--tls` or an `nbds://` URI
+/// ask for it; the URI's `tls-certificates` and `tls-hostname` give way to
+/// the options. The server's certificate is checked for `--tls-hostname`,
+/// else the URI's `tls-hostname`, else the host name connected to (an IP
+/// address is checked as itself).
+pub(crate) fn client(
+    args: &ClientTlsArgs,
+    server: &NbdUri,
+    usage: impl FnOnce() -> clap::Command,
+) -> Option<ClientTls> {
+    if !args.tls && server.tls.is_none() {
+        return None;
+    }
+    let uri = server.tls.clone().unwrap_or_default();
+    let Some(dir) = args.tls_certificates.clone().or(uri.certificates) else {
+        usage_error(
+            usage,
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "TLS needs --tls-certificates DIR (or tls-certificates=DIR in the nbds:// URI)",
+        );
+    };
+    let name = args
+        .tls_hostname
+        .clone()
+        .or(uri.hostname)
+        .or(match &server.transport {
+            Transport::Tcp {
+                host: Host::Name(name),
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        });
+    Some(ClientTls::new(&dir, name))
+}
