@@ -125,6 +125,7 @@ fn wait_log_line(d: &Daemon, from: usize, words: &[&str]) -> String {
         {
             Some(line) => {
                 found = line.to_owned();
+                println!("logged: {line}");
                 true
             }
             None => false,
@@ -311,7 +312,7 @@ fn a_stalled_tls_handshake_is_cut_by_the_handshake_timeout() {
             "closed before the timeout: {:?}",
             started.elapsed()
         );
-        wait_log_line(&d, before, &["handshake"]);
+        wait_log_line(&d, before, &["tls handshake failed", "--handshake-timeout"]);
         still_serves(&d, &pki.client());
     }
 }
@@ -409,7 +410,7 @@ impl HeldOpen {
             certs.display()
         );
         let script = format!(
-            "import sys\nh.connect_uri({uri:?})\nprint('connected', flush=True)\n\
+            "import sys\nh.set_uri_allow_local_file(True)\nh.connect_uri({uri:?})\nprint('connected', flush=True)\n\
              for line in sys.stdin:\n    print(len(h.pread(4096, 0)), flush=True)\n"
         );
         let mut child = std::process::Command::new(SYSTEM_PYTHON)
@@ -582,6 +583,9 @@ fn tls_options_that_cannot_work_are_refused_at_start() {
             stderr.contains(&dir_s),
             "{what}: the message names no directory: {stderr}"
         );
+        // One line, the cause said once.
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.matches("(os error").count() <= 1, "{what}: {stderr}");
     }
 }
 
