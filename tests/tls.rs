@@ -769,6 +769,9 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
         "mirror without a client certificate: {stderr}"
     );
     assert!(!stderr.trim().is_empty(), "mirror failed silently");
+    // The control reply is flexnbd-c's ("Mirror was rejected"); the
+    // source's log says why.
+    wait_log_line(&source, 0, &["mirror", "certificaterequired"]);
     wait_log_line(&dest, before, &["certificate"]);
     // Nothing reached the destination; the source still serves, with control.
     assert!(std::fs::read(&dst).unwrap().iter().all(|&b| b == 0));
@@ -778,4 +781,75 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
     let read = client(&source, "read", None, 0, 4096, &[], &[]);
     assert_success("read from the source after the failed migration", &read);
     assert!(read.stdout == pattern(size as usize, 13)[..4096]);
+}
+
+// ---------------------------------------------------------------------------
+// 6. The proxy: TLS towards its clients and towards its upstream.
+
+/// `flexnbd proxy -l 127.0.0.1 -p 0 -v -C 127.0.0.1 -P PORT --tls-certificates CERTS EXTRA...`.
+#[track_caller]
+fn start_proxy(upstream: &Daemon, certs: &Path, extra: &[&str]) -> Daemon {
+    let mut cmd = flexnbd_std();
+    cmd.args([
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "-v",
+        "-C",
+        "127.0.0.1",
+        "-P",
+    ])
+    .arg(upstream.port().to_string())
+    .arg("--tls-certificates")
+    .arg(certs)
+    .args(extra);
+    let mut proxy = Daemon::spawn(cmd, vec![crate::support::Ready::LoggedPort]);
+    proxy.wait_ready();
+    proxy
+}
+
+#[test]
+fn the_proxy_speaks_tls_to_its_clients_and_to_its_upstream() {
+    let (_env, pki, disk, upstream) = serve_require(&["--tls-verify-peer"]);
+    // TLS on both sides, the proxy presenting its client certificate upstream.
+    let proxy = start_proxy(
+        &upstream,
+        &pki.full(),
+        &["--upstream-tls", "--tls", "require", "--tls-verify-peer"],
+    );
+    let data = pattern(100_000, 31);
+    round_trip(&proxy, &pki.client(), 4096, &data, &[]);
+    assert!(std::fs::read(&disk).unwrap()[4096..4096 + data.len()] == data[..]);
+    // A plaintext client of that proxy is refused.
+    let out = client(&proxy, "read", None, 0, 512, &[], &[]);
+    one_error_line("plaintext read through a --tls require proxy", &out);
+
+    // Plaintext to its clients, TLS upstream.
+    let plain = start_proxy(&upstream, &pki.full(), &["--upstream-tls"]);
+    let out = client(&plain, "read", None, 4096, data.len() as u64, &[], &[]);
+    assert_success("plaintext read through a proxy with --upstream-tls", &out);
+    assert!(out.stdout == data);
+
+    // Without --upstream-tls the proxy cannot start: its first connection
+    // upstream is refused, and it says why.
+    let mut cmd = flexnbd_std();
+    cmd.args([
+        "proxy",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "-C",
+        "127.0.0.1",
+        "-P",
+    ])
+    .arg(upstream.port().to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = finish(cmd.spawn().unwrap(), WITHIN);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
 }
