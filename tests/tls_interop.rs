@@ -366,3 +366,46 @@ fn our_read_and_write_against_qemu_nbd_over_tls() {
         &out,
     );
 }
+
+#[test]
+fn a_tls_migration_into_nbdkit_requiring_client_certificates() {
+    if !require_tool("nbdkit") {
+        return;
+    }
+    let env = TestEnv::new();
+    let pki = Pki::new();
+    let server = nbdkit_tls(&pki.server(), true);
+    let data = pattern(4 * MIB as usize, 29);
+    let src = env.image_with("source.img", &data);
+    let sock = env.sock_path_named("source.sock");
+    let mut source = DaemonBuilder::new("serve", &src)
+        .sock(&sock)
+        .arg("--tls-certificates")
+        .arg(pki.full())
+        .start();
+    let out = commands::run(
+        &[
+            "mirror",
+            "-s",
+            sock.to_str().unwrap(),
+            "-l",
+            &format!("nbds://127.0.0.1:{}/", server.port()),
+            "--wait",
+            "--no-progress",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "mirror into nbdkit over TLS: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        source
+            .wait_exit(std::time::Duration::from_secs(30))
+            .success()
+    );
+    let out = our_client(&server, "read", &pki.client(), 0, 4 * MIB, &[]);
+    assert_success("read back from nbdkit", &out);
+    assert!(out.stdout == data, "nbdkit's data differs");
+}
