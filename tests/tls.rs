@@ -390,6 +390,24 @@ fn our_client_never_sends_data_in_clear_when_tls_was_asked_for() {
         std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
         "data reached a server without TLS"
     );
+    // An old-style server has no STARTTLS at all.
+    let old = env.image("old.img", MIB);
+    let d = Daemon::serve(&old)
+        .sock(env.sock_path_named("old.sock"))
+        .arg("--oldstyle")
+        .start();
+    let out = client(
+        &d,
+        "write",
+        Some(&pki.client()),
+        0,
+        4096,
+        &[0xaa; 4096],
+        &[],
+    );
+    let line = one_error_line("write --tls to an old-style server", &out);
+    assert!(line.contains("old-style"), "{line}");
+    assert!(std::fs::read(&old).unwrap().iter().all(|&b| b == 0));
 }
 
 // ---------------------------------------------------------------------------
@@ -852,4 +870,41 @@ fn the_proxy_speaks_tls_to_its_clients_and_to_its_upstream() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("TLS"), "{stderr}");
+}
+
+#[test]
+fn mirror_tls_from_a_server_without_certificates_is_refused() {
+    let env = TestEnv::new();
+    let pki = Pki::new();
+    let src = env.image_with("source.img", &pattern(MIB as usize, 14));
+    let dst = env.image("dest.img", MIB);
+    let mut source = Daemon::serve(&src)
+        .sock(env.sock_path_named("source.sock"))
+        .start();
+    let dest = start(
+        &env,
+        "listen",
+        &dst,
+        "dest.sock",
+        &pki.server(),
+        &["--tls", "require"],
+    );
+    let out = commands::run(
+        &[
+            "mirror",
+            "-s",
+            source.sock().to_str().unwrap(),
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &dest.port().to_string(),
+            "--tls",
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--tls-certificates"), "{stderr}");
+    assert!(source.is_running());
+    assert!(control(source.sock(), "status", &[]).contains("is_mirroring=false"));
 }
