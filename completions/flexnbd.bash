@@ -567,7 +567,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --oldstyle --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --oldstyle --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -915,7 +915,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -k -r -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --killswitch --read-only --oldstyle --max-clients --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --mirror-tls --tls --tls-certificates --tls-verify-peer --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -k -r -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --killswitch --read-only --oldstyle --max-clients --mirror-tls --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -965,10 +965,6 @@ _flexnbd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --max-clients)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --export-name)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1006,6 +1002,10 @@ _flexnbd() {
                     return 0
                     ;;
                 --tls-certificates)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-clients)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -53,7 +53,6 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s f -l file -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s s -l sock -d 'Path to the control socket' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l pid-file -d 'Write the process id to PATH once serving; removed on exit' -r -F
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l control-mode -d 'Permission bits of the control socket, in octal (default 0600: owner only)' -r
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s x -l export-name -d 'Serve the file under this export name only (newstyle)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handshake-timeout -d 'How long a client may take over each step of the handshake' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-handshakes -d 'Most connections still in their handshake at once' -r
@@ -65,16 +64,17 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls -d 'Offer 
 on\t'TLS offered; clients may also stay in plaintext'
 require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls-certificates -d 'The directory of TLS certificates, laid out as for nbdkit and qemu' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients -d 'Most clients served at once; further connections are closed at once' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s d -l default-deny -d 'Deny connections by default unless in ACL'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s k -l killswitch -d 'Drop a client whose request takes longer than 120 seconds'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s r -l read-only -d 'Export the file read-only: writes, trims and zeroes get EPERM'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l mirror-tls -d 'Migrations over TLS, with the client certificate of --tls-certificates'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -102,8 +102,8 @@ plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'
 c\t'The C flexnbd\'s layout'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-deny -d 'Deny connections by default unless in ACL'
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s h -l help -d 'Print help (see more with \'--help\')'

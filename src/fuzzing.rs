@@ -111,8 +111,9 @@ pub fn negotiation(mut data: &[u8]) {
             && before_tls
             && ![Opt::STARTTLS, Opt::ABORT].contains(&header.opt)
         {
+            // The reply type: after the magic (8 bytes) and the option (4).
             assert_eq!(
-                out.get(16..20),
+                out.get(12..16),
                 Some(&Rep::ERR_TLS_REQD.0.to_be_bytes()[..])
             );
         }

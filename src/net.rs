@@ -179,39 +179,52 @@ mod tests {
         );
     }
 
+    /// Asserts, for each (entry, addresses it contains, addresses it does
+    /// not), what [`AclEntry::contains`] says.
+    #[track_caller]
+    fn assert_matches(cases: &[(&str, &[&str], &[&str])]) {
+        for &(entry, inside, outside) in cases {
+            let e: AclEntry = entry.parse().unwrap();
+            for addr in inside {
+                assert!(e.contains(ip(addr)), "{entry} should contain {addr}");
+            }
+            for addr in outside {
+                assert!(!e.contains(ip(addr)), "{entry} should not contain {addr}");
+            }
+        }
+    }
+
     #[test]
     fn acl_entry_masks() {
-        let e: AclEntry = "127.0.0.1/24".parse().unwrap();
-        assert!(e.contains(ip("127.0.0.200")));
-        assert!(!e.contains(ip("127.0.1.1")));
-        let single: AclEntry = "10.1.2.3".parse().unwrap();
-        assert!(single.contains(ip("10.1.2.3")) && !single.contains(ip("10.1.2.4")));
-        let v6: AclEntry = "fe80::/10".parse().unwrap();
-        assert!(v6.contains(ip("fe80::1")) && !v6.contains(ip("fec0::1")));
-        let odd: AclEntry = "10.0.0.0/9".parse().unwrap();
-        assert!(odd.contains(ip("10.127.0.1")) && !odd.contains(ip("10.128.0.1")));
+        assert_matches(&[
+            ("127.0.0.1/24", &["127.0.0.200"], &["127.0.1.1"]),
+            ("10.1.2.3", &["10.1.2.3"], &["10.1.2.4"]),
+            ("fe80::/10", &["fe80::1"], &["fec0::1"]),
+            ("10.0.0.0/9", &["10.127.0.1"], &["10.128.0.1"]),
+        ]);
     }
 
     // Regression: issue 10 item 4, `serve -l :: ... 127.0.0.1` refused 127.0.0.1.
     #[test]
     fn ipv4_entries_match_mapped_clients_and_the_reverse() {
-        let v4: AclEntry = "127.0.0.1".parse().unwrap();
-        assert!(v4.contains(ip("::ffff:127.0.0.1")) && v4.contains(ip("127.0.0.1")));
-        assert!(!v4.contains(ip("::ffff:127.0.0.2")) && !v4.contains(ip("::1")));
-        let mapped: AclEntry = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(mapped.contains(ip("127.0.0.1")) && mapped.contains(ip("::ffff:127.0.0.1")));
-        assert!(!mapped.contains(ip("127.0.0.2")));
-        let net: AclEntry = "10.0.0.0/8".parse().unwrap();
-        assert!(net.contains(ip("::ffff:10.200.0.1")) && !net.contains(ip("::ffff:11.0.0.1")));
-        let mapped_net: AclEntry = "::ffff:10.0.0.0/104".parse().unwrap();
-        assert!(mapped_net.contains(ip("10.1.2.3")) && !mapped_net.contains(ip("11.1.2.3")));
         // Only the mapped form is an IPv4 address: `::1` and the deprecated
         // compatible form `::a.b.c.d` are not, and other IPv6 never match.
-        let loopback: AclEntry = "::1".parse().unwrap();
-        assert!(!loopback.contains(ip("127.0.0.1")) && !loopback.contains(ip("0.0.0.1")));
-        assert!(!v4.contains(ip("::127.0.0.1")));
-        let v6: AclEntry = "fe80::/10".parse().unwrap();
-        assert!(!v6.contains(ip("127.0.0.1")));
+        assert_matches(&[
+            (
+                "127.0.0.1",
+                &["::ffff:127.0.0.1", "127.0.0.1"],
+                &["::ffff:127.0.0.2", "::1", "::127.0.0.1"],
+            ),
+            (
+                "::ffff:127.0.0.1",
+                &["127.0.0.1", "::ffff:127.0.0.1"],
+                &["127.0.0.2"],
+            ),
+            ("10.0.0.0/8", &["::ffff:10.200.0.1"], &["::ffff:11.0.0.1"]),
+            ("::ffff:10.0.0.0/104", &["10.1.2.3"], &["11.1.2.3"]),
+            ("::1", &[], &["127.0.0.1", "0.0.0.1"]),
+            ("fe80::/10", &[], &["127.0.0.1"]),
+        ]);
     }
 
     #[test]

@@ -398,15 +398,22 @@ fn assert_parses(args: &[&str]) {
     assert_eq!(stdout, "", "flexnbd {args:?} wrote to stdout");
 }
 
+/// A file in `env` that `serve` cannot open (its directory does not exist),
+/// and a free port: a `serve` line with them parses, then fails (exit 1).
+fn unopenable_file_and_port(env: &TestEnv) -> (String, String) {
+    let file = env.child("no-such-dir/disk.img");
+    let file = file.to_str().expect("utf-8 temp path").to_owned();
+    (file, free_port().to_string())
+}
+
 // Regression: flexnbd-c declares --killswitch as taking a value, so in
 // `--killswitch --quiet` the --quiet was swallowed. Here both are flags.
 #[test]
 fn killswitch_then_quiet_keeps_both() {
     let env = TestEnv::new();
-    let file = env.child("no-such-dir/disk.img");
-    let file = file.to_str().expect("utf-8 temp path");
-    let port = free_port().to_string();
-    let serve = ["serve", "-l", "127.0.0.1", "-p", &port, "-f", file];
+    let (file, port) = unopenable_file_and_port(&env);
+    let (file, port) = (file.as_str(), port.as_str());
+    let serve = ["serve", "-l", "127.0.0.1", "-p", port, "-f", file];
 
     let args: Vec<&str> = serve
         .iter()
@@ -429,9 +436,8 @@ fn killswitch_then_quiet_keeps_both() {
 #[test]
 fn flexnbd_c_option_forms_are_accepted() {
     let env = TestEnv::new();
-    let file = env.child("no-such-dir/disk.img");
-    let file = file.to_str().expect("utf-8 temp path");
-    let port = free_port().to_string();
+    let (file, port) = unopenable_file_and_port(&env);
+    let (file, port) = (file.as_str(), port.as_str());
     let attached_port = format!("-p{port}");
     let equals_port = format!("--port={port}");
     let attached_file = format!("-f{file}");
@@ -463,7 +469,7 @@ fn flexnbd_c_option_forms_are_accepted() {
         "-l",
         "[127.0.0.1]",
         "-p",
-        &port,
+        port,
         "-f",
         file,
         "-v",

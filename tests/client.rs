@@ -130,6 +130,25 @@ fn drain(s: &mut TcpStream) -> usize {
     sink.len()
 }
 
+/// The reply to NBD_OPT_EXPORT_NAME for an export of `size` bytes (flags:
+/// HAS_FLAGS only), without the zeroes.
+fn export_name_reply(size: u64) -> [u8; ExportNameReply::SIZE] {
+    let mut head = [0u8; ExportNameReply::SIZE];
+    ExportNameReply {
+        size,
+        flags: flexnbd::proto::types::TransmissionFlags(1),
+    }
+    .encode(&mut head);
+    head
+}
+
+/// Asserts that the C flexnbd's `disk.img` in `env` holds `data` at `offset`.
+#[track_caller]
+fn assert_c_file_holds(env: &TestEnv, offset: u64, data: &[u8]) {
+    let file = read_range(&env.child("disk.img"), offset, data.len() as u64);
+    assert_same_bytes("the C flexnbd's file", &file, data);
+}
+
 /// Why the client's handshake with a fake running `script` failed, which
 /// must be an error of kind `Rejected`.
 #[track_caller]
@@ -138,6 +157,18 @@ fn rejected_by(script: impl FnOnce(TcpStream) + Send + 'static) -> ClientError {
     let err = NbdClient::connect(addr, &quick()).expect_err("the handshake succeeded");
     assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
     err
+}
+
+/// [`rejected_by`] a fixed-newstyle fake that reads the client's first
+/// option (its GO) and answers it with `answer`, then drains.
+#[track_caller]
+fn go_rejected_by(answer: impl FnOnce(&mut TcpStream) + Send + 'static) -> ClientError {
+    rejected_by(|mut s| {
+        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
+        read_option(&mut s);
+        answer(&mut s);
+        drain(&mut s);
+    })
 }
 
 /// An old-style fake of `size` bytes that answers the first request with
@@ -293,8 +324,7 @@ fn oldstyle_round_trip_against_flexnbd_c_reaches_the_file() {
     let data = pattern(200_000, 3);
     library_round_trip(&mut client, 512, &data);
     client.disconnect().expect("disconnect");
-    let file = read_range(&env.child("disk.img"), 512, data.len() as u64);
-    assert_same_bytes("the C flexnbd's file", &file, &data);
+    assert_c_file_holds(&env, 512, &data);
 }
 
 #[test]
@@ -555,13 +585,7 @@ fn go_unsupported_falls_back_to_export_name_with_zeroes() {
         let (h, _) = read_option(&mut s);
         assert_eq!(h.opt, Opt::EXPORT_NAME);
         let mut reply = [0u8; ExportNameReply::SIZE + 124];
-        let mut head = [0u8; ExportNameReply::SIZE];
-        ExportNameReply {
-            size: 8192,
-            flags: flexnbd::proto::types::TransmissionFlags(1),
-        }
-        .encode(&mut head);
-        reply[..ExportNameReply::SIZE].copy_from_slice(&head);
+        reply[..ExportNameReply::SIZE].copy_from_slice(&export_name_reply(8192));
         s.write_all(&reply).expect("export name reply");
         serve_one_read(&mut s, 0xab);
         cflags
@@ -582,13 +606,8 @@ fn plain_newstyle_uses_export_name_without_zeroes() {
         let cflags = newstyle_greeting(&mut s, HandshakeFlags::NO_ZEROES);
         let (h, _) = read_option(&mut s);
         assert_eq!(h.opt, Opt::EXPORT_NAME);
-        let mut head = [0u8; ExportNameReply::SIZE];
-        ExportNameReply {
-            size: 4096,
-            flags: flexnbd::proto::types::TransmissionFlags(1),
-        }
-        .encode(&mut head);
-        s.write_all(&head).expect("export name reply");
+        s.write_all(&export_name_reply(4096))
+            .expect("export name reply");
         serve_one_read(&mut s, 0x5a);
         cflags
     });
@@ -606,12 +625,7 @@ fn plain_newstyle_uses_export_name_without_zeroes() {
 
 #[test]
 fn go_refusal_is_rejected_with_the_servers_message() {
-    let err = rejected_by(|mut s| {
-        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
-        read_option(&mut s);
-        send_option_reply(&mut s, Opt::GO, Rep::ERR_POLICY, b"go away");
-        drain(&mut s);
-    });
+    let err = go_rejected_by(|s| send_option_reply(s, Opt::GO, Rep::ERR_POLICY, b"go away"));
     assert_eq!(
         err.to_string(),
         "server refused GO with ERR_POLICY: go away"
@@ -620,12 +634,7 @@ fn go_refusal_is_rejected_with_the_servers_message() {
 
 #[test]
 fn oversized_option_reply_is_rejected_before_allocating() {
-    let err = rejected_by(|mut s| {
-        newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
-        read_option(&mut s);
-        send_option_reply_header(&mut s, Opt::GO, Rep::INFO, u32::MAX);
-        drain(&mut s);
-    });
+    let err = go_rejected_by(|s| send_option_reply_header(s, Opt::GO, Rep::INFO, u32::MAX));
     assert!(matches!(err, ClientError::BadHandshake(_)), "{err:?}");
 }
 
@@ -663,8 +672,7 @@ fn binary_round_trip_against_flexnbd_c() {
     };
     let data = pattern(123_456, 8);
     binary_round_trip(server.addr(), 4096, &data);
-    let file = read_range(&env.child("disk.img"), 4096, data.len() as u64);
-    assert_same_bytes("the C flexnbd's file", &file, &data);
+    assert_c_file_holds(&env, 4096, &data);
 }
 
 #[test]

@@ -14,8 +14,7 @@ use crate::support::daemon::serve_image;
 use crate::support::{
     Daemon, DaemonBuilder, Ready, Style, TestEnv, flexnbd_std, pattern, require_tool, text,
 };
-
-const MIB: u64 = 1 << 20;
+use crate::support::{MIB, unix_uri};
 
 /// `flexnbd read -l ADDR -F from -S size`.
 fn read(addr: &str, from: u64, size: u64) -> Output {
@@ -61,6 +60,24 @@ fn nbdkit_unix(env: &TestEnv, args: &[&str]) -> Option<(Daemon, PathBuf)> {
     let mut d = Daemon::spawn(cmd, vec![Ready::Sock(sock.clone())]);
     d.wait_ready();
     Some((d, sock))
+}
+
+/// nbdkit serving 1 MiB of memory on a UNIX socket, and the two ways to
+/// name it: the socket's path and an NBD URI.
+struct NbdkitMemory {
+    _nbdkit: Daemon,
+    path: String,
+    uri: String,
+}
+
+/// [`NbdkitMemory`] in `env`; `None` (the test skips) without nbdkit.
+fn nbdkit_memory(env: &TestEnv) -> Option<NbdkitMemory> {
+    let (nbdkit, sock) = nbdkit_unix(env, &["memory", "1M"])?;
+    Some(NbdkitMemory {
+        _nbdkit: nbdkit,
+        path: path_str(&sock).to_owned(),
+        uri: unix_uri("", &sock),
+    })
 }
 
 fn path_str(p: &Path) -> &str {
@@ -109,13 +126,12 @@ fn an_export_name_is_ignored_by_an_oldstyle_server() {
 #[test]
 fn read_and_write_over_a_unix_socket_to_nbdkit() {
     let env = TestEnv::new();
-    let Some((_nbdkit, sock)) = nbdkit_unix(&env, &["memory", "1M"]) else {
+    let Some(nbdkit) = nbdkit_memory(&env) else {
         return;
     };
-    let uri = format!("nbd+unix:///?socket={}", path_str(&sock));
     let data = pattern(70_000, 3);
-    round_trip(&uri, path_str(&sock), 12_345, &data);
-    round_trip(path_str(&sock), &uri, 500_000, &data);
+    round_trip(&nbdkit.uri, &nbdkit.path, 12_345, &data);
+    round_trip(&nbdkit.path, &nbdkit.uri, 500_000, &data);
 }
 
 #[test]
@@ -125,11 +141,7 @@ fn the_export_name_reaches_nbdkit() {
     let Some((_nbdkit, sock)) = nbdkit_unix(&env, &["info", "mode=exportname"]) else {
         return;
     };
-    let out = read(
-        &format!("nbd+unix:///hello%20world?socket={}", path_str(&sock)),
-        0,
-        11,
-    );
+    let out = read(&unix_uri("hello%20world", &sock), 0, 11);
     assert_success("read of the name", &out);
     assert_eq!(text(&out.stdout), "hello world");
 }
@@ -148,14 +160,14 @@ fn a_named_export_of_qemu_nbd_on_a_unix_socket() {
         .arg(&disk);
     let mut qemu = Daemon::spawn(cmd, vec![Ready::Sock(sock.clone())]);
     qemu.wait_ready();
-    let uri = format!("nbd+unix:///my%20disk?socket={}", path_str(&sock));
+    let uri = unix_uri("my%20disk", &sock);
     let data = pattern(30_000, 8);
     round_trip(&uri, &uri, 1000, &data);
     assert!(
         env.read(&disk)[1000..31_000] == data[..],
         "the file differs"
     );
-    let other = format!("nbd+unix:///other?socket={}", path_str(&sock));
+    let other = unix_uri("other", &sock);
     let line = one_error_line("another name", &read(&other, 0, 1));
     assert!(line.contains("ERR_UNKNOWN"), "{line}");
 }
@@ -163,12 +175,11 @@ fn a_named_export_of_qemu_nbd_on_a_unix_socket() {
 #[test]
 fn the_proxy_upstream_may_be_a_uri_or_a_socket_path() {
     let env = TestEnv::new();
-    let Some((_nbdkit, sock)) = nbdkit_unix(&env, &["memory", "1M"]) else {
+    let Some(nbdkit) = nbdkit_memory(&env) else {
         return;
     };
-    let via_uri = format!("nbd+unix:///?socket={}", path_str(&sock));
     let mut first = None;
-    for upstream in [via_uri.as_str(), path_str(&sock)] {
+    for upstream in [&nbdkit.uri, &nbdkit.path] {
         let mut cmd = flexnbd_std();
         cmd.args(["proxy", "-l", "127.0.0.1", "-p", "0", "-v", "-C", upstream]);
         let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
@@ -195,10 +206,7 @@ fn the_proxy_asks_upstream_for_the_uris_export() {
     };
     let mut cmd = flexnbd_std();
     cmd.args(["proxy", "-l", "127.0.0.1", "-p", "0", "-v", "-C"])
-        .arg(format!(
-            "nbd+unix:///via%2Fproxy?socket={}",
-            path_str(&sock)
-        ));
+        .arg(unix_uri("via%2Fproxy", &sock));
     let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
     proxy.wait_ready();
     let out = read(&format!("nbd://127.0.0.1:{}", proxy.port()), 0, 9);
@@ -266,17 +274,13 @@ fn mirror_to_a_named_export() {
 #[test]
 fn mirror_to_nbdkit_on_a_unix_socket() {
     let env = TestEnv::new();
-    let Some((_nbdkit, sock)) = nbdkit_unix(&env, &["memory", "1M"]) else {
+    let Some(nbdkit) = nbdkit_memory(&env) else {
         return;
     };
     let data = pattern(1 << 20, 7);
     let src = env.image_with("source.img", &data);
-    mirror_wait(
-        &env,
-        &src,
-        &format!("nbd+unix:///?socket={}", path_str(&sock)),
-    );
-    let out = read(path_str(&sock), 0, MIB);
+    mirror_wait(&env, &src, &nbdkit.uri);
+    let out = read(&nbdkit.path, 0, MIB);
     assert_success("read back from nbdkit", &out);
     assert!(out.stdout == data, "nbdkit's data differs");
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+use crate::support::MIB;
 use crate::support::commands::{
     assert_success, one_error_line, read_ok, run, serve_once, write_ok,
 };
@@ -20,7 +21,6 @@ use crate::support::daemon::serve_image;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{Daemon, Style, TestEnv, control_raw, status_value, text};
 
-const MIB: u64 = 1 << 20;
 /// How long a socket read or write in these tests may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a test waits for the daemon to reach a state (clients gone, ...).

@@ -45,6 +45,17 @@ fn panic_points() -> bool {
     cfg!(debug_assertions)
 }
 
+/// A panic test's set-up: a `mode` daemon with the fault point `point`
+/// armed at `at`; `None` (the test skips) where the points do not exist.
+fn with_panic_point(mode: &str, point: &str, at: &str) -> Option<(TestEnv, Daemon, SocketAddr)> {
+    if !panic_points() {
+        return None;
+    }
+    let t = TestEnv::new();
+    let (d, addr) = daemon_with_env(&t, mode, &[(point, at)]);
+    Some((t, d, addr))
+}
+
 /// Waits until `d`'s `status` shows `n` clients.
 #[track_caller]
 fn wait_num_clients(d: &Daemon, n: u64) {
@@ -53,11 +64,9 @@ fn wait_num_clients(d: &Daemon, n: u64) {
 
 #[test]
 fn a_panic_serving_a_request_closes_only_that_connection() {
-    if !panic_points() {
+    let Some((_t, d, addr)) = with_panic_point("serve", "FLEXNBD_TEST_PANIC_WORKER", "4096") else {
         return;
-    }
-    let t = TestEnv::new();
-    let (d, addr) = daemon_with_env(&t, "serve", &[("FLEXNBD_TEST_PANIC_WORKER", "4096")]);
+    };
     let mut other = Client::connect(addr, Handshake::Go);
     let mut victim = Client::connect(addr, Handshake::Go);
     // A FUA write always goes through the guarded path (never the inline fast paths).
@@ -82,12 +91,11 @@ fn a_panic_serving_a_request_closes_only_that_connection() {
 
 #[test]
 fn a_panic_on_the_reading_thread_frees_the_listen_slot() {
-    if !panic_points() {
-        return;
-    }
-    let t = TestEnv::new();
     // `listen` takes one client at a time: a leaked slot would lock everyone out.
-    let (d, addr) = daemon_with_env(&t, "listen", &[("FLEXNBD_TEST_PANIC_READER", "8192")]);
+    let Some((_t, d, addr)) = with_panic_point("listen", "FLEXNBD_TEST_PANIC_READER", "8192")
+    else {
+        return;
+    };
     for round in 0..3u64 {
         let mut c = Client::connect(addr, Handshake::Go);
         c.request(Cmd::READ, round, 8192, 512);
@@ -383,11 +391,9 @@ fn handover_with_newstyle_clients_that_never_read_is_bounded() {
 
 #[test]
 fn a_panic_in_a_control_command_is_answered_and_the_socket_goes_on() {
-    if !panic_points() {
+    let Some((_t, d, addr)) = with_panic_point("serve", "FLEXNBD_TEST_PANIC_CONTROL", "acl") else {
         return;
-    }
-    let t = TestEnv::new();
-    let (d, addr) = daemon_with_env(&t, "serve", &[("FLEXNBD_TEST_PANIC_CONTROL", "acl")]);
+    };
     let reply = crate::support::control(d.sock(), "acl", &["127.0.0.1"]);
     assert_eq!(reply, "1: internal error\n");
     for _ in 0..2 {

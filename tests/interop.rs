@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use flexnbd::proto::types::Errno;
 
 use crate::serve::Harness;
+use crate::support::commands::assert_exit_0;
 use crate::support::{nbdsh_command, require_tool};
 
 #[track_caller]
@@ -20,13 +21,7 @@ fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit_0(&format!("{cmd:?}"), &out);
     out
 }
 

@@ -38,13 +38,14 @@ use flexnbd::proto::types::Cmd;
 use flexnbd::proto::wire::Request;
 use flexnbd::status::{Phase, Status};
 
+use crate::support::MIB;
+use crate::support::commands::assert_exit_0;
 use crate::support::wire;
 use crate::support::{
     self, Daemon, DaemonBuilder, Signal, TestEnv, allocated, control, control::status_line,
     flexnbd_std, pattern, require_tool, text,
 };
 
-const MIB: u64 = 1 << 20;
 /// The longest transfer the source sends (flexnbd-c's mirror_longest_write).
 const MAX_TRANSFER: u64 = 8 * MIB;
 /// How long a migration that should complete may take, in a debug build on a busy machine.
@@ -490,13 +491,7 @@ fn migrate_under_fio(jobs: &str, writers: u64, max_speed: &str) {
         &["--wait", "-m", max_speed],
     ))
     .finish(MIGRATION_WITHIN);
-    assert!(
-        out.status.success(),
-        "mirror --wait: {}; stdout {:?} stderr {:?}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit_0("mirror --wait", &out);
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     let fio_out = fio.wait();

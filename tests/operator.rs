@@ -1,7 +1,7 @@
 //! What operators who know qemu-nbd and nbdkit reach for: export names
 //! (`-x`), seen through libnbd and qemu.
 
-use crate::support::{DaemonBuilder, TestEnv, flexnbd, require_tool, run_ok, text, tool};
+use crate::support::{DaemonBuilder, TestEnv, flexnbd, require_tool, run_ok, text, tool, unix_uri};
 
 #[test]
 fn a_named_export_is_listed_and_other_names_are_refused() {
@@ -103,10 +103,7 @@ fn serve_listens_on_a_unix_socket_owner_only_and_removes_it() {
         & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
     // Our own client by path and by URI.
-    for target in [
-        socket.display().to_string(),
-        format!("nbd+unix:///?socket={}", socket.display()),
-    ] {
+    for target in [socket.display().to_string(), unix_uri("", &socket)] {
         let out = flexnbd()
             .args(["read", "-l", &target, "-F", "4096", "-S", "4096"])
             .output()
@@ -120,7 +117,7 @@ fn serve_listens_on_a_unix_socket_owner_only_and_removes_it() {
     if require_tool("nbdinfo") {
         let out = tool("nbdinfo")
             .arg("--size")
-            .arg(format!("nbd+unix:///?socket={}", socket.display()))
+            .arg(unix_uri("", &socket))
             .output()
             .expect("nbdinfo");
         assert!(out.status.success(), "{}", text(&out.stderr));

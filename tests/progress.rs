@@ -20,10 +20,10 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use crate::support::MIB;
 use crate::support::commands::{assert_success, run};
 use crate::support::{Daemon, DaemonBuilder, TestEnv, flexnbd_std, status_value, text, wait_until};
 
-const MIB: u64 = 1 << 20;
 /// How long a line or an exit may take to come, in a debug build on a busy machine.
 const WITHIN: Duration = Duration::from_secs(60);
 /// `mirror-speed` value that lifts the limit (flexnbd-c's "unlimited", 2^64-1).

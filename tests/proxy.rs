@@ -46,7 +46,7 @@ use crate::support::wire::{
 };
 use crate::support::{
     Daemon, DaemonBuilder, FakePeer, Ready, Signal, Style, TestEnv, flexnbd_std, pattern,
-    require_tool, wait_until,
+    require_tool, unix_uri, wait_until,
 };
 
 /// The read timeout on every socket a test or fake uses.
@@ -132,6 +132,13 @@ fn proxy_to_serve(file: &Path, style: Style) -> (Daemon, Daemon) {
     let upstream = start_upstream(file, style);
     let proxy = start_proxy(upstream.addr(), style, &[]);
     (upstream, proxy)
+}
+
+/// [`proxy_to_serve`] of a blank 16 KiB `disc.img` in `env`, the disc of
+/// flexnbd-c's proxy tests.
+#[track_caller]
+fn proxy_to_blank_disc(env: &TestEnv, style: Style) -> (Daemon, Daemon) {
+    proxy_to_serve(&env.image("disc.img", 16 * 1024), style)
 }
 
 /// The client disconnects, then the proxy stops cleanly ([`stop_proxy`]).
@@ -375,8 +382,7 @@ fn maximum_write_request_size(style: Style) {
 
 fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut c = connect(proxy.addr(), style);
     // flexnbd-c's test: block 1000 of a 16-block disc; its server says ENOSPC (28).
     assert_eq!(c.write_reply(1, 1000 * 1024, &[0xff; 1024]), Errno::ENOSPC);
@@ -390,8 +396,7 @@ fn write_past_the_end_returns_an_error_to_the_client(style: Style) {
 
 fn only_one_client_at_a_time(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut first = connect(proxy.addr(), style);
     let mut second = TcpStream::connect_timeout(&proxy.addr(), IO_TIMEOUT).unwrap();
     second
@@ -587,8 +592,7 @@ fn read_ahead_cache_answers_the_second_half_locally(style: Style) {
 
 fn sigterm_mid_session_exits_0(style: Style) {
     let env = TestEnv::new();
-    let file = env.image("disc.img", 16 * 1024);
-    let (_upstream, mut proxy) = proxy_to_serve(&file, style);
+    let (_upstream, mut proxy) = proxy_to_blank_disc(&env, style);
     let mut c = connect(proxy.addr(), style);
     assert_eq!(c.write_reply(1, 0, &[1; 512]), Errno::OK);
     proxy.signal(Signal::TERM);
@@ -631,13 +635,13 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
     // Requests no upstream should see: answered EINVAL, and the session goes on.
     let mut c = connect(addr, style);
     c.send(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
+    assert_eq!(c.reply_to(1), Errno::EINVAL);
     c.send(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
+    assert_eq!(c.reply_to(2), Errno::EINVAL);
     c.send(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
+    assert_eq!(c.reply_to(3), Errno::EINVAL);
     c.send(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]);
-    assert_ne!(c.reply().error, Errno::OK);
+    assert_ne!(c.reply_to(4), Errno::OK);
     assert_eq!(c.read(5, 0, 4096), data[..4096]);
     // A request with a bad magic ends the session.
     c.s.write_all(&[0u8; Request::SIZE]).unwrap();
@@ -723,13 +727,13 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
     );
     assert_eq!(c.write_reply(1, 0, &[5; 4096]), Errno::OK);
     c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(2), Errno::OK);
     c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(3), Errno::OK);
     c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(4), Errno::OK);
     c.send(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(5), Errno::OK);
     let on_disc = env.read(&file);
     assert!(on_disc[..4096].iter().all(|&b| b == 5));
     assert!(on_disc[4096..8192].iter().all(|&b| b == 6));
@@ -773,13 +777,13 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         "{flags:?}"
     );
     c.send(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
+    assert_eq!(c.reply_to(1), Errno::EINVAL);
     c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]);
-    assert_eq!(c.reply().error, Errno::EINVAL);
+    assert_eq!(c.reply_to(2), Errno::EINVAL);
     c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(3), Errno::OK);
     c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
-    assert_eq!(c.reply().error, Errno::OK);
+    assert_eq!(c.reply_to(4), Errno::OK);
     disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(
@@ -825,7 +829,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
     assert_eq!(&magic, b"NBDMAGIC");
     drop(s);
     if require_tool("nbdinfo") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let out = crate::support::tool("nbdinfo")
             .arg("--size")
             .arg(&uri)
@@ -838,7 +842,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
         );
     }
     if require_tool("qemu-io") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let out = crate::support::tool("qemu-io")
             .args([
                 "-f",
@@ -859,7 +863,7 @@ fn flexnbd_proxy_symlink_is_the_proxy_on_a_unix_socket() {
         data.clone_from(&expected);
     }
     if require_tool("nbdcopy") {
-        let uri = format!("nbd+unix:///?socket={}", path.display());
+        let uri = unix_uri("", &path);
         let copy = env.child("copy.img");
         let out = crate::support::tool("nbdcopy")
             .arg(&uri)

@@ -17,9 +17,8 @@ use crate::support::{
     Daemon, Signal, Style, TestEnv, assert_same_bytes, finish, flexnbd_path, flexnbd_std,
     flexnbd_std_default_signals, pattern, read_range, text, wait_until,
 };
+use crate::support::{KIB, MIB};
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 /// How long a test waits for a command to reach a state or exit.
 const WAIT: Duration = Duration::from_secs(10);
 

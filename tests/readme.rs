@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::commands::assert_exit_0;
 use crate::support::{
     self, Daemon, Ready, TestEnv, flexnbd_path, flexnbd_std, free_port, require_tool, text,
 };
@@ -117,13 +118,7 @@ fn readme_quick_start_works_as_written() {
     };
     let sh = |command: &str| -> String {
         let out = run_sh_group(&edit(command), Duration::from_secs(120));
-        assert!(
-            out.status.success(),
-            "README: {command}: {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        assert_exit_0(&format!("README: {command}"), &out);
         text(&out.stdout) + &text(&out.stderr)
     };
     let lines = |block: &str| -> Vec<String> {

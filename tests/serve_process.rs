@@ -20,9 +20,8 @@ use crate::support::{
     self, Daemon, Signal, Style, TestEnv, assert_same_bytes, pattern, read_range, require_tool,
     text, tool,
 };
+use crate::support::{KIB, MIB};
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 /// How long a socket read or write in these tests may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 

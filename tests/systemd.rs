@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use flexnbd::proto::types::Errno;
 
+use crate::support::MIB;
 use crate::support::daemon::EXIT_TIMEOUT;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{
@@ -23,7 +24,6 @@ use crate::support::{
     require_tool, text, wait_until,
 };
 
-const MIB: u64 = 1 << 20;
 /// How long a notification may take to arrive.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(20);
 const ACTIVATE: &str = "systemd-socket-activate";

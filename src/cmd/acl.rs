@@ -19,12 +19,12 @@ use crate::exit::ExitCode;
 /// control socket cannot be reached or gives no valid reply, or stdout
 /// cannot be written.
 pub fn run(args: AclArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let reply = client::request(
+    let reply = super::control_request(
+        global,
         &args.control.sock,
         "acl",
         &args.acl,
-        Some(client::DEFAULT_TIMEOUT),
+        client::DEFAULT_TIMEOUT,
     )?;
     super::report(&reply)
 }

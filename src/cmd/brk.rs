@@ -3,7 +3,6 @@
 use anyhow::Result;
 
 use crate::cli::{BreakArgs, GlobalArgs};
-use crate::control::client;
 use crate::exit::ExitCode;
 
 /// Runs `break`: sends `break` and waits until the migration has stopped.
@@ -12,13 +11,13 @@ use crate::exit::ExitCode;
 ///
 /// The control socket cannot be reached or gives no valid reply.
 pub fn run(args: BreakArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
     // A migration that is connecting may take ~20 s to notice.
-    let reply = client::request::<&str>(
+    let reply = super::control_request::<&str>(
+        global,
         &args.control.sock,
         "break",
         &[],
-        Some(std::time::Duration::from_secs(120)),
+        std::time::Duration::from_secs(120),
     )?;
     super::report(&reply)
 }

@@ -31,23 +31,25 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         max_clients: 1,
         killswitch: None,
         listen_mode: true,
-        acl: Acl::new(args.acl, args.default_deny),
+        acl: Acl::new(args.acl, args.server.default_deny),
         // An old-style source is flexnbd-c's mirror: plain WRITEs, then (with
         // --unlink) it deletes its file and sends DISCONNECT, and never a
         // FLUSH. Its own destination syncs every write before the reply, so
         // must we. Newstyle sources (ours) FLUSH before the handover.
-        limits: super::serve::limits(&args.limits),
-        export_name: args.export_name.clone(),
+        limits: super::serve::limits(&args.server.limits),
+        export_name: args.server.export_name,
         sync_writes: args.oldstyle,
-        tls: super::tls::server_offer(&args.tls, args.oldstyle, || super::subcommand("listen"))?,
+        tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
+            super::subcommand("listen")
+        })?,
     };
     let startup = super::serve::Startup {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
-        control_mode: args.control_mode,
-        pid_file: args.pid_file,
-        outgoing_tls: super::tls::outgoing(&args.tls, false),
+        control_mode: args.server.control_mode,
+        pid_file: args.server.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.server.tls, false),
     };
     super::serve::run_server(startup, config, global)
 }

@@ -40,7 +40,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The control socket cannot be reached, or (`--wait`) the migration did
 /// not complete.
 pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
+    super::init_logging(global, "");
     let ([addr, port], ip) = super::mirror_destination(args.addr, args.port, args.tls)?;
     let mut lines = vec![
         addr,

@@ -12,13 +12,13 @@ use crate::exit::ExitCode;
 ///
 /// The control socket cannot be reached or gives no valid reply.
 pub fn run(args: MirrorSpeedArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
     let bps = args.max_speed.to_string();
-    let reply = client::request(
+    let reply = super::control_request(
+        global,
         &args.control.sock,
         "mirror_max_bps",
         &[bps.as_str()],
-        Some(client::DEFAULT_TIMEOUT),
+        client::DEFAULT_TIMEOUT,
     )?;
     super::report(&reply)
 }

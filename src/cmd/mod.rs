@@ -4,9 +4,13 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
+use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::control::Reply;
 
@@ -54,6 +58,83 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Starts the logger at the level `-v`/`-q` ask for; `context` is the file
+/// or peer the process works on (see [`crate::logging::init`]).
+fn init_logging(global: GlobalArgs, context: &str) {
+    crate::logging::init(
+        crate::logging::level_for(global.verbose, global.quiet),
+        context,
+    );
+}
+
+/// The one exchange of the control-socket subcommands (`acl`, `break`,
+/// `mirror-speed`, `status`): logging, then `command` with `args` to the
+/// server at `sock`, waiting up to `timeout` for its reply.
+///
+/// # Errors
+///
+/// The control socket cannot be reached or gives no valid reply; a reply
+/// with a non-zero code is returned as is.
+fn control_request<S: AsRef<str>>(
+    global: GlobalArgs,
+    sock: &Path,
+    command: &str,
+    args: &[S],
+    timeout: Duration,
+) -> Result<Reply> {
+    init_logging(global, "");
+    Ok(crate::control::client::request(
+        sock,
+        command,
+        args,
+        Some(timeout),
+    )?)
+}
+
+/// The thread that waits for SIGINT, SIGTERM or SIGQUIT in a server or the
+/// proxy, so that they stop cleanly.
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalThread {
+    /// The handlers, installed before anything slow: a signal during
+    /// start-up then waits for [`SignalThread::start`]'s thread instead of
+    /// killing the process silently.
+    ///
+    /// # Errors
+    ///
+    /// The handlers cannot be installed.
+    fn install() -> Result<Signals> {
+        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")
+    }
+
+    /// Starts the thread: on the first signal, calls `stop` with its number.
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be started.
+    fn start(mut signals: Signals, stop: impl FnOnce(i32) + Send + 'static) -> Result<Self> {
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    stop(sig);
+                }
+            })
+            .context("cannot start the signal thread")?;
+        Ok(SignalThread { handle, thread })
+    }
+
+    /// Ends the thread, whether or not a signal came.
+    fn finish(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
 /// The logger's format for `--log-format`.
 fn log_format(format: LogFormat) -> crate::logging::Format {
     use crate::logging::Format;
@@ -81,7 +162,7 @@ pub(crate) fn connect(
     conn: &ConnectArgs,
     global: GlobalArgs,
 ) -> Result<(NbdClient, Target)> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
+    init_logging(global, "");
     let server = server(conn.addr.clone(), conn.port, ["--addr", "--port"], || {
         subcommand(name)
     });

@@ -6,9 +6,8 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-use signal_hook::iterator::Signals;
 
+use super::SignalThread;
 use crate::cli::{ClientTlsArgs, GlobalArgs, ProxyArgs};
 use crate::exit::ExitCode;
 use crate::nbd::Listener;
@@ -40,10 +39,7 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
     );
     // A host name's first address: the proxy reconnects to that one.
     let upstream = super::targets(&server)?.remove(0);
-    crate::logging::init(
-        crate::logging::level_for(global.verbose, global.quiet),
-        &upstream.to_string(),
-    );
+    super::init_logging(global, &upstream.to_string());
     let listen = if args.addr.starts_with('/') {
         Listen::Unix(PathBuf::from(&args.addr))
     } else {
@@ -89,22 +85,13 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         }
     };
 
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
-    let handle = signals.handle();
     let signal_proxy = proxy.clone();
-    let signal_thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("Exit signalled ({sig})");
-                signal_proxy.shutdown();
-            }
-        })
-        .context("cannot start the signal thread")?;
+    let signal_thread = SignalThread::start(SignalThread::install()?, move |sig| {
+        log::info!("Exit signalled ({sig})");
+        signal_proxy.shutdown();
+    })?;
     let result = proxy.run(listener).context("the proxy's listener failed");
-    handle.close();
-    let _ = signal_thread.join();
+    signal_thread.finish();
     result?;
     Ok(ExitCode::Success)
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use log::warn;
 
-use crate::cli::{GlobalArgs, ReadArgs};
+use crate::cli::{GlobalArgs, ReadWriteArgs};
 use crate::exit::ExitCode;
 
 /// Runs `read`.
@@ -21,7 +21,7 @@ use crate::exit::ExitCode;
 /// A failed connection or handshake, a range outside the export, an error
 /// from the server, or a failed write to stdout (a closed pipe is reported
 /// as a `BrokenPipe` I/O error, which `main` treats as success).
-pub fn run(args: ReadArgs, global: GlobalArgs) -> Result<ExitCode> {
+pub fn run(args: ReadWriteArgs, global: GlobalArgs) -> Result<ExitCode> {
     let (mut client, target) = super::connect("read", &args.conn, global)?;
     client
         .check_range(args.range.from, args.range.size)

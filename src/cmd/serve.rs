@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use log::Level;
-use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-use signal_hook::iterator::Signals;
 
+use super::SignalThread;
 use crate::backing::Backing;
 use crate::cli::{GlobalArgs, LimitArgs, ListenAddr, ListenAddrArgs, ServeArgs};
 use crate::control::{ControlServer, DEFAULT_REQUEST_TIMEOUT};
@@ -69,19 +68,21 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         max_clients: usize::try_from(args.max_clients).unwrap_or(usize::MAX),
         killswitch: args.killswitch.then_some(KILLSWITCH_TIMEOUT),
         listen_mode: false,
-        acl: Acl::new(args.acl, args.default_deny),
-        limits: limits(&args.limits),
-        export_name: args.export_name.clone(),
+        acl: Acl::new(args.acl, args.server.default_deny),
+        limits: limits(&args.server.limits),
+        export_name: args.server.export_name,
         sync_writes: false,
-        tls: super::tls::server_offer(&args.tls, args.oldstyle, || super::subcommand("serve"))?,
+        tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
+            super::subcommand("serve")
+        })?,
     };
     let startup = Startup {
         file: args.file,
         listen: args.listen,
         sock: args.sock,
-        control_mode: args.control_mode,
-        pid_file: args.pid_file,
-        outgoing_tls: super::tls::outgoing(&args.tls, args.mirror_tls),
+        control_mode: args.server.control_mode,
+        pid_file: args.server.pid_file,
+        outgoing_tls: super::tls::outgoing(&args.server.tls, args.mirror_tls),
     };
     run_server(startup, config, global)
 }
@@ -119,13 +120,9 @@ pub(crate) fn run_server(
     // Handlers before anything slow (a bind retried at boot): a SIGTERM
     // during start-up waits for the signal thread instead of killing us
     // silently.
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("cannot install signal handlers")?;
+    let signals = SignalThread::install()?;
     let file_name = startup.file.display().to_string();
-    crate::logging::init(
-        crate::logging::level_for(global.verbose, global.quiet),
-        &file_name,
-    );
+    super::init_logging(global, &file_name);
     let listen_mode = config.listen_mode;
     let backing = Backing::open(&startup.file, config.read_only)
         .with_context(|| format!("cannot open {file_name}"))?;
@@ -157,19 +154,13 @@ pub(crate) fn run_server(
     }
 
     let stop_signal: Arc<OnceLock<i32>> = Arc::default();
-    let signal_handle = signals.handle();
     let signal_controller = controller.clone();
     let signal_seen = stop_signal.clone();
-    let signal_thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("signal {sig} received, shutting down");
-                let _ = signal_seen.set(sig);
-                signal_controller.signal();
-            }
-        })
-        .context("cannot start the signal thread")?;
+    let signal_thread = SignalThread::start(signals, move |sig| {
+        log::info!("signal {sig} received, shutting down");
+        let _ = signal_seen.set(sig);
+        signal_controller.signal();
+    })?;
 
     // The control socket appears only once the NBD listener is bound, as in
     // flexnbd-c. Its errors already name the socket, so they get no context.
@@ -226,8 +217,7 @@ pub(crate) fn run_server(
     if let Some(control) = control {
         control.stop();
     }
-    signal_handle.close();
-    let _ = signal_thread.join();
+    signal_thread.finish();
     drop(pid_file);
     result?;
     let success = controller.success();
@@ -376,6 +366,7 @@ impl Ending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signal_hook::consts::{SIGINT, SIGTERM};
 
     fn ending(listen_mode: bool, has_control: bool, signal: Option<i32>) -> Ending {
         Ending {

@@ -26,12 +26,12 @@ use super::progress;
 /// The control socket cannot be reached or gives no valid reply, a
 /// `--json` reply is not a status line, or stdout cannot be written.
 pub fn run(args: StatusArgs, global: GlobalArgs) -> Result<ExitCode> {
-    crate::logging::init(crate::logging::level_for(global.verbose, global.quiet), "");
-    let reply = client::request::<&str>(
+    let reply = super::control_request::<&str>(
+        global,
         &args.control.sock,
         "status",
         &[],
-        Some(client::DEFAULT_TIMEOUT),
+        client::DEFAULT_TIMEOUT,
     )?;
     if args.json && reply.code == 0 {
         let status = Status::from_str(&reply.text).context("cannot convert the status to JSON")?;

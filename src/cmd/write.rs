@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read};
 use anyhow::{Context, Result, bail};
 use log::warn;
 
-use crate::cli::{GlobalArgs, WriteArgs};
+use crate::cli::{GlobalArgs, ReadWriteArgs};
 use crate::exit::ExitCode;
 use crate::proto::types::TransmissionFlags;
 
@@ -23,7 +23,7 @@ use crate::proto::types::TransmissionFlags;
 /// A failed connection or handshake, a range outside the export, a
 /// read-only export, a stdin that fails or ends before SIZE bytes, or an
 /// error from the server.
-pub fn run(args: WriteArgs, global: GlobalArgs) -> Result<ExitCode> {
+pub fn run(args: ReadWriteArgs, global: GlobalArgs) -> Result<ExitCode> {
     let (mut client, target) = super::connect("write", &args.conn, global)?;
     let (from, size) = (args.range.from, args.range.size);
     client

@@ -28,6 +28,19 @@ pub(crate) fn assert_success(what: &str, out: &Output) {
     );
 }
 
+/// Asserts `out` exited 0, whatever it wrote to stderr; shows its status,
+/// stdout and stderr if not.
+#[track_caller]
+pub(crate) fn assert_exit_0(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 /// Asserts `out` failed with exit 1, nothing on stdout and exactly one line
 /// `flexnbd: ...` on stderr; returns that line.
 #[track_caller]

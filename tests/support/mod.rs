@@ -53,6 +53,17 @@ pub(crate) use fake_peer::FakePeer;
 #[allow(unused_imports)]
 pub(crate) use wire::Style;
 
+/// A kibibyte, for sizes and offsets in tests.
+pub(crate) const KIB: u64 = 1 << 10;
+/// A mebibyte.
+pub(crate) const MIB: u64 = 1 << 20;
+
+/// The NBD URI of `export` (percent-encoded already, "" for the default)
+/// on the UNIX socket at `sock`: `nbd+unix:///EXPORT?socket=PATH`.
+pub(crate) fn unix_uri(export: &str, sock: &Path) -> String {
+    format!("nbd+unix:///{export}?socket={}", sock.display())
+}
+
 /// The longest any single command run through [`flexnbd`] or [`tool`] may take.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -254,9 +254,7 @@ impl Client {
         let mut head = [0u8; OptionReplyHeader::SIZE];
         self.s.read_exact(&mut head).expect("option reply");
         let head = OptionReplyHeader::decode(&head).expect("option reply");
-        let mut data = vec![0u8; head.len as usize];
-        self.s.read_exact(&mut data).expect("option reply data");
-        (head.rep, data)
+        (head.rep, self.payload(head.len, "option reply data"))
     }
 
     /// After [`Client::newstyle_hello`]: optionally structured replies and
@@ -338,6 +336,12 @@ impl Client {
     #[track_caller]
     pub(crate) fn write_reply(&mut self, handle: u64, offset: u64, data: &[u8]) -> Errno {
         self.write(handle, offset, data);
+        self.reply_to(handle)
+    }
+
+    /// Reads the simple reply to `handle` (its handle is checked): its error.
+    #[track_caller]
+    pub(crate) fn reply_to(&mut self, handle: u64) -> Errno {
         let r = self.reply();
         assert_eq!(r.handle, handle, "reply to the wrong handle");
         r.error
@@ -381,9 +385,7 @@ impl Client {
     pub(crate) fn read(&mut self, handle: u64, offset: u64, len: u32) -> Vec<u8> {
         self.request(Cmd::READ, handle, offset, len);
         self.expect_reply(handle, Errno::OK);
-        let mut data = vec![0u8; len as usize];
-        self.s.read_exact(&mut data).expect("read payload");
-        data
+        self.payload(len, "read payload")
     }
 
     /// Reads one structured reply chunk: its header and data.
@@ -392,9 +394,17 @@ impl Client {
         let mut head = [0u8; ChunkHeader::SIZE];
         self.s.read_exact(&mut head).expect("chunk header");
         let h = ChunkHeader::decode(&head).expect("chunk header");
-        let mut data = vec![0u8; h.len as usize];
-        self.s.read_exact(&mut data).expect("chunk data");
+        let data = self.payload(h.len, "chunk data");
         (h, data)
+    }
+
+    /// Reads the `len` bytes that follow a header (`what` names them if they
+    /// do not come).
+    #[track_caller]
+    fn payload(&mut self, len: u32, what: &str) -> Vec<u8> {
+        let mut data = vec![0u8; len as usize];
+        self.s.read_exact(&mut data).expect(what);
+        data
     }
 
     /// Reads until the server closes (or a read fails); returns what arrived.
