@@ -267,6 +267,25 @@ fn tls_on_serves_plaintext_and_tls_clients() {
     assert!(out.stdout[..4096] == pattern(4096, 4)[..] && out.stdout[4096..] == data[..]);
 }
 
+#[test]
+fn tls_on_with_verify_peer_checks_tls_clients_and_still_lets_plaintext_in() {
+    // As nbdkit's --tls=on: only --tls require makes the certificate the one way in.
+    let env = TestEnv::new();
+    let pki = Pki::new();
+    let disk = env.image("disk.img", MIB);
+    let args = ["--tls", "on", "--tls-verify-peer"];
+    let d = start(&env, "serve", &disk, "serve.sock", &pki.server(), &args);
+    round_trip(&d, &pki.client(), 0, &pattern(4096, 8), &[]);
+    let out = client(&d, "read", Some(&pki.ca_only()), 0, 4096, &[], &[]);
+    one_error_line(
+        "read --tls without a certificate, --tls on --tls-verify-peer",
+        &out,
+    );
+    let out = client(&d, "read", None, 0, 4096, &[], &[]);
+    assert_success("plaintext read, --tls on --tls-verify-peer", &out);
+    assert!(out.stdout == pattern(4096, 8));
+}
+
 // ---------------------------------------------------------------------------
 // 2. Bad TLS input.
 
