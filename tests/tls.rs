@@ -776,11 +776,13 @@ fn a_migration_to_an_nbds_uri_and_with_mirror_tls_on_the_source() {
 }
 
 #[test]
-fn a_migration_without_the_client_certificate_the_destination_requires_fails_clearly() {
+fn a_migration_without_the_client_certificate_the_destination_requires_fails_clearly_until_it_has_one()
+ {
     let env = TestEnv::new();
     let pki = Pki::new();
     // The source has the CA (it can check the destination) but no certificate of its own.
-    let mut pair = Pair::start(&env, &pki, 4 * MIB, 13, &pki.ca_only(), &[]);
+    let source_certs = pki.ca_only();
+    let mut pair = Pair::start(&env, &pki, 4 * MIB, 13, &source_certs, &[]);
     let before = pair.dest.stderr().len();
     let dest = pair.dest_addr();
     let dest: Vec<&str> = dest.iter().map(String::as_str).collect();
@@ -803,6 +805,17 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
     let read = client(&pair.source, "read", None, 0, 4096, &[], &[]);
     assert_success("read from the source after the failed migration", &read);
     assert!(read.stdout == pattern(4 * MIB as usize, 13)[..4096]);
+
+    // Given a client certificate (no restart: the source reads its
+    // directory when a migration connects), the next attempt completes.
+    pki.write(&source_certs, &[Part::Client]);
+    let out = mirror(&pair.source, &dest, &["--tls", "--wait", "--no-progress"]);
+    assert!(
+        out.status.success(),
+        "mirror after the rotation: {}",
+        text(&out.stderr)
+    );
+    pair.assert_handed_over();
 }
 
 // ---------------------------------------------------------------------------
