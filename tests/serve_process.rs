@@ -289,3 +289,52 @@ fn serve_log_lines_have_the_c_layout() {
     );
     assert_eq!(d.stdout(), "", "serve wrote to stdout");
 }
+
+// ---------------------------------------------------------------------------
+// 4. Large READs both ways
+
+/// Large READs come back the same whether they are copied through a buffer
+/// (to a client on this machine, what every test here is) or sent with
+/// `sendfile` (to a remote client; `FLEXNBD_TEST_SENDFILE=1` asks a debug
+/// build for it on loopback too): data, a hole read as zeroes, pipelined.
+#[test]
+fn large_reads_are_the_same_copied_or_with_sendfile() {
+    const SIZE: u64 = 4 * MIB;
+    let data = pattern(2 * MIB as usize, 21);
+    let mut replies = Vec::new();
+    for sendfile in [false, true] {
+        let env = TestEnv::new();
+        let disk = env.image("disk.img", SIZE);
+        let mut builder = support::DaemonBuilder::new("serve", &disk);
+        if sendfile {
+            builder = builder.env("FLEXNBD_TEST_SENDFILE", "1");
+        }
+        let mut d = builder.start();
+        let mut c = Client::connect(d.addr(), Handshake::Go);
+        c.write(1, 0, &data);
+        c.expect_reply(1, Errno::OK);
+        // Pipelined: 1 MiB of data, 1 MiB over data then the hole, 256 KiB of hole.
+        let reads = [(2, 0, MIB), (3, MIB + MIB / 2, MIB), (4, 3 * MIB, MIB / 4)];
+        for &(handle, offset, len) in &reads {
+            c.request(Cmd::READ, handle, offset, len as u32);
+        }
+        let mut got = Vec::new();
+        for &(handle, offset, len) in &reads {
+            c.expect_reply(handle, Errno::OK);
+            let mut buf = vec![0u8; len as usize];
+            c.s.read_exact(&mut buf).unwrap();
+            let mut want = vec![0u8; len as usize];
+            let end = (offset + len).min(data.len() as u64);
+            if offset < end {
+                want[..(end - offset) as usize]
+                    .copy_from_slice(&data[offset as usize..end as usize]);
+            }
+            assert_same_bytes(&format!("READ {offset}+{len}"), &buf, &want);
+            got.push(buf);
+        }
+        replies.push(got);
+        drop(c);
+        d.stop();
+    }
+    assert!(replies[0] == replies[1]);
+}

@@ -1,7 +1,7 @@
 //! The reading thread: reads each request, validates it, and either
-//! answers it here (the fast paths: small cached READs, large cached READs
-//! with `sendfile`, small WRITEs, a lone request at queue depth 1) or hands
-//! it to the workers.
+//! answers it here (the fast paths: small cached READs, large cached READs,
+//! small WRITEs, a lone request at queue depth 1) or hands it to the
+//! workers.
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
@@ -25,8 +25,8 @@ const INLINE_READ_MAX: u32 = 64 << 10;
 const INLINE_WRITE_MAX: u32 = 64 << 10;
 /// Replies gathered on the reading thread are sent once they reach this size.
 const PENDING_MAX: usize = 256 << 10;
-/// READs of at least this size over data with no hole go out with sendfile:
-/// no copy into and out of user space.
+/// READs of at least this size over data with no hole go out with sendfile
+/// (to a client on another machine): no copy into and out of user space.
 pub(super) const SENDFILE_MIN: u32 = 64 << 10;
 /// A WRITE larger than this always goes to a worker, even alone in flight:
 /// its hand-off costs little next to the copy, and receiving the next
@@ -114,8 +114,8 @@ impl Conn<'_> {
                 continue;
             }
             if req.cmd == Cmd::READ
-                && req.len >= SENDFILE_MIN
-                && self.sendfile_inline(&req, pending)
+                && req.len > INLINE_READ_MAX
+                && self.large_read_inline(&req, pending)
             {
                 if self.writer.is_broken() {
                     return Ok(Outcome::Failed);
@@ -227,36 +227,57 @@ impl Conn<'_> {
         true
     }
 
-    /// Sends a large READ of cached data with no hole from here, with
-    /// `sendfile` (after the replies in `pending`); false if it must go to a
-    /// worker. Handing it over would cost two thread switches and a contended
-    /// writer lock per request, and the worker would send it under the same
-    /// lock anyway. Data not yet in the page cache goes to the workers, so
-    /// this thread does not wait for the disk and keeps reading requests.
-    fn sendfile_inline(&self, req: &Request, pending: &mut Vec<u8>) -> bool {
-        let len = u64::from(req.len);
-        // Behind a worker's READ (perhaps waiting for the disk while it
-        // holds the writer lock), this thread would only queue for the lock
-        // instead of reading the next requests: leave it to the workers.
-        let cached = self.in_flight.load(Ordering::SeqCst) == 0
-            && self.backing.looks_cached(req.offset, len);
-        if !cached || !self.sendfile_fits(req) {
+    /// Serves a large READ of cached data from here (after the replies in
+    /// `pending`); false if it must go to a worker. Handing it over would
+    /// cost two thread switches and a contended writer lock per request,
+    /// and the worker would send it under the same lock anyway. Data not
+    /// yet in the page cache goes to the workers, so this thread does not
+    /// wait for the disk and keeps reading requests. Behind a worker's READ
+    /// (perhaps waiting for the disk while it holds the writer lock), this
+    /// thread would only queue for the lock instead of reading the next
+    /// requests: then it is left to the workers too.
+    fn large_read_inline(&self, req: &Request, pending: &mut Vec<u8>) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
             return false;
         }
-        self.flush_pending(pending);
+        if self.sendfile_fits(req) {
+            if !self.backing.looks_cached(req.offset, u64::from(req.len)) {
+                return false;
+            }
+            self.flush_pending(pending);
+            self.begin_request();
+            self.reply_read_sendfile(req);
+            self.end_request();
+            return true;
+        }
+        // Copied through a pooled buffer, charged to the memory budget
+        // while it is held, as a worker's would be.
+        let len = req.len as usize;
+        let cost = u64::from(req.len);
+        self.server.memory.acquire(cost);
+        let mut buf = self.pool.take(len);
+        let data = &mut buf[..len];
         self.begin_request();
-        self.reply_read_sendfile(req);
+        let cached = matches!(self.backing.read_cached(data, req.offset), Ok(true));
+        if cached {
+            self.flush_pending(pending);
+            self.reply_read(req, data);
+        }
         self.end_request();
-        true
+        self.pool.give(buf);
+        self.server.memory.release(cost);
+        cached
     }
 
     /// Whether a READ goes out with `sendfile`: not under TLS (which
-    /// encrypts in user space), large enough, and over data with no hole.
-    /// Holes matter only to structured replies, which send them as hole
-    /// chunks unless DF asks for one chunk: only they look.
+    /// encrypts in user space), to a client on another machine (see
+    /// `sendfile_pays`), large enough, and over data with no hole. Holes
+    /// matter only to structured replies, which send them as hole chunks
+    /// unless DF asks for one chunk: only they look.
     pub(super) fn sendfile_fits(&self, req: &Request) -> bool {
         let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
         !self.negotiated.tls
+            && self.sendfile
             && req.len >= SENDFILE_MIN
             && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
     }
