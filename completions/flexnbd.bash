@@ -687,7 +687,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__mirror)
-            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --tls --verbose --quiet --log-format --help --version"
+            opts="-l -p -s -u -b -m -w -v -q -h -V --addr --port --sock --unlink --bind --max-speed --wait --no-progress --verify --incremental --no-incremental --tls --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

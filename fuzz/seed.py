@@ -103,6 +103,21 @@ SEEDS = {
         b"migration_speed=2796202 migration_duration=2 migration_seconds_left=17 migration_bytes_left=50331648 "
         b"migration_speed_limit=1000000 migration_bytes_sent=123 migration_retries=1 migration_phase=handover ",
         b"pid=2 size=0 is_mirroring=false clients_allowed=true num_clients=0 has_control=false last_migration=done new_key=x ",
+        b"pid=3 size=4096 is_mirroring=true clients_allowed=false num_clients=0 has_control=true "
+        b"migration_speed=1 migration_duration=0 migration_seconds_left=0 migration_bytes_left=0 "
+        b"migration_phase=verifying migration_verified=false ",
+        b"pid=4 size=0 is_mirroring=false clients_allowed=true num_clients=0 has_control=true last_migration=done last_migration_verified=true ",
+    ],
+    # Parameters (version, block size, blocks per request, flags), then
+    # requests (u64 size, u64 offset, u32 length).
+    "hash": [
+        struct.pack(">IIII", 1, 65536, 4096, 1),
+        struct.pack(">I", 1),
+        struct.pack(">IIII", 1, 65536, 4096, 0) + struct.pack(">QQI", 1 << 30, 0, 256 << 20)
+        + struct.pack(">QQI", (1 << 20) + 512, 1 << 20, 512),
+        struct.pack(">IIII", 2, 65536, 4096, 0) + struct.pack(">QQI", 1 << 20, 1, 65536),
+        struct.pack(">IIII", 1, 1 << 24, 65536, 0) + struct.pack(">QQI", 1 << 62, 0, 0xFFFFFFFF),
+        struct.pack(">IIII", 1, 4096, 1, 0) + struct.pack(">QQI", 8192, 4096, 4096) + b"\x00" * 64,
     ],
 }
 

@@ -196,6 +196,25 @@ pub struct MirrorArgs {
     /// With --wait, print no progress, only the outcome.
     #[arg(long, requires = "wait")]
     pub no_progress: bool,
+    /// Check the copy before handing over: the destination's block hashes
+    /// must match ours.
+    ///
+    /// After the last write and the FLUSH, both sides hash the whole file
+    /// (BLAKE3, 64 KiB blocks); blocks that differ are sent again and
+    /// checked again, up to 3 times, and the handover happens only when all
+    /// match, otherwise the migration fails and the source keeps serving.
+    /// Needs a flexnbd listen as the destination (docs/hash-extension.md).
+    #[arg(long)]
+    pub verify: bool,
+    /// Send only the blocks whose hashes differ from the destination's copy.
+    ///
+    /// The default does so when the destination (a flexnbd listen) says its
+    /// file holds data; this does it whenever the destination offers hashes.
+    #[arg(long, conflicts_with = "no_incremental")]
+    pub incremental: bool,
+    /// Copy the whole file, even to a destination that holds a copy.
+    #[arg(long)]
+    pub no_incremental: bool,
     /// Migrate over TLS, with the serving process's own --tls-certificates.
     ///
     /// The destination is sent to the server as an nbds:// URI (which the C

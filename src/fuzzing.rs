@@ -14,6 +14,7 @@
 //! | [`client_reply`] | what a server sends in transmission | simple and structured reply headers round-trip; the client accepts only the reply it waits for |
 //! | [`control`] | a control-socket request, or a reply line | framing does not depend on how the bytes arrive; every reply is one line that parses back |
 //! | [`status`] | a status line | it prints back to a line that parses the same; its JSON strings are escaped |
+//! | [`hash`] | hash extension parameters, option data, hash requests and replies | parameters round-trip and stay in their limits; an accepted request is whole blocks in range and bounded; ranges we ask for are accepted |
 
 use std::io::{self, Read, Write};
 use std::str::FromStr;
@@ -41,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_reply", client_reply),
     ("control", control),
     ("status", status),
+    ("hash", hash),
 ];
 
 /// The export the server side offers in [`negotiation`].
@@ -440,4 +442,58 @@ fn check_json(json: &str) {
         }
     }
     assert!(!in_string, "unterminated string in {json}");
+}
+
+/// The hash extension (`proto::hash`): the server's parameters as a client
+/// reads them, the option's data as a server reads it, then requests
+/// (u64 size, u64 offset, u32 length) as our server checks them and a
+/// reply payload split into hashes.
+pub fn hash(data: &[u8]) {
+    use crate::proto::hash::{
+        HASH_LEN, HashParams, decode_hashes, decode_option_data, request_ranges,
+    };
+    let params = match HashParams::decode(data.get(..HashParams::SIZE).unwrap_or(data)) {
+        Ok(p) => {
+            assert_eq!(HashParams::decode(&p.encode()), Ok(p));
+            assert!(p.block_size.is_power_of_two() && p.block_size >= 4096);
+            assert!((1..=65536).contains(&p.max_blocks));
+            p
+        }
+        Err(_) => HashParams::ours(0),
+    };
+    if let Ok(version) = decode_option_data(data) {
+        assert!(version > 0 && data.len() == 4);
+    }
+    let block = u64::from(params.block_size);
+    let mut rest = data;
+    while let Some(raw) = take(&mut rest, 20) {
+        let size = u64::from_be_bytes(raw[0..8].try_into().unwrap_or_default()) >> (raw[0] % 64);
+        let offset =
+            u64::from_be_bytes(raw[8..16].try_into().unwrap_or_default()) % size.saturating_add(1);
+        let len = u32::from_be_bytes(raw[16..20].try_into().unwrap_or_default());
+        if let Ok(n) = params.check_request(size, offset, len) {
+            let end = offset + u64::from(len);
+            assert!(end <= size && offset % block == 0 && len > 0);
+            assert!(n >= 1 && n <= params.max_blocks as usize);
+            assert_eq!(n as u64, u64::from(len).div_ceil(block));
+            assert!(u64::from(len) % block == 0 || end == size);
+        }
+        // What a source asks for is always accepted, and covers the range.
+        let mut at = None;
+        for (o, l) in request_ranges(&params, size, offset, u64::from(len)).take(64) {
+            assert!(at.is_none_or(|a| a == o), "ranges are contiguous");
+            let l32 = u32::try_from(l).unwrap_or(u32::MAX);
+            assert!(
+                params.check_request(size, o, l32).is_ok(),
+                "{o}+{l} of {size}"
+            );
+            at = Some(o + l);
+        }
+        let count = usize::from(raw[19]);
+        let payload = &data[..data.len().min(count * HASH_LEN)];
+        assert_eq!(
+            decode_hashes(payload, count).is_ok(),
+            payload.len() == count * HASH_LEN
+        );
+    }
 }

@@ -26,16 +26,22 @@ pub enum Phase {
     Handover,
     /// Waiting before another attempt.
     Retrying,
+    /// Comparing hashes with the destination's before copying (incremental).
+    Comparing,
+    /// Comparing hashes with the destination's before the handover (`--verify`).
+    Verifying,
 }
 
 impl Phase {
     /// Every phase, in the order a migration goes through them.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Connecting,
         Phase::Copying,
         Phase::Converging,
         Phase::Handover,
         Phase::Retrying,
+        Phase::Comparing,
+        Phase::Verifying,
     ];
 
     /// The word shown in `status`.
@@ -46,6 +52,8 @@ impl Phase {
             Phase::Converging => "converging",
             Phase::Handover => "handover",
             Phase::Retrying => "retrying",
+            Phase::Comparing => "comparing",
+            Phase::Verifying => "verifying",
         }
     }
 }
@@ -123,6 +131,8 @@ pub struct MigrationStatus {
     /// attempt, counted as the speed limit counts them (appended key): the
     /// counter a rate over a recent window is measured on.
     pub bytes_copied: Option<u64>,
+    /// With `--verify`: whether the destination's hashes matched ours (appended key).
+    pub verified: Option<bool>,
 }
 
 /// A server's state as `status` reports it.
@@ -142,6 +152,8 @@ pub struct Status {
     pub migration: Option<MigrationStatus>,
     /// How the last migration ended, once one has (appended key).
     pub last_migration: Option<Outcome>,
+    /// The last migration was verified (`last_migration_verified=true`, appended key, only when true).
+    pub last_verified: bool,
 }
 
 /// A value on the status line: a number, a flag, or a word (quoted in JSON).
@@ -187,11 +199,15 @@ impl Status {
                 ("migration_retries", m.retries.map(Value::Num)),
                 ("migration_phase", m.phase.map(|p| Value::Word(p.as_str()))),
                 ("migration_bytes_copied", m.bytes_copied.map(Value::Num)),
+                ("migration_verified", m.verified.map(Value::Flag)),
             ];
             pairs.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         }
         if let Some(last) = self.last_migration {
             pairs.push(("last_migration", Value::Word(last.as_str())));
+        }
+        if self.last_verified {
+            pairs.push(("last_migration_verified", Value::Flag(true)));
         }
         pairs
     }
@@ -255,6 +271,8 @@ impl FromStr for Status {
                 "migration_retries" => m.retries = Some(num()?),
                 "migration_phase" => m.phase = Some(value.parse().map_err(|_| bad())?),
                 "migration_bytes_copied" => m.bytes_copied = Some(num()?),
+                "migration_verified" => m.verified = Some(flag()?),
+                "last_migration_verified" => st.last_verified = flag()?,
                 "last_migration" => st.last_migration = Some(value.parse().map_err(|_| bad())?),
                 _ => {} // keys appended by newer versions
             }
@@ -285,6 +303,7 @@ mod tests {
                 ..Default::default()
             }),
             last_migration: None,
+            last_verified: false,
         };
         assert_eq!(
             st.to_string(),
@@ -311,18 +330,20 @@ mod tests {
                 retries: Some(2),
                 phase: Some(Phase::Handover),
                 bytes_copied: Some(4096),
+                verified: Some(false),
                 ..Default::default()
             }),
             last_migration: Some(Outcome::Stopped),
+            last_verified: true,
         };
         let line = st.to_string();
         assert!(line.ends_with(
-            "migration_bytes_left=5 migration_bytes_sent=4124 migration_retries=2 migration_phase=handover migration_bytes_copied=4096 last_migration=stopped "
+            "migration_bytes_left=5 migration_bytes_sent=4124 migration_retries=2 migration_phase=handover migration_bytes_copied=4096 migration_verified=false last_migration=stopped last_migration_verified=true "
         ));
         assert_eq!(line.parse::<Status>().unwrap(), st);
         assert!(
             st.to_json()
-                .ends_with(r#""migration_phase":"handover","migration_bytes_copied":4096,"last_migration":"stopped"}"#)
+                .ends_with(r#""migration_phase":"handover","migration_bytes_copied":4096,"migration_verified":false,"last_migration":"stopped","last_migration_verified":true}"#)
         );
     }
 

@@ -29,6 +29,8 @@ mod fuzz_server;
 mod generated;
 /// What a hostile or broken client cannot do: panics, log floods.
 mod hardening;
+/// The flexnbd hash extension: `mirror --verify` repairs or refuses a bad copy, incremental copies send what differs.
+mod hash_migration;
 /// Real NBD clients (nbdinfo, nbdcopy, nbdsh, qemu, fio) against the server.
 mod interop;
 /// Live migrations end to end: fio writers, --unlink, break, mirror-speed, sparse files,

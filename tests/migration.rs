@@ -47,23 +47,23 @@ use crate::support::{
 };
 
 /// The longest transfer the source sends (flexnbd-c's mirror_longest_write).
-const MAX_TRANSFER: u64 = 8 * MIB;
+pub(crate) const MAX_TRANSFER: u64 = 8 * MIB;
 /// How long a migration that should complete may take, in a debug build on a busy machine.
-const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
+pub(crate) const MIGRATION_WITHIN: Duration = Duration::from_secs(90);
 /// How long a process may take to exit when it should.
-const EXIT_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const EXIT_WITHIN: Duration = Duration::from_secs(30);
 /// How long a state reported by `status` may take to arrive.
 const STATE_WITHIN: Duration = Duration::from_secs(30);
 /// How often the waits poll.
 const POLL: Duration = Duration::from_millis(20);
 /// `mirror-speed` value that lifts the limit (flexnbd-c's "unlimited", 2^64-1).
-const UNLIMITED: &str = "18446744073709551615";
+pub(crate) const UNLIMITED: &str = "18446744073709551615";
 
 // ---------------------------------------------------------------------------
 // Files.
 
 /// Fills `path` (already `size` bytes long) with deterministic data, 1 MiB at a time.
-fn fill(path: &Path, size: u64, seed: u64) {
+pub(crate) fn fill(path: &Path, size: u64, seed: u64) {
     let f = File::options().write(true).open(path).unwrap();
     for (i, at) in (0..size).step_by(MIB as usize).enumerate() {
         let len = MIB.min(size - at) as usize;
@@ -72,7 +72,7 @@ fn fill(path: &Path, size: u64, seed: u64) {
 }
 
 /// A file of `size` bytes full of deterministic data.
-fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
+pub(crate) fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
     let path = env.image(name, size);
     fill(&path, size, seed);
     path
@@ -80,7 +80,7 @@ fn data_image(env: &TestEnv, name: &str, size: u64, seed: u64) -> PathBuf {
 
 /// Asserts two files have the same length and bytes; names the first difference.
 #[track_caller]
-fn assert_same_files(what: &str, a: &Path, b: &Path) {
+pub(crate) fn assert_same_files(what: &str, a: &Path, b: &Path) {
     let (la, lb) = (a.metadata().unwrap().len(), b.metadata().unwrap().len());
     assert_eq!(
         la,
@@ -118,10 +118,10 @@ fn assert_same_files(what: &str, a: &Path, b: &Path) {
 // Processes.
 
 /// A `flexnbd serve` or `flexnbd listen` with a control socket.
-struct Node {
-    daemon: Daemon,
-    port: u16,
-    sock: PathBuf,
+pub(crate) struct Node {
+    pub(crate) daemon: Daemon,
+    pub(crate) port: u16,
+    pub(crate) sock: PathBuf,
     file: PathBuf,
 }
 
@@ -129,7 +129,7 @@ impl Node {
     /// `flexnbd <mode> -v` on `file` with the control socket `sock_name`,
     /// with `more` done to its builder.
     #[track_caller]
-    fn start(
+    pub(crate) fn start(
         env: &TestEnv,
         mode: &str,
         file: &Path,
@@ -148,13 +148,13 @@ impl Node {
 
     /// `flexnbd serve -v` on `file`: a migration's source.
     #[track_caller]
-    fn serve(env: &TestEnv, file: &Path) -> Node {
+    pub(crate) fn serve(env: &TestEnv, file: &Path) -> Node {
         Node::start(env, "serve", file, "source.sock", |b| b)
     }
 
     /// `flexnbd listen -v` on `file`, on `port` if given: a migration's destination.
     #[track_caller]
-    fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
+    pub(crate) fn listen(env: &TestEnv, file: &Path, sock_name: &str, port: Option<u16>) -> Node {
         Node::start(env, "listen", file, sock_name, |b| match port {
             Some(p) => b.port(p),
             None => b,
@@ -162,7 +162,7 @@ impl Node {
     }
 
     #[track_caller]
-    fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let reply = control(&self.sock, "status", &[]);
         let line = reply
             .strip_prefix("0: ")
@@ -172,13 +172,13 @@ impl Node {
 
     /// The status reply, `0: ` and all.
     #[track_caller]
-    fn status_line(&self) -> String {
+    pub(crate) fn status_line(&self) -> String {
         status_line(&self.sock)
     }
 
     /// Polls `status` until `pred` holds; panics with the last status after [`STATE_WITHIN`].
     #[track_caller]
-    fn wait_status(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
+    pub(crate) fn wait_status(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
         let deadline = Instant::now() + STATE_WITHIN;
         loop {
             assert!(
@@ -200,7 +200,7 @@ impl Node {
 
     /// Waits for the migration to have been acknowledged up to `bytes` (at least).
     #[track_caller]
-    fn wait_progress(&mut self, bytes: u64) -> Status {
+    pub(crate) fn wait_progress(&mut self, bytes: u64) -> Status {
         self.wait_status("migration progress", |st| {
             st.migration.as_ref().is_some_and(|m| {
                 st.size - m.bytes_left >= bytes && m.phase != Some(Phase::Connecting)
@@ -210,7 +210,7 @@ impl Node {
 
     /// Waits for the process to exit by itself with `code`.
     #[track_caller]
-    fn assert_exits(&mut self, code: i32, what: &str) {
+    pub(crate) fn assert_exits(&mut self, code: i32, what: &str) {
         let status = self.daemon.wait_exit(EXIT_WITHIN);
         assert_eq!(
             status.code(),
@@ -220,18 +220,18 @@ impl Node {
         );
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 }
 
 /// `flexnbd ARGS` with its output piped, killed (by PID) when dropped.
-struct Cli {
+pub(crate) struct Cli {
     child: Option<Child>,
 }
 
 impl Cli {
-    fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Cli {
+    pub(crate) fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Cli {
         let child = flexnbd_std()
             .args(args)
             .stdout(Stdio::piped())
@@ -243,7 +243,7 @@ impl Cli {
 
     /// Waits up to `timeout` for it to end; fails (after killing it) otherwise.
     #[track_caller]
-    fn finish(mut self, timeout: Duration) -> Output {
+    pub(crate) fn finish(mut self, timeout: Duration) -> Output {
         support::finish(self.child.take().unwrap(), timeout)
     }
 }
@@ -258,7 +258,7 @@ impl Drop for Cli {
 }
 
 /// `flexnbd mirror -s SOURCE_SOCK -l 127.0.0.1 -p PORT EXTRA...`.
-fn mirror_args(source: &Node, port: u16, extra: &[&str]) -> Vec<String> {
+pub(crate) fn mirror_args(source: &Node, port: u16, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "mirror".to_owned(),
         "-s".to_owned(),
@@ -290,7 +290,7 @@ fn migrate_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path)
 /// Lifts the speed limit of the running migration from `source` to `dest`
 /// and checks it completes as [`migrate_and_check`] does.
 #[track_caller]
-fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+pub(crate) fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     let sock = source.sock.to_str().unwrap();
     assert_ok(
         &run(&["mirror-speed", "-s", sock, "-m", UNLIMITED]),
@@ -302,7 +302,7 @@ fn lift_the_limit_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst:
 /// The source and the destination exit 0 by themselves, and the
 /// destination's file `dst` is the source's `src`.
 #[track_caller]
-fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
+pub(crate) fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) {
     source.assert_exits(0, "source after the handover");
     dest.assert_exits(0, "destination after the handover");
     assert_same_files("destination", dst, src);
@@ -310,13 +310,13 @@ fn finish_and_check(source: &mut Node, dest: &mut Node, src: &Path, dst: &Path) 
 
 /// Runs a short CLI command to the end.
 #[track_caller]
-fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
+pub(crate) fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Cli::spawn(args).finish(Duration::from_secs(60))
 }
 
 /// The command succeeded and printed `stdout` (trimmed) on stdout.
 #[track_caller]
-fn assert_ok(out: &Output, stdout: &str) {
+pub(crate) fn assert_ok(out: &Output, stdout: &str) {
     assert!(
         out.status.success() && text(&out.stdout).trim_end() == stdout,
         "expected success with {stdout:?}: {}; stdout {:?} stderr {:?}",
@@ -328,14 +328,14 @@ fn assert_ok(out: &Output, stdout: &str) {
 
 /// A plain `mirror` (no `--wait`) that must reply `Mirror started`.
 #[track_caller]
-fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
+pub(crate) fn start_mirror(source: &Node, port: u16, extra: &[&str]) {
     assert_ok(&run(&mirror_args(source, port, extra)), "Mirror started");
 }
 
 /// A source serving `size` bytes of data (from `seed`) and an empty
 /// destination listening: both files and both nodes.
 #[track_caller]
-fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
+pub(crate) fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBuf, Node, Node) {
     let src = data_image(env, "source.img", size, seed);
     let dst = env.image("dest.img", size);
     let source = Node::serve(env, &src);
@@ -882,49 +882,57 @@ fn data_deep_inside_ranges_of_zeroes_is_sent() {
 // ---------------------------------------------------------------------------
 // 3. A process killed mid-transfer.
 
-/// The destination is killed after the first transfer and restarted on the
-/// same port, on `fresh` file or the same one: the source retries and completes.
-fn destination_killed_and_restarted(fresh: bool) {
-    let env = TestEnv::new();
+/// The destination is killed once `kill_at` bytes are acknowledged (at
+/// `speed` bytes/s) and restarted on the same port, on `fresh` file or the
+/// same one: the source retries and completes. Returns the source, exited,
+/// and what it had sent when the destination died.
+pub(crate) fn destination_killed_and_restarted(
+    env: &TestEnv,
+    fresh: bool,
+    speed: &str,
+    kill_at: u64,
+) -> (Node, u64) {
     let size = 32 * MIB;
-    let src = data_image(&env, "source.img", size, 5);
+    let src = data_image(env, "source.img", size, 5);
     let dst = env.image("dest.img", size);
     // A short request limit: the source notices a dead destination quickly.
-    let mut source = Node::start(&env, "serve", &src, "source.sock", |b| {
+    let mut source = Node::start(env, "serve", &src, "source.sock", |b| {
         b.env("FLEXNBD_MS_REQUEST_LIMIT_SECS", "5")
     });
-    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    let mut dest = Node::listen(env, &dst, "dest.sock", None);
     let dest_port = dest.port;
 
-    start_mirror(&source, dest_port, &["-m", "1048576"]);
-    source.wait_progress(MAX_TRANSFER);
+    start_mirror(&source, dest_port, &["-m", speed]);
+    source.wait_progress(kill_at);
     dest.daemon.signal(Signal::KILL);
     dest.daemon.wait_exit(EXIT_WITHIN);
-    source.wait_status("a retry", |st| {
+    let st = source.wait_status("a retry", |st| {
         st.migration
             .as_ref()
             .is_some_and(|m| m.retries.unwrap_or(0) >= 1)
     });
+    let sent = st.migration.and_then(|m| m.bytes_sent).unwrap_or(0);
 
     let dst2 = if fresh {
         env.image("dest2.img", size)
     } else {
         dst
     };
-    let mut dest = Node::listen(&env, &dst2, "dest2.sock", Some(dest_port));
-    // The new destination gets the migration again from the start.
+    let mut dest = Node::listen(env, &dst2, "dest2.sock", Some(dest_port));
+    // The new destination gets the migration again.
     dest.wait_status("the source reconnecting", |st| st.num_clients == 1);
     lift_the_limit_and_check(&mut source, &mut dest, &src, &dst2);
+    (source, sent)
 }
 
 #[test]
 fn destination_killed_and_restarted_on_the_same_file_gets_everything() {
-    destination_killed_and_restarted(false);
+    destination_killed_and_restarted(&TestEnv::new(), false, "1048576", MAX_TRANSFER);
 }
 
 #[test]
 fn destination_killed_and_restarted_on_a_fresh_file_gets_everything() {
-    destination_killed_and_restarted(true);
+    destination_killed_and_restarted(&TestEnv::new(), true, "1048576", MAX_TRANSFER);
 }
 
 #[test]

@@ -953,7 +953,12 @@ fn c_flexnbd() -> Option<PathBuf> {
 
 /// The C flexnbd's `serve` or `listen` on `file`, with a control socket.
 #[track_caller]
-fn start_c(env: &TestEnv, c: &Path, mode: &str, file: &Path) -> (Daemon, SocketAddr, PathBuf) {
+pub(crate) fn start_c(
+    env: &TestEnv,
+    c: &Path,
+    mode: &str,
+    file: &Path,
+) -> (Daemon, SocketAddr, PathBuf) {
     let sock = env.sock_path_named(&format!("c-{mode}.sock"));
     let daemon = start_on_free_port(Some(&sock), |port| {
         let mut cmd = Command::new(c);

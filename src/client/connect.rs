@@ -10,10 +10,11 @@ use std::time::Duration;
 use log::debug;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::handshake::{self, handshake};
+use super::handshake::{self, handshake_asking_hash};
 use super::negotiate::{self, Export};
 use super::{ClientError, ClientTls, Style, Target};
 use crate::nbd::Stream;
+use crate::proto::hash::HashParams;
 
 /// How to connect; [`Default`] gives the C flexnbd's timings and the default export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub struct ConnectOptions {
     /// the greeting and the request for TLS goes in clear, and a server
     /// without TLS is an error, never a fallback to plaintext.
     pub tls: Option<ClientTls>,
+    /// Ask a fixed-newstyle server for the flexnbd hash extension
+    /// (`proto::hash`) before `NBD_OPT_GO`; a server without it goes on plainly.
+    pub hash_extension: bool,
 }
 
 impl Default for ConnectOptions {
@@ -48,16 +52,27 @@ impl Default for ConnectOptions {
             hello_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(60),
             tls: None,
+            hash_extension: false,
         }
     }
 }
 
-/// Connects to `target` and negotiates as `opts` says: the stream, the
-/// handshake spoken, the export, and the timeout set on the stream.
+/// A connection [`establish`] opened.
+pub(super) struct Established {
+    pub(super) stream: Stream,
+    pub(super) style: Style,
+    pub(super) export: Export,
+    /// The hash extension's parameters, if asked for and offered.
+    pub(super) hash: Option<HashParams>,
+    /// The timeout set on the stream.
+    pub(super) timeout: Option<Duration>,
+}
+
+/// Connects to `target` and negotiates as `opts` says.
 pub(super) fn establish(
     target: &Target,
     opts: &ConnectOptions,
-) -> Result<(Stream, Style, Export, Option<Duration>), ClientError> {
+) -> Result<Established, ClientError> {
     if opts.export_name.len() > negotiate::MAX_EXPORT_NAME {
         return Err(ClientError::ExportNameTooLong(opts.export_name.len()));
     }
@@ -71,8 +86,8 @@ pub(super) fn establish(
     wait_for_hello(&stream, target, opts.hello_timeout)?;
     let timeout = nonzero(opts.reply_timeout);
     set_timeouts(&stream, timeout)?;
-    let (style, export) = match tls {
-        None => handshake(&stream, timeout, &opts.export_name)?,
+    let (style, export, hash) = match tls {
+        None => handshake_asking_hash(&stream, timeout, &opts.export_name, opts.hash_extension)?,
         Some((config, tls)) => {
             let server = handshake::starttls(&stream, timeout)?;
             let name = tls
@@ -84,11 +99,23 @@ pub(super) fn establish(
                     source,
                 }
             })?;
-            let export = handshake::after_starttls(&stream, timeout, server, &opts.export_name)?;
-            (Style::Newstyle, export)
+            let (export, hash) = handshake::after_starttls(
+                &stream,
+                timeout,
+                server,
+                &opts.export_name,
+                opts.hash_extension,
+            )?;
+            (Style::Newstyle, export, hash)
         }
     };
-    Ok((stream, style, export, timeout))
+    Ok(Established {
+        stream,
+        style,
+        export,
+        hash,
+        timeout,
+    })
 }
 
 /// `None` for a zero duration (no limit).

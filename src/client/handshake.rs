@@ -11,6 +11,7 @@ use log::{debug, warn};
 use super::negotiate::{self, Export, GoReplies, GoStep};
 use super::{ClientError, Style};
 use crate::proto::consts::{HELLO_PADDING, OLDSTYLE_HELLO_SIZE};
+use crate::proto::hash::HashParams;
 use crate::proto::types::{HandshakeFlags, Opt, Rep};
 use crate::proto::wire::{ExportNameReply, Greeting, OldstyleHello, OptionReplyHeader};
 
@@ -22,14 +23,32 @@ pub(crate) fn handshake(
     timeout: Option<Duration>,
     name: &str,
 ) -> Result<(Style, Export), ClientError> {
-    let mut h = Handshake { stream, timeout };
-    closed_is_handshake_closed(h.greet().and_then(|greeting| match greeting {
-        Greeted::Oldstyle(export) => {
-            ignore_name(name);
-            Ok((Style::Oldstyle, export))
-        }
-        Greeted::Newstyle(server) => h.options(server, name).map(|e| (Style::Newstyle, e)),
-    }))
+    handshake_asking_hash(stream, timeout, name, false).map(|(style, export, _)| (style, export))
+}
+
+/// [`handshake`], first asking a fixed-newstyle server for the flexnbd
+/// hash extension when `want_hash`: its parameters, if it offers it.
+pub(crate) fn handshake_asking_hash(
+    stream: impl Read + Write,
+    timeout: Option<Duration>,
+    name: &str,
+    want_hash: bool,
+) -> Result<(Style, Export, Option<HashParams>), ClientError> {
+    let mut h = Handshake {
+        stream,
+        timeout,
+        want_hash,
+        hash: None,
+    };
+    let (style, export) =
+        closed_is_handshake_closed(h.greet().and_then(|greeting| match greeting {
+            Greeted::Oldstyle(export) => {
+                ignore_name(name);
+                Ok((Style::Oldstyle, export))
+            }
+            Greeted::Newstyle(server) => h.options(server, name).map(|e| (Style::Newstyle, e)),
+        }))?;
+    Ok((style, export, h.hash))
 }
 
 /// Reads the greeting and asks for TLS with `NBD_OPT_STARTTLS`; on `Ok` the
@@ -46,7 +65,7 @@ pub(crate) fn starttls(
     stream: impl Read + Write,
     timeout: Option<Duration>,
 ) -> Result<HandshakeFlags, ClientError> {
-    let mut h = Handshake { stream, timeout };
+    let mut h = Handshake::new(stream, timeout);
     closed_is_handshake_closed(h.greet().and_then(|greeting| match greeting {
         Greeted::Oldstyle(_) => Err(ClientError::NoTls(
             "the server speaks the old-style handshake, which has no TLS".to_owned(),
@@ -60,7 +79,8 @@ pub(crate) fn starttls(
     }))
 }
 
-/// Negotiates the export `name` over the TLS session, after [`starttls`].
+/// Negotiates the export `name` over the TLS session, after [`starttls`]
+/// (asking for the hash extension first when `want_hash`).
 ///
 /// # Errors
 ///
@@ -70,9 +90,14 @@ pub(crate) fn after_starttls(
     timeout: Option<Duration>,
     server: HandshakeFlags,
     name: &str,
-) -> Result<Export, ClientError> {
-    let mut h = Handshake { stream, timeout };
-    closed_is_handshake_closed(h.options(server, name))
+    want_hash: bool,
+) -> Result<(Export, Option<HashParams>), ClientError> {
+    let mut h = Handshake {
+        want_hash,
+        ..Handshake::new(stream, timeout)
+    };
+    let export = closed_is_handshake_closed(h.options(server, name))?;
+    Ok((export, h.hash))
 }
 
 fn closed_is_handshake_closed<T>(result: Result<T, ClientError>) -> Result<T, ClientError> {
@@ -100,9 +125,22 @@ enum Greeted {
 struct Handshake<S> {
     stream: S,
     timeout: Option<Duration>,
+    /// Ask for the hash extension before GO.
+    want_hash: bool,
+    /// What the server answered to it.
+    hash: Option<HashParams>,
 }
 
 impl<S: Read + Write> Handshake<S> {
+    fn new(stream: S, timeout: Option<Duration>) -> Self {
+        Handshake {
+            stream,
+            timeout,
+            want_hash: false,
+            hash: None,
+        }
+    }
+
     fn greet(&mut self) -> Result<Greeted, ClientError> {
         let mut head = [0u8; 16];
         self.read(&mut head)?;
@@ -133,6 +171,12 @@ impl<S: Read + Write> Handshake<S> {
 
     fn options(&mut self, server: HandshakeFlags, name: &str) -> Result<Export, ClientError> {
         if server.contains(HandshakeFlags::FIXED_NEWSTYLE) {
+            if self.want_hash {
+                self.write(&negotiate::hash_request())?;
+                let (header, payload) = self.option_reply()?;
+                self.hash = negotiate::hash_reply(&header, &payload)?;
+                debug!("hash extension: {:?}", self.hash);
+            }
             if let Some(export) = self.go(name)? {
                 return Ok(export);
             }

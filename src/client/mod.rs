@@ -43,6 +43,7 @@ use std::time::Duration;
 use log::{debug, info};
 
 use crate::nbd::{Stream, send_more, write_all_vectored};
+use crate::proto::hash::HashParams;
 use crate::proto::types::{Cmd, CmdFlags, Errno, TransmissionFlags};
 use crate::proto::wire::{Request, SimpleReply};
 
@@ -80,6 +81,7 @@ pub struct NbdClient {
     max_request: u32,
     timeout: Option<Duration>,
     next_handle: u64,
+    hash: Option<HashParams>,
 }
 
 impl NbdClient {
@@ -95,7 +97,13 @@ impl NbdClient {
     /// handshake stalls or the socket fails.
     pub fn connect(target: impl Into<Target>, opts: &ConnectOptions) -> Result<Self, ClientError> {
         let target = target.into();
-        let (stream, style, export, timeout) = connect::establish(&target, opts)?;
+        let connect::Established {
+            stream,
+            style,
+            export,
+            hash,
+            timeout,
+        } = connect::establish(&target, opts)?;
         let max_request = negotiate::max_request(export.max_payload);
         info!(
             "connected to {target} ({style:?}{}): size {}, flags {:?}, max request {max_request}",
@@ -111,6 +119,7 @@ impl NbdClient {
             max_request,
             timeout,
             next_handle: 1,
+            hash,
         })
     }
 
@@ -132,6 +141,11 @@ impl NbdClient {
     /// The handshake the server spoke.
     pub fn style(&self) -> Style {
         self.style
+    }
+
+    /// The flexnbd hash extension's parameters, if it was negotiated.
+    pub fn hash_params(&self) -> Option<HashParams> {
+        self.hash
     }
 
     /// The largest payload sent or asked for in one request: the server's

@@ -10,6 +10,7 @@ use byteorder::{BigEndian, ByteOrder};
 use super::error::ClientError;
 use crate::proto::ProtoError;
 use crate::proto::consts::MAX_REQUEST_LEN;
+use crate::proto::hash::{HashParams, NBD_OPT_FLEXNBD_HASH, option_data};
 use crate::proto::types::{ClientFlags, HandshakeFlags, Info, Opt, Rep, TransmissionFlags};
 use crate::proto::wire::{OptionHeader, OptionReplyHeader, Reader};
 
@@ -162,6 +163,30 @@ pub(crate) fn refused(opt: Opt, rep: Rep, payload: &[u8]) -> ClientError {
     }
 }
 
+/// The flexnbd hash extension's option request (`proto::hash`).
+pub(crate) fn hash_request() -> Vec<u8> {
+    option_request(NBD_OPT_FLEXNBD_HASH, &option_data())
+}
+
+/// The server's reply to the hash extension's option: its parameters on
+/// ACK, `None` on an error reply (a server without the extension says
+/// `NBD_REP_ERR_UNSUP`).
+pub(crate) fn hash_reply(
+    header: &OptionReplyHeader,
+    payload: &[u8],
+) -> Result<Option<HashParams>, ClientError> {
+    if header.opt != NBD_OPT_FLEXNBD_HASH {
+        return Err(bad("reply to an option that was not sent"));
+    }
+    match header.rep {
+        Rep::ACK => HashParams::decode(payload)
+            .map(Some)
+            .map_err(ClientError::BadHandshake),
+        rep if rep.is_error() => Ok(None),
+        _ => Err(bad("unexpected reply type to the hash option")),
+    }
+}
+
 fn bad(what: &'static str) -> ClientError {
     ClientError::BadHandshake(ProtoError::Invalid(what))
 }
@@ -303,6 +328,34 @@ mod tests {
             run_go(&reply(Opt::GO, Rep::ERR_UNSUP, &[])).unwrap(),
             GoStep::Unsupported
         );
+    }
+
+    #[test]
+    fn the_hash_option_is_understood_by_our_server_or_refused() {
+        let req = hash_request();
+        let head: [u8; OptionHeader::SIZE] = req[..16].try_into().unwrap();
+        let h = OptionHeader::decode(&head).unwrap();
+        let flags = ClientFlags::FIXED_NEWSTYLE | ClientFlags::NO_ZEROES;
+        for offered in [None, Some(1)] {
+            let mut server = ServerNegotiation::new(EXPORT, flags)
+                .unwrap()
+                .with_hash_extension(offered);
+            let mut out = Vec::new();
+            assert_eq!(server.handle(h.opt, &req[16..], &mut out), Step::Continue);
+            let head: [u8; OptionReplyHeader::SIZE] = out[..20].try_into().unwrap();
+            let rh = OptionReplyHeader::decode(&head).unwrap();
+            let got = hash_reply(&rh, &out[20..]).unwrap();
+            assert_eq!(got, offered.map(HashParams::ours));
+        }
+        let e = hash_reply(
+            &OptionReplyHeader {
+                opt: NBD_OPT_FLEXNBD_HASH,
+                rep: Rep::ACK,
+                len: 3,
+            },
+            &[0, 0, 1],
+        );
+        assert!(e.is_err());
     }
 
     #[test]

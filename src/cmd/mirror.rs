@@ -61,6 +61,18 @@ pub fn run(args: MirrorArgs, global: GlobalArgs) -> Result<ExitCode> {
     if let Some(bps) = args.max_speed {
         lines.push(bps.to_string());
     }
+    // Our option words, after flexnbd-c's arguments (which they leave unchanged without them).
+    let words = [
+        (args.verify, "verify"),
+        (args.incremental, "incremental"),
+        (args.no_incremental, "no-incremental"),
+    ];
+    lines.extend(
+        words
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| (*w).to_owned()),
+    );
     let reply = client::request(&args.sock, "mirror", &lines, Some(START_TIMEOUT))?;
     let code = super::report(&reply)?;
     if !args.wait || reply.code != 0 {
@@ -79,6 +91,8 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
     // shows one, and so does one for each new state (paused, resumed...).
     let mut last_line: Option<(Instant, State)> = None;
     let started = Instant::now();
+    // `--verify`: the source said the destination's hashes matched ours.
+    let mut verified = false;
     loop {
         let reply =
             match client::request::<&str>(sock, "status", &[], Some(client::DEFAULT_TIMEOUT)) {
@@ -87,8 +101,8 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
                     // The source closes its control socket once it has handed over.
                     if let Some(r) = last.filter(|r| r.state == State::Running(Phase::Handover)) {
                         let done = model.handed_over(r.size);
-                        show_end(bar.as_ref(), plain, &done);
-                        return finish(started);
+                        show_end(bar.as_ref(), plain, &done, verified);
+                        return finish(started, verified);
                     }
                     if let Some(bar) = &bar {
                         bar.abandon();
@@ -100,11 +114,13 @@ fn follow(sock: &Path, progress: bool) -> Result<ExitCode> {
             bail!("status failed: {}", reply.text);
         }
         let status = Status::from_str(&reply.text)?;
+        verified |= status.last_verified
+            || status.migration.as_ref().and_then(|m| m.verified) == Some(true);
         let report = model.update(&status, Instant::now());
         if report.state.is_final() {
-            show_end(bar.as_ref(), plain, &report);
+            show_end(bar.as_ref(), plain, &report, verified);
             match report.state {
-                State::Done => return finish(started),
+                State::Done => return finish(started, verified),
                 State::Stopped => bail!("the migration was stopped before the handover"),
                 State::Failed => bail!("the migration failed"),
                 _ => bail!("no migration is running on {}", sock.display()),
@@ -150,24 +166,34 @@ fn show_bar(bar: &ProgressBar, report: &Report) {
 }
 
 /// Shows how the migration ended: the bar's last frame, or a last plain line.
-fn show_end(bar: Option<&ProgressBar>, plain: bool, report: &Report) {
+fn show_end(bar: Option<&ProgressBar>, plain: bool, report: &Report, verified: bool) {
     if let Some(bar) = bar {
         show_bar(bar, report);
         if report.state == State::Done {
-            bar.set_prefix("handed over");
-            bar.finish_with_message("the destination has control");
+            bar.set_prefix(if verified { "verified" } else { "handed over" });
+            bar.finish_with_message(if verified {
+                "the destination has control; its copy matches ours"
+            } else {
+                "the destination has control"
+            });
         } else {
             bar.abandon();
         }
     } else if plain {
-        let _ = writeln!(std::io::stderr().lock(), "mirror: {report}");
+        let tail = if verified && report.state == State::Done {
+            " (verified)"
+        } else {
+            ""
+        };
+        let _ = writeln!(std::io::stderr().lock(), "mirror: {report}{tail}");
     }
 }
 
-fn finish(started: Instant) -> Result<ExitCode> {
+fn finish(started: Instant, verified: bool) -> Result<ExitCode> {
     writeln!(
         std::io::stdout().lock(),
-        "Migration complete in {:.1} s",
+        "Migration complete{} in {:.1} s",
+        if verified { " and verified" } else { "" },
         started.elapsed().as_secs_f64()
     )?;
     Ok(ExitCode::Success)

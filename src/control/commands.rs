@@ -184,6 +184,7 @@ fn started(result: Result<(), StartError>) -> Reply {
             ErrorKind::Connect => "Mirror failed to connect",
             ErrorKind::NoHello => "Remote server failed to respond",
             ErrorKind::SizeMismatch => "Remote size does not match local size",
+            ErrorKind::Verify => "Remote server cannot verify (no flexnbd hash extension)",
             _ => "Mirror was rejected",
         }
         .to_owned(),

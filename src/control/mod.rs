@@ -441,6 +441,7 @@ mod tests {
                 has_control: true,
                 migration: None,
                 last_migration: None,
+                last_verified: false,
             }
         }
 

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use crate::backing::is_zero;
 use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
+use crate::proto::hash::HashParams;
 use crate::proto::types::{Cmd, CmdFlags, TransmissionFlags};
 use crate::proto::wire::Request;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
+use super::hashes::read_local;
 use super::passes::{COPY_BUDGET, Passes};
-use super::replies::{Replies, lock_closed, read_replies, reply_reader};
+use super::replies::{CloseOnUnwind, Replies, Window, lock_closed, read_replies, reply_reader};
 use super::{AttemptEnd, MAX_TRANSFER, Mirror, MirrorAction, Phase, lock, request_limit};
 
 /// Most transfers in flight at once.
@@ -51,8 +53,6 @@ const FLUSH_QUICK: Duration = Duration::from_millis(40);
 const MAX_FLUSH_ROUNDS: u32 = 4;
 /// A write-through cycle this long is logged.
 const SLOW_CYCLE: Duration = Duration::from_millis(20);
-/// How often the handover checks whether the clients have gone.
-const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
 /// A range is checked for zeroes in pieces of this size, read into a
 /// buffer this small (it stays in the CPU's cache), up to the first piece
@@ -75,6 +75,7 @@ pub(super) fn attempt(
         export_name: mirror.request.export_name.clone(),
         tls: mirror.tls.clone(),
         reply_timeout: limit.unwrap_or(Duration::ZERO),
+        hash_extension: true,
         ..ConnectOptions::default()
     };
     log::info!("Connecting to mirror {}", mirror.request.target);
@@ -109,7 +110,20 @@ pub(super) fn attempt(
         commit(Err(StartError::Failed(e.clone())));
         return AttemptEnd::Failed(e);
     }
+    if mirror.request.verify && client.hash_params().is_none() {
+        log::warn!(
+            "Mirror rejected: --verify needs a flexnbd listen (the destination has no hash extension)"
+        );
+        let _ = client.shutdown();
+        let e = MirrorError::new(
+            Kind::Verify,
+            "the destination does not offer the flexnbd hash extension that --verify needs",
+        );
+        commit(Err(StartError::Failed(e.clone())));
+        return AttemptEnd::Failed(e);
+    }
     commit(Ok(()));
+    let incremental = super::hashes::incremental(&mirror.request, &client);
     log::info!(
         "Starting mirror: {} bytes to {}",
         local,
@@ -118,8 +132,12 @@ pub(super) fn attempt(
 
     let tracker = Arc::new(Tracker::new(local));
     server.set_tracker(Some(tracker.clone()));
-    // Everything written before this point is in the file: send all of it.
-    tracker.map.mark_all();
+    // Everything written before this point is in the file: send all of it
+    // (incremental: what differs from the destination's copy, marked once
+    // the reply thread runs).
+    if incremental.is_none() {
+        tracker.map.mark_all();
+    }
     *lock(&mirror.tracker) = Some(tracker.clone());
     mirror.set_phase(Phase::Copying);
 
@@ -149,8 +167,9 @@ pub(super) fn attempt(
                 client,
                 buf: Vec::new(),
                 next_send: Instant::now(),
+                pre_verified: false,
             };
-            let end = transfer.run();
+            let end = transfer.run(incremental);
             if end != AttemptEnd::Done {
                 // Wake the reply thread: the connection is finished.
                 lock_closed(&replies);
@@ -170,34 +189,20 @@ pub(super) fn attempt(
     end
 }
 
-/// On a panic, closes the reply window and the destination's socket, which
-/// ends the reply thread.
-struct CloseOnUnwind<'r> {
-    replies: &'r Replies,
-    socket: crate::client::ReplyReader,
-}
-
-impl Drop for CloseOnUnwind<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            lock_closed(self.replies);
-            self.socket.shutdown();
-        }
-    }
-}
-
-struct Transfer<'a> {
-    server: &'a Arc<Server>,
-    mirror: &'a Mirror,
-    tracker: &'a Arc<Tracker>,
-    replies: &'a Replies,
-    client: NbdClient,
-    buf: Vec<u8>,
+pub(super) struct Transfer<'a> {
+    pub(super) server: &'a Arc<Server>,
+    pub(super) mirror: &'a Mirror,
+    pub(super) tracker: &'a Arc<Tracker>,
+    pub(super) replies: &'a Replies,
+    pub(super) client: NbdClient,
+    pub(super) buf: Vec<u8>,
     next_send: Instant,
+    /// `--verify` compared the whole file before converging.
+    pub(super) pre_verified: bool,
 }
 
 /// Why the sender must stop.
-enum Stop {
+pub(super) enum Stop {
     Abandoned,
     Failed(MirrorError),
 }
@@ -212,7 +217,12 @@ impl From<Stop> for AttemptEnd {
 }
 
 impl Transfer<'_> {
-    fn run(&mut self) -> AttemptEnd {
+    fn run(&mut self, incremental: Option<HashParams>) -> AttemptEnd {
+        if let Some(params) = incremental {
+            if let Err(stop) = self.mark_differences(params) {
+                return stop.into();
+            }
+        }
         match self.copy_and_hand_over() {
             Ok(end) => end,
             Err(stop) => stop.into(),
@@ -242,8 +252,15 @@ impl Transfer<'_> {
             // writers wait for, would be that long.
             // Writers that kept the passes from converging would be chased
             // again by these copies: one FLUSH, and write-through from there.
-            for _ in 0..MAX_FLUSH_ROUNDS {
-                let took = self.flush_destination()?;
+            for round in 0..MAX_FLUSH_ROUNDS {
+                let took = if round == 0 && self.mirror.request.verify {
+                    // --verify's first check, while the destination syncs:
+                    // a round that says nothing about how quick a FLUSH is.
+                    self.pre_verify(true)?;
+                    Duration::MAX
+                } else {
+                    self.flush_destination()?
+                };
                 if !converged {
                     break;
                 }
@@ -256,6 +273,14 @@ impl Transfer<'_> {
         // The cycles below resend ranges the copy may still have in flight
         // (a FLUSH waits for them too, but only a newstyle destination gets one).
         self.wait_window(0)?;
+        if self.mirror.request.verify
+            && !self.pre_verified
+            && self.mirror.request.action != MirrorAction::Nothing
+        {
+            // Most of the checking while clients are still served: the
+            // handover then checks only what was written since.
+            self.pre_verify(false)?;
+        }
         // Converging: client writes now wait for the cycle that sends them.
         self.mirror.set_phase(Phase::Converging);
         self.tracker.set_write_through(true);
@@ -273,107 +298,7 @@ impl Transfer<'_> {
             return Ok(AttemptEnd::Done);
         }
 
-        // Handover: refuse new clients and stop the connected ones; their
-        // last writes are mirrored by the cycles below before they are answered.
-        self.mirror.set_phase(Phase::Handover);
-        let refused_at = Instant::now();
-        self.server.set_clients_allowed(false);
-        self.server.stop_clients();
-        // Clients finish what they sent within the grace; one that does not
-        // read its replies (a paused VM, a half-open connection) would hold
-        // its last reply, and the handover, for ever: its socket is shut.
-        log::info!(
-            "handover: asking clients to stop ({} bytes sent)",
-            self.mirror.wire_bytes.load(Ordering::SeqCst)
-        );
-        let grace = self.server.handover_grace();
-        let mut forced = false;
-        while self.server.num_clients() > 0 {
-            if let Err(stop) = self.check() {
-                self.server.set_clients_allowed(true);
-                return Err(stop);
-            }
-            if !forced && refused_at.elapsed() >= grace {
-                log::warn!(
-                    "handover: {} client(s) still connected {} ms after being asked to stop; closing their connections",
-                    self.server.num_clients(),
-                    grace.as_millis()
-                );
-                self.server.close_clients();
-                forced = true;
-            }
-            self.tracker.wait_for_writes(HANDOVER_POLL);
-            self.cycle()?;
-        }
-        // No client is left to write: one last cycle leaves nothing dirty.
-        self.cycle()?;
-        if !self.tracker.map.is_clean() {
-            return Err(Stop::Failed(MirrorError::new(
-                Kind::Internal,
-                "data left dirty after the last cycle",
-            )));
-        }
-        // Acknowledged is not durable everywhere: flexnbd-c's listen syncs
-        // every write before its reply, but a newstyle destination (ours, qemu-nbd,
-        // nbdkit) may only have it in memory. Make it durable before the
-        // source lets go (and unlinks). Old-style destinations get flexnbd-c's
-        // wire unchanged.
-        if let Err(stop) = self.flush_destination() {
-            self.server.set_clients_allowed(true);
-            return Err(stop);
-        }
-        if let Err(stop) = self.check() {
-            self.server.set_clients_allowed(true);
-            return Err(stop);
-        }
-        // Point of no return: close the NBD listener; no source client is served after this.
-        self.mirror.committed.store(true, Ordering::SeqCst);
-        self.tracker.abort();
-        self.server.set_tracker(None);
-        self.server.shutdown();
-        while !self.server.wait_closed(Duration::from_secs(1)) {
-            log::info!("waiting for the NBD listener to close");
-        }
-        log::info!(
-            "handover: new clients refused for {} ms before the listener closed",
-            refused_at.elapsed().as_millis()
-        );
-        if self.mirror.request.action == MirrorAction::Unlink {
-            let path = self.server.backing().path().to_owned();
-            match std::fs::remove_file(&path) {
-                Ok(()) => log::info!("unlinked {}", path.display()),
-                // The data is on the destination even if the unlink failed:
-                // report it, but the migration is done.
-                Err(e) => log::error!(
-                    "migration completed, but cannot unlink {} after migrating it: {e}",
-                    path.display()
-                ),
-            }
-        }
-        // Every byte is acknowledged: hand control over.
-        lock_closed(self.replies);
-        let handle = self.client.next_handle();
-        let disc = Request {
-            flags: CmdFlags(0),
-            cmd: Cmd::DISC,
-            handle,
-            offset: 0,
-            len: 0,
-        };
-        match self.client.send_request(&disc, &[]) {
-            Ok(()) => log::info!("Mirror sent."),
-            Err(e) => log::error!("cannot send DISCONNECT to the destination: {e}"),
-        }
-        // Queued bytes still go out before the FIN; this also wakes the reply thread.
-        let _ = self.client.shutdown();
-        log::info!(
-            "handover: {} bytes sent for {} bytes of file in {} attempts",
-            self.mirror.wire_bytes.load(Ordering::SeqCst),
-            self.server.backing().size(),
-            self.mirror.retries.load(Ordering::SeqCst) + 1
-        );
-        log::info!("Server closed, quitting after successful migration");
-        Ok(AttemptEnd::Done)
+        self.hand_over()
     }
 
     /// Sends dirty runs until [`Transfer::converged`], or until the passes
@@ -428,7 +353,7 @@ impl Transfer<'_> {
     /// A FLUSH to a newstyle destination that offers it, and its reply
     /// (with every reply before it).
     /// Returns how long it took.
-    fn flush_destination(&mut self) -> Result<Duration, Stop> {
+    pub(super) fn flush_destination(&mut self) -> Result<Duration, Stop> {
         if !self.can_flush() {
             return Ok(Duration::ZERO);
         }
@@ -444,7 +369,7 @@ impl Transfer<'_> {
 
     /// Sends a FLUSH without waiting for its reply; it takes a place in the
     /// window like a transfer of no bytes.
-    fn send_flush(&mut self) -> Result<(), Stop> {
+    pub(super) fn send_flush(&mut self) -> Result<(), Stop> {
         self.wait_window(WINDOW - 1)?;
         let req = Request {
             flags: CmdFlags(0),
@@ -466,7 +391,7 @@ impl Transfer<'_> {
     }
 
     /// Fails if the attempt was abandoned or the reply thread saw an error.
-    fn check(&self) -> Result<(), Stop> {
+    pub(super) fn check(&self) -> Result<(), Stop> {
         if self.mirror.abandon.is_triggered() {
             return Err(Stop::Abandoned);
         }
@@ -477,7 +402,7 @@ impl Transfer<'_> {
     }
 
     /// One write-through cycle: send everything dirty, wait for every reply.
-    fn cycle(&mut self) -> Result<(), Stop> {
+    pub(super) fn cycle(&mut self) -> Result<(), Stop> {
         let n = self.tracker.begin_cycle();
         let started = Instant::now();
         let (mut cursor, mut bytes, mut transfers) = (0, 0, 0);
@@ -512,14 +437,23 @@ impl Transfer<'_> {
     /// one. Ranges taken in one sweep of the dirty map are disjoint; before
     /// a sweep wraps round, and before the cycles start, everything in
     /// flight is waited for.
-    fn wait_window(&self, most: usize) -> Result<(), Stop> {
+    pub(super) fn wait_window(&self, most: usize) -> Result<(), Stop> {
+        self.wait_for(|w| (w.lens.len() <= most).then_some(()))
+    }
+
+    /// Waits until `ready` finds what it wants in the window; fails when
+    /// the reply thread saw an error or the attempt was abandoned.
+    pub(super) fn wait_for<T>(
+        &self,
+        mut ready: impl FnMut(&mut Window) -> Option<T>,
+    ) -> Result<T, Stop> {
         let mut w = self.replies.lock();
         loop {
             if let Some(why) = w.failed.clone() {
                 return Err(Stop::Failed(why));
             }
-            if w.lens.len() <= most {
-                return Ok(());
+            if let Some(got) = ready(&mut w) {
+                return Ok(got);
             }
             if self.mirror.abandon.is_triggered() {
                 return Err(Stop::Abandoned);
@@ -608,12 +542,7 @@ impl Transfer<'_> {
             let n = usize::try_from(len - done)
                 .map_or(ZERO_CHECK_PIECE, |left| left.min(ZERO_CHECK_PIECE));
             let piece = &mut self.buf[..n];
-            backing.read_at(piece, offset + done).map_err(|e| {
-                Stop::Failed(MirrorError::new(
-                    Kind::Local,
-                    format!("cannot read {}: {e}", backing.path().display()),
-                ))
-            })?;
+            read_local(backing, piece, offset + done)?;
             if !is_zero(piece) {
                 return Ok(false);
             }
@@ -629,7 +558,7 @@ impl Transfer<'_> {
     /// kernel may even send a page changed after `sendfile` returned): a
     /// client write meanwhile marked its blocks dirty again after it reached
     /// the file, so they are sent again, later on the same connection.
-    fn send_request(&mut self, req: &Request, acked: u64) -> Result<(), Stop> {
+    pub(super) fn send_request(&mut self, req: &Request, acked: u64) -> Result<(), Stop> {
         {
             let mut w = self.replies.lock();
             if w.lens.is_empty() {

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Local,
     /// A consistency check failed: data left dirty after the last cycle.
     Internal,
+    /// `--verify`: the destination cannot be verified (no hash extension),
+    /// or its hashes still differ from ours after every repair round.
+    Verify,
 }
 
 /// Why a migration attempt failed: a kind to branch on, and a message for the log.

@@ -39,7 +39,10 @@
 //! fresh attempt from the beginning a second later, for ever, until it
 //! completes or `break` (or a signal) abandons it. A failure of the first
 //! attempt before the destination was accepted is reported to the `mirror`
-//! command and not retried.
+//! command and not retried. With a flexnbd `listen` as the destination
+//! (the hash extension, `hashes.rs`), an incremental attempt goes through
+//! `comparing` before `copying`, and `--verify` through `verifying` during
+//! the handover; a verification that fails is not retried.
 //!
 //! Every byte is sent at least once after its last write: a writer marks
 //! its blocks dirty after its data reached the file, and the mirror clears
@@ -69,13 +72,16 @@ use crate::sys::Trigger;
 
 mod engine;
 mod error;
+mod handover;
+mod hashes;
 mod passes;
 mod replies;
 mod request;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
 pub use request::{
-    BpsError, MirrorAction, MirrorRequest, NoTlsCredentials, OutgoingTls, RequestError, parse_bps,
+    BpsError, Incremental, MirrorAction, MirrorRequest, NoTlsCredentials, OutgoingTls,
+    RequestError, parse_bps,
 };
 
 /// Time between attempts (flexnbd-c's MS_RETRY_DELAY_SECS).
@@ -145,6 +151,8 @@ pub struct Mirror {
     tracker: Mutex<Option<Arc<Tracker>>>,
     /// Set when the listener was closed for the handover: past this point it cannot be abandoned.
     committed: AtomicBool,
+    /// `--verify`: the destination's hashes matched ours in this attempt.
+    verified: AtomicBool,
     completed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -168,6 +176,7 @@ impl Mirror {
             started: Mutex::new(Instant::now()),
             tracker: Mutex::new(None),
             committed: AtomicBool::new(false),
+            verified: AtomicBool::new(false),
             completed: AtomicBool::new(false),
             thread: Mutex::new(None),
         })
@@ -203,6 +212,10 @@ impl Mirror {
             retries: Some(self.retries.load(Ordering::SeqCst)),
             phase: Some(self.phase()),
             bytes_copied: Some(acked),
+            verified: self
+                .request
+                .verify
+                .then(|| self.verified.load(Ordering::SeqCst)),
         }
     }
 
@@ -233,6 +246,8 @@ struct Shared {
     closed: AtomicBool,
     /// How the last migration ended, for `status` (`last_migration`).
     last: Mutex<Option<Outcome>>,
+    /// The last migration handed over verified (`last_migration_verified`).
+    last_verified: AtomicBool,
     /// A `status` reported the completed migration (ends the linger early).
     completion_reported: (Mutex<bool>, std::sync::Condvar),
     /// The TLS settings of this server's migrations.
@@ -261,6 +276,7 @@ impl Controller {
                 migrated: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 last: Mutex::new(None),
+                last_verified: AtomicBool::new(false),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
                 outgoing_tls,
             }),
@@ -407,6 +423,8 @@ impl Shared {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
                     *lock(&self.last) = Some(Outcome::Done);
+                    self.last_verified
+                        .store(mirror.verified.load(Ordering::SeqCst), Ordering::SeqCst);
                     mirror.completed.store(true, Ordering::SeqCst);
                     if mirror.request.action != MirrorAction::Nothing {
                         self.migrated.store(true, Ordering::SeqCst);
@@ -418,7 +436,8 @@ impl Shared {
                     *lock(&self.last) = Some(Outcome::Stopped);
                     break;
                 }
-                AttemptEnd::Failed(why) if ever_go => {
+                // A destination that fails verification would fail it again.
+                AttemptEnd::Failed(why) if ever_go && why.kind() != ErrorKind::Verify => {
                     log::warn!("Mirror failed, retrying: {why}");
                     mirror.set_phase(Phase::Retrying);
                     mirror.retries.fetch_add(1, Ordering::SeqCst);
@@ -429,7 +448,7 @@ impl Shared {
                     }
                 }
                 AttemptEnd::Failed(why) => {
-                    log::warn!("Mirror failed before commit, giving up: {why}");
+                    log::warn!("Mirror failed, giving up: {why}");
                     *lock(&self.last) = Some(Outcome::Failed);
                     break;
                 }
@@ -466,6 +485,7 @@ impl Shared {
             status.migration = Some(mirror.progress(status.size));
         }
         status.last_migration = *lock(&self.last);
+        status.last_verified = self.last_verified.load(Ordering::SeqCst);
         if status.migration.is_none() && status.last_migration == Some(Outcome::Done) {
             let (reported, cv) = &self.completion_reported;
             *lock(reported) = true;
@@ -497,6 +517,7 @@ impl Shared {
                 .for_request(&request)
                 .map_err(StartError::NoTlsCredentials)?;
             let mirror = Arc::new(Mirror::new(request, tls).map_err(StartError::Setup)?);
+            self.last_verified.store(false, Ordering::SeqCst);
             *slot = Slot::Running(mirror.clone());
             mirror
         };

@@ -1,13 +1,14 @@
 //! The destination's replies: the window of transfers awaiting one, and
 //! the thread that reads them and measures the request limit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::client::{ErrorKind, NbdClient, ReplyReader};
 use crate::proto::consts::MIRROR_HANDLE;
+use crate::proto::hash::HASH_LEN;
 use crate::proto::types::Errno;
 
 use super::Mirror;
@@ -20,6 +21,10 @@ pub(super) struct Window {
     pub(super) lens: VecDeque<u64>,
     pub(super) failed: Option<MirrorError>,
     pub(super) closed: bool,
+    /// Hash requests awaiting a reply: handle, number of hashes.
+    pub(super) hash_pending: HashMap<u64, usize>,
+    /// Hash replies not taken yet: handle, the hashes' bytes.
+    pub(super) hash_done: HashMap<u64, Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -85,11 +90,34 @@ pub(super) fn lock_closed(replies: &Replies) {
     replies.cv.notify_all();
 }
 
+/// On a panic, closes the reply window and the destination's socket, which
+/// ends the reply thread.
+pub(super) struct CloseOnUnwind<'r> {
+    pub(super) replies: &'r Replies,
+    pub(super) socket: ReplyReader,
+}
+
+impl Drop for CloseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock_closed(self.replies);
+            self.socket.shutdown();
+        }
+    }
+}
+
 /// Reads replies until the connection ends; every reply must be a success for `.MIRROR.`.
 pub(super) fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &Mirror) {
     loop {
         match reader.read_reply() {
             Ok(reply) => {
+                let hashes = replies.lock().hash_pending.get(&reply.handle).copied();
+                if let Some(count) = hashes {
+                    if !read_hashes(&mut reader, replies, &reply, count) {
+                        return;
+                    }
+                    continue;
+                }
                 if reply.error != Errno::OK {
                     replies.fail(MirrorError::new(
                         Kind::Reply,
@@ -124,7 +152,8 @@ pub(super) fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &
                     return;
                 }
                 let expired = replies.limit.is_some_and(|l| replies.since_progress() >= l);
-                if !w.lens.is_empty() && expired {
+                let waiting = !w.lens.is_empty() || !w.hash_pending.is_empty();
+                if waiting && expired {
                     drop(w);
                     log::warn!("Mirror timeout signalled");
                     replies.fail(MirrorError::new(
@@ -146,4 +175,35 @@ pub(super) fn read_replies(mut reader: ReplyReader, replies: &Replies, mirror: &
             }
         }
     }
+}
+
+/// Reads the hashes that follow a hash request's reply into the window;
+/// false (the failure recorded) if the connection cannot go on.
+fn read_hashes(
+    reader: &mut ReplyReader,
+    replies: &Replies,
+    reply: &crate::proto::wire::SimpleReply,
+    count: usize,
+) -> bool {
+    if reply.error != Errno::OK {
+        replies.fail(MirrorError::new(
+            Kind::Reply,
+            format!("hash request refused by listener: {}", reply.error),
+        ));
+        return false;
+    }
+    let mut payload = vec![0u8; count * HASH_LEN];
+    if let Err(e) = reader.read_payload(&mut payload) {
+        replies.fail(MirrorError::new(
+            Kind::Connection,
+            format!("cannot read hashes from listener: {e}"),
+        ));
+        return false;
+    }
+    replies.progressed();
+    let mut w = replies.lock();
+    w.hash_pending.remove(&reply.handle);
+    w.hash_done.insert(reply.handle, payload);
+    replies.cv.notify_all();
+    true
 }

@@ -39,6 +39,19 @@ impl MirrorAction {
     }
 }
 
+/// Whether to compare hashes before copying and send only what differs
+/// (needs the hash extension, `docs/hash-extension.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Incremental {
+    /// When the destination offers the extension and says its file holds data (the default).
+    #[default]
+    Auto,
+    /// Whenever the destination offers the extension (`incremental`).
+    On,
+    /// Never: copy everything (`no-incremental`).
+    Off,
+}
+
 /// A validated `mirror` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorRequest {
@@ -52,6 +65,11 @@ pub struct MirrorRequest {
     pub bind: Option<IpAddr>,
     /// The bandwidth limit in bytes per second, if any.
     pub max_bps: Option<u64>,
+    /// Compare the destination's hashes with ours before the handover
+    /// (`verify`; needs the hash extension).
+    pub verify: bool,
+    /// Whether to skip what the destination already holds.
+    pub incremental: Incremental,
     /// TLS, asked for by an `nbds://` destination (with its settings).
     pub tls: Option<UriTls>,
 }
@@ -143,6 +161,19 @@ impl MirrorRequest {
     ///
     /// The first problem, checked in flexnbd-c's order.
     pub fn parse(args: &[String]) -> Result<MirrorRequest, RequestError> {
+        // Our option words may follow PORT anywhere: none of them can be
+        // an action, an address or a number.
+        let (mut verify, mut incremental) = (false, Incremental::Auto);
+        let mut rest = Vec::with_capacity(args.len());
+        for (i, arg) in args.iter().enumerate() {
+            match arg.as_str() {
+                "verify" if i >= 2 => verify = true,
+                "incremental" if i >= 2 => incremental = Incremental::On,
+                "no-incremental" if i >= 2 => incremental = Incremental::Off,
+                _ => rest.push(arg.clone()),
+            }
+        }
+        let args = rest.as_slice();
         if args.len() < 2 {
             return Err(RequestError::TooFewArgs);
         }
@@ -172,6 +203,8 @@ impl MirrorRequest {
             action,
             bind,
             max_bps,
+            verify,
+            incremental,
             tls,
         })
     }
@@ -316,6 +349,28 @@ mod tests {
         assert_eq!(tls.tls.unwrap().hostname.as_deref(), Some("dest.example"));
         assert_eq!(parse(&["nbd://1.2.3.4/", "1"]).unwrap().tls, None);
         assert_eq!(parse(&["/run/d.sock", "x"]), Err(RequestError::BadPort));
+    }
+
+    #[test]
+    fn option_words_follow_the_port_anywhere() {
+        let plain = parse(&["127.0.0.1", "1", "exit", "0.0.0.0", "5"]).unwrap();
+        assert!(!plain.verify);
+        assert_eq!(plain.incremental, Incremental::Auto);
+        let ok = parse(&["127.0.0.1", "1", "exit", "verify", "0.0.0.0", "5"]).unwrap();
+        assert!(ok.verify);
+        assert_eq!((ok.bind, ok.max_bps), (plain.bind, Some(5)));
+        let ok = parse(&["127.0.0.1", "1", "no-incremental", "verify"]).unwrap();
+        assert!(ok.verify);
+        assert_eq!(ok.incremental, Incremental::Off);
+        assert_eq!(ok.action, MirrorAction::Exit);
+        let ok = parse(&["127.0.0.1", "1", "unlink", "incremental"]).unwrap();
+        assert_eq!(
+            (ok.action, ok.incremental),
+            (MirrorAction::Unlink, Incremental::On)
+        );
+        // Not in place of the address or the port.
+        assert_eq!(parse(&["verify", "1"]), Err(RequestError::BadAddress));
+        assert_eq!(parse(&["127.0.0.1", "verify"]), Err(RequestError::BadPort));
     }
 
     #[test]

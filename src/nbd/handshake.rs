@@ -34,6 +34,8 @@ pub struct Offer {
     /// The deadline for each read and write of the handshake (the TLS
     /// handshake's included).
     pub timeout: Duration,
+    /// Offer the flexnbd hash extension with these flags (`proto::hash`; `listen` only).
+    pub hash: Option<u32>,
     /// TLS: offered or required, with the credentials to answer with.
     pub tls: Option<TlsOffer>,
 }
@@ -121,6 +123,7 @@ fn negotiate(
         negotiation = negotiation.without_structured_replies();
     }
     negotiation = negotiation.with_export_name(offer.name.clone());
+    negotiation = negotiation.with_hash_extension(offer.hash);
     if let Some(tls) = &offer.tls {
         negotiation = negotiation.with_tls(tls.mode);
     }
@@ -226,6 +229,7 @@ mod tests {
             oldstyle,
             structured_replies: true,
             timeout: Duration::from_secs(5),
+            hash: None,
             tls: None,
         }
     }

@@ -64,6 +64,8 @@ pub struct Negotiated {
     pub structured: bool,
     /// `base:allocation` was selected for BLOCK_STATUS.
     pub base_allocation: bool,
+    /// The flexnbd hash extension was negotiated (`proto::hash`).
+    pub hash: bool,
     /// Transmission runs over TLS.
     pub tls: bool,
 }
@@ -76,6 +78,8 @@ pub struct ServerNegotiation {
     name: Option<String>,
     no_zeroes: bool,
     structured_allowed: bool,
+    /// The hash extension's flags, when it is offered.
+    hash_offer: Option<u32>,
     tls: TlsMode,
     state: Negotiated,
 }
@@ -105,6 +109,7 @@ impl ServerNegotiation {
             name: None,
             no_zeroes: client_flags.contains(ClientFlags::NO_ZEROES),
             structured_allowed: true,
+            hash_offer: None,
             tls: TlsMode::Off,
             state: Negotiated::default(),
         })
@@ -122,6 +127,14 @@ impl ServerNegotiation {
     /// `EXPORT_NAME`, which has no error reply, the connection closed).
     pub fn with_export_name(mut self, name: Option<String>) -> Self {
         self.name = name;
+        self
+    }
+
+    /// Offers the flexnbd hash extension (`proto::hash`) with these
+    /// [`HashParams`](super::hash::HashParams) flags; `None` (the default)
+    /// answers its option `NBD_REP_ERR_UNSUP`, as any other unknown one.
+    pub fn with_hash_extension(mut self, flags: Option<u32>) -> Self {
+        self.hash_offer = flags;
         self
     }
 
@@ -245,6 +258,10 @@ impl ServerNegotiation {
                 }
                 Step::Continue
             }
+            super::hash::NBD_OPT_FLEXNBD_HASH if self.hash_offer.is_some() => {
+                self.hash_option(data, out);
+                Step::Continue
+            }
             _ => {
                 error(
                     out,
@@ -314,6 +331,34 @@ impl ServerNegotiation {
         }
         reply(out, opt, Rep::ACK, &[]);
         Ok(true)
+    }
+
+    /// Answers the hash extension's option: ACK with our parameters; where
+    /// TLS is offered, only over TLS.
+    fn hash_option(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let opt = super::hash::NBD_OPT_FLEXNBD_HASH;
+        if self.tls != TlsMode::Off && !self.state.tls {
+            error(
+                out,
+                opt,
+                Rep::ERR_TLS_REQD,
+                "hashes are only given over TLS here",
+            );
+            return;
+        }
+        match super::hash::decode_option_data(data) {
+            Ok(_) => {
+                let flags = self.hash_offer.unwrap_or(0);
+                self.state.hash = true;
+                reply(
+                    out,
+                    opt,
+                    Rep::ACK,
+                    &super::hash::HashParams::ours(flags).encode(),
+                );
+            }
+            Err(e) => error(out, opt, Rep::ERR_INVALID, &e.to_string()),
+        }
     }
 
     fn meta_context(&mut self, opt: Opt, data: &[u8], out: &mut Vec<u8>) -> Result<(), ProtoError> {
@@ -456,6 +501,37 @@ mod tests {
         out.clear();
         neg().handle(Opt::STARTTLS, b"", &mut out);
         assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+    }
+
+    #[test]
+    fn the_hash_extension_is_acked_only_when_offered() {
+        use crate::proto::hash::{HashParams, NBD_OPT_FLEXNBD_HASH, option_data};
+        let mut out = Vec::new();
+        let mut plain = neg();
+        plain.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_UNSUP);
+        assert!(!plain.negotiated().hash);
+        let mut offered = neg().with_hash_extension(Some(1));
+        out.clear();
+        offered.handle(NBD_OPT_FLEXNBD_HASH, b"bad", &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_INVALID);
+        assert!(!offered.negotiated().hash);
+        out.clear();
+        offered.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        let r = replies(&out);
+        assert_eq!(r[0].0, Rep::ACK);
+        assert_eq!(HashParams::decode(&r[0].1), Ok(HashParams::ours(1)));
+        assert!(offered.negotiated().hash);
+        // Where TLS is offered, only over TLS.
+        let mut tls = neg().with_tls(TlsMode::On).with_hash_extension(Some(0));
+        out.clear();
+        tls.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ERR_TLS_REQD);
+        tls.handle(Opt::STARTTLS, b"", &mut Vec::new());
+        tls.tls_started();
+        out.clear();
+        tls.handle(NBD_OPT_FLEXNBD_HASH, &option_data(), &mut out);
+        assert_eq!(replies(&out)[0].0, Rep::ACK);
     }
 
     #[test]

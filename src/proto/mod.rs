@@ -10,7 +10,9 @@
 //!   `base:allocation`); every other option gets `NBD_REP_ERR_UNSUP`;
 //! - commands: `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `CACHE`,
 //!   `WRITE_ZEROES` and `BLOCK_STATUS`, with the `FUA`, `NO_HOLE`, `DF`,
-//!   `REQ_ONE` and `FAST_ZERO` flags.
+//!   `REQ_ONE` and `FAST_ZERO` flags;
+//! - the flexnbd hash extension between our migration source and `listen`
+//!   ([`hash`], docs/hash-extension.md).
 //!
 //! Nothing here reads a socket, a file or a clock: every function turns
 //! bytes into values or values into bytes, and rejects short or malformed
@@ -19,6 +21,7 @@
 
 pub mod consts;
 pub mod handshake;
+pub mod hash;
 pub mod reply;
 pub mod types;
 pub mod wire;

@@ -304,6 +304,7 @@ fn connect_options(config: &ProxyConfig) -> ConnectOptions {
         connect_timeout: Duration::from_secs(15).min(config.timeout),
         hello_timeout: Duration::from_secs(15).min(config.timeout),
         reply_timeout: config.timeout,
+        hash_extension: false,
         tls: config.upstream_tls.clone(),
     }
 }

@@ -70,6 +70,7 @@ impl Proxy {
             // Upstream replies are relayed as they come: simple ones only.
             structured_replies: false,
             timeout: HANDSHAKE_TIMEOUT,
+            hash: None,
             tls: self.config.tls.clone(),
         };
         match serve_handshake(down, &offer, || true)? {

@@ -27,6 +27,9 @@ const WRITE_THROUGH_WAIT: Duration = Duration::from_secs(10);
 pub struct Tracker {
     /// The blocks still to send.
     pub map: DirtyMap,
+    /// Every block written since the mirror last drained it (`mirror
+    /// --verify` checks these again at the handover).
+    pub touched: DirtyMap,
     write_through: AtomicBool,
     cycles: Mutex<Cycles>,
     cv: Condvar,
@@ -46,6 +49,7 @@ impl Tracker {
     pub fn new(size: u64) -> Self {
         Tracker {
             map: DirtyMap::new(size),
+            touched: DirtyMap::new(size),
             write_through: AtomicBool::new(false),
             cycles: Mutex::new(Cycles::default()),
             cv: Condvar::new(),
@@ -56,6 +60,7 @@ impl Tracker {
     /// write-through mode, waits until the mirror has sent it.
     pub fn note_write(&self, offset: u64, len: u64) {
         self.map.mark(offset, len);
+        self.touched.mark(offset, len);
         if !self.write_through.load(Ordering::SeqCst) {
             return;
         }

@@ -187,6 +187,7 @@ impl Server {
             has_control: self.has_control(),
             migration: None,
             last_migration: None,
+            last_verified: false,
         }
     }
 

@@ -56,6 +56,7 @@ use crate::sys::{RateLimit, Verdict, monotonic_ms};
 
 use super::Server;
 
+mod hash;
 mod reply;
 mod requests;
 mod test_hooks;
@@ -114,6 +115,10 @@ pub(super) fn serve(
         oldstyle: server.config.oldstyle,
         structured_replies: true,
         timeout: server.config.limits.handshake_timeout,
+        hash: server
+            .config
+            .listen_mode
+            .then(|| hash::offer_flags(&server.backing)),
         tls: server.config.tls.clone(),
     };
     let admit = || server.start_transmission(id);
@@ -306,6 +311,7 @@ impl<'a> Conn<'a> {
                     return Err(Errno::EINVAL);
                 }
             }
+            crate::proto::hash::NBD_CMD_FLEXNBD_HASH => return self.validate_hash(req),
             _ => {
                 self.warn(format_args!("Unknown request {:#010X}", req.cmd.0));
                 return Err(Errno::EINVAL);

@@ -151,8 +151,10 @@ impl Conn<'_> {
                 continue;
             }
             self.flush_pending(pending);
+            let hashing = req.cmd == crate::proto::hash::NBD_CMD_FLEXNBD_HASH;
             let cost = match req.cmd {
                 Cmd::READ | Cmd::WRITE => u64::from(req.len),
+                _ if hashing => super::hash::cost(&req),
                 _ => 0,
             };
             self.budget.acquire(cost);
@@ -161,7 +163,7 @@ impl Conn<'_> {
             // READ buffers are charged whole (their data comes from our file);
             // WRITE payloads as their bytes arrive.
             let mut charged = 0u64;
-            if req.cmd == Cmd::READ {
+            if req.cmd == Cmd::READ || hashing {
                 charged = cost;
                 self.server.memory.acquire(charged);
             }
@@ -200,6 +202,7 @@ impl Conn<'_> {
             if self.in_flight.load(Ordering::SeqCst) == 1
                 && reader.buffered() == 0
                 && !(req.cmd == Cmd::WRITE && req.len > INLINE_SERVE_WRITE_MAX)
+                && !hashing
             {
                 self.serve_job(job);
             } else {

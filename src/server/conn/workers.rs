@@ -328,6 +328,10 @@ impl Conn<'_> {
                 }
                 Err(e) => Err(e),
             },
+            crate::proto::hash::NBD_CMD_FLEXNBD_HASH => {
+                self.reply_hashes(&req);
+                return buf;
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "unknown command",

@@ -1,0 +1,306 @@
+//! Comparing our file with the destination's through the flexnbd hash
+//! extension (`proto::hash`, docs/hash-extension.md): before copying
+//! (incremental: only blocks that differ are marked dirty) and before the
+//! handover (`--verify`: mismatched blocks are resent and checked again).
+//!
+//! Hash requests go out on the attempt's connection, up to
+//! [`HASH_WINDOW`] at once, each for at most [`HASH_REQUEST_BYTES`]; the
+//! reply thread stores their hashes in the window. While the destination
+//! hashes, we hash the same range of our file, so both sides work at once.
+//! No WRITE is in flight while hashes are asked for (NBD does not order
+//! requests in flight): before copying none was sent yet, and the handover
+//! compares only after its FLUSH was answered.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use crate::proto::hash::{
+    HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, hash_blocks, request_ranges,
+};
+use crate::proto::types::CmdFlags;
+use crate::proto::wire::Request;
+
+use super::engine::{Stop, Transfer};
+use super::error::{ErrorKind as Kind, MirrorError};
+use super::{Incremental, MirrorRequest, Phase};
+use crate::backing::Backing;
+use crate::client::NbdClient;
+use crate::server::dirty::DirtyMap;
+
+/// Hash requests in flight at once: the destination's workers hash them in parallel.
+const HASH_WINDOW: usize = 8;
+/// Most bytes one hash request covers.
+const HASH_REQUEST_BYTES: u64 = 16 << 20;
+/// Our file is read in pieces of this size to be hashed.
+const READ_PIECE: usize = 1 << 20;
+/// `--verify`: rounds of resending mismatched blocks before giving up.
+pub(super) const VERIFY_ROUNDS: u32 = 3;
+
+/// Clears `map`; the runs that were set, in file order.
+fn drain(map: &DirtyMap) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut cursor = 0;
+    while let Some((offset, len)) = map.take_run(cursor, u64::MAX) {
+        if offset < cursor {
+            // Wrapped round: a block set meanwhile.
+            runs.push((offset, len));
+            break;
+        }
+        runs.push((offset, len));
+        cursor = offset + len;
+    }
+    runs
+}
+
+/// Whether to compare before copying, from the request and what the destination offers.
+pub(super) fn incremental(request: &MirrorRequest, client: &NbdClient) -> Option<HashParams> {
+    let params = client.hash_params()?;
+    match request.incremental {
+        Incremental::Off => None,
+        Incremental::On => Some(params),
+        Incremental::Auto => params.holds_data().then_some(params),
+    }
+}
+
+impl Transfer<'_> {
+    /// Incremental: marks dirty only the blocks whose hashes differ from
+    /// the destination's. Client writes meanwhile mark their blocks too.
+    pub(super) fn mark_differences(&mut self, params: HashParams) -> Result<(), Stop> {
+        self.mirror.set_phase(Phase::Comparing);
+        let size = self.server.backing().size();
+        let differ = self.compare(params, &[(0, size)], false)?;
+        let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
+        for &(offset, len) in &differ {
+            self.tracker.map.mark(offset, len);
+        }
+        log::info!(
+            "incremental: {bytes} of {size} bytes differ from the destination's copy ({} runs)",
+            differ.len()
+        );
+        self.mirror.set_phase(Phase::Copying);
+        Ok(())
+    }
+
+    /// `--verify` before converging, while clients are served and nothing
+    /// is in flight: compares the whole file; what differs is marked to be
+    /// sent again. Blocks written from here on are `touched`, and they and
+    /// those that differed are what [`Transfer::verify`] checks again.
+    /// With `flush`, the destination is asked to FLUSH meanwhile; this
+    /// returns once that FLUSH is answered too.
+    pub(super) fn pre_verify(&mut self, flush: bool) -> Result<(), Stop> {
+        let params = self.hash_params()?;
+        // Hashes see only answered WRITEs.
+        self.wait_window(0)?;
+        self.mirror.set_phase(Phase::Verifying);
+        drain(&self.tracker.touched);
+        // What is still to send is sent after the comparison: check it again too.
+        for (offset, len) in drain(&self.tracker.map) {
+            self.tracker.map.mark(offset, len);
+            self.tracker.touched.mark(offset, len);
+        }
+        let size = self.server.backing().size();
+        let differ = self.compare(params, &[(0, size)], flush)?;
+        let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
+        for &(offset, len) in &differ {
+            self.tracker.map.mark(offset, len);
+            self.tracker.touched.mark(offset, len);
+        }
+        log::info!(
+            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile",
+            differ.len(),
+            self.tracker.touched.dirty_bytes().saturating_sub(bytes)
+        );
+        self.pre_verified = true;
+        self.wait_window(0)
+    }
+
+    fn hash_params(&self) -> Result<HashParams, Stop> {
+        self.client.hash_params().ok_or_else(|| {
+            Stop::Failed(MirrorError::new(
+                Kind::Verify,
+                "the destination does not offer the hash extension",
+            ))
+        })
+    }
+
+    /// `--verify`, once every byte is acknowledged and durable and no client
+    /// is left: compares what [`Transfer::pre_verify`] left to check (or
+    /// the whole file), resends what differs and checks it again, up to
+    /// [`VERIFY_ROUNDS`] times.
+    pub(super) fn verify(&mut self) -> Result<(), Stop> {
+        let params = self.hash_params()?;
+        self.mirror.set_phase(Phase::Verifying);
+        let size = self.server.backing().size();
+        let mut ranges = if self.pre_verified {
+            drain(&self.tracker.touched)
+        } else {
+            vec![(0, size)]
+        };
+        for round in 0..=VERIFY_ROUNDS {
+            let differ = self.compare(params, &ranges, false)?;
+            if differ.is_empty() {
+                log::info!("verified: the destination's hashes match ours");
+                self.mirror.verified.store(true, Ordering::SeqCst);
+                self.mirror.set_phase(Phase::Handover);
+                return Ok(());
+            }
+            let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
+            log::warn!(
+                "verify: {bytes} bytes in {} runs differ from the destination's copy{}",
+                differ.len(),
+                if round < VERIFY_ROUNDS {
+                    "; sending them again"
+                } else {
+                    ""
+                }
+            );
+            if round == VERIFY_ROUNDS {
+                break;
+            }
+            for &(offset, len) in &differ {
+                self.tracker.map.mark(offset, len);
+            }
+            self.cycle()?;
+            self.flush_destination()?;
+            ranges = differ;
+        }
+        Err(Stop::Failed(MirrorError::new(
+            Kind::Verify,
+            format!("the destination's copy still differs after {VERIFY_ROUNDS} repairs"),
+        )))
+    }
+
+    /// Compares hashes over `ranges` (widened to whole blocks); returns the
+    /// blocks that differ, adjacent ones merged. With `flush`, a FLUSH goes
+    /// out behind the first hash requests, so that the destination syncs
+    /// while both sides hash (its reply is left in the window).
+    fn compare(
+        &mut self,
+        params: HashParams,
+        ranges: &[(u64, u64)],
+        mut flush: bool,
+    ) -> Result<Vec<(u64, u64)>, Stop> {
+        let size = self.server.backing().size();
+        let per_request = HashParams {
+            max_blocks: params
+                .max_blocks
+                .min(u32::try_from(HASH_REQUEST_BYTES / u64::from(params.block_size)).unwrap_or(1))
+                .max(1),
+            ..params
+        };
+        let requests: Vec<(u64, u64)> = ranges
+            .iter()
+            .flat_map(|&(offset, len)| request_ranges(&per_request, size, offset, len))
+            .collect();
+        let block = u64::from(params.block_size);
+        let mut sent: VecDeque<(u64, u64, u64)> = VecDeque::new();
+        let mut next = requests.iter();
+        let mut differ: Vec<(u64, u64)> = Vec::new();
+        let mut ours = Vec::new();
+        loop {
+            while sent.len() < HASH_WINDOW {
+                let Some(&(offset, len)) = next.next() else {
+                    break;
+                };
+                sent.push_back((self.send_hash_request(offset, len, block)?, offset, len));
+            }
+            if flush {
+                // Not alone in flight: the destination syncs on a worker
+                // while others hash.
+                self.send_flush()?;
+                flush = false;
+            }
+            let Some((handle, offset, len)) = sent.pop_front() else {
+                break;
+            };
+            ours.clear();
+            self.hash_ours(offset, len, block, &mut ours)?;
+            let theirs = self.take_hashes(handle)?;
+            for (i, mine) in ours.iter().enumerate() {
+                let at = i * HASH_LEN;
+                if theirs.get(at..at + HASH_LEN) != Some(&mine[..]) {
+                    let start = offset + i as u64 * block;
+                    let end = (start + block).min(size);
+                    match differ.last_mut() {
+                        Some((o, l)) if *o + *l == start => *l += end - start,
+                        _ => differ.push((start, end - start)),
+                    }
+                }
+            }
+        }
+        Ok(differ)
+    }
+
+    /// Sends a hash request for `len` bytes at `offset`; returns its handle.
+    fn send_hash_request(&mut self, offset: u64, len: u64, block: u64) -> Result<u64, Stop> {
+        self.check()?;
+        let handle = self.client.next_handle();
+        let count = usize::try_from(len.div_ceil(block)).unwrap_or(usize::MAX);
+        let req = Request {
+            flags: CmdFlags(0),
+            cmd: NBD_CMD_FLEXNBD_HASH,
+            handle,
+            offset,
+            len: u32::try_from(len).map_err(|_| {
+                Stop::Failed(MirrorError::new(Kind::Internal, "hash range too long"))
+            })?,
+        };
+        {
+            let mut w = self.replies.lock();
+            if w.lens.is_empty() && w.hash_pending.is_empty() {
+                self.replies.progressed();
+            }
+            w.hash_pending.insert(handle, count);
+        }
+        if let Err(e) = self.client.send_request(&req, &[]) {
+            return Err(Stop::Failed(MirrorError::new(
+                Kind::Connection,
+                format!("Couldn't write to listener: {e}"),
+            )));
+        }
+        self.mirror
+            .wire_bytes
+            .fetch_add(Request::SIZE as u64, Ordering::SeqCst);
+        Ok(handle)
+    }
+
+    /// Waits for the hashes answering `handle`.
+    fn take_hashes(&self, handle: u64) -> Result<Vec<u8>, Stop> {
+        self.wait_for(|w| w.hash_done.remove(&handle))
+    }
+
+    /// Hashes `len` bytes of our file at `offset`, block by block.
+    fn hash_ours(
+        &mut self,
+        offset: u64,
+        len: u64,
+        block: u64,
+        out: &mut Vec<Hash>,
+    ) -> Result<(), Stop> {
+        let backing = self.server.backing();
+        let piece_max = (READ_PIECE as u64 / block).max(1) * block;
+        if (self.buf.len() as u64) < piece_max.min(len) {
+            self.buf
+                .resize(usize::try_from(piece_max.min(len)).unwrap_or(0), 0);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from((len - done).min(piece_max)).unwrap_or(0);
+            let piece = &mut self.buf[..n];
+            read_local(backing, piece, offset + done)?;
+            hash_blocks(piece, usize::try_from(block).unwrap_or(usize::MAX), out);
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
+pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
+    backing.read_at(buf, offset).map_err(|e| {
+        Stop::Failed(MirrorError::new(
+            Kind::Local,
+            format!("cannot read {}: {e}", backing.path().display()),
+        ))
+    })
+}
