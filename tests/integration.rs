@@ -59,3 +59,10 @@ mod serve;
 mod serve_process;
 /// systemd: socket activation, notifications, --pid-file, journald log lines.
 mod systemd;
+/// TLS, our binary against itself: serve/listen --tls, read/write --tls, bad peers,
+/// rotation, usage errors, migrations over TLS.
+mod tls;
+/// The test PKI of `support::tls`: its layout, checked with GnuTLS's certtool.
+mod tls_fixture;
+/// TLS with nbdinfo, nbdcopy, qemu-img, nbdkit and qemu-nbd, both ways.
+mod tls_interop;

@@ -152,7 +152,16 @@ fn negotiate(
                     return Err(io::Error::other("STARTTLS accepted without credentials"));
                 };
                 *stream = tls::accept(stream, &tls.credentials).map_err(|e| {
-                    io::Error::new(e.kind(), TlsFailed(format!("TLS handshake failed: {e}")))
+                    // A read or write timeout: say which limit, not "os error 11".
+                    let why = if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) {
+                        format!("stalled for {:?} (--handshake-timeout)", offer.timeout)
+                    } else {
+                        e.to_string()
+                    };
+                    io::Error::new(e.kind(), TlsFailed(format!("TLS handshake failed: {why}")))
                 })?;
                 negotiation.tls_started();
                 if let Stream::Tls(session) = &*stream {

@@ -70,12 +70,14 @@ const READ_CHUNK: usize = 64 << 10;
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    // The cause is in the message, not a `source` too: anyhow's `{:#}`
+    // would print it twice.
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// A file holds no usable PEM item of the kind needed.
     #[error("{}: {what}", path.display())]
@@ -86,12 +88,12 @@ pub enum TlsError {
         what: String,
     },
     /// rustls refused the configuration (a key that does not match the certificate, …).
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Config {
         /// What was being set up.
         context: String,
         /// Why.
-        source: rustls::Error,
+        error: rustls::Error,
     },
 }
 
@@ -218,17 +220,17 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn config_error(context: &str, source: rustls::Error) -> TlsError {
+fn config_error(context: &str, error: rustls::Error) -> TlsError {
     TlsError::Config {
         context: context.to_owned(),
-        source,
+        error,
     }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read {
+    fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -12,6 +12,8 @@
 //! - [`fake_peer`]: [`FakePeer`], a fake upstream or migration destination on
 //!   a test thread.
 //! - [`wire`]: NBD byte by byte, a raw client and the pieces of a fake server.
+//! - [`tls`]: [`tls::Pki`], a test CA and credentials directories in the
+//!   GnuTLS layout, made in-process.
 //! - [`require_tool`], [`tool`], [`nbdsh_command`]: the interop tools (qemu,
 //!   libnbd, nbdkit, fio), skipped when missing except under `CI=true`;
 //!   [`flexnbd_c`], [`flexnbd_proxy_c`]: the C flexnbd 0.5.0 programs from
@@ -32,6 +34,7 @@ pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod env;
 pub(crate) mod fake_peer;
+pub(crate) mod tls;
 pub(crate) mod wire;
 
 use std::ffi::OsStr;
