@@ -113,7 +113,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s l -l addr -d 'T
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s p -l port -d 'The port of the server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls-certificates -d 'The directory of TLS certificates: ca-cert.pem checks the server\'s certificate; client-cert.pem and client-key.pem, if there, are presented' -r -F
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to). Implies --tls' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand read" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
@@ -129,7 +129,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s l -l addr -d '
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s p -l port -d 'The port of the server (with an IP address only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s b -l bind -d 'Bind the local socket to a particular IP address (TCP only)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls-certificates -d 'The directory of TLS certificates: ca-cert.pem checks the server\'s certificate; client-cert.pem and client-key.pem, if there, are presented' -r -F
-complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to)' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l tls-hostname -d 'The name the server\'s certificate must carry (default: the host connected to). Implies --tls' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s F -l from -d 'Byte offset to start at (a suffix is allowed: 1M is 1048576)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -s S -l size -d 'Number of bytes (a suffix is allowed: 4K is 4096)' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand write" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'

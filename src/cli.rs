@@ -393,16 +393,16 @@ pub struct ClientTlsArgs {
     /// Speak TLS (NBD_OPT_STARTTLS); a server without TLS is an error.
     ///
     /// Nothing but the greeting and the request for TLS is sent in clear.
-    /// An nbds:// URI asks for TLS too.
+    /// An nbds:// URI, --tls-certificates and --tls-hostname ask for TLS too.
     #[arg(long)]
     pub tls: bool,
     /// The directory of TLS certificates: ca-cert.pem checks the server's
     /// certificate; client-cert.pem and client-key.pem, if there, are presented.
     ///
-    /// Also tls-certificates=DIR in an nbds:// URI.
+    /// Implies --tls. Also tls-certificates=DIR in an nbds:// URI.
     #[arg(long, value_name = "DIR")]
     pub tls_certificates: Option<PathBuf>,
-    /// The name the server's certificate must carry (default: the host connected to).
+    /// The name the server's certificate must carry (default: the host connected to). Implies --tls.
     #[arg(long, value_name = "NAME")]
     pub tls_hostname: Option<String>,
 }

@@ -408,6 +408,30 @@ fn our_client_never_sends_data_in_clear_when_tls_was_asked_for() {
             std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
             "data reached {what}"
         );
+        // --tls-certificates alone asks for TLS as well: a directory given
+        // and silently unused would send the data in clear.
+        let [l, addr, p, port] = d.addr_args();
+        let certs = pki.client();
+        let certs = certs.to_str().unwrap();
+        let args = [
+            "write",
+            &l,
+            &addr,
+            &p,
+            &port,
+            "-F",
+            "0",
+            "-S",
+            "4096",
+            "--tls-certificates",
+            certs,
+        ];
+        let out = commands::run(&args, &data);
+        one_error_line(&format!("write --tls-certificates to {what}"), &out);
+        assert!(
+            std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
+            "data reached {what} with --tls-certificates alone"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::SignalThread;
-use crate::cli::{ClientTlsArgs, GlobalArgs, ProxyArgs};
+use crate::cli::{GlobalArgs, ProxyArgs};
 use crate::exit::ExitCode;
 use crate::nbd::Listener;
 use crate::net::parse_ip;
@@ -28,12 +28,9 @@ pub fn run(args: ProxyArgs, global: GlobalArgs) -> Result<ExitCode> {
         ["--conn-addr", "--conn-port"],
         usage,
     );
-    let upstream_tls = super::tls::client(
-        &ClientTlsArgs {
-            tls: args.upstream_tls,
-            tls_certificates: args.tls.tls_certificates.clone(),
-            tls_hostname: None,
-        },
+    let upstream_tls = super::tls::upstream(
+        args.upstream_tls,
+        args.tls.tls_certificates.clone(),
         &server,
         usage,
     );

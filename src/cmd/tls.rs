@@ -1,6 +1,8 @@
 //! The TLS options of the subcommands, checked (usage errors exit 2, as
 //! clap's own) and turned into the library's settings.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 
 use crate::cli::{ClientTlsArgs, ServerTlsArgs, TlsModeArg};
@@ -72,37 +74,63 @@ pub(crate) fn outgoing(args: &ServerTlsArgs, always: bool) -> OutgoingTls {
     }
 }
 
-/// The TLS settings of a client of `server`: `--tls` or an `nbds://` URI
-/// ask for it; the URI's `tls-certificates` and `tls-hostname` give way to
-/// the options. The server's certificate is checked for `--tls-hostname`,
-/// else the URI's `tls-hostname`, else the host name connected to (an IP
-/// address is checked as itself).
+/// The TLS settings of `read` and `write`: `--tls`, an `nbds://` URI, or
+/// any other TLS option ask for it (a certificate directory given and
+/// silently unused would send the data in clear); the URI's
+/// `tls-certificates` and `tls-hostname` give way to the options.
 pub(crate) fn client(
     args: &ClientTlsArgs,
     server: &NbdUri,
     usage: impl FnOnce() -> clap::Command,
 ) -> Option<ClientTls> {
-    if !args.tls && server.tls.is_none() {
+    let asked = args.tls || args.tls_certificates.is_some() || args.tls_hostname.is_some();
+    settings(
+        asked,
+        args.tls_certificates.clone(),
+        args.tls_hostname.clone(),
+        server,
+        usage,
+    )
+}
+
+/// The TLS settings of the proxy's upstream: `--upstream-tls` or an
+/// `nbds://` upstream ask for it, with the proxy's `--tls-certificates`.
+pub(crate) fn upstream(
+    asked: bool,
+    dir: Option<PathBuf>,
+    server: &NbdUri,
+    usage: impl FnOnce() -> clap::Command,
+) -> Option<ClientTls> {
+    settings(asked, dir, None, server, usage)
+}
+
+/// TLS towards `server` if `asked` or its URI is `nbds://`. The server's
+/// certificate is checked for `hostname`, else the URI's `tls-hostname`,
+/// else the host name connected to (an IP address is checked as itself).
+fn settings(
+    asked: bool,
+    dir: Option<PathBuf>,
+    hostname: Option<String>,
+    server: &NbdUri,
+    usage: impl FnOnce() -> clap::Command,
+) -> Option<ClientTls> {
+    if !asked && server.tls.is_none() {
         return None;
     }
     let uri = server.tls.clone().unwrap_or_default();
-    let Some(dir) = args.tls_certificates.clone().or(uri.certificates) else {
+    let Some(dir) = dir.or(uri.certificates) else {
         usage_error(
             usage,
             clap::error::ErrorKind::MissingRequiredArgument,
             "TLS needs --tls-certificates DIR (or tls-certificates=DIR in the nbds:// URI)",
         );
     };
-    let name = args
-        .tls_hostname
-        .clone()
-        .or(uri.hostname)
-        .or(match &server.transport {
-            Transport::Tcp {
-                host: Host::Name(name),
-                ..
-            } => Some(name.clone()),
-            _ => None,
-        });
+    let name = hostname.or(uri.hostname).or(match &server.transport {
+        Transport::Tcp {
+            host: Host::Name(name),
+            ..
+        } => Some(name.clone()),
+        _ => None,
+    });
     Some(ClientTls::new(&dir, name))
 }
