@@ -359,7 +359,7 @@ impl Controller {
     /// After a completed migration, keeps the caller (and so the control
     /// socket) up to `limit` until one `status` has reported the outcome, so
     /// that `mirror --wait` learns it for sure; not when nobody follows the
-    /// migration (no `status` since [`FOLLOWER_WITHIN`] before it started).
+    /// migration (no `status` since `FOLLOWER_WITHIN` before it started).
     pub fn linger_after_migration(&self, limit: Duration) {
         let followed = match *lock(&self.shared.followed) {
             [Some(status), Some(started)] => status + FOLLOWER_WITHIN >= started,
