@@ -104,18 +104,10 @@ fn proxy_command(upstream: SocketAddr, style: Style, extra: &[&str]) -> Command 
     cmd
 }
 
-/// Starts `cmd` (a proxy listening on `-p 0 -v`) and waits until it has bound its port.
-#[track_caller]
-fn start_proxy_command(cmd: Command) -> Daemon {
-    let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
-    proxy.wait_ready();
-    proxy
-}
-
 /// A proxy to `upstream`, ready for a client.
 #[track_caller]
 fn start_proxy(upstream: SocketAddr, style: Style, extra: &[&str]) -> Daemon {
-    start_proxy_command(proxy_command(upstream, style, extra))
+    Daemon::start_logged_port(proxy_command(upstream, style, extra))
 }
 
 /// Our `flexnbd serve` of `file`, old-style for an old-style client (so that
@@ -295,7 +287,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     });
     let mut cmd = proxy_command(fake.addr(), style, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", TIMEOUT_SECS.to_string());
-    let mut proxy = start_proxy_command(cmd);
+    let mut proxy = Daemon::start_logged_port(cmd);
     let mut c = connect(proxy.addr(), style);
     let data = pattern(len, 8);
     let writer = std::thread::spawn(move || {
@@ -345,7 +337,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     });
     let mut cmd = proxy_command(fake.addr(), Style::Newstyle, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", "3");
-    let mut proxy = start_proxy_command(cmd);
+    let mut proxy = Daemon::start_logged_port(cmd);
     let mut c = connect(proxy.addr(), Style::Newstyle);
     assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
     std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while

@@ -24,11 +24,12 @@ use flexnbd::client::{ConnectOptions, NbdClient};
 use flexnbd::proto::types::{Opt, Rep};
 
 use crate::support::commands::{self, assert_success, one_error_line};
+use crate::support::daemon::proxy_command;
 use crate::support::tls::{OTHER_HOST, Part, Pki, SERVER_NAME};
 use crate::support::wire::{self, Client};
 use crate::support::{
-    Daemon, DaemonBuilder, SYSTEM_PYTHON, TestEnv, control, finish, flexnbd, flexnbd_std,
-    have_tool, pattern, require_tool, text, wait_until,
+    Daemon, DaemonBuilder, SYSTEM_PYTHON, TestEnv, control, finish, flexnbd, have_tool, pattern,
+    require_tool, text, wait_until,
 };
 
 /// How long a log line, a close or a state may take to show.
@@ -845,33 +846,12 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
 // ---------------------------------------------------------------------------
 // 6. The proxy: TLS towards its clients and towards its upstream.
 
-/// `flexnbd proxy -l 127.0.0.1 -p 0 -v -C 127.0.0.1 -P PORT EXTRA...`.
-fn proxy_command(upstream: &Daemon, extra: &[&str]) -> std::process::Command {
-    let mut cmd = flexnbd_std();
-    cmd.args([
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "-v",
-        "-C",
-        "127.0.0.1",
-        "-P",
-    ])
-    .arg(upstream.port().to_string())
-    .args(extra);
-    cmd
-}
-
-/// [`proxy_command`] with `--tls-certificates CERTS`, started.
+/// [`proxy_command`] to `upstream` with `--tls-certificates CERTS`, started.
 #[track_caller]
 fn start_proxy(upstream: &Daemon, certs: &Path, extra: &[&str]) -> Daemon {
-    let mut cmd = proxy_command(upstream, &["--tls-certificates"]);
+    let mut cmd = proxy_command(upstream.port(), &["--tls-certificates"]);
     cmd.arg(certs).args(extra);
-    let mut proxy = Daemon::spawn(cmd, vec![crate::support::Ready::LoggedPort]);
-    proxy.wait_ready();
-    proxy
+    Daemon::start_logged_port(cmd)
 }
 
 #[test]
@@ -898,7 +878,7 @@ fn the_proxy_speaks_tls_to_its_clients_and_to_its_upstream() {
 
     // Without --upstream-tls the proxy cannot start: its first connection
     // upstream is refused, and it says why.
-    let mut cmd = proxy_command(&upstream, &[]);
+    let mut cmd = proxy_command(upstream.port(), &[]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = finish(cmd.spawn().unwrap(), WITHIN);
     let stderr = text(&out.stderr);

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::commands::{self, assert_success, one_error_line};
+use crate::support::commands::{
+    self, assert_exit_0, assert_success, mirror_wait_ok, one_error_line,
+};
 use crate::support::daemon::start_on_free_port;
 use crate::support::tls::{Part, Pki};
 use crate::support::{Daemon, DaemonBuilder, TestEnv, pattern, require_tool, text};
@@ -31,13 +33,7 @@ fn run(cmd: &mut Command) -> Output {
 #[track_caller]
 fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit_0(&format!("{cmd:?}"), &out);
     text(&out.stdout)
 }
 
@@ -383,28 +379,7 @@ fn a_tls_migration_into_nbdkit_requiring_client_certificates() {
         .arg("--tls-certificates")
         .arg(pki.full())
         .start();
-    let out = commands::run(
-        &[
-            "mirror",
-            "-s",
-            sock.to_str().unwrap(),
-            "-l",
-            &format!("nbds://127.0.0.1:{}/", server.port()),
-            "--wait",
-            "--no-progress",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "mirror into nbdkit over TLS: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        source
-            .wait_exit(std::time::Duration::from_secs(30))
-            .success()
-    );
+    mirror_wait_ok(&mut source, &format!("nbds://127.0.0.1:{}/", server.port()));
     let out = our_client(&server, "read", &pki.client(), 0, 4 * MIB, &[]);
     assert_success("read back from nbdkit", &out);
     assert!(out.stdout == data, "nbdkit's data differs");
