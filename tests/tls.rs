@@ -59,6 +59,14 @@ fn start(
         .start()
 }
 
+/// `flexnbd serve` ([`start`]) of a fresh 1 MiB `NAME.img` in `env`, with the
+/// control socket `NAME.sock`.
+#[track_caller]
+fn serve_mib(env: &TestEnv, name: &str, certs: &Path, extra: &[&str]) -> Daemon {
+    let disk = env.image(&format!("{name}.img"), MIB);
+    start(env, "serve", &disk, &format!("{name}.sock"), certs, extra)
+}
+
 /// `flexnbd serve --tls require` with the usual server directory, `EXTRA`
 /// after; its env, pki and disk (4 MiB of zeroes).
 #[track_caller]
@@ -248,15 +256,7 @@ fn a_plaintext_client_of_a_require_server_is_refused_clearly() {
 fn tls_on_serves_plaintext_and_tls_clients() {
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
-    let d = start(
-        &env,
-        "serve",
-        &disk,
-        "serve.sock",
-        &pki.server(),
-        &["--tls", "on"],
-    );
+    let d = serve_mib(&env, "serve", &pki.server(), &["--tls", "on"]);
     round_trip(&d, &pki.client(), 0, &pattern(4096, 4), &[]);
     let data = pattern(4096, 5);
     assert_success(
@@ -273,9 +273,8 @@ fn tls_on_with_verify_peer_checks_tls_clients_and_still_lets_plaintext_in() {
     // As nbdkit's --tls=on: only --tls require makes the certificate the one way in.
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
     let args = ["--tls", "on", "--tls-verify-peer"];
-    let d = start(&env, "serve", &disk, "serve.sock", &pki.server(), &args);
+    let d = serve_mib(&env, "serve", &pki.server(), &args);
     round_trip(&d, &pki.client(), 0, &pattern(4096, 8), &[]);
     let out = client(&d, "read", Some(&pki.ca_only()), 0, 4096, &[], &[]);
     one_error_line(
@@ -368,12 +367,9 @@ fn our_client_refuses_bad_server_certificates_and_the_server_goes_on() {
         wait_log_line(&d, before, &["tls"]);
     }
     // The other host's certificate is good for its own name.
-    let disk = env.image("named.img", MIB);
-    let d = start(
+    let d = serve_mib(
         &env,
-        "serve",
-        &disk,
-        "named.sock",
+        "named",
         &pki.dir(&[Part::Ca, Part::OtherHostServer]),
         &["--tls", "require"],
     );
@@ -504,16 +500,8 @@ impl Drop for HeldOpen {
 fn rotated_certificates_serve_new_connections_and_open_ones_keep_working() {
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
     let certs = pki.server();
-    let d = start(
-        &env,
-        "serve",
-        &disk,
-        "serve.sock",
-        &certs,
-        &["--tls", "require"],
-    );
+    let d = serve_mib(&env, "serve", &certs, &["--tls", "require"]);
     let old_ca = pki.client();
     let new_ca = pki.dir(&[Part::OtherCa]);
     still_serves(&d, &old_ca);
@@ -701,9 +689,11 @@ impl Pair {
         ]
     }
 
-    /// Both ends exit 0 (the handover) and the files are the same.
+    /// `out`, this pair's `mirror --wait` (`what`), succeeded, both ends
+    /// exited 0 (the handover) and the files are the same.
     #[track_caller]
-    fn assert_handed_over(&mut self) {
+    fn assert_migrated(&mut self, what: &str, out: &Output) {
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
         for (what, d) in [
             ("source", &mut self.source),
             ("destination", &mut self.dest),
@@ -772,13 +762,8 @@ fn a_migration_over_tls_under_a_writer_is_byte_identical() {
     );
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
-    assert!(
-        out.status.success(),
-        "mirror --tls --wait: {}",
-        text(&out.stderr)
-    );
     assert!(count.load(Ordering::Relaxed) > 10);
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror --tls --wait", &out);
 }
 
 #[test]
@@ -792,12 +777,7 @@ fn a_migration_to_an_nbds_uri_and_with_mirror_tls_on_the_source() {
         pair.dest.port()
     );
     let out = mirror(&pair.source, &[&uri], &["--wait", "--no-progress"]);
-    assert!(
-        out.status.success(),
-        "mirror to nbds://: {}",
-        text(&out.stderr)
-    );
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror to nbds://", &out);
 }
 
 #[test]
@@ -835,12 +815,7 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
     // directory when a migration connects), the next attempt completes.
     pki.write(&source_certs, &[Part::Client]);
     let out = mirror(&pair.source, &dest, &["--tls", "--wait", "--no-progress"]);
-    assert!(
-        out.status.success(),
-        "mirror after the rotation: {}",
-        text(&out.stderr)
-    );
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror after the rotation", &out);
 }
 
 // ---------------------------------------------------------------------------
