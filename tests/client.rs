@@ -194,6 +194,14 @@ fn read_option(s: &mut TcpStream) -> (OptionHeader, Vec<u8>) {
     (h, payload)
 }
 
+/// Reads the client's next option, which must be `opt`; its payload.
+#[track_caller]
+fn expect_option(s: &mut TcpStream, opt: Opt) -> Vec<u8> {
+    let (h, payload) = read_option(s);
+    assert_eq!(h.opt, opt);
+    payload
+}
+
 fn send_option_reply(s: &mut TcpStream, opt: Opt, rep: Rep, payload: &[u8]) {
     send_option_reply_header(s, opt, rep, payload.len() as u32);
     s.write_all(payload).expect("option reply payload");
@@ -222,6 +230,15 @@ fn serve_one_read(s: &mut TcpStream, byte: u8) {
     send_reply(s, Errno::OK, req.handle);
     s.write_all(&vec![byte; req.len as usize]).expect("data");
     drain(s);
+}
+
+/// Reads `len` bytes at `from` through `client`, whose fake answers with
+/// [`serve_one_read`] of `byte`: they are all `byte`. Then drops the client.
+#[track_caller]
+fn read_once(mut client: NbdClient, from: u64, len: usize, byte: u8) {
+    let mut buf = vec![0u8; len];
+    client.read_at(from, &mut buf).expect("read");
+    assert_eq!(buf, vec![byte; len]);
 }
 
 /// `flexnbd read` of `size` bytes at `from`.
@@ -577,25 +594,20 @@ fn eof_instead_of_a_reply_is_an_io_error() {
 fn go_unsupported_falls_back_to_export_name_with_zeroes() {
     let (addr, fake) = fake(|mut s| {
         let cflags = newstyle_greeting(&mut s, HandshakeFlags::FIXED_NEWSTYLE);
-        let (h, payload) = read_option(&mut s);
-        assert_eq!(h.opt, Opt::GO);
+        let payload = expect_option(&mut s, Opt::GO);
         // Default export, one request: NBD_INFO_BLOCK_SIZE.
         assert_eq!(payload, [0, 0, 0, 0, 0, 1, 0, 3]);
         send_option_reply(&mut s, Opt::GO, Rep::ERR_UNSUP, b"");
-        let (h, _) = read_option(&mut s);
-        assert_eq!(h.opt, Opt::EXPORT_NAME);
+        expect_option(&mut s, Opt::EXPORT_NAME);
         let mut reply = [0u8; ExportNameReply::SIZE + 124];
         reply[..ExportNameReply::SIZE].copy_from_slice(&export_name_reply(8192));
         s.write_all(&reply).expect("export name reply");
         serve_one_read(&mut s, 0xab);
         cflags
     });
-    let mut client = connect(addr);
+    let client = connect(addr);
     assert_eq!((client.style(), client.size()), (Style::Newstyle, 8192));
-    let mut buf = [0u8; 100];
-    client.read_at(8092, &mut buf).expect("read");
-    assert_eq!(buf, [0xab; 100]);
-    drop(client);
+    read_once(client, 8092, 100, 0xab);
     // Fixed newstyle, and no NO_ZEROES since the server did not offer it.
     assert_eq!(fake.join().expect("fake"), 1);
 }
@@ -604,18 +616,13 @@ fn go_unsupported_falls_back_to_export_name_with_zeroes() {
 fn plain_newstyle_uses_export_name_without_zeroes() {
     let (addr, fake) = fake(|mut s| {
         let cflags = newstyle_greeting(&mut s, HandshakeFlags::NO_ZEROES);
-        let (h, _) = read_option(&mut s);
-        assert_eq!(h.opt, Opt::EXPORT_NAME);
+        expect_option(&mut s, Opt::EXPORT_NAME);
         s.write_all(&export_name_reply(4096))
             .expect("export name reply");
         serve_one_read(&mut s, 0x5a);
         cflags
     });
-    let mut client = connect(addr);
-    let mut buf = [0u8; 10];
-    client.read_at(0, &mut buf).expect("read");
-    assert_eq!(buf, [0x5a; 10]);
-    drop(client);
+    read_once(connect(addr), 0, 10, 0x5a);
     assert_eq!(
         fake.join().expect("fake"),
         2,

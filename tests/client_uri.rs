@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::commands::{assert_success, one_error_line, run};
+use crate::support::commands::{assert_success, mirror_wait_ok, one_error_line, run};
 use crate::support::daemon::serve_image;
 use crate::support::{
     Daemon, DaemonBuilder, Ready, Style, TestEnv, flexnbd_std, pattern, require_tool, text,
@@ -182,8 +182,7 @@ fn the_proxy_upstream_may_be_a_uri_or_a_socket_path() {
     for upstream in [&nbdkit.uri, &nbdkit.path] {
         let mut cmd = flexnbd_std();
         cmd.args(["proxy", "-l", "127.0.0.1", "-p", "0", "-v", "-C", upstream]);
-        let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
-        proxy.wait_ready();
+        let proxy = Daemon::start_logged_port(cmd);
         let addr = format!("nbd://127.0.0.1:{}/", proxy.port());
         let data = pattern(40_000, 4);
         if first.is_none() {
@@ -207,8 +206,7 @@ fn the_proxy_asks_upstream_for_the_uris_export() {
     let mut cmd = flexnbd_std();
     cmd.args(["proxy", "-l", "127.0.0.1", "-p", "0", "-v", "-C"])
         .arg(unix_uri("via%2Fproxy", &sock));
-    let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
-    proxy.wait_ready();
+    let proxy = Daemon::start_logged_port(cmd);
     let out = read(&format!("nbd://127.0.0.1:{}", proxy.port()), 0, 9);
     assert_success("read through the proxy", &out);
     assert_eq!(text(&out.stdout), "via/proxy");
@@ -232,24 +230,7 @@ fn mirror_takes_an_nbd_uri_with_an_ip_and_port() {
 fn mirror_wait(env: &TestEnv, src: &Path, dest: &str) -> Daemon {
     let sock = env.sock_path_named("source.sock");
     let mut source = DaemonBuilder::new("serve", src).sock(&sock).start();
-    let out = run(
-        &[
-            "mirror",
-            "-s",
-            path_str(&sock),
-            "-l",
-            dest,
-            "--wait",
-            "--no-progress",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "mirror to {dest}: {}",
-        text(&out.stderr)
-    );
-    assert!(source.wait_exit(Duration::from_secs(30)).success());
+    mirror_wait_ok(&mut source, dest);
     source
 }
 

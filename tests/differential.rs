@@ -1864,17 +1864,14 @@ fn listen_takeover_acl_and_clients() {
 // ---------------------------------------------------------------------------
 // 7. The environment variables flexnbd-c honours (behaviour doc 13).
 
+/// What [`swallowing_fake`] reports per connection: its number, when the
+/// request came and when the peer closed (`None`: released first).
+type Swallowed = std::sync::mpsc::Receiver<(usize, Instant, Option<Instant>)>;
+
 /// A fake that accepts, sends an old-style hello, reads one request (a
 /// WRITE's payload too), then answers nothing until the peer closes or
 /// `release` is set; reports when the request came and when the peer closed.
-#[allow(clippy::type_complexity)]
-fn swallowing_fake(
-    size: u64,
-    release: Arc<AtomicBool>,
-) -> (
-    u16,
-    std::sync::mpsc::Receiver<(usize, Instant, Option<Instant>)>,
-) {
+fn swallowing_fake(size: u64, release: Arc<AtomicBool>) -> (u16, Swallowed) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -1934,11 +1931,18 @@ fn environment_variables_are_honoured() {
     // with the variable at 2 s (the defaults are 30 s and 60 s).
     let observe = move |side: Side| -> Vec<(&'static str, String)> {
         let mut seen = Vec::new();
-        let bounds = |took: Option<Duration>| match took {
-            Some(t) if t >= Duration::from_millis(1500) && t < Duration::from_secs(15) => {
-                "gave up after about 2 s".to_owned()
+        // From the fake's first request to its close, within 30 s.
+        let gave_up = |fake: &Swallowed| {
+            let took = fake
+                .recv_timeout(Duration::from_secs(30))
+                .ok()
+                .and_then(|(_, got, closed)| closed.map(|c| c - got));
+            match took {
+                Some(t) if t >= Duration::from_millis(1500) && t < Duration::from_secs(15) => {
+                    "gave up after about 2 s".to_owned()
+                }
+                other => format!("gave up after {other:?}"),
             }
-            other => format!("gave up after {other:?}"),
         };
 
         // FLEXNBD_UPSTREAM_TIMEOUT: the proxy reconnects and resends.
@@ -1958,15 +1962,7 @@ fn environment_variables_are_honoured() {
         .encode(&mut head);
         client.write_all(&head).unwrap();
         client.write_all(&[1u8; 512]).unwrap();
-        let first = upstream.recv_timeout(Duration::from_secs(30));
-        seen.push((
-            "FLEXNBD_UPSTREAM_TIMEOUT=2",
-            bounds(
-                first
-                    .ok()
-                    .and_then(|(_, got, closed)| closed.map(|c| c - got)),
-            ),
-        ));
+        seen.push(("FLEXNBD_UPSTREAM_TIMEOUT=2", gave_up(&upstream)));
         release.store(true, Ordering::SeqCst);
         proxy.stop();
 
@@ -1988,15 +1984,7 @@ fn environment_variables_are_honoured() {
             "mirror reply",
             control_text(&sock, &format!("mirror\n127.0.0.1\n{dest_port}\n\n")),
         ));
-        let first = dest.recv_timeout(Duration::from_secs(30));
-        seen.push((
-            "FLEXNBD_MS_REQUEST_LIMIT_SECS=2",
-            bounds(
-                first
-                    .ok()
-                    .and_then(|(_, got, closed)| closed.map(|c| c - got)),
-            ),
-        ));
+        seen.push(("FLEXNBD_MS_REQUEST_LIMIT_SECS=2", gave_up(&dest)));
         release.store(true, Ordering::SeqCst);
         // C then crashes retrying (bug 14.3.5); ours retries.
         let exited = source.try_wait_exit(Duration::from_secs(3));

@@ -17,7 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use flexnbd::proto::consts::NBD_REQUEST_MAGIC;
 use flexnbd::proto::types::{ClientFlags, Cmd, CmdFlags, Errno, Opt};
 use flexnbd::proto::wire::{NewstyleHello, OptionHeader};
 
-use crate::support::wire::{Client, Handshake, tcp_within};
+use crate::support::wire::{self, Client, Handshake, tcp_within};
 use crate::support::{Daemon, TestEnv};
 
 /// Inputs per run unless `FLEXNBD_FUZZ_INPUTS` says otherwise.
@@ -196,25 +196,10 @@ fn rss_kib(pid: u32) -> u64 {
 #[track_caller]
 fn assert_closes(mut s: TcpStream, what: &str) {
     let _ = s.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + DEADLINE;
-    let mut buf = [0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{what}: the server did not close within {DEADLINE:?}"
-        );
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return;
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
+    assert!(
+        wire::closed_within(&mut s, DEADLINE),
+        "{what}: the server did not close within {DEADLINE:?}"
+    );
 }
 
 /// A client's handshake bytes after the greeting: flags and a few options.

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::support::{TestEnv, flexnbd, have_tool, print_skip, text, tool};
+use crate::support::{TestEnv, flexnbd, have_tool, print_skip, stdout_ok, text, tool};
 
 /// What to do when a committed file is out of date.
 const FIX: &str = "run scripts/regenerate and commit the result";
@@ -64,16 +64,10 @@ fn fresh_man_pages() -> TestEnv {
 }
 
 fn fresh_completion(shell: &str) -> Vec<u8> {
-    let out = flexnbd()
-        .args(["completions", shell])
-        .output()
-        .expect("cannot run flexnbd");
-    assert!(
-        out.status.success(),
-        "completions {shell}: {}",
-        text(&out.stderr)
-    );
-    out.stdout
+    stdout_ok(
+        &format!("completions {shell}"),
+        flexnbd().args(["completions", shell]),
+    )
 }
 
 /// Compares `fresh` (name → bytes) with the committed files in `dir`.

@@ -31,8 +31,9 @@ use flexnbd::client::{ConnectOptions, NbdClient};
 
 use crate::support::commands::{read_ok, write_ok};
 use crate::support::control::status;
+use crate::support::daemon::proxy_command;
 use crate::support::{
-    self, Daemon, DaemonBuilder, MIB, Ready, Signal, TestEnv, flexnbd_std, status_value, wait_until,
+    self, Daemon, DaemonBuilder, MIB, Signal, TestEnv, flexnbd_std, status_value, wait_until,
 };
 
 /// How long a migration that should complete may take, in a debug build on a busy machine.
@@ -358,21 +359,7 @@ fn a_client_behind_the_proxy_carries_on_with_the_destination() {
     let mut p = Pair::start(8 * MIB, 7, &[]);
     let (source, dest) = (&p.source, &p.dest);
     let relay = Relay::start(source.addr(), dest.addr());
-    let mut proxy_cmd = flexnbd_std();
-    proxy_cmd.args([
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "-v",
-        "-C",
-        "127.0.0.1",
-        "-P",
-    ]);
-    proxy_cmd.arg(relay.port.to_string());
-    let mut proxy = Daemon::spawn(proxy_cmd, vec![Ready::LoggedPort]);
-    proxy.wait_ready();
+    let mut proxy = Daemon::start_logged_port(proxy_command(relay.port, &[]));
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));

@@ -62,6 +62,26 @@ fn wait_num_clients(d: &Daemon, n: u64) {
     crate::support::control::wait_num_clients(d.sock(), n);
 }
 
+/// A new client of `addr` writes `data` at `offset` and reads it back (the
+/// server still serves); the client, still connected.
+#[track_caller]
+fn still_served(addr: SocketAddr, offset: u64, data: &[u8]) -> Client {
+    let mut c = Client::connect(addr, Handshake::Go);
+    c.write(1, offset, data);
+    c.expect_reply(1, Errno::OK);
+    let len = u32::try_from(data.len()).expect("a request's length");
+    assert_eq!(c.read(2, offset, len), data);
+    c
+}
+
+/// The `hogs` go, `c` disconnects, and `d` then counts no client.
+#[track_caller]
+fn all_leave<T>(d: &Daemon, hogs: Vec<T>, c: Client) {
+    drop(hogs);
+    c.disconnect();
+    wait_num_clients(d, 0);
+}
+
 #[test]
 fn a_panic_serving_a_request_closes_only_that_connection() {
     let Some((_t, d, addr)) = with_panic_point("serve", "FLEXNBD_TEST_PANIC_WORKER", "4096") else {
@@ -155,17 +175,12 @@ fn silent_connections_cannot_lock_a_real_client_out() {
     let silent: Vec<std::net::TcpStream> =
         (0..1024).map(|_| crate::support::wire::tcp(addr)).collect();
     let started = Instant::now();
-    let mut c = Client::connect(addr, Handshake::Go);
-    c.write(1, 0, &[9u8; 4096]);
-    c.expect_reply(1, Errno::OK);
-    assert_eq!(c.read(2, 0, 4096), vec![9u8; 4096]);
+    let c = still_served(addr, 0, &[9u8; 4096]);
     eprintln!(
         "a real client behind 1024 silent connections was served in {:?}",
         started.elapsed()
     );
-    drop(silent);
-    c.disconnect();
-    wait_num_clients(&d, 0);
+    all_leave(&d, silent, c);
 }
 
 #[test]
@@ -241,19 +256,14 @@ fn stalled_32m_writes_hold_only_what_they_sent() {
         })
         .collect();
     // Another client is still served, reads and writes.
-    let mut c = Client::connect(addr, Handshake::Go);
-    c.write(1, 1 << 20, &[3u8; 1 << 20]);
-    c.expect_reply(1, Errno::OK);
-    assert_eq!(c.read(2, 1 << 20, 1 << 20), vec![3u8; 1 << 20]);
+    let c = still_served(addr, 1 << 20, &[3u8; 1 << 20]);
     let rss = rss_bytes(d.pid());
     eprintln!(
         "RSS with {CONNS} connections stalled in a 32 MiB WRITE: {} MiB",
         rss >> 20
     );
     assert!(rss < 300 << 20, "RSS {} MiB", rss >> 20);
-    drop(stalled);
-    c.disconnect();
-    wait_num_clients(&d, 0);
+    all_leave(&d, stalled, c);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use flexnbd::proto::types::Errno;
@@ -29,8 +29,26 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `qemu-io -f raw -c COMMAND... URI`, which must succeed; its stdout.
+#[track_caller]
+fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for command in commands {
+        cmd.args(["-c", command]);
+    }
+    stdout(&run(cmd.arg(uri)))
+}
+
+/// [`qemu_io`] of `reads` (`read -P ...`), each of which must find its pattern.
+#[track_caller]
+fn qemu_io_reads(uri: &str, reads: &[&str]) {
+    let out = qemu_io(uri, reads);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+}
+
 /// A file of `len` bytes of deterministic data with a hole in its second quarter.
-fn data_file(dir: &Path, len: usize) -> std::path::PathBuf {
+fn data_file(dir: &Path, len: usize) -> PathBuf {
     let path = dir.join("src.img");
     let mut bytes: Vec<u8> = (0..len)
         .map(|i| ((i as u64 * 2654435761) >> 13) as u8)
@@ -38,6 +56,19 @@ fn data_file(dir: &Path, len: usize) -> std::path::PathBuf {
     bytes[len / 4..len / 2].fill(0);
     std::fs::write(&path, bytes).unwrap();
     path
+}
+
+/// For a test of `tool` (`None`: it skips, see [`require_tool`]): a server
+/// of `size` bytes, and a temporary directory holding a [`data_file`] of
+/// that size.
+fn with_data(tool: &str, size: usize) -> Option<(Harness, tempfile::TempDir, PathBuf)> {
+    if !require_tool(tool) {
+        return None;
+    }
+    let h = Harness::new(size as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let src = data_file(dir.path(), size);
+    Some((h, dir, src))
 }
 
 #[test]
@@ -80,12 +111,9 @@ fn nbdinfo_json_and_map() {
 
 #[test]
 fn qemu_img_convert_and_compare_both_ways() {
-    if !require_tool("qemu-img") {
+    let Some((h, dir, src)) = with_data("qemu-img", 8 << 20) else {
         return;
-    }
-    let h = Harness::new(8 << 20);
-    let dir = tempfile::tempdir().unwrap();
-    let src = data_file(dir.path(), 8 << 20);
+    };
     run(Command::new("qemu-img")
         .args(["convert", "-n", "-f", "raw", "-O", "raw"])
         .arg(&src)
@@ -109,45 +137,25 @@ fn qemu_io_patterns() {
         return;
     }
     let h = Harness::new(4 << 20);
-    run(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xab 512k 1M",
-            "-c",
-            "flush",
-            "-c",
-            "write -z 1M 64k",
-        ])
-        .arg(h.uri()));
-    let out = run(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
+    qemu_io(
+        &h.uri(),
+        &["write -P 0xab 512k 1M", "flush", "write -z 1M 64k"],
+    );
+    qemu_io_reads(
+        &h.uri(),
+        &[
             "read -P 0xab 512k 512k",
-            "-c",
             "read -P 0 1M 64k",
-            "-c",
             "read -P 0xab 1088k 448k",
-        ])
-        .arg(h.uri()));
-    assert!(
-        !stdout(&out).contains("Pattern verification failed"),
-        "{}",
-        stdout(&out)
+        ],
     );
 }
 
 #[test]
 fn nbdcopy_both_ways_with_flush() {
-    if !require_tool("nbdcopy") {
+    let Some((h, dir, src)) = with_data("nbdcopy", 16 << 20) else {
         return;
-    }
-    let h = Harness::new(16 << 20);
-    let dir = tempfile::tempdir().unwrap();
-    let src = data_file(dir.path(), 16 << 20);
+    };
     run(Command::new("nbdcopy")
         .arg("--flush")
         .arg(&src)
@@ -265,19 +273,5 @@ fn oldstyle_reads_with_qemu_io_and_nbdinfo() {
     let info = stdout(&run(Command::new("nbdinfo").arg(h.uri())));
     assert!(info.contains("protocol: oldstyle"), "{info}");
     assert!(info.contains("export-size: 1048576"), "{info}");
-    let out = run(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "read -P 0x5a 4k 8k",
-            "-c",
-            "read -P 0 12k 4k",
-        ])
-        .arg(h.uri()));
-    assert!(
-        !stdout(&out).contains("Pattern verification failed"),
-        "{}",
-        stdout(&out)
-    );
+    qemu_io_reads(&h.uri(), &["read -P 0x5a 4k 8k", "read -P 0 12k 4k"]);
 }

@@ -104,18 +104,10 @@ fn proxy_command(upstream: SocketAddr, style: Style, extra: &[&str]) -> Command 
     cmd
 }
 
-/// Starts `cmd` (a proxy listening on `-p 0 -v`) and waits until it has bound its port.
-#[track_caller]
-fn start_proxy_command(cmd: Command) -> Daemon {
-    let mut proxy = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
-    proxy.wait_ready();
-    proxy
-}
-
 /// A proxy to `upstream`, ready for a client.
 #[track_caller]
 fn start_proxy(upstream: SocketAddr, style: Style, extra: &[&str]) -> Daemon {
-    start_proxy_command(proxy_command(upstream, style, extra))
+    Daemon::start_logged_port(proxy_command(upstream, style, extra))
 }
 
 /// Our `flexnbd serve` of `file`, old-style for an old-style client (so that
@@ -162,6 +154,20 @@ fn stop_proxy(proxy: &mut Daemon) {
 
 // ---------------------------------------------------------------------------
 // A client speaking to the proxy byte by byte.
+
+/// A request for [`expect_replies`]: its command, flags, offset, length,
+/// payload, and the error its reply must carry.
+type Expected<'a> = (Cmd, CmdFlags, u64, u32, &'a [u8], Errno);
+
+/// Sends each request in turn, with handles from `first` on, and asserts
+/// its reply before the next.
+#[track_caller]
+fn expect_replies(c: &mut Client, first: u64, requests: &[Expected<'_>]) {
+    for (handle, &(cmd, flags, offset, len, payload, error)) in (first..).zip(requests) {
+        c.send(cmd, flags, handle, offset, len, payload);
+        assert_eq!(c.reply_to(handle), error, "{cmd:?} (handle {handle})");
+    }
+}
 
 /// A [`Client`] of the proxy, through the handshake of `style` (newstyle:
 /// NO_ZEROES, EXPORT_NAME ""), reads and writes bounded by [`IO_TIMEOUT`].
@@ -295,7 +301,7 @@ fn write_is_resent_when_the_upstream_times_out(style: Style) {
     });
     let mut cmd = proxy_command(fake.addr(), style, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", TIMEOUT_SECS.to_string());
-    let mut proxy = start_proxy_command(cmd);
+    let mut proxy = Daemon::start_logged_port(cmd);
     let mut c = connect(proxy.addr(), style);
     let data = pattern(len, 8);
     let writer = std::thread::spawn(move || {
@@ -345,7 +351,7 @@ fn upstream_timeout_counts_from_the_request_not_from_the_last_reply() {
     });
     let mut cmd = proxy_command(fake.addr(), Style::Newstyle, &[]);
     cmd.env("FLEXNBD_UPSTREAM_TIMEOUT", "3");
-    let mut proxy = start_proxy_command(cmd);
+    let mut proxy = Daemon::start_logged_port(cmd);
     let mut c = connect(proxy.addr(), Style::Newstyle);
     assert_eq!(c.read(1, 0, 512), fake_data(0, 512));
     std::thread::sleep(Duration::from_secs(2)); // the client is idle for a while
@@ -634,12 +640,22 @@ fn bad_input_from_a_client_does_not_stop_the_proxy(style: Style) {
 
     // Requests no upstream should see: answered EINVAL, and the session goes on.
     let mut c = connect(addr, style);
-    c.send(Cmd::READ, CmdFlags(0), 1, 0, u32::MAX, &[]);
-    assert_eq!(c.reply_to(1), Errno::EINVAL);
-    c.send(Cmd::WRITE, CmdFlags(0x8000), 2, 0, 512, &[9; 512]);
-    assert_eq!(c.reply_to(2), Errno::EINVAL);
-    c.send(Cmd(0x77), CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply_to(3), Errno::EINVAL);
+    expect_replies(
+        &mut c,
+        1,
+        &[
+            (Cmd::READ, CmdFlags(0), 0, u32::MAX, &[], Errno::EINVAL),
+            (
+                Cmd::WRITE,
+                CmdFlags(0x8000),
+                0,
+                512,
+                &[9; 512],
+                Errno::EINVAL,
+            ),
+            (Cmd(0x77), CmdFlags(0), 0, 0, &[], Errno::EINVAL),
+        ],
+    );
     c.send(Cmd::READ, CmdFlags(0), 4, u64::MAX - 10, 512, &[]);
     assert_ne!(c.reply_to(4), Errno::OK);
     assert_eq!(c.read(5, 0, 4096), data[..4096]);
@@ -726,14 +742,16 @@ fn flush_fua_trim_and_write_zeroes_pass_through_a_newstyle_upstream() {
         "one client at a time: {flags:?}"
     );
     assert_eq!(c.write_reply(1, 0, &[5; 4096]), Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 4096, &[6; 4096]);
-    assert_eq!(c.reply_to(2), Errno::OK);
-    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply_to(3), Errno::OK);
-    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 4, 8192, 8192, &[]);
-    assert_eq!(c.reply_to(4), Errno::OK);
-    c.send(Cmd::TRIM, CmdFlags(0), 5, 32768, 4096, &[]);
-    assert_eq!(c.reply_to(5), Errno::OK);
+    expect_replies(
+        &mut c,
+        2,
+        &[
+            (Cmd::WRITE, CmdFlags::FUA, 4096, 4096, &[6; 4096], Errno::OK),
+            (Cmd::FLUSH, CmdFlags(0), 0, 0, &[], Errno::OK),
+            (Cmd::WRITE_ZEROES, CmdFlags(0), 8192, 8192, &[], Errno::OK),
+            (Cmd::TRIM, CmdFlags(0), 32768, 4096, &[], Errno::OK),
+        ],
+    );
     let on_disc = env.read(&file);
     assert!(on_disc[..4096].iter().all(|&b| b == 5));
     assert!(on_disc[4096..8192].iter().all(|&b| b == 6));
@@ -776,14 +794,16 @@ fn trim_and_write_zeroes_are_refused_honestly_behind_an_oldstyle_upstream() {
         !flags.contains(F::SEND_TRIM) && !flags.contains(F::SEND_WRITE_ZEROES),
         "{flags:?}"
     );
-    c.send(Cmd::TRIM, CmdFlags(0), 1, 0, 4096, &[]);
-    assert_eq!(c.reply_to(1), Errno::EINVAL);
-    c.send(Cmd::WRITE_ZEROES, CmdFlags(0), 2, 0, 4096, &[]);
-    assert_eq!(c.reply_to(2), Errno::EINVAL);
-    c.send(Cmd::FLUSH, CmdFlags(0), 3, 0, 0, &[]);
-    assert_eq!(c.reply_to(3), Errno::OK);
-    c.send(Cmd::WRITE, CmdFlags::FUA, 4, 0, 512, &[1; 512]);
-    assert_eq!(c.reply_to(4), Errno::OK);
+    expect_replies(
+        &mut c,
+        1,
+        &[
+            (Cmd::TRIM, CmdFlags(0), 0, 4096, &[], Errno::EINVAL),
+            (Cmd::WRITE_ZEROES, CmdFlags(0), 0, 4096, &[], Errno::EINVAL),
+            (Cmd::FLUSH, CmdFlags(0), 0, 0, &[], Errno::OK),
+            (Cmd::WRITE, CmdFlags::FUA, 0, 512, &[1; 512], Errno::OK),
+        ],
+    );
     disconnect_and_stop(c, &mut proxy);
     // Only what the upstream can do reached it; FUA kept.
     assert_eq!(

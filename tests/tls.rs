@@ -24,11 +24,12 @@ use flexnbd::client::{ConnectOptions, NbdClient};
 use flexnbd::proto::types::{Opt, Rep};
 
 use crate::support::commands::{self, assert_success, one_error_line};
+use crate::support::daemon::proxy_command;
 use crate::support::tls::{OTHER_HOST, Part, Pki, SERVER_NAME};
 use crate::support::wire::{self, Client};
 use crate::support::{
-    Daemon, DaemonBuilder, SYSTEM_PYTHON, TestEnv, control, finish, flexnbd, flexnbd_std,
-    have_tool, pattern, require_tool, text, wait_until,
+    Daemon, DaemonBuilder, SYSTEM_PYTHON, TestEnv, control, finish, flexnbd, have_tool, pattern,
+    require_tool, text, wait_until,
 };
 
 /// How long a log line, a close or a state may take to show.
@@ -56,6 +57,14 @@ fn start(
         .arg(certs)
         .args(extra)
         .start()
+}
+
+/// `flexnbd serve` ([`start`]) of a fresh 1 MiB `NAME.img` in `env`, with the
+/// control socket `NAME.sock`.
+#[track_caller]
+fn serve_mib(env: &TestEnv, name: &str, certs: &Path, extra: &[&str]) -> Daemon {
+    let disk = env.image(&format!("{name}.img"), MIB);
+    start(env, "serve", &disk, &format!("{name}.sock"), certs, extra)
 }
 
 /// `flexnbd serve --tls require` with the usual server directory, `EXTRA`
@@ -247,15 +256,7 @@ fn a_plaintext_client_of_a_require_server_is_refused_clearly() {
 fn tls_on_serves_plaintext_and_tls_clients() {
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
-    let d = start(
-        &env,
-        "serve",
-        &disk,
-        "serve.sock",
-        &pki.server(),
-        &["--tls", "on"],
-    );
+    let d = serve_mib(&env, "serve", &pki.server(), &["--tls", "on"]);
     round_trip(&d, &pki.client(), 0, &pattern(4096, 4), &[]);
     let data = pattern(4096, 5);
     assert_success(
@@ -272,9 +273,8 @@ fn tls_on_with_verify_peer_checks_tls_clients_and_still_lets_plaintext_in() {
     // As nbdkit's --tls=on: only --tls require makes the certificate the one way in.
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
     let args = ["--tls", "on", "--tls-verify-peer"];
-    let d = start(&env, "serve", &disk, "serve.sock", &pki.server(), &args);
+    let d = serve_mib(&env, "serve", &pki.server(), &args);
     round_trip(&d, &pki.client(), 0, &pattern(4096, 8), &[]);
     let out = client(&d, "read", Some(&pki.ca_only()), 0, 4096, &[], &[]);
     one_error_line(
@@ -367,12 +367,9 @@ fn our_client_refuses_bad_server_certificates_and_the_server_goes_on() {
         wait_log_line(&d, before, &["tls"]);
     }
     // The other host's certificate is good for its own name.
-    let disk = env.image("named.img", MIB);
-    let d = start(
+    let d = serve_mib(
         &env,
-        "serve",
-        &disk,
-        "named.sock",
+        "named",
         &pki.dir(&[Part::Ca, Part::OtherHostServer]),
         &["--tls", "require"],
     );
@@ -503,16 +500,8 @@ impl Drop for HeldOpen {
 fn rotated_certificates_serve_new_connections_and_open_ones_keep_working() {
     let env = TestEnv::new();
     let pki = Pki::new();
-    let disk = env.image("disk.img", MIB);
     let certs = pki.server();
-    let d = start(
-        &env,
-        "serve",
-        &disk,
-        "serve.sock",
-        &certs,
-        &["--tls", "require"],
-    );
+    let d = serve_mib(&env, "serve", &certs, &["--tls", "require"]);
     let old_ca = pki.client();
     let new_ca = pki.dir(&[Part::OtherCa]);
     still_serves(&d, &old_ca);
@@ -700,9 +689,11 @@ impl Pair {
         ]
     }
 
-    /// Both ends exit 0 (the handover) and the files are the same.
+    /// `out`, this pair's `mirror --wait` (`what`), succeeded, both ends
+    /// exited 0 (the handover) and the files are the same.
     #[track_caller]
-    fn assert_handed_over(&mut self) {
+    fn assert_migrated(&mut self, what: &str, out: &Output) {
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
         for (what, d) in [
             ("source", &mut self.source),
             ("destination", &mut self.dest),
@@ -771,13 +762,8 @@ fn a_migration_over_tls_under_a_writer_is_byte_identical() {
     );
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
-    assert!(
-        out.status.success(),
-        "mirror --tls --wait: {}",
-        text(&out.stderr)
-    );
     assert!(count.load(Ordering::Relaxed) > 10);
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror --tls --wait", &out);
 }
 
 #[test]
@@ -791,12 +777,7 @@ fn a_migration_to_an_nbds_uri_and_with_mirror_tls_on_the_source() {
         pair.dest.port()
     );
     let out = mirror(&pair.source, &[&uri], &["--wait", "--no-progress"]);
-    assert!(
-        out.status.success(),
-        "mirror to nbds://: {}",
-        text(&out.stderr)
-    );
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror to nbds://", &out);
 }
 
 #[test]
@@ -834,44 +815,18 @@ fn a_migration_without_the_client_certificate_the_destination_requires_fails_cle
     // directory when a migration connects), the next attempt completes.
     pki.write(&source_certs, &[Part::Client]);
     let out = mirror(&pair.source, &dest, &["--tls", "--wait", "--no-progress"]);
-    assert!(
-        out.status.success(),
-        "mirror after the rotation: {}",
-        text(&out.stderr)
-    );
-    pair.assert_handed_over();
+    pair.assert_migrated("mirror after the rotation", &out);
 }
 
 // ---------------------------------------------------------------------------
 // 6. The proxy: TLS towards its clients and towards its upstream.
 
-/// `flexnbd proxy -l 127.0.0.1 -p 0 -v -C 127.0.0.1 -P PORT EXTRA...`.
-fn proxy_command(upstream: &Daemon, extra: &[&str]) -> std::process::Command {
-    let mut cmd = flexnbd_std();
-    cmd.args([
-        "proxy",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "-v",
-        "-C",
-        "127.0.0.1",
-        "-P",
-    ])
-    .arg(upstream.port().to_string())
-    .args(extra);
-    cmd
-}
-
-/// [`proxy_command`] with `--tls-certificates CERTS`, started.
+/// [`proxy_command`] to `upstream` with `--tls-certificates CERTS`, started.
 #[track_caller]
 fn start_proxy(upstream: &Daemon, certs: &Path, extra: &[&str]) -> Daemon {
-    let mut cmd = proxy_command(upstream, &["--tls-certificates"]);
+    let mut cmd = proxy_command(upstream.port(), &["--tls-certificates"]);
     cmd.arg(certs).args(extra);
-    let mut proxy = Daemon::spawn(cmd, vec![crate::support::Ready::LoggedPort]);
-    proxy.wait_ready();
-    proxy
+    Daemon::start_logged_port(cmd)
 }
 
 #[test]
@@ -898,7 +853,7 @@ fn the_proxy_speaks_tls_to_its_clients_and_to_its_upstream() {
 
     // Without --upstream-tls the proxy cannot start: its first connection
     // upstream is refused, and it says why.
-    let mut cmd = proxy_command(&upstream, &[]);
+    let mut cmd = proxy_command(upstream.port(), &[]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = finish(cmd.spawn().unwrap(), WITHIN);
     let stderr = text(&out.stderr);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::support::tls::{OTHER_HOST, Part, Pki, SERVER_NAME};
-use crate::support::{require_tool, text, tool};
+use crate::support::{require_tool, stdout_ok, text, tool};
 
 #[test]
 fn directories_hold_the_gnutls_file_names() {
@@ -36,19 +36,11 @@ fn directories_hold_the_gnutls_file_names() {
 
 /// `certtool -i` on `file`.
 fn certtool_info(file: &Path) -> String {
-    let out = tool("certtool")
-        .arg("-i")
-        .arg("--infile")
-        .arg(file)
-        .output()
-        .expect("certtool");
-    assert!(
-        out.status.success(),
-        "certtool -i {}: {}",
-        file.display(),
-        text(&out.stderr)
+    let out = stdout_ok(
+        &format!("certtool -i {}", file.display()),
+        tool("certtool").arg("-i").arg("--infile").arg(file),
     );
-    text(&out.stdout)
+    text(&out)
 }
 
 /// `certtool --verify` of `cert` against `ca`: whether GnuTLS accepts it, and what it said.
@@ -106,15 +98,11 @@ fn gnutls_reads_every_certificate_with_the_extensions_peers_check() {
         );
     }
     for key in ["server-key.pem", "client-key.pem"] {
-        let out = tool("certtool")
-            .args(["-k", "--infile"])
-            .arg(full.join(key))
-            .output()
-            .expect("certtool -k");
-        assert!(
-            out.status.success(),
-            "certtool -k {key}: {}",
-            text(&out.stderr)
+        stdout_ok(
+            &format!("certtool -k {key}"),
+            tool("certtool")
+                .args(["-k", "--infile"])
+                .arg(full.join(key)),
         );
     }
 }

@@ -14,10 +14,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::commands::{self, assert_success, one_error_line};
+use crate::support::commands::{
+    self, assert_exit_0, assert_success, mirror_wait_ok, one_error_line,
+};
 use crate::support::daemon::start_on_free_port;
 use crate::support::tls::{Part, Pki};
-use crate::support::{Daemon, DaemonBuilder, TestEnv, pattern, require_tool, text};
+use crate::support::{
+    Daemon, DaemonBuilder, TestEnv, assert_same_bytes, pattern, require_tool, text,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,13 +35,7 @@ fn run(cmd: &mut Command) -> Output {
 #[track_caller]
 fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit_0(&format!("{cmd:?}"), &out);
     text(&out.stdout)
 }
 
@@ -51,6 +49,22 @@ fn run_fails(cmd: &mut Command) -> String {
         text(&out.stdout)
     );
     text(&out.stderr)
+}
+
+/// A temporary directory and a fresh [`Pki`] for a test that needs `tools`;
+/// `None` (the test skips) if one is missing ([`require_tool`]).
+fn with_tools(tools: &[&str]) -> Option<(TestEnv, Pki)> {
+    tools
+        .iter()
+        .all(|tool| require_tool(tool))
+        .then(|| (TestEnv::new(), Pki::new()))
+}
+
+/// Asserts the file `copy` holds what `src` does.
+#[track_caller]
+fn assert_same_file(copy: &Path, src: &Path) {
+    let read = |path: &Path| std::fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert_same_bytes(&format!("{copy:?}"), &read(copy), &read(src));
 }
 
 /// `nbds://127.0.0.1:PORT/?tls-certificates=CERTS` for libnbd.
@@ -170,17 +184,24 @@ fn our_round_trip(d: &Daemon, certs: &Path, from: u64, data: &[u8]) {
     assert!(out.stdout == data, "read --tls returned other bytes");
 }
 
+/// `d` (`what`) requires a client certificate: our round trip of `data` at 0
+/// with one succeeds, our read with the CA alone fails with one line.
+#[track_caller]
+fn needs_a_client_certificate(d: &Daemon, pki: &Pki, data: &[u8], what: &str) {
+    our_round_trip(d, &pki.client(), 0, data);
+    let out = our_client(d, "read", &pki.ca_only(), 0, 512, &[]);
+    one_error_line(&format!("read --tls without a certificate, {what}"), &out);
+}
+
 // ---------------------------------------------------------------------------
 // The fixture itself, between GnuTLS programs (no flexnbd involved): if
 // these fail, the certificates are wrong, not our TLS.
 
 #[test]
 fn gnutls_peers_accept_the_test_certificates() {
-    if !require_tool("qemu-nbd") || !require_tool("nbdinfo") || !require_tool("qemu-img") {
+    let Some((env, pki)) = with_tools(&["qemu-nbd", "nbdinfo", "qemu-img"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let file = env.image("peer.img", MIB);
     let server = qemu_nbd_tls(&pki.server(), &file, true);
     let info = run_ok(Command::new("nbdinfo").arg(nbds(&server, &pki.client())));
@@ -199,11 +220,9 @@ fn gnutls_peers_accept_the_test_certificates() {
 
 #[test]
 fn nbdinfo_over_tls_with_and_without_a_client_certificate() {
-    if !require_tool("nbdinfo") {
+    let Some((env, pki)) = with_tools(&["nbdinfo"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let (_disk, d) = serve_tls(&env, 4 * MIB, &pki.server(), &[]);
     for certs in [pki.client(), pki.ca_only()] {
         let info = run_ok(Command::new("nbdinfo").arg("--json").arg(nbds(&d, &certs)));
@@ -223,11 +242,9 @@ fn nbdinfo_over_tls_with_and_without_a_client_certificate() {
 
 #[test]
 fn nbdinfo_and_nbdcopy_with_verify_peer() {
-    if !require_tool("nbdinfo") || !require_tool("nbdcopy") {
+    let Some((env, pki)) = with_tools(&["nbdinfo", "nbdcopy"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let (disk, d) = serve_tls(&env, 4 * MIB, &pki.server(), &["--tls-verify-peer"]);
     let client = pki.client();
     run_ok(Command::new("nbdinfo").arg(nbds(&d, &client)));
@@ -236,16 +253,14 @@ fn nbdinfo_and_nbdcopy_with_verify_peer() {
     run_fails(Command::new("nbdinfo").arg(nbds(&d, &pki.dir(&[Part::Ca, Part::WrongCaClient]))));
     let src = env.image_with("src.img", &pattern(4 * MIB as usize, 21));
     run_ok(Command::new("nbdcopy").arg(&src).arg(nbds(&d, &client)));
-    assert!(std::fs::read(&disk).unwrap() == std::fs::read(&src).unwrap());
+    assert_same_file(&disk, &src);
 }
 
 #[test]
 fn nbdcopy_both_ways_over_tls() {
-    if !require_tool("nbdcopy") {
+    let Some((env, pki)) = with_tools(&["nbdcopy"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let (disk, d) = serve_tls(&env, 16 * MIB, &pki.server(), &[]);
     let src = env.image_with("src.img", &pattern(16 * MIB as usize, 22));
     let certs = pki.ca_only();
@@ -255,7 +270,7 @@ fn nbdcopy_both_ways_over_tls() {
             .arg(&src)
             .arg(nbds(&d, &certs)),
     );
-    assert!(std::fs::read(&disk).unwrap() == std::fs::read(&src).unwrap());
+    assert_same_file(&disk, &src);
     let back = env.child("back.img");
     run_ok(
         Command::new("nbdcopy")
@@ -263,16 +278,14 @@ fn nbdcopy_both_ways_over_tls() {
             .arg(nbds(&d, &pki.client()))
             .arg(&back),
     );
-    assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
+    assert_same_file(&back, &src);
 }
 
 #[test]
 fn qemu_img_info_and_convert_over_tls() {
-    if !require_tool("qemu-img") {
+    let Some((env, pki)) = with_tools(&["qemu-img"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     for (verify_peer, certs) in [(false, pki.ca_only()), (true, pki.client())] {
         let sub = TestEnv::new();
         let extra: &[&str] = if verify_peer {
@@ -298,7 +311,7 @@ fn qemu_img_info_and_convert_over_tls() {
                 .arg(&src)
                 .arg(qemu_image_opts(&d)),
         );
-        assert!(std::fs::read(&disk).unwrap() == std::fs::read(&src).unwrap());
+        assert_same_file(&disk, &src);
         let back = env.child("back.img");
         run_ok(
             Command::new("qemu-img")
@@ -306,7 +319,7 @@ fn qemu_img_info_and_convert_over_tls() {
                 .arg(qemu_image_opts(&d))
                 .arg(&back),
         );
-        assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
+        assert_same_file(&back, &src);
     }
     // With verify-peer, qemu without a client certificate is refused.
     let (_disk, d) = serve_tls(&env, MIB, &pki.server(), &["--tls-verify-peer"]);
@@ -324,10 +337,9 @@ fn qemu_img_info_and_convert_over_tls() {
 
 #[test]
 fn our_read_and_write_against_nbdkit_over_tls() {
-    if !require_tool("nbdkit") {
+    let Some((_env, pki)) = with_tools(&["nbdkit"]) else {
         return;
-    }
-    let pki = Pki::new();
+    };
     let server = nbdkit_tls(&pki.server(), false);
     our_round_trip(&server, &pki.ca_only(), 4096, &pattern(100_000, 24));
     our_round_trip(&server, &pki.client(), 0, &pattern(4096, 25));
@@ -336,21 +348,19 @@ fn our_read_and_write_against_nbdkit_over_tls() {
     one_error_line("read --tls trusting another CA", &out);
 
     let server = nbdkit_tls(&pki.server(), true);
-    our_round_trip(&server, &pki.client(), 0, &pattern(8192, 26));
-    let out = our_client(&server, "read", &pki.ca_only(), 0, 512, &[]);
-    one_error_line(
-        "read --tls without a certificate, nbdkit --tls-verify-peer",
-        &out,
+    needs_a_client_certificate(
+        &server,
+        &pki,
+        &pattern(8192, 26),
+        "nbdkit --tls-verify-peer",
     );
 }
 
 #[test]
 fn our_read_and_write_against_qemu_nbd_over_tls() {
-    if !require_tool("qemu-nbd") {
+    let Some((env, pki)) = with_tools(&["qemu-nbd"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let file = env.image("qemu.img", 4 * MIB);
     {
         let server = qemu_nbd_tls(&pki.server(), &file, false);
@@ -359,21 +369,14 @@ fn our_read_and_write_against_qemu_nbd_over_tls() {
     let data = pattern(200_000, 27);
     assert!(std::fs::read(&file).unwrap()[65536..65536 + data.len()] == data[..]);
     let server = qemu_nbd_tls(&pki.server(), &file, true);
-    our_round_trip(&server, &pki.client(), 0, &pattern(4096, 28));
-    let out = our_client(&server, "read", &pki.ca_only(), 0, 512, &[]);
-    one_error_line(
-        "read --tls without a certificate, qemu-nbd verify-peer=on",
-        &out,
-    );
+    needs_a_client_certificate(&server, &pki, &pattern(4096, 28), "qemu-nbd verify-peer=on");
 }
 
 #[test]
 fn a_tls_migration_into_nbdkit_requiring_client_certificates() {
-    if !require_tool("nbdkit") {
+    let Some((env, pki)) = with_tools(&["nbdkit"]) else {
         return;
-    }
-    let env = TestEnv::new();
-    let pki = Pki::new();
+    };
     let server = nbdkit_tls(&pki.server(), true);
     let data = pattern(4 * MIB as usize, 29);
     let src = env.image_with("source.img", &data);
@@ -383,28 +386,7 @@ fn a_tls_migration_into_nbdkit_requiring_client_certificates() {
         .arg("--tls-certificates")
         .arg(pki.full())
         .start();
-    let out = commands::run(
-        &[
-            "mirror",
-            "-s",
-            sock.to_str().unwrap(),
-            "-l",
-            &format!("nbds://127.0.0.1:{}/", server.port()),
-            "--wait",
-            "--no-progress",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "mirror into nbdkit over TLS: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        source
-            .wait_exit(std::time::Duration::from_secs(30))
-            .success()
-    );
+    mirror_wait_ok(&mut source, &format!("nbds://127.0.0.1:{}/", server.port()));
     let out = our_client(&server, "read", &pki.client(), 0, 4 * MIB, &[]);
     assert_success("read back from nbdkit", &out);
     assert!(out.stdout == data, "nbdkit's data differs");

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use super::{Daemon, flexnbd, text};
 
@@ -81,6 +82,24 @@ pub(crate) fn serve_once(file: &Path, port: u16, sock: &Path, extra: &[&str]) ->
     ];
     args.extend_from_slice(extra);
     run(&args, &[])
+}
+
+/// `flexnbd mirror -s SOCK -l DEST --wait --no-progress` from `source`
+/// (its control socket SOCK) to `dest`, a host or an NBD URI: the mirror must
+/// succeed, and the source then exit 0 within 30 s.
+#[track_caller]
+pub(crate) fn mirror_wait_ok(source: &mut Daemon, dest: &str) {
+    let sock = source.sock().to_str().expect("a UTF-8 path").to_owned();
+    let out = run(
+        &["mirror", "-s", &sock, "-l", dest, "--wait", "--no-progress"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "mirror to {dest}: {}",
+        text(&out.stderr)
+    );
+    assert!(source.wait_exit(Duration::from_secs(30)).success());
 }
 
 /// `flexnbd read` of `size` bytes at `from` from the daemon.

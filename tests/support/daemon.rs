@@ -165,6 +165,15 @@ impl Daemon {
             .start()
     }
 
+    /// Spawns `cmd`, a server listening on `-p 0 -v` (a proxy, say), and waits
+    /// until it has logged the port it bound.
+    #[track_caller]
+    pub(crate) fn start_logged_port(cmd: Command) -> Daemon {
+        let mut daemon = Daemon::spawn(cmd, vec![Ready::LoggedPort]);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Spawns `cmd` (stdin from `/dev/null`, stdout and stderr to files) without
     /// waiting; [`Daemon::wait_ready`] then waits for every condition in `ready`.
     #[track_caller]
@@ -630,4 +639,16 @@ pub(crate) fn spawn_on_free_port(sock: &Path, cmd_for: impl Fn(u16) -> Command) 
     let daemon = start_on_free_port(Some(sock), cmd_for);
     let port = daemon.port();
     (daemon, port)
+}
+
+/// `flexnbd proxy -l 127.0.0.1 -p 0 -v -C 127.0.0.1 -P UPSTREAM_PORT EXTRA...`:
+/// a proxy to 127.0.0.1 that picks its own port; start it with
+/// [`Daemon::start_logged_port`].
+pub(crate) fn proxy_command(upstream_port: u16, extra: &[&str]) -> Command {
+    let mut cmd = flexnbd_std();
+    cmd.args(["proxy", "-l", "127.0.0.1", "-p", "0", "-v"])
+        .args(["-C", "127.0.0.1", "-P"])
+        .arg(upstream_port.to_string())
+        .args(extra);
+    cmd
 }

@@ -357,14 +357,24 @@ pub(crate) fn text(bytes: &[u8]) -> String {
 /// and returns its stdout as text.
 #[track_caller]
 pub(crate) fn run_ok(cmd: &mut assert_cmd::Command) -> String {
-    let out = cmd.output().expect("cannot run the command");
+    let what = format!("{cmd:?}");
+    text(&stdout_ok(&what, cmd))
+}
+
+/// Runs `cmd` (`what`, in the messages) to its end, asserts it succeeded
+/// (showing its stderr if not), and returns its stdout.
+#[track_caller]
+pub(crate) fn stdout_ok(what: &str, cmd: &mut assert_cmd::Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         out.status.success(),
-        "{:?}: {}",
+        "{what}: {:?}: {}",
         out.status,
         text(&out.stderr)
     );
-    text(&out.stdout)
+    out.stdout
 }
 
 #[cfg(test)]
