@@ -256,9 +256,26 @@ struct Shared {
     completion_reported: (Mutex<bool>, std::sync::Condvar),
     /// When a `status` was last asked for, and a migration last started:
     /// whether anyone follows the migration, so is worth lingering for.
-    followed: Mutex<[Option<Instant>; 2]>,
+    followed: Mutex<Followed>,
     /// The TLS settings of this server's migrations.
     outgoing_tls: OutgoingTls,
+}
+
+/// When a `status` was last asked for, and when a migration last started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Followed {
+    last_status: Option<Instant>,
+    last_start: Option<Instant>,
+}
+
+impl Followed {
+    /// Whether a `status` came at most [`FOLLOWER_WITHIN`] before the last start.
+    fn is_followed(self) -> bool {
+        match (self.last_status, self.last_start) {
+            (Some(status), Some(started)) => status + FOLLOWER_WITHIN >= started,
+            _ => false,
+        }
+    }
 }
 
 /// `mirror --wait` asks for `status` just before it starts the migration
@@ -291,7 +308,7 @@ impl Controller {
                 last: Mutex::new(None),
                 last_verified: AtomicBool::new(false),
                 completion_reported: (Mutex::new(false), std::sync::Condvar::new()),
-                followed: Mutex::new([None, None]),
+                followed: Mutex::new(Followed::default()),
                 outgoing_tls,
             }),
         })
@@ -361,10 +378,7 @@ impl Controller {
     /// that `mirror --wait` learns it for sure; not when nobody follows the
     /// migration (no `status` since `FOLLOWER_WITHIN` before it started).
     pub fn linger_after_migration(&self, limit: Duration) {
-        let followed = match *lock(&self.shared.followed) {
-            [Some(status), Some(started)] => status + FOLLOWER_WITHIN >= started,
-            _ => false,
-        };
+        let followed = lock(&self.shared.followed).is_followed();
         if !self.shared.migrated.load(Ordering::SeqCst) || !followed {
             return;
         }
@@ -499,7 +513,7 @@ fn spawn_supervisor(
 
 impl Shared {
     fn status(&self) -> Status {
-        lock(&self.followed)[0] = Some(Instant::now());
+        lock(&self.followed).last_status = Some(Instant::now());
         let mut status = self.server.status();
         if let Some(mirror) = self.running() {
             status.migration = Some(mirror.progress(status.size));
@@ -539,7 +553,7 @@ impl Shared {
             let mirror = Arc::new(Mirror::new(request, tls).map_err(StartError::Setup)?);
             self.last_verified.store(false, Ordering::SeqCst);
             *slot = Slot::Running(mirror.clone());
-            lock(&self.followed)[1] = Some(Instant::now());
+            lock(&self.followed).last_start = Some(Instant::now());
             mirror
         };
         let (tx, rx) = mpsc::channel();

@@ -121,11 +121,6 @@ impl ServerTls {
         Ok(tls)
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reads the directory and builds a rustls server configuration.
     ///
     /// # Errors
@@ -179,15 +174,6 @@ impl ClientTls {
     /// The name the server's certificate must carry, if set.
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
-    }
-
-    /// The same credentials, checking the server's certificate for `name`
-    /// unless a name was set already.
-    pub fn or_server_name(&self, name: &str) -> ClientTls {
-        ClientTls {
-            dir: self.dir.clone(),
-            server_name: Some(self.server_name.clone().unwrap_or_else(|| name.to_owned())),
-        }
     }
 
     /// Reads the directory and builds a rustls client configuration.
@@ -301,8 +287,7 @@ pub fn accept(plain: &Stream, tls: &ServerTls) -> io::Result<Stream> {
 /// As [`accept`], and `InvalidInput` for a server name that is neither a
 /// host name nor an IP address.
 pub fn connect(plain: &Stream, config: Arc<ClientConfig>, name: &str) -> io::Result<Stream> {
-    let name = name.to_owned();
-    let name = ServerName::try_from(name.clone()).map_err(|_| {
+    let name = ServerName::try_from(name.to_owned()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(

@@ -98,9 +98,10 @@ impl Conn<'_> {
             done += n;
         }
         self.pool.give(buf);
-        let payload: Vec<u8> = hashes.iter().flatten().copied().collect();
         let head = reply::simple(req.handle, Errno::OK);
-        self.writer
-            .send(&mut [IoSlice::new(head.as_bytes()), IoSlice::new(&payload)]);
+        self.writer.send(&mut [
+            IoSlice::new(head.as_bytes()),
+            IoSlice::new(hashes.as_flattened()),
+        ]);
     }
 }

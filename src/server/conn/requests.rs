@@ -272,15 +272,14 @@ impl Conn<'_> {
         cached
     }
 
-    /// Whether a READ goes out with `sendfile`: not under TLS (which
-    /// encrypts in user space), to a client on another machine (see
-    /// `sendfile_pays`), large enough, and over data with no hole. Holes
+    /// Whether a READ goes out with `sendfile`: to a client on another
+    /// machine and not under TLS (see `sendfile_pays`), large enough, and
+    /// over data with no hole. Holes
     /// matter only to structured replies, which send them as hole chunks
     /// unless DF asks for one chunk: only they look.
     pub(super) fn sendfile_fits(&self, req: &Request) -> bool {
         let holes_matter = self.negotiated.structured && !req.flags.contains(CmdFlags::DF);
-        !self.negotiated.tls
-            && self.sendfile
+        self.sendfile
             && req.len >= SENDFILE_MIN
             && (!holes_matter || self.backing.is_all_data(req.offset, u64::from(req.len)))
     }
