@@ -597,6 +597,14 @@ fn tls_options_that_cannot_work_are_refused_at_start() {
         &[&base[..], &["--tls", "maybe", "--tls-certificates", certs]].concat(),
         &["maybe"],
     );
+    usage(
+        &[&base[..], &["--tls-verify-peer"]].concat(),
+        &["--tls-verify-peer"],
+    );
+    usage(
+        &[&base[..], &["--mirror-tls"]].concat(),
+        &["--mirror-tls needs --tls-certificates"],
+    );
 
     // A directory that cannot serve is found at start, not at the first client.
     for (what, dir) in [

@@ -59,7 +59,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.server.control_mode,
         pid_file: args.server.pid_file,
-        outgoing_tls: super::tls::outgoing(&args.server.tls, false),
+        outgoing_tls: super::tls::outgoing(&args.server.tls, false, || super::subcommand("listen")),
     };
     super::serve::run_server(startup, config, global)
 }

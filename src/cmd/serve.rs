@@ -83,7 +83,9 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         sock: args.sock,
         control_mode: args.server.control_mode,
         pid_file: args.server.pid_file,
-        outgoing_tls: super::tls::outgoing(&args.server.tls, args.mirror_tls),
+        outgoing_tls: super::tls::outgoing(&args.server.tls, args.mirror_tls, || {
+            super::subcommand("serve")
+        }),
     };
     run_server(startup, config, global)
 }

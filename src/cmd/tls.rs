@@ -67,7 +67,20 @@ pub(crate) fn server_offer(
 }
 
 /// The TLS of the connections a server makes (migrations, the proxy's upstream).
-pub(crate) fn outgoing(args: &ServerTlsArgs, always: bool) -> OutgoingTls {
+/// `--mirror-tls` without `--tls-certificates` is a usage error: every
+/// migration would fail, found only when one starts.
+pub(crate) fn outgoing(
+    args: &ServerTlsArgs,
+    always: bool,
+    usage: impl FnOnce() -> clap::Command,
+) -> OutgoingTls {
+    if always && args.tls_certificates.is_none() {
+        usage_error(
+            usage,
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--mirror-tls needs --tls-certificates DIR",
+        );
+    }
     OutgoingTls {
         certificates: args.tls_certificates.clone(),
         always,
