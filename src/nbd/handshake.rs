@@ -190,16 +190,9 @@ fn negotiate(
 
 /// The TLS handshake after `NBD_OPT_STARTTLS` failed: not TLS, a refused
 /// certificate, unusable credentials, or a stall.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct TlsFailed(String);
-
-impl std::fmt::Display for TlsFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsFailed {}
 
 /// Whether a handshake error is a failed TLS handshake (worth a warning:
 /// a client with the wrong certificate, or not speaking TLS at all).
