@@ -136,7 +136,8 @@ pub(super) fn serve(
     let _ = stream.shutdown(Shutdown::Both);
     result.unwrap_or_else(|e| {
         if crate::nbd::handshake::is_tls_failure(&e) {
-            log::warn!("client {id} at {peer}: {e}");
+            let who = format_args!("client {id} at {peer}");
+            crate::nbd::handshake::warn_tls_failure(&server.tls_warnings, who, &e);
         } else {
             log::info!("connection error: {e}");
         }
