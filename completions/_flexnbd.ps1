@@ -111,6 +111,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--handover-grace', '--handover-grace', [CompletionResultType]::ParameterName, 'At a migration''s handover, how long clients have to finish their requests')
             [CompletionResult]::new('--tls', '--tls', [CompletionResultType]::ParameterName, 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require')
             [CompletionResult]::new('--tls-certificates', '--tls-certificates', [CompletionResultType]::ParameterName, 'The directory of TLS certificates, laid out as for nbdkit and qemu')
+            [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'With --serve-after-handover: most clients served at once after the handover')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines look: auto is journal under systemd''s journal, else plain')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')
             [CompletionResult]::new('--default-deny', '--default-deny', [CompletionResultType]::ParameterName, 'Deny connections by default unless in ACL')

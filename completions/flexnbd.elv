@@ -106,6 +106,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --handover-grace 'At a migration''s handover, how long clients have to finish their requests'
             cand --tls 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require'
             cand --tls-certificates 'The directory of TLS certificates, laid out as for nbdkit and qemu'
+            cand --max-clients 'With --serve-after-handover: most clients served at once after the handover'
             cand --log-format 'How log lines look: auto is journal under systemd''s journal, else plain'
             cand -d 'Deny connections by default unless in ACL'
             cand --default-deny 'Deny connections by default unless in ACL'

@@ -97,6 +97,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls -d 'Offer
 on\t'TLS offered; clients may also stay in plaintext'
 require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls-certificates -d 'The directory of TLS certificates, laid out as for nbdkit and qemu' -r -F
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients -d 'With --serve-after-handover: most clients served at once after the handover' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l log-format -d 'How log lines look: auto is journal under systemd\'s journal, else plain' -r -f -a "auto\t'journal when stderr is systemd\'s journal stream, else plain'
 plain\t'Timestamp, level, pid, thread, message'
 journal\t'Syslog priority prefix, no timestamp'

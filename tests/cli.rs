@@ -328,6 +328,22 @@ fn bad_numbers_are_usage_errors() {
 }
 
 #[test]
+fn listen_max_clients_needs_serve_after_handover() {
+    let listen = [
+        "listen",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "1",
+        "-f",
+        "d",
+        "--max-clients",
+        "5",
+    ];
+    assert_usage_error(&listen, &["--serve-after-handover"]);
+}
+
+#[test]
 fn unknown_subcommand_is_a_usage_error() {
     assert_usage_error(&["frobnicate"], &["unrecognized subcommand 'frobnicate'"]);
     // Subcommand names are exact, as in flexnbd-c.

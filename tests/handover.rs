@@ -202,6 +202,29 @@ fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
     assert!(env.read(&third) == expected, "the onward copy differs");
 }
 
+/// `--max-clients` bounds the clients once it serves: beyond it a
+/// connection is closed at once, and a freed slot takes the next one.
+#[test]
+fn serve_after_handover_keeps_to_max_clients() {
+    let mut p = Pair::start(MIB, 16, &["--max-clients", "1"]);
+    mirror(&p.source_sock, p.dest.port(), &["--wait", "--no-progress"]);
+    p.handed_over(EXIT_WITHIN);
+    let opts = ConnectOptions::default();
+    let first = NbdClient::connect(p.dest.addr(), &opts).unwrap();
+    assert!(
+        NbdClient::connect(p.dest.addr(), &opts).is_err(),
+        "a second client was served beyond --max-clients 1"
+    );
+    first.disconnect().unwrap();
+    wait_until("the slot to be free", EXIT_WITHIN, || {
+        key(&p.dest_sock, "num_clients").1 == "0"
+    });
+    let mut again = NbdClient::connect(p.dest.addr(), &opts).unwrap();
+    let mut buf = vec![0; 512];
+    again.read_at(0, &mut buf).unwrap();
+    assert!(buf == p.data[..512]);
+}
+
 #[test]
 fn serve_after_handover_ends_as_a_serve_on_sigterm() {
     // Old-style, as for a C source: writes synced one by one until control.

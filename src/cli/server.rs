@@ -148,11 +148,15 @@ pub struct ListenArgs {
     /// Without it `listen` exits 0 when control arrives, as the C flexnbd
     /// does, and the file is served again only once something starts
     /// `serve` on it. With it the same listener and control socket serve
-    /// the file at once: new clients (up to 1024, still subject to the
+    /// the file at once: new clients (up to --max-clients, still subject to the
     /// ACL), `status`, `acl`, a further `mirror`. Before control arrives
     /// it is the same `listen`: one client at a time.
     #[arg(long)]
     pub serve_after_handover: bool,
+    /// With --serve-after-handover: most clients served at once after the handover.
+    #[arg(long, value_name = "N", default_value_t = 1024, requires = "serve_after_handover",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
     /// Addresses allowed to connect, as ADDRESS[/MASK].
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,

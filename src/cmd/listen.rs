@@ -24,9 +24,6 @@ use crate::exit::ExitCode;
 use crate::net::Acl;
 use crate::server::ServerConfig;
 
-/// Most clients once a `--serve-after-handover` destination has control: `serve`'s default.
-const SERVE_MAX_CLIENTS: usize = 1024;
-
 /// Runs `listen`.
 ///
 /// # Errors
@@ -36,8 +33,9 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
     let config = ServerConfig {
         oldstyle: args.oldstyle,
         read_only: false,
-        // Until control arrives the server takes one client at a time.
-        max_clients: SERVE_MAX_CLIENTS,
+        // Until control arrives the server takes one client at a time; this
+        // is the limit once it serves (--serve-after-handover).
+        max_clients: usize::try_from(args.max_clients).unwrap_or(usize::MAX),
         killswitch: None,
         listen_mode: true,
         serve_after_handover: args.serve_after_handover,
