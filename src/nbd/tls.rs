@@ -61,7 +61,9 @@ pub const CLIENT_CERT: &str = "client-cert.pem";
 pub const CLIENT_KEY: &str = "client-key.pem";
 
 /// Plaintext encrypted and sent at once: a bound on the ciphertext a
-/// writer holds (a 32 MiB reply is sent as 128 of these).
+/// writer holds (a 32 MiB reply is sent as 128 of these). A write of up
+/// to a record more is sent whole: a 256 KiB READ reply and its header
+/// leave in one send, not a second one for the header's 16 bytes.
 const WRITE_CHUNK: usize = 256 << 10;
 /// The plaintext of a full TLS record.
 const RECORD: usize = 16 << 10;
@@ -504,9 +506,15 @@ impl Write for &TlsStream {
             // (a tenth of the server's CPU on a TLS sequential read). A
             // record may span slices: a reply's header shares the first
             // record of its payload.
+            let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+            let limit = if total <= WRITE_CHUNK + RECORD {
+                total
+            } else {
+                WRITE_CHUNK
+            };
             let mut record = Record::new(bufs);
-            while taken < WRITE_CHUNK {
-                let pieces = record.next(RECORD.min(WRITE_CHUNK - taken));
+            while taken < limit {
+                let pieces = record.next(RECORD.min(limit - taken));
                 if pieces.is_empty() {
                     break;
                 }
