@@ -164,25 +164,6 @@ impl Backing {
         Ok(())
     }
 
-    /// Sends `len` bytes at `offset` from the file to `out` through a
-    /// buffer of at most 256 KiB: for a stream that cannot take `sendfile`
-    /// (TLS encrypts in user space).
-    ///
-    /// # Errors
-    ///
-    /// As [`Backing::read_at`], or the write's error.
-    pub fn copy_to(&self, out: &mut impl io::Write, offset: u64, len: usize) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(256 << 10)];
-        let mut done = 0;
-        while done < len {
-            let n = buf.len().min(len - done);
-            self.read_at(&mut buf[..n], offset + done as u64)?;
-            out.write_all(&buf[..n])?;
-            done += n;
-        }
-        Ok(())
-    }
-
     /// Writes `buf` at `offset`, skipping all-zero 4 KiB pieces that land in holes.
     ///
     /// # Errors

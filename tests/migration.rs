@@ -345,11 +345,15 @@ pub(crate) fn data_pair(env: &TestEnv, size: u64, seed: u64) -> (PathBuf, PathBu
 }
 
 /// A sparse source of `size` bytes with what `write` writes to it (synced),
-/// and an empty destination listening: both files and both nodes.
+/// and an empty destination listening: both files and both nodes. With
+/// `sendfile`, the source sends WRITE payloads with `sendfile` as to a
+/// destination on another machine (a debug build's `FLEXNBD_TEST_SENDFILE`);
+/// without, it reads them into a buffer, as to one on this machine.
 #[track_caller]
 fn sparse_pair(
     env: &TestEnv,
     size: u64,
+    sendfile: bool,
     write: impl FnOnce(&File),
 ) -> (PathBuf, PathBuf, Node, Node) {
     let src = env.image("source.img", size);
@@ -358,7 +362,9 @@ fn sparse_pair(
     f.sync_all().unwrap();
     drop(f);
     let dst = env.image("dest.img", size);
-    let source = Node::serve(env, &src);
+    let source = Node::start(env, "serve", &src, "source.sock", |b| {
+        b.env("FLEXNBD_TEST_SENDFILE", if sendfile { "1" } else { "0" })
+    });
     let dest = Node::listen(env, &dst, "dest.sock", None);
     (src, dst, source, dest)
 }
@@ -848,7 +854,7 @@ fn mirror_speed_slows_a_running_migration_and_status_shows_it() {
 fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     let env = TestEnv::new();
     let size = 1024 * MIB;
-    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
+    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, false, |f| {
         for i in 0..50u64 {
             f.write_all_at(&pattern(MIB as usize, 100 + i), i * 20 * MIB + 4096)
                 .unwrap();
@@ -863,26 +869,35 @@ fn sparse_1g_file_with_50m_of_data_migrates_and_stays_sparse() {
     );
 }
 
-/// The zero check reads a range piece by piece: data far into a range of
-/// zeroes (the last byte of a transfer, a few bytes in its middle, the last
-/// byte of the file) still makes it a WRITE, and the rest stays sparse.
+/// The zero check finds data far into a range of zeroes (the last byte of
+/// a transfer, a few bytes in its middle, the last byte of the file): it
+/// still goes as a WRITE, and the rest stays sparse. Both ways of sending:
+/// read piece by piece then `sendfile` (to another machine), and read whole
+/// into a buffer (to this one).
 #[test]
 fn data_deep_inside_ranges_of_zeroes_is_sent() {
-    let env = TestEnv::new();
-    let size = 64 * MIB;
-    let (src, dst, mut source, mut dest) = sparse_pair(&env, size, |f| {
-        f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
-        f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
-            .unwrap();
-        f.write_all_at(&[0xa5], size - 1).unwrap();
-    });
+    for sendfile in [false, true] {
+        let env = TestEnv::new();
+        let size = 64 * MIB;
+        let (src, dst, mut source, mut dest) = sparse_pair(&env, size, sendfile, |f| {
+            f.write_all_at(&[0x5a], MAX_TRANSFER - 1).unwrap();
+            f.write_all_at(b"deep", 2 * MAX_TRANSFER + 5 * MIB + 7)
+                .unwrap();
+            f.write_all_at(&pattern(3 * MIB as usize, 9), 40 * MIB + 5)
+                .unwrap();
+            f.write_all_at(&[0xa5], size - 1).unwrap();
+        });
 
-    migrate_and_check(&mut source, &mut dest, &src, &dst);
-    let a_dst = allocated(&dst);
-    assert!(
-        a_dst <= 3 * MAX_TRANSFER + MIB,
-        "the destination has {a_dst} bytes allocated: ranges of zeroes were written"
-    );
+        migrate_and_check(&mut source, &mut dest, &src, &dst);
+        // Data lies in 7 of the 1 MiB transfers (in at most 7 of 8 MiB
+        // ones, were the source to send longer ones).
+        let a_dst = allocated(&dst);
+        assert!(
+            a_dst <= 7 * MAX_TRANSFER + MIB && a_dst < size / 2,
+            "sendfile {sendfile}: the destination has {a_dst} bytes allocated: \
+             ranges of zeroes were written"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

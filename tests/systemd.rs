@@ -274,6 +274,39 @@ fn migration_progress_goes_to_systemd_as_status_lines() {
     assert_eq!(notify.expect(&idle), format!("{idle} stopped"));
 }
 
+/// `listen --serve-after-handover` tells systemd it waits for a migration,
+/// then, once control arrived, that it serves the file.
+#[test]
+fn a_listen_that_serves_after_the_handover_says_so_to_systemd() {
+    let env = TestEnv::new();
+    let src = env.image_with("src.img", &pattern(4 * MIB as usize, 4));
+    let dst = env.image("dst.img", 4 * MIB);
+    let mut notify = Notify::new(&env);
+    let sock = env.sock_path();
+    let _source = Daemon::serve(&src).sock(&sock).start();
+    let mut dest = DaemonBuilder::new("listen", &dst)
+        .sock(env.sock_path_named("dest.sock"))
+        .arg("--serve-after-handover")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .start();
+    notify.expect("READY=1");
+    assert_eq!(
+        notify.expect("STATUS=waiting"),
+        format!("STATUS=waiting for a migration into {}", dst.display())
+    );
+    let port = dest.port().to_string();
+    flexnbd()
+        .args(["mirror", "-s", sock.to_str().unwrap(), "-l", "127.0.0.1"])
+        .args(["-p", &port, "--wait"])
+        .assert()
+        .success();
+    assert_eq!(
+        notify.expect("STATUS=serving"),
+        format!("STATUS=serving {}", dst.display())
+    );
+    assert!(dest.stop().success());
+}
+
 #[test]
 fn pid_file_is_written_once_serving_and_removed_on_exit() {
     let env = TestEnv::new();

@@ -311,6 +311,47 @@ fn garbage_instead_of_a_client_hello_closes_the_connection() {
     }
 }
 
+/// Each failed TLS handshake is a new connection, so a scanner would fill
+/// the log at its connection rate: the warnings are limited over all
+/// connections (10 at once, then one a second, the next saying how many
+/// were dropped), and the server goes on serving.
+#[test]
+fn a_flood_of_failed_tls_handshakes_logs_a_bounded_number_of_lines() {
+    const FLOOD: usize = 100;
+    let (_env, pki, _disk, d) = serve_require(&[]);
+    let before = d.stderr().len();
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let mut c = after_starttls(&d);
+        let _ = c.s.write_all(&[0u8; 512]);
+        assert!(
+            wire::closed_within(&mut c.s, WITHIN),
+            "garbage left the connection open"
+        );
+    }
+    let secs = started.elapsed().as_secs() as usize;
+    let lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.to_lowercase().contains("tls handshake failed"))
+            .count()
+    };
+    // The last connection's warning may still be on its way: the count is
+    // an upper bound once the last one is logged or dropped.
+    let logged = lines(&log_since(&d, before));
+    assert!(
+        logged <= 10 + secs + 1,
+        "{logged} TLS warnings for {FLOOD} failed handshakes in {secs} s"
+    );
+    // Once the limit lets one through again, it says what was dropped.
+    wait_until("the count of the dropped warnings", WITHIN, || {
+        let mut c = after_starttls(&d);
+        let _ = c.s.write_all(&[0u8; 512]);
+        let _ = wire::closed_within(&mut c.s, WITHIN);
+        log_since(&d, before).contains("more failed TLS handshake(s) not logged")
+    });
+    still_serves(&d, &pki.client());
+}
+
 #[test]
 fn a_stalled_tls_handshake_is_cut_by_the_handshake_timeout() {
     let (_env, pki, _disk, d) = serve_require(&["--handshake-timeout", "1s"]);

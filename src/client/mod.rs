@@ -148,6 +148,13 @@ impl NbdClient {
         self.hash
     }
 
+    /// Whether WRITE payloads from a file should go to this server with
+    /// `sendfile` ([`Stream::sendfile_pays`]): not under TLS, not to a
+    /// server on this machine.
+    pub fn sendfile_pays(&self) -> bool {
+        self.stream.sendfile_pays()
+    }
+
     /// The largest payload sent or asked for in one request: the server's
     /// maximum if it gave one, at most 32 MiB.
     pub fn max_request(&self) -> u32 {

@@ -188,12 +188,14 @@ pub(crate) fn run_server(
         format!("serving {file_name}")
     };
     crate::sd::ready(&serving);
+    // Once a migration arrives, `listen --serve-after-handover` serves.
+    let served = serve_after_handover.then(|| format!("serving {file_name}"));
     let (stop_status, status_thread) = if crate::sd::notifying() {
         let (tx, rx) = mpsc::channel::<()>();
         let status_controller = controller.clone();
         let thread = std::thread::Builder::new()
             .name("sd-status".into())
-            .spawn(move || report_progress(&status_controller, &serving, &rx))
+            .spawn(move || report_progress(&status_controller, serving, served, &rx))
             .context("cannot start the status thread")?;
         (Some(tx), Some(thread))
     } else {
@@ -292,11 +294,25 @@ impl Drop for PidFile {
 }
 
 /// Sends the migration's progress to systemd every [`STATUS_EVERY`] while
-/// one runs, and `idle` when none does, until `stop` is dropped.
-fn report_progress(controller: &Controller, idle: &str, stop: &mpsc::Receiver<()>) {
+/// one runs, and `idle` when none does, until `stop` is dropped. A
+/// `listen --serve-after-handover` that gains control says `served` once,
+/// and from then on it is the idle line.
+fn report_progress(
+    controller: &Controller,
+    mut idle: String,
+    served: Option<String>,
+    stop: &mpsc::Receiver<()>,
+) {
     let mut was_migrating = false;
+    let mut served = served.filter(|_| !controller.status().has_control);
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(STATUS_EVERY) {
         let status = controller.status();
+        if status.has_control
+            && let Some(line) = served.take()
+        {
+            crate::sd::status(&line);
+            idle = line;
+        }
         match &status.migration {
             Some(m) => crate::sd::status(&progress_line(status.size, m)),
             None if was_migrating => {

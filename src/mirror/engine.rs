@@ -54,12 +54,13 @@ const MAX_FLUSH_ROUNDS: u32 = 4;
 /// A write-through cycle this long is logged.
 const SLOW_CYCLE: Duration = Duration::from_millis(20);
 
-/// A range is checked for zeroes in pieces of this size, read into a
-/// buffer this small (it stays in the CPU's cache), up to the first piece
-/// with data; the WRITE's payload then goes from the file to the socket with
-/// `sendfile`, never copied through user space: sending from a buffer of
-/// the whole range would cost two copies of every byte, most of the
-/// source's CPU time.
+/// To a destination on another machine, a range is checked for zeroes in
+/// pieces of this size, read into a buffer this small (it stays in the
+/// CPU's cache), up to the first piece with data; the WRITE's payload then
+/// goes from the file to the socket with `sendfile`, never copied through
+/// user space. To one on this machine (and under TLS) the range is read
+/// into the buffer whole, checked there and sent from it: see
+/// `Stream::sendfile_pays` for why.
 const ZERO_CHECK_PIECE: usize = 64 << 10;
 
 /// Runs one attempt. `commit` is told the outcome of connecting: `Ok`
@@ -159,6 +160,7 @@ pub(super) fn attempt(
             };
             let reader_replies = replies.clone();
             scope.spawn(move || read_replies(reader, &reader_replies, mirror));
+            let sendfile = client.sendfile_pays();
             let mut transfer = Transfer {
                 server,
                 mirror,
@@ -166,6 +168,7 @@ pub(super) fn attempt(
                 replies: &replies,
                 client,
                 buf: Vec::new(),
+                sendfile,
                 next_send: Instant::now(),
                 pre_verified: false,
             };
@@ -196,6 +199,8 @@ pub(super) struct Transfer<'a> {
     pub(super) replies: &'a Replies,
     pub(super) client: NbdClient,
     pub(super) buf: Vec<u8>,
+    /// WRITE payloads go with `sendfile` (else through `buf`).
+    sendfile: bool,
     next_send: Instant,
     /// `--verify` compared the whole file before converging.
     pub(super) pre_verified: bool,
@@ -511,14 +516,20 @@ impl Transfer<'_> {
             .contains(TransmissionFlags::SEND_WRITE_ZEROES);
         let len32 = u32::try_from(len)
             .map_err(|_| Stop::Failed(MirrorError::new(Kind::Internal, "transfer too long")))?;
-        let cmd = if zeroes_ok && self.reads_as_zero(offset, len)? {
-            Cmd::WRITE_ZEROES
+        let zero = if self.sendfile {
+            zeroes_ok && self.reads_as_zero(offset, len)?
         } else {
-            Cmd::WRITE
+            // The whole range is read here and sent from the buffer.
+            let len = len32 as usize;
+            if self.buf.len() < len {
+                self.buf.resize(len, 0);
+            }
+            read_local(self.server.backing(), &mut self.buf[..len], offset)?;
+            zeroes_ok && is_zero(&self.buf[..len])
         };
         let req = Request {
             flags: CmdFlags(0),
-            cmd,
+            cmd: if zero { Cmd::WRITE_ZEROES } else { Cmd::WRITE },
             handle: MIRROR_HANDLE,
             offset,
             len: len32,
@@ -552,9 +563,10 @@ impl Transfer<'_> {
     }
 
     /// Records `req` in the window (its reply acknowledges `acked` bytes)
-    /// and sends it; a WRITE's payload goes from the file with `sendfile`.
+    /// and sends it. A WRITE's payload goes from the file with `sendfile`,
+    /// or from `buf`, where [`Transfer::send_range`] read it.
     ///
-    /// What the payload carries is the file as it is while it is sent (the
+    /// What the payload carries is the file as it is while it is read (the
     /// kernel may even send a page changed after `sendfile` returned): a
     /// client write meanwhile marked its blocks dirty again after it reached
     /// the file, so they are sent again, later on the same connection.
@@ -567,19 +579,18 @@ impl Transfer<'_> {
             }
             w.lens.push_back(acked);
         }
-        let (sent, payload_len) = if req.cmd == Cmd::WRITE {
-            let backing = self.server.backing();
-            let (offset, len) = (req.offset, req.len as usize);
-            let sent = self.client.send_write_with(req, |socket| {
-                if socket.can_sendfile() {
-                    backing.send_to(socket, offset, len)
-                } else {
-                    backing.copy_to(&mut &*socket, offset, len)
-                }
-            });
-            (sent, len)
+        let payload_len = if req.cmd == Cmd::WRITE {
+            req.len as usize
         } else {
-            (self.client.send_request(req, &[]), 0)
+            0
+        };
+        let sent = if req.cmd == Cmd::WRITE && self.sendfile {
+            let backing = self.server.backing();
+            let (offset, len) = (req.offset, payload_len);
+            self.client
+                .send_write_with(req, |socket| backing.send_to(socket, offset, len))
+        } else {
+            self.client.send_request(req, &self.buf[..payload_len])
         };
         if let Err(e) = sent {
             log::warn!("Couldn't write to listener: {e}");

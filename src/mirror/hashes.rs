@@ -68,11 +68,16 @@ impl Transfer<'_> {
     pub(super) fn mark_differences(&mut self, params: HashParams) -> Result<(), Stop> {
         self.mirror.set_phase(Phase::Comparing);
         let size = self.server.backing().size();
+        // Until compared, every byte may have to be sent: `status` (and the
+        // progress bar) count them as left, and each compared piece that
+        // matches leaves the count.
+        self.mirror.uncompared.store(size, Ordering::SeqCst);
         let differ = self.compare(params, &[(0, size)], false)?;
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
         for &(offset, len) in &differ {
             self.tracker.map.mark(offset, len);
         }
+        self.mirror.uncompared.store(0, Ordering::SeqCst);
         log::info!(
             "incremental: {bytes} of {size} bytes differ from the destination's copy ({} runs)",
             differ.len()
@@ -216,17 +221,26 @@ impl Transfer<'_> {
             ours.clear();
             self.hash_ours(offset, len, block, &mut ours)?;
             let theirs = self.take_hashes(handle)?;
+            let mut matched = len;
             for (i, mine) in ours.iter().enumerate() {
                 let at = i * HASH_LEN;
                 if theirs.get(at..at + HASH_LEN) != Some(&mine[..]) {
                     let start = offset + i as u64 * block;
                     let end = (start + block).min(size);
+                    matched = matched.saturating_sub(end - start);
                     match differ.last_mut() {
                         Some((o, l)) if *o + *l == start => *l += end - start,
                         _ => differ.push((start, end - start)),
                     }
                 }
             }
+            // Only an incremental comparison counts (the count is 0 otherwise).
+            let _ =
+                self.mirror
+                    .uncompared
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        Some(left.saturating_sub(matched))
+                    });
         }
         Ok(differ)
     }

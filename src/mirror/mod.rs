@@ -151,6 +151,9 @@ pub struct Mirror {
     wire_bytes: AtomicU64,
     /// Bytes taken from the dirty map (sent, or held by the speed limit) but not acknowledged yet.
     in_flight: AtomicU64,
+    /// Bytes an incremental migration has still to compare with the
+    /// destination's: until compared, they may have to be sent.
+    uncompared: AtomicU64,
     started: Mutex<Instant>,
     tracker: Mutex<Option<Arc<Tracker>>>,
     /// Set when the listener was closed for the handover: past this point it cannot be abandoned.
@@ -177,6 +180,7 @@ impl Mirror {
             acked: AtomicU64::new(0),
             wire_bytes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            uncompared: AtomicU64::new(0),
             started: Mutex::new(Instant::now()),
             tracker: Mutex::new(None),
             committed: AtomicBool::new(false),
@@ -204,7 +208,8 @@ impl Mirror {
         let dirty = lock(&self.tracker)
             .as_ref()
             .map_or(size, |t| t.map.dirty_bytes());
-        let bytes_left = dirty + self.in_flight.load(Ordering::SeqCst);
+        let bytes_left =
+            dirty + self.in_flight.load(Ordering::SeqCst) + self.uncompared.load(Ordering::SeqCst);
         let limit = self.max_bps.load(Ordering::SeqCst);
         MigrationStatus {
             speed,
@@ -447,11 +452,13 @@ impl Shared {
                     self.server.set_clients_allowed(true);
                 }
                 mirror.in_flight.store(0, Ordering::SeqCst);
+                mirror.uncompared.store(0, Ordering::SeqCst);
                 *lock(&self.last) = Some(Outcome::Failed);
                 break;
             };
             *lock(&mirror.tracker) = None;
             mirror.in_flight.store(0, Ordering::SeqCst);
+            mirror.uncompared.store(0, Ordering::SeqCst);
             match end {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
@@ -593,3 +600,6 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

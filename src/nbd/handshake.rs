@@ -4,6 +4,7 @@
 //! [`ServerNegotiation`] (which decides every reply; this module only moves
 //! bytes, bounds the loop and sets the deadline).
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::proto::ProtoError;
 use crate::proto::handshake::{Export, Negotiated, ServerNegotiation, Step};
 use crate::proto::types::ClientFlags;
 use crate::proto::wire::{NewstyleHello, OldstyleHello, OptionHeader};
+use crate::sys::{RateLimit, Verdict};
 
 use super::Stream;
 use super::tls::{self, ServerTls, TlsMode};
@@ -198,6 +200,25 @@ struct TlsFailed(String);
 /// a client with the wrong certificate, or not speaking TLS at all).
 pub fn is_tls_failure(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<TlsFailed>())
+}
+
+/// The limit for [`warn_tls_failure`]: 10 warnings at once, then one a second.
+pub fn tls_warning_limit() -> RateLimit {
+    RateLimit::new(10, Duration::from_secs(1))
+}
+
+/// Logs a failed TLS handshake as a warning, `who: e`, within `limit`:
+/// each is a new connection, so the limit must be shared by all of them,
+/// or a scanner would fill the log at its connection rate. The first one
+/// let through after some were dropped says how many.
+pub fn warn_tls_failure(limit: &RateLimit, who: fmt::Arguments<'_>, e: &io::Error) {
+    match limit.check() {
+        Verdict::Allow { suppressed: 0 } => log::warn!("{who}: {e}"),
+        Verdict::Allow { suppressed } => {
+            log::warn!("{who}: {e} ({suppressed} more failed TLS handshake(s) not logged)");
+        }
+        Verdict::Suppress => log::debug!("{who}: {e}"),
+    }
 }
 
 /// A protocol violation as an I/O error (`InvalidData`), for callers that end the connection on either.

@@ -52,7 +52,7 @@ use crate::nbd::tls::ClientTls;
 use crate::nbd::{Listener, Stream};
 use crate::proto::consts::MAX_REQUEST_LEN;
 use crate::proto::types::TransmissionFlags;
-use crate::sys::{Trigger, lock};
+use crate::sys::{RateLimit, Trigger, lock};
 
 use cache::Cache;
 use inflight::{InFlight, Limits};
@@ -164,6 +164,8 @@ pub struct Proxy {
     cache: Mutex<Cache>,
     stop: Trigger,
     sessions: Mutex<u64>,
+    /// Bounds the warnings failed TLS handshakes cause, over all sessions.
+    tls_warnings: RateLimit,
 }
 
 impl Proxy {
@@ -196,6 +198,7 @@ impl Proxy {
                 source,
             })?,
             sessions: Mutex::new(0),
+            tls_warnings: crate::nbd::handshake::tls_warning_limit(),
         });
         proxy.install(client)?;
         Ok(proxy)

@@ -34,7 +34,8 @@ impl Proxy {
             Ok(reader) => reader,
             Err(e) => {
                 if crate::nbd::handshake::is_tls_failure(&e) {
-                    log::warn!("client: {e}");
+                    let who = format_args!("client");
+                    crate::nbd::handshake::warn_tls_failure(&self.tls_warnings, who, &e);
                 } else {
                     log::info!("client handshake ended: {e}");
                 }

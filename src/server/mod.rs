@@ -24,7 +24,7 @@ use crate::backing::Backing;
 use crate::nbd::{Listener, Peer, Stream};
 use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
-use crate::sys::{ByteBudget, Trigger, monotonic_ms};
+use crate::sys::{ByteBudget, RateLimit, Trigger, monotonic_ms};
 
 mod config;
 mod conn;
@@ -77,6 +77,10 @@ pub struct Server {
     memory: ByteBudget,
     /// Bytes of idle buffers kept by all connections' pools.
     pooled: AtomicU64,
+    /// Bounds the warnings failed TLS handshakes cause, over all
+    /// connections: each is a new connection, so a per-client limit
+    /// would not stop a scanner from flooding the log.
+    tls_warnings: RateLimit,
 }
 
 impl Server {
@@ -99,6 +103,7 @@ impl Server {
             tracker: RwLock::new(None),
             memory: ByteBudget::new(config.limits.max_inflight),
             pooled: AtomicU64::new(0),
+            tls_warnings: crate::nbd::handshake::tls_warning_limit(),
             config,
         }))
     }

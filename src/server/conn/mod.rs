@@ -26,7 +26,7 @@
 //! thread when their data is in the page cache (no hand-off, no contended
 //! writer lock), from a worker when it may have to come from the disk; to a
 //! client on another machine, those of data with no hole go out with
-//! `sendfile`, never copied through user space (see `sendfile_pays` for why
+//! `sendfile`, never copied through user space (see `Stream::sendfile_pays` for why
 //! not to one on this machine).
 //!
 //! When the reading side ends (EOF, DISCONNECT, a protocol error, or the
@@ -136,35 +136,13 @@ pub(super) fn serve(
     let _ = stream.shutdown(Shutdown::Both);
     result.unwrap_or_else(|e| {
         if crate::nbd::handshake::is_tls_failure(&e) {
-            log::warn!("client {id} at {peer}: {e}");
+            let who = format_args!("client {id} at {peer}");
+            crate::nbd::handshake::warn_tls_failure(&server.tls_warnings, who, &e);
         } else {
             log::info!("connection error: {e}");
         }
         Outcome::Failed
     })
-}
-
-/// Whether file data should go to this client with `sendfile` rather than
-/// be copied through a buffer: only over a stream that can take it, to a
-/// client on another machine. On this machine (loopback, our own address,
-/// a UNIX socket) the client's copy out of the socket would read the page
-/// cache's pages themselves, cold, on the client's CPU; copied here first,
-/// it reads them warm from the cache the copy left them in, and the two
-/// copies run on two CPUs. Measured over loopback (bench/RESULTS.md): fio's
-/// 1 MiB sequential reads at up to twice the throughput; the server spends
-/// more CPU per GiB (it copies twice), the client less, both together less.
-fn sendfile_pays(stream: &Stream) -> bool {
-    let Some(tcp) = stream.as_tcp() else {
-        return false;
-    };
-    match (tcp.peer_addr(), tcp.local_addr()) {
-        (Ok(peer), Ok(local)) => {
-            let peer = peer.ip().to_canonical();
-            let remote = !peer.is_loopback() && peer != local.ip().to_canonical();
-            stream.can_sendfile() && (remote || test_hooks::force_sendfile())
-        }
-        _ => false,
-    }
 }
 
 /// What a connection's threads share with the server, which holds it in the
@@ -214,7 +192,7 @@ struct Conn<'a> {
     /// What the server sees of this connection.
     shared: &'a Shared,
     in_flight: AtomicU64,
-    /// Large READs of data with no hole go out with `sendfile` ([`sendfile_pays`]).
+    /// Large READs of data with no hole go out with `sendfile` ([`Stream::sendfile_pays`]).
     sendfile: bool,
 }
 
@@ -239,7 +217,7 @@ impl<'a> Conn<'a> {
             warnings: RateLimit::new(WARN_BURST, WARN_EVERY),
             shared,
             in_flight: AtomicU64::new(0),
-            sendfile: sendfile_pays(stream),
+            sendfile: stream.sendfile_pays(),
         }
     }
 

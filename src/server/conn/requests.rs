@@ -273,7 +273,7 @@ impl Conn<'_> {
     }
 
     /// Whether a READ goes out with `sendfile`: to a client on another
-    /// machine and not under TLS (see `sendfile_pays`), large enough, and
+    /// machine and not under TLS (see `Stream::sendfile_pays`), large enough, and
     /// over data with no hole. Holes
     /// matter only to structured replies, which send them as hole chunks
     /// unless DF asks for one chunk: only they look.
