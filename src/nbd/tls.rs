@@ -46,8 +46,11 @@ use thiserror::Error;
 
 pub use crate::proto::handshake::TlsMode;
 
+mod record;
+
 use super::Stream;
 use crate::sys::lock;
+use record::Record;
 
 /// The CA certificate, in the credentials directory.
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -61,8 +64,12 @@ pub const CLIENT_CERT: &str = "client-cert.pem";
 pub const CLIENT_KEY: &str = "client-key.pem";
 
 /// Plaintext encrypted and sent at once: a bound on the ciphertext a
-/// writer holds (a 32 MiB reply is sent as 128 of these).
+/// writer holds (a 32 MiB reply is sent as 128 of these). A write of up
+/// to a record more is sent whole: a 256 KiB READ reply and its header
+/// leave in one send, not a second one for the header's 16 bytes.
 const WRITE_CHUNK: usize = 256 << 10;
+/// The plaintext of a full TLS record.
+const RECORD: usize = 16 << 10;
 /// Ciphertext read from the socket at once (four full records).
 const READ_CHUNK: usize = 64 << 10;
 
@@ -494,18 +501,33 @@ impl Write for &TlsStream {
         let mut taken = 0;
         {
             let mut state = lock(&self.state);
-            let mut writer = state.writer();
-            for buf in bufs {
-                let piece = &buf[..buf.len().min(WRITE_CHUNK - taken)];
-                // The buffer limit is off: rustls takes all of it.
-                writer.write_all(piece)?;
-                taken += piece.len();
-                if taken == WRITE_CHUNK {
+            // One record's plaintext at a time, its ciphertext moved to
+            // `out` before the next is encrypted. rustls encrypts each record
+            // into an allocation of its own: freed one by one, they reuse the
+            // same few pages, where 256 KiB of them freed at once went back
+            // to the kernel and were faulted in again for the next chunk
+            // (a tenth of the server's CPU on a TLS sequential read). A
+            // record may span slices: a reply's header shares the first
+            // record of its payload.
+            let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+            let limit = if total <= WRITE_CHUNK + RECORD {
+                total
+            } else {
+                WRITE_CHUNK
+            };
+            let mut record = Record::new(bufs);
+            while taken < limit {
+                let pieces = record.next(RECORD.min(limit - taken));
+                if pieces.is_empty() {
                     break;
                 }
-            }
-            while state.wants_write() {
-                state.write_tls(&mut *out)?;
+                // The buffer limit is off: rustls takes all of it.
+                let n = state.writer().write_vectored(pieces)?;
+                taken += n;
+                record.advance(n);
+                while state.wants_write() {
+                    state.write_tls(&mut *out)?;
+                }
             }
         }
         let sent = (&self.socket).write_all(&out);
