@@ -329,17 +329,9 @@ fn bad_numbers_are_usage_errors() {
 
 #[test]
 fn listen_max_clients_needs_serve_after_handover() {
-    let listen = [
-        "listen",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        "1",
-        "-f",
-        "d",
-        "--max-clients",
-        "5",
-    ];
+    let listen: Vec<&str> = "listen -l 127.0.0.1 -p 1 -f d --max-clients 5"
+        .split(' ')
+        .collect();
     assert_usage_error(&listen, &["--serve-after-handover"]);
 }
 
