@@ -523,6 +523,12 @@ impl Write for &TlsStream {
                 }
                 // The buffer limit is off: rustls takes all of it.
                 let n = state.writer().write_vectored(pieces)?;
+                if n == 0 {
+                    // rustls took nothing (it always takes all once the
+                    // handshake is done): fail rather than offer it again for ever.
+                    out.clear();
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
                 taken += n;
                 record.advance(n);
                 while state.wants_write() {
