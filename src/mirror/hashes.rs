@@ -33,6 +33,10 @@ const HASH_WINDOW: usize = 8;
 const HASH_REQUEST_BYTES: u64 = 16 << 20;
 /// Our file is read in pieces of this size to be hashed.
 const READ_PIECE: usize = 1 << 20;
+/// A hash request's range of our file is hashed by this many threads (the
+/// mirror's and helpers), each reading its share: hashing is CPU-bound, and
+/// one thread would take as long as all the destination's workers together.
+const HASH_THREADS: usize = 2;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
 
@@ -202,6 +206,8 @@ impl Transfer<'_> {
         let mut next = requests.iter();
         let mut differ: Vec<(u64, u64)> = Vec::new();
         let mut ours = Vec::new();
+        // The helpers' read buffers, kept for the whole comparison.
+        let mut spares = vec![Vec::new(); HASH_THREADS - 1];
         loop {
             while sent.len() < HASH_WINDOW {
                 let Some(&(offset, len)) = next.next() else {
@@ -219,7 +225,7 @@ impl Transfer<'_> {
                 break;
             };
             ours.clear();
-            self.hash_ours(offset, len, block, &mut ours)?;
+            self.hash_ours(offset, len, block, &mut ours, &mut spares)?;
             let theirs = self.take_hashes(handle)?;
             let mut matched = len;
             for (i, mine) in ours.iter().enumerate() {
@@ -283,30 +289,82 @@ impl Transfer<'_> {
         self.wait_for(|w| w.hash_done.remove(&handle))
     }
 
-    /// Hashes `len` bytes of our file at `offset`, block by block.
+    /// Hashes `len` bytes of our file at `offset`, block by block, into
+    /// `out`: the range is cut into [`HASH_THREADS`] shares on block
+    /// boundaries, the first hashed here, the others by scoped threads, one
+    /// read buffer of `spares` each.
     fn hash_ours(
         &mut self,
         offset: u64,
         len: u64,
         block: u64,
         out: &mut Vec<Hash>,
+        spares: &mut [Vec<u8>],
     ) -> Result<(), Stop> {
         let backing = self.server.backing();
-        let piece_max = (READ_PIECE as u64 / block).max(1) * block;
-        if (self.buf.len() as u64) < piece_max.min(len) {
-            self.buf
-                .resize(usize::try_from(piece_max.min(len)).unwrap_or(0), 0);
-        }
-        let mut done = 0u64;
-        while done < len {
-            let n = usize::try_from((len - done).min(piece_max)).unwrap_or(0);
-            let piece = &mut self.buf[..n];
-            read_local(backing, piece, offset + done)?;
-            hash_blocks(piece, usize::try_from(block).unwrap_or(usize::MAX), out);
-            done += n as u64;
+        let share = len.div_ceil(block).div_ceil(spares.len() as u64 + 1) * block;
+        let mut hashed: Vec<Vec<Hash>> = vec![Vec::new(); spares.len()];
+        std::thread::scope(|scope| {
+            let mut helpers = Vec::new();
+            for (i, (spare, hashes)) in spares.iter_mut().zip(&mut hashed).enumerate() {
+                let start = share * (i as u64 + 1);
+                if start >= len {
+                    break;
+                }
+                let n = share.min(len - start);
+                let work = move || hash_range(backing, spare, offset + start, n, block, hashes);
+                let handle = std::thread::Builder::new()
+                    .name("mirror-hash".into())
+                    .spawn_scoped(scope, work)
+                    .map_err(|e| {
+                        Stop::Failed(MirrorError::new(
+                            Kind::Internal,
+                            format!("cannot start a hashing thread: {e}"),
+                        ))
+                    })?;
+                helpers.push(handle);
+            }
+            hash_range(backing, &mut self.buf, offset, share.min(len), block, out)?;
+            for handle in helpers {
+                handle.join().map_err(|_| {
+                    Stop::Failed(MirrorError::new(
+                        Kind::Internal,
+                        "a hashing thread panicked",
+                    ))
+                })??;
+            }
+            Ok::<(), Stop>(())
+        })?;
+        for hashes in hashed {
+            out.extend(hashes);
         }
         Ok(())
     }
+}
+
+/// Hashes `len` bytes of `backing` at `offset` into `out`, block by block,
+/// read into `buf` ([`READ_PIECE`] at a time).
+fn hash_range(
+    backing: &Backing,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    len: u64,
+    block: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), Stop> {
+    let piece_max = (READ_PIECE as u64 / block).max(1) * block;
+    if (buf.len() as u64) < piece_max.min(len) {
+        buf.resize(usize::try_from(piece_max.min(len)).unwrap_or(0), 0);
+    }
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from((len - done).min(piece_max)).unwrap_or(0);
+        let piece = &mut buf[..n];
+        read_local(backing, piece, offset + done)?;
+        hash_blocks(piece, usize::try_from(block).unwrap_or(usize::MAX), out);
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
