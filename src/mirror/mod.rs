@@ -77,6 +77,8 @@ mod hashes;
 mod passes;
 mod replies;
 mod request;
+mod send;
+mod supervise;
 
 pub use error::{Broken, ErrorKind, MirrorError, NotMirroring, StartError};
 pub use request::{
@@ -424,98 +426,6 @@ impl Shared {
             Slot::Idle => None,
         }
     }
-
-    /// The supervisor: attempts until done, abandoned, or a first attempt fails before GO.
-    fn supervise(&self, mirror: &Arc<Mirror>, first: mpsc::Sender<Result<(), StartError>>) {
-        let mut first = Some(first);
-        let mut ever_go = false;
-        loop {
-            *lock(&mirror.started) = Instant::now();
-            mirror.acked.store(0, Ordering::SeqCst);
-            mirror.set_phase(Phase::Connecting);
-            let attempt = || {
-                engine::attempt(&self.server, mirror, &mut |commit| {
-                    ever_go |= commit.is_ok();
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(commit);
-                    }
-                })
-            };
-            let Ok(end) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(attempt)) else {
-                // A bug: undo what the attempt may have left, and do not retry.
-                log::error!("internal error in the mirror; this migration is abandoned");
-                if let Some(tracker) = lock(&mirror.tracker).take() {
-                    tracker.abort();
-                }
-                self.server.set_tracker(None);
-                if !mirror.committed.load(Ordering::SeqCst) {
-                    self.server.set_clients_allowed(true);
-                }
-                mirror.in_flight.store(0, Ordering::SeqCst);
-                mirror.uncompared.store(0, Ordering::SeqCst);
-                *lock(&self.last) = Some(Outcome::Failed);
-                break;
-            };
-            *lock(&mirror.tracker) = None;
-            mirror.in_flight.store(0, Ordering::SeqCst);
-            mirror.uncompared.store(0, Ordering::SeqCst);
-            match end {
-                AttemptEnd::Done => {
-                    log::info!("Mirror supervisor success, exiting");
-                    *lock(&self.last) = Some(Outcome::Done);
-                    self.last_verified
-                        .store(mirror.verified.load(Ordering::SeqCst), Ordering::SeqCst);
-                    mirror.completed.store(true, Ordering::SeqCst);
-                    if mirror.request.action != MirrorAction::Nothing {
-                        self.migrated.store(true, Ordering::SeqCst);
-                    }
-                    break;
-                }
-                AttemptEnd::Abandoned => {
-                    log::info!("Mirror abandoned");
-                    *lock(&self.last) = Some(Outcome::Stopped);
-                    break;
-                }
-                // A destination that fails verification would fail it again.
-                AttemptEnd::Failed(why) if ever_go && why.kind() != ErrorKind::Verify => {
-                    log::warn!("Mirror failed, retrying: {why}");
-                    mirror.set_phase(Phase::Retrying);
-                    mirror.retries.fetch_add(1, Ordering::SeqCst);
-                    if mirror.abandon.wait_timeout(RETRY_DELAY) {
-                        log::info!("Mirror abandoned");
-                        *lock(&self.last) = Some(Outcome::Stopped);
-                        break;
-                    }
-                }
-                AttemptEnd::Failed(why) => {
-                    log::warn!("Mirror failed, giving up: {why}");
-                    *lock(&self.last) = Some(Outcome::Failed);
-                    break;
-                }
-            }
-        }
-        // Free the slot for the next `mirror`, unless break or shutdown owns it now.
-        let mut slot = lock(&self.slot);
-        if let Slot::Running(m) = &*slot {
-            if Arc::ptr_eq(m, mirror) {
-                *slot = Slot::Idle;
-            }
-        }
-    }
-}
-
-fn spawn_supervisor(
-    shared: &Arc<Shared>,
-    mirror: Arc<Mirror>,
-    first: mpsc::Sender<Result<(), StartError>>,
-) -> std::io::Result<()> {
-    let shared = shared.clone();
-    let thread_mirror = mirror.clone();
-    let handle = std::thread::Builder::new()
-        .name("mirror".into())
-        .spawn(move || shared.supervise(&thread_mirror, first))?;
-    *lock(&mirror.thread) = Some(handle);
-    Ok(())
 }
 
 impl Shared {
@@ -564,7 +474,7 @@ impl Shared {
             mirror
         };
         let (tx, rx) = mpsc::channel();
-        let spawned = spawn_supervisor(me, mirror.clone(), tx);
+        let spawned = supervise::spawn_supervisor(me, mirror.clone(), tx);
         if let Err(e) = spawned {
             *lock(&self.slot) = Slot::Idle;
             return Err(StartError::Setup(e));
