@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::proto::hash::{
     HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, hash_blocks, request_ranges,
@@ -76,15 +77,19 @@ impl Transfer<'_> {
         // progress bar) count them as left, and each compared piece that
         // matches leaves the count.
         self.mirror.uncompared.store(size, Ordering::SeqCst);
+        let started = Instant::now();
         let differ = self.compare(params, &[(0, size)], false)?;
+        let took = started.elapsed();
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
         for &(offset, len) in &differ {
             self.tracker.map.mark(offset, len);
         }
         self.mirror.uncompared.store(0, Ordering::SeqCst);
         log::info!(
-            "incremental: {bytes} of {size} bytes differ from the destination's copy ({} runs)",
-            differ.len()
+            "incremental: {bytes} of {size} bytes differ from the destination's copy ({} runs); compared in {} ms ({} MiB/s)",
+            differ.len(),
+            took.as_millis(),
+            mib_per_sec(size, took)
         );
         self.mirror.set_phase(Phase::Copying);
         Ok(())
@@ -108,16 +113,20 @@ impl Transfer<'_> {
             self.tracker.touched.mark(offset, len);
         }
         let size = self.server.backing().size();
+        let started = Instant::now();
         let differ = self.compare(params, &[(0, size)], flush)?;
+        let took = started.elapsed();
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();
         for &(offset, len) in &differ {
             self.tracker.map.mark(offset, len);
             self.tracker.touched.mark(offset, len);
         }
         log::info!(
-            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile",
+            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile; compared in {} ms ({} MiB/s)",
             differ.len(),
-            self.tracker.touched.dirty_bytes().saturating_sub(bytes)
+            self.tracker.touched.dirty_bytes().saturating_sub(bytes),
+            took.as_millis(),
+            mib_per_sec(size, took)
         );
         self.pre_verified = true;
         self.wait_window(0)
@@ -367,6 +376,11 @@ fn hash_range(
     Ok(())
 }
 
+/// `bytes` in `took`, in whole MiB per second (for a log line).
+fn mib_per_sec(bytes: u64, took: Duration) -> u128 {
+    (u128::from(bytes) * 1000 / took.as_millis().max(1)) >> 20
+}
+
 /// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
 pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
     backing.read_at(buf, offset).map_err(|e| {
@@ -375,4 +389,17 @@ pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Resu
             format!("cannot read {}: {e}", backing.path().display()),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_whole_mib_per_second_and_survive_an_instant() {
+        assert_eq!(mib_per_sec(1 << 30, Duration::from_millis(500)), 2048);
+        assert_eq!(mib_per_sec(3 << 20, Duration::from_secs(2)), 1);
+        // Under a millisecond counts as one: no division by zero.
+        assert_eq!(mib_per_sec(1 << 20, Duration::ZERO), 1000);
+    }
 }
