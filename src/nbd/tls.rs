@@ -382,6 +382,47 @@ impl TlsStream {
         format!("{version}{suite}")
     }
 
+    /// Encrypts the first bytes of `bufs` into `out` (which the caller
+    /// sends); returns how many plaintext bytes that is.
+    ///
+    /// One record's plaintext at a time, its ciphertext moved to `out`
+    /// before the next is encrypted. rustls encrypts each record into an
+    /// allocation of its own: freed one by one, they reuse the same few
+    /// pages, where 256 KiB of them freed at once went back to the kernel
+    /// and were faulted in again for the next chunk (a tenth of the
+    /// server's CPU on a TLS sequential read). A record may span slices: a
+    /// reply's header shares the first record of its payload.
+    fn encrypt(&self, bufs: &[IoSlice<'_>], out: &mut Vec<u8>) -> io::Result<usize> {
+        let mut state = lock(&self.state);
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        let limit = if total <= WRITE_CHUNK + RECORD {
+            total
+        } else {
+            WRITE_CHUNK
+        };
+        let mut taken = 0;
+        let mut record = Record::new(bufs);
+        while taken < limit {
+            let pieces = record.next(RECORD.min(limit - taken));
+            if pieces.is_empty() {
+                break;
+            }
+            // The buffer limit is off: rustls takes all of it.
+            let n = state.writer().write_vectored(pieces)?;
+            if n == 0 {
+                // rustls took nothing (it always takes all once the
+                // handshake is done): fail rather than offer it again for ever.
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            taken += n;
+            record.advance(n);
+            while state.wants_write() {
+                state.write_tls(out)?;
+            }
+        }
+        Ok(taken)
+    }
+
     /// Sends what rustls has queued (alerts, key updates, a close_notify).
     fn flush_tls(&self) -> io::Result<()> {
         let mut out = lock(&self.turn);
@@ -498,47 +539,12 @@ impl Write for &TlsStream {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let mut out = lock(&self.turn);
-        let mut taken = 0;
-        {
-            let mut state = lock(&self.state);
-            // One record's plaintext at a time, its ciphertext moved to
-            // `out` before the next is encrypted. rustls encrypts each record
-            // into an allocation of its own: freed one by one, they reuse the
-            // same few pages, where 256 KiB of them freed at once went back
-            // to the kernel and were faulted in again for the next chunk
-            // (a tenth of the server's CPU on a TLS sequential read). A
-            // record may span slices: a reply's header shares the first
-            // record of its payload.
-            let total = bufs.iter().map(|b| b.len()).sum::<usize>();
-            let limit = if total <= WRITE_CHUNK + RECORD {
-                total
-            } else {
-                WRITE_CHUNK
-            };
-            let mut record = Record::new(bufs);
-            while taken < limit {
-                let pieces = record.next(RECORD.min(limit - taken));
-                if pieces.is_empty() {
-                    break;
-                }
-                // The buffer limit is off: rustls takes all of it.
-                let n = state.writer().write_vectored(pieces)?;
-                if n == 0 {
-                    // rustls took nothing (it always takes all once the
-                    // handshake is done): fail rather than offer it again for ever.
-                    out.clear();
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                taken += n;
-                record.advance(n);
-                while state.wants_write() {
-                    state.write_tls(&mut *out)?;
-                }
-            }
-        }
-        let sent = (&self.socket).write_all(&out);
+        let sent = self
+            .encrypt(bufs, &mut out)
+            .and_then(|taken| (&self.socket).write_all(&out).map(|()| taken));
+        // Also on an error: nothing of this write is left for the next.
         out.clear();
-        sent.map(|()| taken)
+        sent
     }
 
     fn flush(&mut self) -> io::Result<()> {
