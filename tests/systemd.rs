@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use flexnbd::proto::types::Errno;
 
 use crate::support::MIB;
+use crate::support::commands::mirror_wait_ok;
 use crate::support::daemon::EXIT_TIMEOUT;
 use crate::support::wire::{Client, Handshake};
 use crate::support::{
@@ -283,7 +284,7 @@ fn a_listen_that_serves_after_the_handover_says_so_to_systemd() {
     let dst = env.image("dst.img", 4 * MIB);
     let mut notify = Notify::new(&env);
     let sock = env.sock_path();
-    let _source = Daemon::serve(&src).sock(&sock).start();
+    let mut source = Daemon::serve(&src).sock(&sock).start();
     let mut dest = DaemonBuilder::new("listen", &dst)
         .sock(env.sock_path_named("dest.sock"))
         .arg("--serve-after-handover")
@@ -294,12 +295,7 @@ fn a_listen_that_serves_after_the_handover_says_so_to_systemd() {
         notify.expect("STATUS=waiting"),
         format!("STATUS=waiting for a migration into {}", dst.display())
     );
-    let port = dest.port().to_string();
-    flexnbd()
-        .args(["mirror", "-s", sock.to_str().unwrap(), "-l", "127.0.0.1"])
-        .args(["-p", &port, "--wait"])
-        .assert()
-        .success();
+    mirror_wait_ok(&mut source, &format!("nbd://127.0.0.1:{}", dest.port()));
     assert_eq!(
         notify.expect("STATUS=serving"),
         format!("STATUS=serving {}", dst.display())
