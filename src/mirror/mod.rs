@@ -196,6 +196,12 @@ impl Mirror {
         self.phase.store(phase as u8, Ordering::SeqCst);
     }
 
+    /// Once an attempt is over: nothing it held counts as left to send any more.
+    fn attempt_over(&self) {
+        self.in_flight.store(0, Ordering::SeqCst);
+        self.uncompared.store(0, Ordering::SeqCst);
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         phase_from_u8(self.phase.load(Ordering::SeqCst))

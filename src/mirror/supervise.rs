@@ -44,14 +44,12 @@ impl Shared {
                 if !mirror.committed.load(Ordering::SeqCst) {
                     self.server.set_clients_allowed(true);
                 }
-                mirror.in_flight.store(0, Ordering::SeqCst);
-                mirror.uncompared.store(0, Ordering::SeqCst);
+                mirror.attempt_over();
                 *lock(&self.last) = Some(Outcome::Failed);
                 break;
             };
             *lock(&mirror.tracker) = None;
-            mirror.in_flight.store(0, Ordering::SeqCst);
-            mirror.uncompared.store(0, Ordering::SeqCst);
+            mirror.attempt_over();
             match end {
                 AttemptEnd::Done => {
                     log::info!("Mirror supervisor success, exiting");
