@@ -118,6 +118,7 @@ Register-ArgumentCompleter -Native -CommandName 'flexnbd' -ScriptBlock {
             [CompletionResult]::new('--tls-verify-peer', '--tls-verify-peer', [CompletionResultType]::ParameterName, 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem')
             [CompletionResult]::new('--oldstyle', '--oldstyle', [CompletionResultType]::ParameterName, 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle')
             [CompletionResult]::new('--serve-after-handover', '--serve-after-handover', [CompletionResultType]::ParameterName, 'Once the migration has handed control over, go on serving the file as `serve` would')
+            [CompletionResult]::new('--no-hash-ahead', '--no-hash-ahead', [CompletionResultType]::ParameterName, 'Do not hash FILE ahead of a source''s incremental comparison')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Log nothing; errors that end the command are still printed')

@@ -113,6 +113,7 @@ set edit:completion:arg-completer[flexnbd] = {|@words|
             cand --tls-verify-peer 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
             cand --oldstyle 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
             cand --serve-after-handover 'Once the migration has handed control over, go on serving the file as `serve` would'
+            cand --no-hash-ahead 'Do not hash FILE ahead of a source''s incremental comparison'
             cand -v 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand --verbose 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
             cand -q 'Log nothing; errors that end the command are still printed'

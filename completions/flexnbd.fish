@@ -106,6 +106,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s d -l default-
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls-verify-peer -d 'Accept only TLS clients presenting a certificate signed by DIR/ca-cert.pem'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l oldstyle -d 'Speak the old-style handshake of the C flexnbd instead of fixed newstyle'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l serve-after-handover -d 'Once the migration has handed control over, go on serving the file as `serve` would'
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l no-hash-ahead -d 'Do not hash FILE ahead of a source\'s incremental comparison'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s v -l verbose -d 'Log more: -v for informational messages, -vv for per-request debug. With -q as well, the last one given wins (as flexnbd-c)'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s q -l quiet -d 'Log nothing; errors that end the command are still printed'
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -15,6 +15,7 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
@@ -42,6 +43,8 @@ pub struct Backing {
     path: PathBuf,
     size: u64,
     read_only: bool,
+    /// Bumped before every write, trim or zeroing: see [`Backing::modifications`].
+    modifications: AtomicU64,
 }
 
 impl Backing {
@@ -71,6 +74,7 @@ impl Backing {
             path: path.to_owned(),
             size,
             read_only,
+            modifications: AtomicU64::new(0),
         })
     }
 
@@ -87,6 +91,18 @@ impl Backing {
     /// Whether the file was opened read-only.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// How many writes, trims and zeroings have begun through this
+    /// `Backing`. Each bumps it before it touches the file, so what was
+    /// read while the count stayed the same was read with no change of ours
+    /// in between (`server::hash_ahead` relies on that).
+    pub fn modifications(&self) -> u64 {
+        self.modifications.load(Ordering::SeqCst)
+    }
+
+    fn modifying(&self) {
+        self.modifications.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The underlying file, for zero-copy paths.
@@ -170,6 +186,7 @@ impl Backing {
     ///
     /// Any I/O error from `pwrite` or `lseek`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.modifying();
         let mut run_start = 0usize; // start in `buf` of bytes not yet written
         let mut pos = 0usize;
         while pos < buf.len() {
@@ -199,6 +216,7 @@ impl Backing {
     ///
     /// Any I/O error from `pwrite`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.modifying();
         self.file.write_all_at(buf, offset)
     }
 
@@ -232,6 +250,7 @@ impl Backing {
         if len == 0 {
             return Ok(());
         }
+        self.modifying();
         let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         rustix::fs::fallocate(&self.file, flags, offset, len).map_err(unsupported)
     }
@@ -255,6 +274,7 @@ impl Backing {
         if len == 0 {
             return Ok(());
         }
+        self.modifying();
         if may_punch {
             match self.punch_hole(offset, len) {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {}

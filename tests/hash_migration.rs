@@ -26,7 +26,7 @@ use crate::migration::{
     data_pair, destination_killed_and_restarted, lift_the_limit_and_check, mirror_args, run,
     start_mirror,
 };
-use crate::support::{MIB, TestEnv, pattern, text};
+use crate::support::{MIB, TestEnv, pattern, text, wait_until};
 
 /// The block size our `listen` hashes by.
 const BLOCK: u64 = 64 << 10;
@@ -258,6 +258,56 @@ fn incremental_into_a_copy_with_one_percent_changed_sends_little() {
         "{sent} bytes sent for a {size}-byte file of which 1% differed"
     );
     assert!(log.contains("incremental: "), "{log}");
+}
+
+/// A `listen` over a copy with 1% changed, given time to hash its file
+/// ahead (until its log says so); then, with `behind_its_back`, one block
+/// that was the same as the source's is changed in its file by another
+/// process. Migrates without `--verify`; checks the copy is byte-identical
+/// and returns the destination's log.
+fn migrate_into_a_copy_hashed_ahead(seed: u64, behind_its_back: bool) -> String {
+    let env = TestEnv::new();
+    let size = 16 * MIB;
+    let src = data_image(&env, "source.img", size, seed);
+    let dst = changed_copy(&env, &src, "dest.img", 1);
+    let mut source = Node::serve(&env, &src);
+    let mut dest = Node::listen(&env, &dst, "dest.sock", None);
+    wait_until(
+        "the destination's hashes computed ahead",
+        MIGRATION_WITHIN,
+        || dest.daemon.stderr().contains(" bytes ahead in "),
+    );
+    if behind_its_back {
+        // Block 5 is one changed_copy left alone: a hash kept from before
+        // this would match the source's, and the block would not be sent.
+        corrupt(&dst, 5 * BLOCK + 7, 32, 9);
+    }
+    let out = Cli::spawn(&mirror_args(&source, dest.port, &["--wait"])).finish(MIGRATION_WITHIN);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    source.assert_exits(0, "source after the handover");
+    dest.assert_exits(0, "destination after the handover");
+    assert_same_files("destination", &dst, &src);
+    assert!(bytes_sent(&source) <= size * 3 / 100);
+    dest.daemon.stderr()
+}
+
+#[test]
+fn hashes_computed_ahead_answer_the_comparison() {
+    let log = migrate_into_a_copy_hashed_ahead(46, false);
+    let answered = format!(
+        "{} bytes of hash requests were answered from hashes computed ahead",
+        16 * MIB
+    );
+    assert!(log.contains(&answered), "{log}");
+}
+
+#[test]
+fn a_change_behind_the_destinations_back_drops_the_hashes_computed_ahead() {
+    let log = migrate_into_a_copy_hashed_ahead(47, true);
+    assert!(
+        log.contains("the file changed behind the server's back"),
+        "{log}"
+    );
 }
 
 #[test]

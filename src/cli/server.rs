@@ -157,6 +157,17 @@ pub struct ListenArgs {
     #[arg(long, value_name = "N", default_value_t = 1024, requires = "serve_after_handover",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
+    /// Do not hash FILE ahead of a source's incremental comparison.
+    ///
+    /// By default, when FILE already holds data, `listen` reads it once
+    /// from the start and keeps a hash of each 64 KiB block (of the first
+    /// 64 GiB; about 36 MiB), so that a flexnbd source comparing before it
+    /// copies finds them ready and only reads and hashes its own file. It
+    /// stops at the first write, and the hashes are then dropped. Use this
+    /// when the source will not compare (`mirror --no-incremental`, a C
+    /// flexnbd) and reading FILE would only load the disk.
+    #[arg(long)]
+    pub no_hash_ahead: bool,
     /// Addresses allowed to connect, as ADDRESS[/MASK].
     #[arg(value_name = "ACL_ADDRESS")]
     pub acl: Vec<AclEntry>,

@@ -50,6 +50,7 @@ pub fn run(args: ListenArgs, global: GlobalArgs) -> Result<ExitCode> {
         tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
             super::subcommand("listen")
         })?,
+        hash_ahead: !args.no_hash_ahead,
     };
     let startup = super::serve::Startup {
         file: args.file,

@@ -76,6 +76,7 @@ pub fn run(args: ServeArgs, global: GlobalArgs) -> Result<ExitCode> {
         tls: super::tls::server_offer(&args.server.tls, args.oldstyle, || {
             super::subcommand("serve")
         })?,
+        hash_ahead: false,
     };
     let startup = Startup {
         file: args.file,

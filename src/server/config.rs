@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub export_name: Option<String>,
     /// TLS offered or required to clients (newstyle only).
     pub tls: Option<TlsOffer>,
+    /// With `listen_mode` (newstyle) over a file that holds data: hash it
+    /// from the start, for a source's incremental comparison (`server::hash_ahead`).
+    pub hash_ahead: bool,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             export_name: None,
             tls: None,
+            hash_ahead: false,
         }
     }
 }

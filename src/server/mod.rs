@@ -29,6 +29,7 @@ use crate::sys::{ByteBudget, RateLimit, Trigger, monotonic_ms};
 mod config;
 mod conn;
 pub mod dirty;
+pub mod hash_ahead;
 mod limits;
 
 pub use config::ServerConfig;
@@ -81,6 +82,9 @@ pub struct Server {
     /// connections: each is a new connection, so a per-client limit
     /// would not stop a scanner from flooding the log.
     tls_warnings: RateLimit,
+    /// `listen` over a file that holds data: its hashes, computed ahead
+    /// by [`Server::run`]'s threads for the hash extension's requests.
+    hash_ahead: Option<Arc<hash_ahead::HashAhead>>,
 }
 
 impl Server {
@@ -90,6 +94,13 @@ impl Server {
     ///
     /// The shutdown trigger's pipe could not be created.
     pub fn new(backing: Backing, config: ServerConfig) -> io::Result<Arc<Self>> {
+        let hash_ahead = (config.hash_ahead
+            && config.listen_mode
+            && !config.oldstyle
+            && conn::offers_hashes_of_data(&backing))
+        .then(|| hash_ahead::HashAhead::new(&backing, conn::hash_block_size()))
+        .flatten()
+        .map(Arc::new);
         Ok(Arc::new(Server {
             backing: Arc::new(backing),
             acl: RwLock::new(config.acl.clone()),
@@ -104,6 +115,7 @@ impl Server {
             memory: ByteBudget::new(config.limits.max_inflight),
             pooled: AtomicU64::new(0),
             tls_warnings: crate::nbd::handshake::tls_warning_limit(),
+            hash_ahead,
             config,
         }))
     }
@@ -259,6 +271,19 @@ impl Server {
         std::thread::scope(|scope| {
             if let Some(limit) = self.config.killswitch {
                 scope.spawn(move || self.killswitch(limit));
+            }
+            if let Some(ahead) = &self.hash_ahead {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+                for _ in 0..threads {
+                    let work = move || ahead.run(&self.backing, || self.stop.is_triggered());
+                    if let Err(e) = std::thread::Builder::new()
+                        .name("hash-ahead".into())
+                        .spawn_scoped(scope, work)
+                    {
+                        log::warn!("cannot start hashing ahead: {e}");
+                        break;
+                    }
+                }
             }
             let result = self.accept_loop(&listener);
             listener.remove_path();
@@ -445,6 +470,12 @@ impl Server {
     fn control_arrived(&self) {
         if self.has_control.swap(true, Ordering::SeqCst) {
             return;
+        }
+        if let Some(ahead) = &self.hash_ahead {
+            log::info!(
+                "{} bytes of hash requests were answered from hashes computed ahead",
+                ahead.answered()
+            );
         }
         if !self.config.serve_after_handover {
             log::info!("control arrived: the migration is complete");

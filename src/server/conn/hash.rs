@@ -24,17 +24,30 @@ const READ_CHUNK: u64 = 1 << 20;
 
 /// The hash extension's flags for `backing`: whether it holds any data.
 pub(in crate::server) fn offer_flags(backing: &Backing) -> u32 {
+    if holds_data(backing) {
+        FLAG_HOLDS_DATA
+    } else {
+        0
+    }
+}
+
+/// Whether `backing` may hold data: not empty, not all holes.
+pub(in crate::server) fn holds_data(backing: &Backing) -> bool {
     let size = backing.size();
-    let holds_data = size > 0
+    size > 0
         && backing
             .extents(0, size)
-            .map_or(true, |extents| extents.iter().any(|e| !e.hole));
-    if holds_data { FLAG_HOLDS_DATA } else { 0 }
+            .map_or(true, |extents| extents.iter().any(|e| !e.hole))
 }
 
 /// The parameters our server hashes with.
 fn params() -> HashParams {
     HashParams::ours(0)
+}
+
+/// The block size our server hashes.
+pub(in crate::server) fn block_size() -> u32 {
+    params().block_size
 }
 
 /// The bytes a valid hash request holds while served: its read buffer and its reply.
@@ -77,25 +90,18 @@ impl Conn<'_> {
         let mut buf = self
             .pool
             .take(usize::try_from(len.min(READ_CHUNK)).unwrap_or(0));
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(READ_CHUNK);
-            let piece = &mut buf[..usize::try_from(n).unwrap_or(0)];
-            if let Err(e) = self.backing.read_at(piece, req.offset + done) {
-                self.warn(format_args!(
-                    "hashing {}+{} failed: {e}",
-                    req.offset, req.len
-                ));
-                self.pool.give(buf);
-                self.reply_error(req, super::reply::errno_for(&e));
-                return;
-            }
-            hash_blocks(
-                piece,
-                usize::try_from(block).unwrap_or(usize::MAX),
-                &mut hashes,
-            );
-            done += n;
+        let hashed = match &self.server.hash_ahead {
+            Some(ahead) => ahead.hashes(self.backing, req.offset, len, &mut buf, &mut hashes),
+            None => hash_range(self.backing, req.offset, len, block, &mut buf, &mut hashes),
+        };
+        if let Err(e) = hashed {
+            self.warn(format_args!(
+                "hashing {}+{} failed: {e}",
+                req.offset, req.len
+            ));
+            self.pool.give(buf);
+            self.reply_error(req, super::reply::errno_for(&e));
+            return;
         }
         self.pool.give(buf);
         let head = reply::simple(req.handle, Errno::OK);
@@ -104,4 +110,25 @@ impl Conn<'_> {
             IoSlice::new(hashes.as_flattened()),
         ]);
     }
+}
+
+/// Reads `len` bytes of `backing` at `offset` into `buf`, [`READ_CHUNK`]
+/// at a time, and appends the hash of each `block`-byte block to `out`.
+fn hash_range(
+    backing: &Backing,
+    offset: u64,
+    len: u64,
+    block: u64,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<crate::proto::hash::Hash>,
+) -> std::io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from((len - done).min(READ_CHUNK)).unwrap_or(0);
+        buf.resize(n, 0);
+        backing.read_at(&mut buf[..n], offset + done)?;
+        hash_blocks(&buf[..n], usize::try_from(block).unwrap_or(usize::MAX), out);
+        done += n as u64;
+    }
+    Ok(())
 }

@@ -57,6 +57,7 @@ use crate::sys::{RateLimit, Verdict, monotonic_ms};
 use super::Server;
 
 mod hash;
+pub(super) use hash::{block_size as hash_block_size, holds_data as offers_hashes_of_data};
 mod reply;
 mod requests;
 mod test_hooks;

@@ -1,0 +1,366 @@
+//! Hashing ahead: a `listen` whose file already holds data hashes it
+//! block by block as soon as it starts, before any source asks, and keeps
+//! the hashes until the first change, so that an incremental migration's
+//! comparison (docs/hash-extension.md) finds them ready and only the
+//! source has to read and hash its file.
+//!
+//! A kept hash is only ever answered while it is certain to be the hash of
+//! what the file holds:
+//!
+//! - every write, trim and zeroing through the [`Backing`] bumps its
+//!   [`Backing::modifications`] before it touches the file; a hash is
+//!   stored only if the count was the one this started with before and
+//!   after its block was read, and none is answered once the count moved.
+//!   The first change therefore drops all of them for good: a `--verify`
+//!   after a migration, which always follows WRITEs, hashes the file anew;
+//! - a change behind the server's back (another process writing the file)
+//!   is seen by the file's modification and change times and its size,
+//!   taken before the first block is read and compared at every hash
+//!   request; one that lands within the same tick of the file system's
+//!   clock as the start is not seen (docs/hash-extension.md says so).
+//!
+//! Bounded: at most [`MAX_BLOCKS`] hashes are kept (the file's first
+//! 64 GiB with 64 KiB blocks, about 36 MiB), each thread reads through one
+//! [`PIECE`]-byte buffer, and the threads stop at the first change, when
+//! the server stops, or when they reach the end.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::backing::Backing;
+use crate::proto::hash::{Hash, hash_blocks};
+
+/// Most blocks whose hashes are kept.
+pub const MAX_BLOCKS: u64 = 1 << 20;
+/// A thread claims and reads this many bytes at a time (a multiple of the block size).
+pub const PIECE: u64 = 1 << 20;
+
+/// What identifies the file's content from outside: size, modification
+/// and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(backing: &Backing) -> Option<Stamp> {
+        let meta = backing.file().metadata().ok()?;
+        Some(Stamp {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// The hashes computed ahead for one file.
+#[derive(Debug)]
+pub struct HashAhead {
+    block: u64,
+    /// The file's size, and the bytes at its start that hashes are kept for.
+    size: u64,
+    covered: u64,
+    /// [`Backing::modifications`] when hashing began.
+    generation: u64,
+    stamp: Stamp,
+    hashes: Vec<OnceLock<Hash>>,
+    /// Per [`PIECE`]: whether a hashing thread took it.
+    claimed: Vec<AtomicBool>,
+    /// Set for good once a hash may no longer be answered.
+    dropped: AtomicBool,
+    /// Bytes hashed ahead, and hash requests' blocks answered from here.
+    hashed: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl HashAhead {
+    /// Hashes of `block`-byte blocks for `backing`, nothing computed yet.
+    /// `None` if the file's attributes cannot be read.
+    pub fn new(backing: &Backing, block: u32) -> Option<HashAhead> {
+        let block = u64::from(block).max(1);
+        debug_assert_eq!(PIECE % block, 0);
+        let generation = backing.modifications();
+        let stamp = Stamp::of(backing)?;
+        let size = backing.size();
+        let blocks = size.div_ceil(block).min(MAX_BLOCKS);
+        let covered = (blocks * block).min(size);
+        let pieces = covered.div_ceil(PIECE);
+        Some(HashAhead {
+            block,
+            size,
+            covered,
+            generation,
+            stamp,
+            hashes: (0..blocks).map(|_| OnceLock::new()).collect(),
+            claimed: (0..pieces).map(|_| AtomicBool::new(false)).collect(),
+            dropped: AtomicBool::new(false),
+            hashed: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether kept hashes may still be answered: no change of ours since
+    /// hashing began (and, with `look`, none from outside either, by the
+    /// file's attributes). Once not, never again.
+    fn usable(&self, backing: &Backing, look: bool) -> bool {
+        if self.dropped.load(Ordering::SeqCst) {
+            return false;
+        }
+        let ours = backing.modifications() != self.generation;
+        let theirs = look && Stamp::of(backing) != Some(self.stamp);
+        if ours || theirs {
+            if !self.dropped.swap(true, Ordering::SeqCst) {
+                if theirs && !ours {
+                    log::warn!(
+                        "the file changed behind the server's back: the hashes computed ahead are dropped"
+                    );
+                } else {
+                    log::debug!("the file was written: the hashes computed ahead are dropped");
+                }
+            }
+            return false;
+        }
+        true
+    }
+
+    /// One hashing thread: claims pieces in file order, reads and hashes
+    /// them, until all are done, the file changes or `stop()` says so.
+    pub fn run(&self, backing: &Backing, stop: impl Fn() -> bool) {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let mut hashes = Vec::new();
+        for (i, claim) in self.claimed.iter().enumerate() {
+            if stop() || !self.usable(backing, false) {
+                return;
+            }
+            if claim.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            let offset = i as u64 * PIECE;
+            let len = PIECE.min(self.covered - offset);
+            if self.all_kept(offset, len) {
+                continue;
+            }
+            if let Err(e) = self.hash_into(backing, offset, len, &mut buf, &mut hashes) {
+                log::warn!("hashing ahead stopped at {offset}: {e}");
+                self.dropped.store(true, Ordering::SeqCst);
+                return;
+            }
+            if self.hashed.fetch_add(len, Ordering::SeqCst) + len == self.covered {
+                let ms = started.elapsed().as_millis().max(1);
+                log::info!(
+                    "hashed {} bytes ahead in {ms} ms ({} MiB/s)",
+                    self.covered,
+                    u128::from(self.covered >> 20) * 1000 / ms
+                );
+            }
+        }
+    }
+
+    /// Reads and hashes `len` bytes at `offset` (on block boundaries),
+    /// appending to `out` and keeping each hash if nothing changed meanwhile.
+    fn hash_into(
+        &self,
+        backing: &Backing,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<Hash>,
+    ) -> std::io::Result<()> {
+        let n = usize::try_from(len).unwrap_or(usize::MAX);
+        buf.resize(n, 0);
+        backing.read_at(&mut buf[..n], offset)?;
+        let first = out.len();
+        hash_blocks(
+            &buf[..n],
+            usize::try_from(self.block).unwrap_or(usize::MAX),
+            out,
+        );
+        if offset < self.covered && self.usable(backing, false) {
+            let at = usize::try_from(offset / self.block).unwrap_or(usize::MAX);
+            for (slot, hash) in self.hashes.iter().skip(at).zip(&out[first..]) {
+                let _ = slot.set(*hash);
+            }
+        }
+        Ok(())
+    }
+
+    fn all_kept(&self, offset: u64, len: u64) -> bool {
+        let first = offset / self.block;
+        let last = (offset + len).div_ceil(self.block);
+        (first..last).all(|b| {
+            usize::try_from(b)
+                .ok()
+                .and_then(|b| self.hashes.get(b))
+                .is_some_and(|h| h.get().is_some())
+        })
+    }
+
+    /// The hashes of the blocks of `len` bytes at `offset` (on block
+    /// boundaries, within the file), appended to `out`: kept ones where
+    /// they may be answered, the others read into `buf`, hashed and kept.
+    ///
+    /// # Errors
+    ///
+    /// Reading the file failed.
+    pub fn hashes(
+        &self,
+        backing: &Backing,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<Hash>,
+    ) -> std::io::Result<()> {
+        let usable = self.usable(backing, true);
+        let end = (offset + len).min(self.size);
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(PIECE);
+            if usable && at + n <= self.covered && self.all_kept(at, n) {
+                let first = usize::try_from(at / self.block).unwrap_or(usize::MAX);
+                let count = usize::try_from(n.div_ceil(self.block)).unwrap_or(0);
+                out.extend(
+                    self.hashes[first..first + count]
+                        .iter()
+                        .filter_map(OnceLock::get),
+                );
+                self.answered.fetch_add(n, Ordering::Relaxed);
+            } else {
+                self.hash_into(backing, at, n, buf, out)?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Bytes of hash requests answered from kept hashes so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::hash::hash_block;
+    use std::io::Write;
+
+    const BLOCK: u32 = 64 << 10;
+
+    fn file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        (f, data)
+    }
+
+    fn expected(data: &[u8], offset: usize, len: usize) -> Vec<Hash> {
+        data[offset..offset + len]
+            .chunks(BLOCK as usize)
+            .map(hash_block)
+            .collect()
+    }
+
+    fn ask(ahead: &HashAhead, backing: &Backing, offset: u64, len: u64) -> Vec<Hash> {
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        ahead
+            .hashes(backing, offset, len, &mut buf, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn hashes_kept_ahead_are_the_files_and_are_answered() {
+        // 3.5 MiB: a short last piece and a short last block.
+        let len = 3 * (1 << 20) + (1 << 19) + 4096;
+        let (f, data) = file(len);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let size = backing.size() as usize;
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        ahead.run(&backing, || false);
+        assert_eq!(ahead.hashed.load(Ordering::SeqCst), size as u64);
+        assert_eq!(
+            ask(&ahead, &backing, 0, size as u64),
+            expected(&data, 0, size)
+        );
+        assert_eq!(ahead.answered(), size as u64);
+        let at = 2 * BLOCK as usize;
+        assert_eq!(
+            ask(&ahead, &backing, at as u64, (size - at) as u64),
+            expected(&data, at, size - at)
+        );
+    }
+
+    #[test]
+    fn a_write_drops_every_kept_hash() {
+        let (f, mut data) = file(4 << 20);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        ahead.run(&backing, || false);
+        backing.write_at(b"changed", 5 << 20 >> 1).unwrap();
+        data[(5 << 20 >> 1)..(5 << 20 >> 1) + 7].copy_from_slice(b"changed");
+        assert_eq!(
+            ask(&ahead, &backing, 0, 4 << 20),
+            expected(&data, 0, 4 << 20)
+        );
+        assert_eq!(ahead.answered(), 0);
+        // Hashed again, not kept: the write moved the count for good.
+        assert_eq!(
+            ask(&ahead, &backing, 0, 1 << 20),
+            expected(&data, 0, 1 << 20)
+        );
+        assert_eq!(ahead.answered(), 0);
+    }
+
+    #[test]
+    fn a_change_behind_the_servers_back_drops_them() {
+        let (f, mut data) = file(2 << 20);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        ahead.run(&backing, || false);
+        // Another process's write, seen by the file's times: set them apart
+        // from the start's explicitly, as a later tick of the clock would.
+        let other = std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&other, b"outside", 4096).unwrap();
+        data[4096..4103].copy_from_slice(b"outside");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        other.set_modified(later).unwrap();
+        assert_eq!(
+            ask(&ahead, &backing, 0, 2 << 20),
+            expected(&data, 0, 2 << 20)
+        );
+        assert_eq!(ahead.answered(), 0);
+    }
+
+    #[test]
+    fn a_stopped_thread_leaves_the_rest_to_the_requests() {
+        let (f, data) = file(3 << 20);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        let calls = std::cell::Cell::new(0);
+        ahead.run(&backing, || {
+            calls.set(calls.get() + 1);
+            calls.get() > 1
+        });
+        assert_eq!(ahead.hashed.load(Ordering::SeqCst), 1 << 20);
+        assert_eq!(
+            ask(&ahead, &backing, 0, 3 << 20),
+            expected(&data, 0, 3 << 20)
+        );
+        // The first piece was kept ahead; the others were hashed on request and kept.
+        assert_eq!(ahead.answered(), 1 << 20);
+        assert_eq!(
+            ask(&ahead, &backing, 0, 3 << 20),
+            expected(&data, 0, 3 << 20)
+        );
+        assert_eq!(ahead.answered(), 4 << 20);
+    }
+}
