@@ -25,8 +25,8 @@
 //! the server stops, or when they reach the end.
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::backing::Backing;
@@ -67,12 +67,15 @@ pub struct HashAhead {
     /// [`Backing::modifications`] when hashing began.
     generation: u64,
     stamp: Stamp,
-    hashes: Vec<OnceLock<Hash>>,
+    /// One per block from the start; emptied (its memory freed) once dropped.
+    hashes: RwLock<Vec<OnceLock<Hash>>>,
     /// Per [`PIECE`]: whether a hashing thread took it.
     claimed: Vec<AtomicBool>,
     /// Set for good once a hash may no longer be answered.
     dropped: AtomicBool,
-    /// Bytes hashed ahead, and hash requests' blocks answered from here.
+    /// Pieces hashed (or found kept) by the threads, bytes they hashed,
+    /// and bytes of hash requests answered from kept hashes.
+    pieces_done: AtomicUsize,
     hashed: AtomicU64,
     answered: AtomicU64,
 }
@@ -95,9 +98,10 @@ impl HashAhead {
             covered,
             generation,
             stamp,
-            hashes: (0..blocks).map(|_| OnceLock::new()).collect(),
+            hashes: RwLock::new((0..blocks).map(|_| OnceLock::new()).collect()),
             claimed: (0..pieces).map(|_| AtomicBool::new(false)).collect(),
             dropped: AtomicBool::new(false),
+            pieces_done: AtomicUsize::new(0),
             hashed: AtomicU64::new(0),
             answered: AtomicU64::new(0),
         })
@@ -113,18 +117,30 @@ impl HashAhead {
         let ours = backing.modifications() != self.generation;
         let theirs = look && Stamp::of(backing) != Some(self.stamp);
         if ours || theirs {
-            if !self.dropped.swap(true, Ordering::SeqCst) {
-                if theirs && !ours {
-                    log::warn!(
-                        "the file changed behind the server's back: the hashes computed ahead are dropped"
-                    );
-                } else {
-                    log::debug!("the file was written: the hashes computed ahead are dropped");
-                }
+            if theirs && !ours {
+                self.drop_all(
+                    "the file changed behind the server's back",
+                    log::Level::Warn,
+                );
+            } else {
+                self.drop_all("the file was written", log::Level::Debug);
             }
             return false;
         }
         true
+    }
+
+    /// Drops every kept hash for good and frees their memory, logging
+    /// `why` the first time.
+    fn drop_all(&self, why: &str, level: log::Level) {
+        if !self.dropped.swap(true, Ordering::SeqCst) {
+            log::log!(level, "{why}: the hashes computed ahead are dropped");
+            *self.hashes.write().unwrap_or_else(PoisonError::into_inner) = Vec::new();
+        }
+    }
+
+    fn kept(&self) -> RwLockReadGuard<'_, Vec<OnceLock<Hash>>> {
+        self.hashes.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One hashing thread: claims pieces in file order, reads and hashes
@@ -140,22 +156,26 @@ impl HashAhead {
             if claim.swap(true, Ordering::SeqCst) {
                 continue;
             }
+            hashes.clear();
             let offset = i as u64 * PIECE;
             let len = PIECE.min(self.covered - offset);
-            if self.all_kept(offset, len) {
-                continue;
+            // A hash request may have hashed (and kept) it already.
+            if !self.all_kept(offset, len) {
+                if let Err(e) = self.hash_into(backing, offset, len, &mut buf, &mut hashes) {
+                    self.drop_all(
+                        &format!("reading at {offset} failed: {e}"),
+                        log::Level::Warn,
+                    );
+                    return;
+                }
+                self.hashed.fetch_add(len, Ordering::SeqCst);
             }
-            if let Err(e) = self.hash_into(backing, offset, len, &mut buf, &mut hashes) {
-                log::warn!("hashing ahead stopped at {offset}: {e}");
-                self.dropped.store(true, Ordering::SeqCst);
-                return;
-            }
-            if self.hashed.fetch_add(len, Ordering::SeqCst) + len == self.covered {
+            if self.pieces_done.fetch_add(1, Ordering::SeqCst) + 1 == self.claimed.len() {
                 let ms = started.elapsed().as_millis().max(1);
+                let hashed = self.hashed.load(Ordering::SeqCst);
                 log::info!(
-                    "hashed {} bytes ahead in {ms} ms ({} MiB/s)",
-                    self.covered,
-                    u128::from(self.covered >> 20) * 1000 / ms
+                    "hashed {hashed} bytes ahead in {ms} ms ({} MiB/s)",
+                    u128::from(hashed >> 20) * 1000 / ms
                 );
             }
         }
@@ -182,7 +202,7 @@ impl HashAhead {
         );
         if offset < self.covered && self.usable(backing, false) {
             let at = usize::try_from(offset / self.block).unwrap_or(usize::MAX);
-            for (slot, hash) in self.hashes.iter().skip(at).zip(&out[first..]) {
+            for (slot, hash) in self.kept().iter().skip(at).zip(&out[first..]) {
                 let _ = slot.set(*hash);
             }
         }
@@ -192,12 +212,33 @@ impl HashAhead {
     fn all_kept(&self, offset: u64, len: u64) -> bool {
         let first = offset / self.block;
         let last = (offset + len).div_ceil(self.block);
+        let kept = self.kept();
         (first..last).all(|b| {
             usize::try_from(b)
                 .ok()
-                .and_then(|b| self.hashes.get(b))
+                .and_then(|b| kept.get(b))
                 .is_some_and(|h| h.get().is_some())
         })
+    }
+
+    /// Appends the kept hashes of the blocks of `len` bytes at `offset` to
+    /// `out` if all of them are kept (under one look at them: they may be
+    /// dropped meanwhile); whether they were.
+    fn take_kept(&self, offset: u64, len: u64, out: &mut Vec<Hash>) -> bool {
+        let kept = self.kept();
+        let first = usize::try_from(offset / self.block).unwrap_or(usize::MAX);
+        let count = usize::try_from(len.div_ceil(self.block)).unwrap_or(usize::MAX);
+        let Some(slots) = first
+            .checked_add(count)
+            .and_then(|last| kept.get(first..last))
+        else {
+            return false;
+        };
+        if slots.iter().any(|h| h.get().is_none()) {
+            return false;
+        }
+        out.extend(slots.iter().filter_map(OnceLock::get));
+        true
     }
 
     /// The hashes of the blocks of `len` bytes at `offset` (on block
@@ -220,14 +261,7 @@ impl HashAhead {
         let mut at = offset;
         while at < end {
             let n = (end - at).min(PIECE);
-            if usable && at + n <= self.covered && self.all_kept(at, n) {
-                let first = usize::try_from(at / self.block).unwrap_or(usize::MAX);
-                let count = usize::try_from(n.div_ceil(self.block)).unwrap_or(0);
-                out.extend(
-                    self.hashes[first..first + count]
-                        .iter()
-                        .filter_map(OnceLock::get),
-                );
+            if usable && self.take_kept(at, n, out) {
                 self.answered.fetch_add(n, Ordering::Relaxed);
             } else {
                 self.hash_into(backing, at, n, buf, out)?;
@@ -309,6 +343,7 @@ mod tests {
             expected(&data, 0, 4 << 20)
         );
         assert_eq!(ahead.answered(), 0);
+        assert!(ahead.kept().is_empty(), "dropped hashes keep their memory");
         // Hashed again, not kept: the write moved the count for good.
         assert_eq!(
             ask(&ahead, &backing, 0, 1 << 20),
