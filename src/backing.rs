@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
+use crate::proto::hash::{Hash, hash_blocks};
 pub use crate::proto::reply::is_zero;
 
 /// The granularity of sparse-aware writes, as flexnbd-c's allocation map.
@@ -117,6 +118,38 @@ impl Backing {
     /// Any I/O error; a file shrunk underneath us gives `UnexpectedEof`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (grown as needed), at most
+    /// `piece` bytes at a time (whole blocks, at least one), and appends
+    /// the hash of each `block`-byte block (the last may be short) to
+    /// `out`: the flexnbd hash extension's hashes of the range, on either side.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backing::read_at`].
+    pub fn read_hashed(
+        &self,
+        offset: u64,
+        len: u64,
+        block: u64,
+        piece: u64,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<Hash>,
+    ) -> io::Result<()> {
+        let block = block.max(1);
+        let piece = (piece / block).max(1) * block;
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from((len - done).min(piece)).unwrap_or(usize::MAX);
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            self.read_at(&mut buf[..n], offset + done)?;
+            hash_blocks(&buf[..n], usize::try_from(block).unwrap_or(usize::MAX), out);
+            done += n as u64;
+        }
+        Ok(())
     }
 
     /// Reads `buf` at `offset` only if it is all in the page cache.

@@ -15,9 +15,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::proto::hash::{
-    HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, hash_blocks, request_ranges,
-};
+use crate::proto::hash::{HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, request_ranges};
 use crate::proto::types::CmdFlags;
 use crate::proto::wire::Request;
 
@@ -361,19 +359,9 @@ fn hash_range(
     block: u64,
     out: &mut Vec<Hash>,
 ) -> Result<(), Stop> {
-    let piece_max = (READ_PIECE as u64 / block).max(1) * block;
-    if (buf.len() as u64) < piece_max.min(len) {
-        buf.resize(usize::try_from(piece_max.min(len)).unwrap_or(0), 0);
-    }
-    let mut done = 0u64;
-    while done < len {
-        let n = usize::try_from((len - done).min(piece_max)).unwrap_or(0);
-        let piece = &mut buf[..n];
-        read_local(backing, piece, offset + done)?;
-        hash_blocks(piece, usize::try_from(block).unwrap_or(usize::MAX), out);
-        done += n as u64;
-    }
-    Ok(())
+    backing
+        .read_hashed(offset, len, block, READ_PIECE as u64, buf, out)
+        .map_err(|e| local_read_error(backing, &e))
 }
 
 /// `bytes` in `took`, in whole MiB per second (for a log line).
@@ -383,12 +371,16 @@ fn mib_per_sec(bytes: u64, took: Duration) -> u128 {
 
 /// Reads `buf.len()` bytes of our file at `offset`; a failure ends the attempt.
 pub(super) fn read_local(backing: &Backing, buf: &mut [u8], offset: u64) -> Result<(), Stop> {
-    backing.read_at(buf, offset).map_err(|e| {
-        Stop::Failed(MirrorError::new(
-            Kind::Local,
-            format!("cannot read {}: {e}", backing.path().display()),
-        ))
-    })
+    backing
+        .read_at(buf, offset)
+        .map_err(|e| local_read_error(backing, &e))
+}
+
+fn local_read_error(backing: &Backing, e: &std::io::Error) -> Stop {
+    Stop::Failed(MirrorError::new(
+        Kind::Local,
+        format!("cannot read {}: {e}", backing.path().display()),
+    ))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::backing::Backing;
-use crate::proto::hash::{Hash, hash_blocks};
+use crate::proto::hash::Hash;
 
 /// Most blocks whose hashes are kept.
 pub const MAX_BLOCKS: u64 = 1 << 20;
@@ -191,15 +191,8 @@ impl HashAhead {
         buf: &mut Vec<u8>,
         out: &mut Vec<Hash>,
     ) -> std::io::Result<()> {
-        let n = usize::try_from(len).unwrap_or(usize::MAX);
-        buf.resize(n, 0);
-        backing.read_at(&mut buf[..n], offset)?;
         let first = out.len();
-        hash_blocks(
-            &buf[..n],
-            usize::try_from(self.block).unwrap_or(usize::MAX),
-            out,
-        );
+        backing.read_hashed(offset, len, self.block, PIECE, buf, out)?;
         if offset < self.covered && self.usable(backing, false) {
             let at = usize::try_from(offset / self.block).unwrap_or(usize::MAX);
             for (slot, hash) in self.kept().iter().skip(at).zip(&out[first..]) {
@@ -300,12 +293,21 @@ mod tests {
             .collect()
     }
 
-    fn ask(ahead: &HashAhead, backing: &Backing, offset: u64, len: u64) -> Vec<Hash> {
+    /// Asks `ahead` for the hashes of `len` bytes at `offset` and checks
+    /// they are those of `data`, the file's content.
+    #[track_caller]
+    fn assert_answers(
+        ahead: &HashAhead,
+        backing: &Backing,
+        data: &[u8],
+        offset: usize,
+        len: usize,
+    ) {
         let (mut buf, mut out) = (Vec::new(), Vec::new());
         ahead
-            .hashes(backing, offset, len, &mut buf, &mut out)
+            .hashes(backing, offset as u64, len as u64, &mut buf, &mut out)
             .unwrap();
-        out
+        assert_eq!(out, expected(data, offset, len));
     }
 
     #[test]
@@ -318,16 +320,10 @@ mod tests {
         let ahead = HashAhead::new(&backing, BLOCK).unwrap();
         ahead.run(&backing, || false);
         assert_eq!(ahead.hashed.load(Ordering::SeqCst), size as u64);
-        assert_eq!(
-            ask(&ahead, &backing, 0, size as u64),
-            expected(&data, 0, size)
-        );
+        assert_answers(&ahead, &backing, &data, 0, size);
         assert_eq!(ahead.answered(), size as u64);
         let at = 2 * BLOCK as usize;
-        assert_eq!(
-            ask(&ahead, &backing, at as u64, (size - at) as u64),
-            expected(&data, at, size - at)
-        );
+        assert_answers(&ahead, &backing, &data, at, size - at);
     }
 
     #[test]
@@ -338,17 +334,11 @@ mod tests {
         ahead.run(&backing, || false);
         backing.write_at(b"changed", 5 << 20 >> 1).unwrap();
         data[(5 << 20 >> 1)..(5 << 20 >> 1) + 7].copy_from_slice(b"changed");
-        assert_eq!(
-            ask(&ahead, &backing, 0, 4 << 20),
-            expected(&data, 0, 4 << 20)
-        );
+        assert_answers(&ahead, &backing, &data, 0, 4 << 20);
         assert_eq!(ahead.answered(), 0);
         assert!(ahead.kept().is_empty(), "dropped hashes keep their memory");
         // Hashed again, not kept: the write moved the count for good.
-        assert_eq!(
-            ask(&ahead, &backing, 0, 1 << 20),
-            expected(&data, 0, 1 << 20)
-        );
+        assert_answers(&ahead, &backing, &data, 0, 1 << 20);
         assert_eq!(ahead.answered(), 0);
     }
 
@@ -368,10 +358,7 @@ mod tests {
         data[4096..4103].copy_from_slice(b"outside");
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
         other.set_modified(later).unwrap();
-        assert_eq!(
-            ask(&ahead, &backing, 0, 2 << 20),
-            expected(&data, 0, 2 << 20)
-        );
+        assert_answers(&ahead, &backing, &data, 0, 2 << 20);
         assert_eq!(ahead.answered(), 0);
     }
 
@@ -386,16 +373,10 @@ mod tests {
             calls.get() > 1
         });
         assert_eq!(ahead.hashed.load(Ordering::SeqCst), 1 << 20);
-        assert_eq!(
-            ask(&ahead, &backing, 0, 3 << 20),
-            expected(&data, 0, 3 << 20)
-        );
+        assert_answers(&ahead, &backing, &data, 0, 3 << 20);
         // The first piece was kept ahead; the others were hashed on request and kept.
         assert_eq!(ahead.answered(), 1 << 20);
-        assert_eq!(
-            ask(&ahead, &backing, 0, 3 << 20),
-            expected(&data, 0, 3 << 20)
-        );
+        assert_answers(&ahead, &backing, &data, 0, 3 << 20);
         assert_eq!(ahead.answered(), 4 << 20);
     }
 }

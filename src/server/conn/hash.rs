@@ -12,7 +12,7 @@
 use std::io::IoSlice;
 
 use crate::backing::Backing;
-use crate::proto::hash::{FLAG_HOLDS_DATA, HASH_LEN, HashParams, hash_blocks};
+use crate::proto::hash::{FLAG_HOLDS_DATA, HASH_LEN, HashParams};
 use crate::proto::reply;
 use crate::proto::types::Errno;
 use crate::proto::wire::Request;
@@ -92,7 +92,10 @@ impl Conn<'_> {
             .take(usize::try_from(len.min(READ_CHUNK)).unwrap_or(0));
         let hashed = match &self.server.hash_ahead {
             Some(ahead) => ahead.hashes(self.backing, req.offset, len, &mut buf, &mut hashes),
-            None => hash_range(self.backing, req.offset, len, block, &mut buf, &mut hashes),
+            None => {
+                self.backing
+                    .read_hashed(req.offset, len, block, READ_CHUNK, &mut buf, &mut hashes)
+            }
         };
         if let Err(e) = hashed {
             self.warn(format_args!(
@@ -110,25 +113,4 @@ impl Conn<'_> {
             IoSlice::new(hashes.as_flattened()),
         ]);
     }
-}
-
-/// Reads `len` bytes of `backing` at `offset` into `buf`, [`READ_CHUNK`]
-/// at a time, and appends the hash of each `block`-byte block to `out`.
-fn hash_range(
-    backing: &Backing,
-    offset: u64,
-    len: u64,
-    block: u64,
-    buf: &mut Vec<u8>,
-    out: &mut Vec<crate::proto::hash::Hash>,
-) -> std::io::Result<()> {
-    let mut done = 0u64;
-    while done < len {
-        let n = usize::try_from((len - done).min(READ_CHUNK)).unwrap_or(0);
-        buf.resize(n, 0);
-        backing.read_at(&mut buf[..n], offset + done)?;
-        hash_blocks(&buf[..n], usize::try_from(block).unwrap_or(usize::MAX), out);
-        done += n as u64;
-    }
-    Ok(())
 }
