@@ -164,8 +164,9 @@ pub struct ListenArgs {
     /// 64 GiB; about 36 MiB), so that a flexnbd source comparing before it
     /// copies finds them ready and only reads and hashes its own file. It
     /// stops at the first write, and the hashes are then dropped. Use this
-    /// when the source will not compare (`mirror --no-incremental`, a C
-    /// flexnbd) and reading FILE would only load the disk.
+    /// when the source will not compare (`mirror --no-incremental`) and
+    /// reading FILE would only load the disk. An --oldstyle `listen` (a C
+    /// flexnbd's destination) never hashes ahead.
     #[arg(long)]
     pub no_hash_ahead: bool,
     /// Addresses allowed to connect, as ADDRESS[/MASK].
