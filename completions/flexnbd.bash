@@ -567,7 +567,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__listen)
-            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --oldstyle --serve-after-handover --max-clients --no-hash-ahead --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --busy-poll --tls --tls-certificates --tls-verify-peer --oldstyle --serve-after-handover --max-clients --no-hash-ahead --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -646,6 +646,10 @@ _flexnbd() {
                     return 0
                     ;;
                 --handover-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --busy-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -919,7 +923,7 @@ _flexnbd() {
             return 0
             ;;
         flexnbd__subcmd__serve)
-            opts="-l -p -f -s -d -x -k -r -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --tls --tls-certificates --tls-verify-peer --killswitch --read-only --oldstyle --max-clients --mirror-tls --verbose --quiet --log-format --help --version"
+            opts="-l -p -f -s -d -x -k -r -v -q -h -V --addr --port --socket-mode --file --sock --pid-file --control-mode --default-deny --export-name --handshake-timeout --max-handshakes --max-clients-per-address --max-inflight --stall-timeout --handover-grace --busy-poll --tls --tls-certificates --tls-verify-peer --killswitch --read-only --oldstyle --max-clients --mirror-tls --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -998,6 +1002,10 @@ _flexnbd() {
                     return 0
                     ;;
                 --handover-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --busy-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

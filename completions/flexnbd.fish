@@ -60,6 +60,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-clients-pe
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l busy-poll -d 'How long to poll for a queue-depth-1 client\'s next request before sleeping' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand serve" -l tls -d 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require' -r -f -a "off\t'No TLS (NBD_OPT_STARTTLS is refused)'
 on\t'TLS offered; clients may also stay in plaintext'
 require\t'Only TLS: a client that does not upgrade gets nothing but errors'"
@@ -93,6 +94,7 @@ complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-clients-p
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l max-inflight -d 'Most bytes of request payloads and read buffers held for all clients' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l stall-timeout -d 'How long a client may pause in the middle of sending a request\'s payload, or leave a reply unread' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l handover-grace -d 'At a migration\'s handover, how long clients have to finish their requests' -r
+complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l busy-poll -d 'How long to poll for a queue-depth-1 client\'s next request before sleeping' -r
 complete -c flexnbd -n "__fish_flexnbd_using_subcommand listen" -l tls -d 'Offer TLS to clients with NBD_OPT_STARTTLS: off, on or require' -r -f -a "off\t'No TLS (NBD_OPT_STARTTLS is refused)'
 on\t'TLS offered; clients may also stay in plaintext'
 require\t'Only TLS: a client that does not upgrade gets nothing but errors'"

@@ -1,5 +1,6 @@
 //! What a hostile or broken client cannot do to the server: take it down
-//! with a panic, keep a slot after one, or flood the log.
+//! with a panic, keep a slot after one, or flood the log; and what bounds
+//! the CPU a busy client makes the server spend polling for it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use flexnbd::proto::types::{Cmd, CmdFlags, Errno};
 
 use crate::support::wire::{Client, Handshake};
-use crate::support::{Daemon, DaemonBuilder, TestEnv};
+use crate::support::{Daemon, DaemonBuilder, TestEnv, wait_until};
 
 const SIZE: u64 = 1 << 20;
 
@@ -440,7 +441,7 @@ fn a_panic_in_the_mirror_leaves_the_server_serving_and_able_to_mirror_again() {
             .arg("-s")
             .arg(&ssock),
     );
-    crate::support::wait_until("the mirror to give up", Duration::from_secs(20), || {
+    wait_until("the mirror to give up", Duration::from_secs(20), || {
         let status = crate::support::control(&ssock, "status", &[]);
         status.contains("is_mirroring=false") && status.contains("last_migration=failed")
     });
@@ -492,4 +493,58 @@ fn a_client_that_never_reads_its_replies_is_dropped_after_the_stall_timeout() {
     let mut other = Client::connect(addr, Handshake::Go);
     assert_eq!(other.read(1, 0, 4096), vec![0u8; 4096]);
     drop(c);
+}
+
+/// The debug line a connection logs at its end when it polled for requests.
+const POLLED: &str = "polled for the next request";
+
+/// A client at queue depth 1 sends `n` small requests one after another,
+/// each after the previous reply, checking every reply.
+fn queue_depth_one(addr: SocketAddr, n: u64) {
+    let mut c = Client::connect(addr, Handshake::Go);
+    for i in 0..n {
+        let data = [i as u8; 4096];
+        assert_eq!(c.write_reply(2 * i, i * 4096, &data), Errno::OK);
+        assert_eq!(c.read(2 * i + 1, i * 4096, 4096), data);
+    }
+    c.disconnect();
+}
+
+#[test]
+fn a_queue_depth_one_client_is_polled_for_and_zero_turns_it_off() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: one CPU, where the server never polls");
+        return;
+    }
+    let t = TestEnv::new();
+    let (d, addr) = serve_with(&t, SIZE, &["-vv"]);
+    queue_depth_one(addr, 64);
+    wait_until(
+        "the connection's polling line",
+        Duration::from_secs(10),
+        || d.stderr().contains(POLLED),
+    );
+    let line = d
+        .stderr()
+        .lines()
+        .find(|l| l.contains(POLLED))
+        .unwrap()
+        .to_owned();
+    let polls: u64 = line
+        .split(POLLED)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    // 128 requests, each alone: every wait after the first 16 may poll.
+    assert!((1..=128).contains(&polls), "{line}");
+
+    let t = TestEnv::new();
+    let (d, addr) = serve_with(&t, SIZE, &["-vv", "--busy-poll", "0"]);
+    queue_depth_one(addr, 64);
+    wait_num_clients(&d, 0);
+    wait_until("the connection's end", Duration::from_secs(10), || {
+        d.stderr().contains("finished")
+    });
+    assert!(!d.stderr().contains(POLLED), "{}", d.stderr());
 }

@@ -289,6 +289,17 @@ pub struct LimitArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s",
           value_parser = positive_duration)]
     pub handover_grace: std::time::Duration,
+    /// How long to poll for a queue-depth-1 client's next request before sleeping.
+    ///
+    /// A client that sends one small request at a time and waits for each
+    /// reply pays for waking the server's thread on every request: tens of
+    /// microseconds on a virtual machine. After answering such a client,
+    /// its connection's thread polls the socket for up to this long,
+    /// shorter when the client pauses. At most half the CPUs (4 at most,
+    /// none on one CPU) poll at once. 0 turns polling off. At most 1ms.
+    #[arg(long, value_name = "DURATION", default_value = "100us",
+          value_parser = busy_poll_duration)]
+    pub busy_poll: std::time::Duration,
 }
 
 /// An export name: at most 4096 bytes (the NBD limit).
@@ -297,6 +308,17 @@ fn parse_export_name(text: &str) -> Result<String, String> {
         Err("an export name is at most 4096 bytes".to_owned())
     } else {
         Ok(text.to_owned())
+    }
+}
+
+/// A duration such as `100us`, `0` or at most [`MAX_BUSY_POLL`](crate::server::MAX_BUSY_POLL).
+fn busy_poll_duration(text: &str) -> Result<std::time::Duration, String> {
+    let max = crate::server::MAX_BUSY_POLL;
+    match humantime::parse_duration(text) {
+        Ok(d) if d > max => Err(format!("at most {}", humantime::format_duration(max))),
+        Ok(d) => Ok(d),
+        Err(_) if text == "0" => Ok(std::time::Duration::ZERO),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -101,6 +101,7 @@ pub(crate) fn limits(args: &LimitArgs) -> Limits {
         max_inflight: args.max_inflight,
         stall_timeout: args.stall_timeout,
         handover_grace: args.handover_grace,
+        busy_poll: args.busy_poll,
     }
 }
 

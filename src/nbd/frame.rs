@@ -85,6 +85,26 @@ impl<'a> RequestReader<'a> {
         }
     }
 
+    /// Whether the socket has bytes to read now, without waiting; `None`
+    /// when that cannot be told from the socket (TLS, whose library may
+    /// hold decrypted bytes).
+    pub fn readable_now(&self) -> Option<bool> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::os::fd::AsFd;
+        let fd = match &self.inner {
+            Buffered::Tcp(r) => r.get_ref().as_fd(),
+            Buffered::Unix(r) => r.get_ref().as_fd(),
+            Buffered::Tls(_) => return None,
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // An error (a closed socket) counts as readable: the read reports it.
+        Some(poll(&mut fds, Some(&now)).map_or(true, |n| n > 0))
+    }
+
     /// Reads one request header. After a large payload read straight from
     /// the socket, with nothing buffered, only the header is read: filling
     /// the buffer would pull in the next payload, to be copied once more by

@@ -24,6 +24,10 @@ pub struct Limits {
     /// At a migration's handover, how long connected clients have to finish
     /// the requests they sent before their connections are closed.
     pub handover_grace: Duration,
+    /// How long a connection's thread polls for the next request of a
+    /// client at queue depth 1 before it sleeps (zero: never); see
+    /// `server::busy_poll`.
+    pub busy_poll: Duration,
 }
 
 /// The default for [`Limits::handshake_timeout`].
@@ -34,6 +38,10 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 pub const DEFAULT_MAX_INFLIGHT: u64 = 256 << 20;
 /// The default for [`Limits::handover_grace`].
 pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(1);
+/// The default for [`Limits::busy_poll`].
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+/// The most [`Limits::busy_poll`] may be.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 /// The default for [`Limits::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,6 +54,7 @@ impl Default for Limits {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             handover_grace: DEFAULT_HANDOVER_GRACE,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }

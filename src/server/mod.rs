@@ -26,6 +26,7 @@ use crate::net::{Acl, AclEntry};
 use crate::proto::types::TransmissionFlags;
 use crate::sys::{ByteBudget, RateLimit, Trigger, monotonic_ms};
 
+mod busy_poll;
 mod config;
 mod conn;
 pub mod dirty;
@@ -85,6 +86,8 @@ pub struct Server {
     /// `listen` over a file that holds data: its hashes, computed ahead
     /// by [`Server::run`]'s threads for the hash extension's requests.
     hash_ahead: Option<Arc<hash_ahead::HashAhead>>,
+    /// How many connections' threads may busy-poll at once.
+    poll_slots: busy_poll::PollSlots,
 }
 
 impl Server {
@@ -116,6 +119,7 @@ impl Server {
             pooled: AtomicU64::new(0),
             tls_warnings: crate::nbd::handshake::tls_warning_limit(),
             hash_ahead,
+            poll_slots: busy_poll::PollSlots::for_this_machine(),
             config,
         }))
     }

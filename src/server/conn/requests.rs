@@ -14,6 +14,7 @@ use crate::proto::types::{Cmd, CmdFlags, Errno};
 use crate::proto::wire::Request;
 
 use super::{Conn, Job, Outcome};
+use crate::server::busy_poll::BusyPoll;
 
 /// READs up to this size are served on the reading thread when their data is
 /// in the page cache, and their replies go out together (one write for all
@@ -41,8 +42,21 @@ impl Conn<'_> {
         spawn: impl FnMut(),
     ) -> io::Result<Outcome> {
         let mut pending = Vec::new();
-        let outcome = self.read_requests_into(reader, spawn, &mut pending);
+        // Under TLS the socket does not tell whether a request is waiting.
+        let poll_for = match reader.readable_now() {
+            Some(_) => self.server.config.limits.busy_poll,
+            None => std::time::Duration::ZERO,
+        };
+        let mut busy_poll = BusyPoll::new(poll_for);
+        let outcome = self.read_requests_into(reader, spawn, &mut pending, &mut busy_poll);
         self.flush_pending(&mut pending);
+        if busy_poll.polls > 0 {
+            log::debug!(
+                "polled for the next request {} times, {} found it",
+                busy_poll.polls,
+                busy_poll.caught
+            );
+        }
         outcome
     }
 
@@ -61,6 +75,7 @@ impl Conn<'_> {
         reader: &mut RequestReader<'_>,
         mut spawn: impl FnMut(),
         pending: &mut Vec<u8>,
+        busy_poll: &mut BusyPoll,
     ) -> io::Result<Outcome> {
         let mut scratch = Vec::new();
         loop {
@@ -72,11 +87,17 @@ impl Conn<'_> {
                 // Asked to stop: what is left in the read buffer is not served.
                 return Ok(Outcome::Closed);
             }
+            if reader.buffered() == 0 {
+                busy_poll.wait(&self.server.poll_slots, || {
+                    reader.readable_now() != Some(false)
+                });
+            }
             let head = match reader.read_header() {
                 Ok(head) => head,
                 Err(e) if is_disconnect(&e) => return Ok(Outcome::Closed),
                 Err(e) => return Err(e),
             };
+            busy_poll.arrived();
             let req = match Request::decode(&head) {
                 Ok(req) => req,
                 Err(ProtoError::BadMagic { found, .. }) => {
@@ -99,6 +120,7 @@ impl Conn<'_> {
             if req.cmd == Cmd::DISC {
                 return Ok(Outcome::Disconnected);
             }
+            busy_poll.request(req.len);
             if let Err(errno) = self.validate(&req) {
                 self.flush_pending(pending);
                 if req.cmd == Cmd::WRITE {
