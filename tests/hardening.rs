@@ -503,7 +503,7 @@ const POLLED: &str = "polled for the next request";
 fn queue_depth_one(addr: SocketAddr, n: u64) {
     let mut c = Client::connect(addr, Handshake::Go);
     for i in 0..n {
-        let data = [i as u8; 4096];
+        let data = [i.to_le_bytes()[0]; 4096];
         assert_eq!(c.write_reply(2 * i, i * 4096, &data), Errno::OK);
         assert_eq!(c.read(2 * i + 1, i * 4096, 4096), data);
     }
