@@ -22,9 +22,11 @@
 //! queue depth 16 costs one read and one write for 16 requests, not 16
 //! thread hand-offs. Small WRITEs without FUA are written there too (buffered
 //! writes to one file queue for its inode lock anyway), each acknowledged
-//! only once `pwrite` returned. Large READs are served from the reading
-//! thread when their data is in the page cache (no hand-off, no contended
-//! writer lock), from a worker when it may have to come from the disk; to a
+//! only once `pwrite` returned. A large READ is served from the reading
+//! thread when its data is in the page cache and no other request waits
+//! behind it (no hand-off, no contended writer lock), from a worker when
+//! it may have to come from the disk or when more are waiting (so that
+//! copying one overlaps sending another); to a
 //! client on another machine, those of data with no hole go out with
 //! `sendfile`, never copied through user space (see `Stream::sendfile_pays` for why
 //! not to one on this machine).

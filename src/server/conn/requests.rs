@@ -29,6 +29,11 @@ const PENDING_MAX: usize = 256 << 10;
 /// READs of at least this size over data with no hole go out with sendfile
 /// (to a client on another machine): no copy into and out of user space.
 pub(super) const SENDFILE_MIN: u32 = 64 << 10;
+/// A cached READ at least this large goes to a worker when another request
+/// waits behind it, so that copying it overlaps sending another; smaller
+/// ones are served on the reading thread all the same (nbdcopy's 256 KiB
+/// READs: the hand-offs cost more than the overlap gains).
+const PARALLEL_READ_MIN: u32 = 512 << 10;
 /// A WRITE larger than this always goes to a worker, even alone in flight:
 /// its hand-off costs little next to the copy, and receiving the next
 /// payload overlaps with writing this one.
@@ -137,6 +142,7 @@ impl Conn<'_> {
             }
             if req.cmd == Cmd::READ
                 && req.len > INLINE_READ_MAX
+                && (req.len < PARALLEL_READ_MIN || reader.buffered() < Request::SIZE)
                 && self.large_read_inline(&req, pending)
             {
                 if self.writer.is_broken() {
@@ -253,9 +259,16 @@ impl Conn<'_> {
     }
 
     /// Serves a large READ of cached data from here (after the replies in
-    /// `pending`); false if it must go to a worker. Handing it over would
-    /// cost two thread switches and a contended writer lock per request,
-    /// and the worker would send it under the same lock anyway. Data not
+    /// `pending`); false if it must go to a worker. The caller asks only
+    /// when no other request is waiting in the read buffer, or when it is
+    /// under [`PARALLEL_READ_MIN`]: then handing it
+    /// over would cost two thread switches and a contended writer lock,
+    /// and the worker would send it under the same lock anyway. With
+    /// another request waiting (a client with several large READs in
+    /// flight), workers serve them: one copies its data from the page
+    /// cache while another sends, on two CPUs, where this thread alone
+    /// would do both for each in turn (fio, 1 MiB reads at queue depth 4:
+    /// about 2,000 → 2,500 MiB/s here). Data not
     /// yet in the page cache goes to the workers, so this thread does not
     /// wait for the disk and keeps reading requests. Behind a worker's READ
     /// (perhaps waiting for the disk while it holds the writer lock), this
