@@ -311,9 +311,13 @@ fn parse_export_name(text: &str) -> Result<String, String> {
     }
 }
 
-/// A duration such as `100us`, `0` or at most [`MAX_BUSY_POLL`](crate::server::MAX_BUSY_POLL).
+/// The most `--busy-poll` may be: longer, a client that paused would cost
+/// more CPU than the wake-up it saves.
+const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A duration such as `100us`, `0`, at most [`MAX_BUSY_POLL`].
 fn busy_poll_duration(text: &str) -> Result<std::time::Duration, String> {
-    let max = crate::server::MAX_BUSY_POLL;
+    let max = MAX_BUSY_POLL;
     match humantime::parse_duration(text) {
         Ok(d) if d > max => Err(format!("at most {}", humantime::format_duration(max))),
         Ok(d) => Ok(d),

@@ -40,8 +40,6 @@ pub const DEFAULT_MAX_INFLIGHT: u64 = 256 << 20;
 pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(1);
 /// The default for [`Limits::busy_poll`].
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
-/// The most [`Limits::busy_poll`] may be.
-pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 /// The default for [`Limits::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
