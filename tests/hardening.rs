@@ -517,7 +517,9 @@ fn a_queue_depth_one_client_is_polled_for_and_zero_turns_it_off() {
         return;
     }
     let t = TestEnv::new();
-    let (d, addr) = serve_with(&t, SIZE, &["-vv"]);
+    // The longest window: a loaded test machine, slow to send the next
+    // request, must not shrink it to nothing before the client qualifies.
+    let (d, addr) = serve_with(&t, SIZE, &["-vv", "--busy-poll", "1ms"]);
     queue_depth_one(addr, 64);
     wait_until(
         "the connection's polling line",

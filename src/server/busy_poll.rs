@@ -7,9 +7,9 @@
 //! request by a client that sends one request at a time and waits for its
 //! reply (a database's synchronous writes, `fio --iodepth=1`). Polling the
 //! socket for a little while after the reply, the thread finds the next
-//! request without having slept. Measured on a two-CPU VM with `fio` 4 KiB
-//! random reads at queue depth 1: 10,300 IOPS sleeping, 22,800 polling up
-//! to 50 µs (docs/benchmark.md).
+//! request without having slept. Measured on a two-CPU VM (`bench/run`,
+//! randread-qd1-j1, fio 4 KiB random reads at queue depth 1): 7,882 IOPS
+//! sleeping, 22,914 polling (docs/benchmark.md, bench/RESULTS.md).
 //!
 //! Polling costs CPU, so it is bounded three ways:
 //! - only a connection whose last [`QUALIFY`] waits each followed a single
@@ -265,7 +265,8 @@ mod tests {
             polled >= Duration::from_millis(2),
             "gave up after {polled:?}"
         );
-        assert!(looks > 1);
+        // At least one look (a loaded machine may run the loop only once).
+        assert!(looks >= 1);
         assert_eq!(
             (poll.polls, poll.caught),
             (2, 1),

@@ -125,7 +125,14 @@ impl Conn<'_> {
             if req.cmd == Cmd::DISC {
                 return Ok(Outcome::Disconnected);
             }
-            busy_poll.request(req.len);
+            // Only READ and WRITE move their length in bytes (a TRIM's or a
+            // BLOCK_STATUS's is a range on the file): only they can be large.
+            let moved = if matches!(req.cmd, Cmd::READ | Cmd::WRITE) {
+                req.len
+            } else {
+                0
+            };
+            busy_poll.request(moved);
             if let Err(errno) = self.validate(&req) {
                 self.flush_pending(pending);
                 if req.cmd == Cmd::WRITE {
@@ -267,8 +274,8 @@ impl Conn<'_> {
     /// another request waiting (a client with several large READs in
     /// flight), workers serve them: one copies its data from the page
     /// cache while another sends, on two CPUs, where this thread alone
-    /// would do both for each in turn (fio, 1 MiB reads at queue depth 4:
-    /// about 2,000 → 2,500 MiB/s here). Data not
+    /// would do both for each in turn (fio, 1 MiB reads at queue depth 4,
+    /// `bench/run` A/B: 1,761 → 1,982 MiB/s). Data not
     /// yet in the page cache goes to the workers, so this thread does not
     /// wait for the disk and keeps reading requests. Behind a worker's READ
     /// (perhaps waiting for the disk while it holds the writer lock), this
