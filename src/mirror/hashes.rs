@@ -12,18 +12,21 @@
 //! compares only after its FLUSH was answered.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::proto::hash::{HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, request_ranges};
+use crate::proto::hash::{HASH_LEN, HashParams, NBD_CMD_FLEXNBD_HASH, request_ranges};
 use crate::proto::types::CmdFlags;
 use crate::proto::wire::Request;
 
 use super::engine::{Stop, Transfer};
 use super::error::{ErrorKind as Kind, MirrorError};
+use super::hash_pool::{Failure, Pool};
 use super::{Incremental, MirrorRequest, Phase};
 use crate::backing::Backing;
 use crate::client::NbdClient;
+use crate::server::Server;
 use crate::server::dirty::DirtyMap;
 
 /// Hash requests in flight at once: the destination's workers hash them in parallel.
@@ -31,10 +34,10 @@ const HASH_WINDOW: usize = 8;
 /// Most bytes one hash request covers.
 const HASH_REQUEST_BYTES: u64 = 16 << 20;
 /// Our file is read in pieces of this size to be hashed.
-const READ_PIECE: usize = 1 << 20;
-/// A hash request's range of our file is hashed by this many threads (the
-/// mirror's and helpers), each reading its share: hashing is CPU-bound, and
-/// one thread would take as long as all the destination's workers together.
+const READ_PIECE: u64 = 1 << 20;
+/// Our file is hashed by this many threads (the mirror's and helpers,
+/// [`Pool`]): hashing is CPU-bound, and one thread would take as long as
+/// all the destination's workers together.
 const HASH_THREADS: usize = 2;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
@@ -194,7 +197,7 @@ impl Transfer<'_> {
         &mut self,
         params: HashParams,
         ranges: &[(u64, u64)],
-        mut flush: bool,
+        flush: bool,
     ) -> Result<Vec<(u64, u64)>, Stop> {
         let size = self.server.backing().size();
         let per_request = HashParams {
@@ -209,18 +212,48 @@ impl Transfer<'_> {
             .flat_map(|&(offset, len)| request_ranges(&per_request, size, offset, len))
             .collect();
         let block = u64::from(params.block_size);
-        let mut sent: VecDeque<(u64, u64, u64)> = VecDeque::new();
+        let server: &Arc<Server> = self.server;
+        let backing = server.backing();
+        let pool = Pool::new(block, READ_PIECE);
+        std::thread::scope(|scope| {
+            // Closes the pool however this ends, so the helpers return.
+            let _closing = Closing(&pool);
+            for _ in 1..HASH_THREADS {
+                std::thread::Builder::new()
+                    .name("mirror-hash".into())
+                    .spawn_scoped(scope, || pool.work(backing))
+                    .map_err(|e| {
+                        Stop::Failed(MirrorError::new(
+                            Kind::Internal,
+                            format!("cannot start a hashing thread: {e}"),
+                        ))
+                    })?;
+            }
+            self.compare_with(&pool, &requests, block, flush)
+        })
+    }
+
+    /// [`Transfer::compare`]'s loop: sends the hash requests, a window at
+    /// a time, and compares each answer with our hashes from `pool`.
+    fn compare_with(
+        &mut self,
+        pool: &Pool,
+        requests: &[(u64, u64)],
+        block: u64,
+        mut flush: bool,
+    ) -> Result<Vec<(u64, u64)>, Stop> {
+        let size = self.server.backing().size();
+        let mut sent: VecDeque<u64> = VecDeque::new();
         let mut next = requests.iter();
         let mut differ: Vec<(u64, u64)> = Vec::new();
         let mut ours = Vec::new();
-        // The helpers' read buffers, kept for the whole comparison.
-        let mut spares = vec![Vec::new(); HASH_THREADS - 1];
         loop {
             while sent.len() < HASH_WINDOW {
                 let Some(&(offset, len)) = next.next() else {
                     break;
                 };
-                sent.push_back((self.send_hash_request(offset, len, block)?, offset, len));
+                sent.push_back(self.send_hash_request(offset, len, block)?);
+                pool.push(offset, len);
             }
             if flush {
                 // Not alone in flight: the destination syncs on a worker
@@ -228,11 +261,21 @@ impl Transfer<'_> {
                 self.send_flush()?;
                 flush = false;
             }
-            let Some((handle, offset, len)) = sent.pop_front() else {
+            let Some(handle) = sent.pop_front() else {
                 break;
             };
             ours.clear();
-            self.hash_ours(offset, len, block, &mut ours, &mut spares)?;
+            let backing = self.server.backing();
+            let (offset, len) = match pool.take(backing, &mut self.buf, &mut ours) {
+                Some(Ok(range)) => range,
+                Some(Err(Failure::Read(e))) => return Err(local_read_error(backing, &e)),
+                Some(Err(Failure::Panicked)) | None => {
+                    return Err(Stop::Failed(MirrorError::new(
+                        Kind::Internal,
+                        "a hashing thread panicked",
+                    )));
+                }
+            };
             let theirs = self.take_hashes(handle)?;
             let mut matched = len;
             for (i, mine) in ours.iter().enumerate() {
@@ -295,73 +338,6 @@ impl Transfer<'_> {
     fn take_hashes(&self, handle: u64) -> Result<Vec<u8>, Stop> {
         self.wait_for(|w| w.hash_done.remove(&handle))
     }
-
-    /// Hashes `len` bytes of our file at `offset`, block by block, into
-    /// `out`: the range is cut into [`HASH_THREADS`] shares on block
-    /// boundaries, the first hashed here, the others by scoped threads, one
-    /// read buffer of `spares` each.
-    fn hash_ours(
-        &mut self,
-        offset: u64,
-        len: u64,
-        block: u64,
-        out: &mut Vec<Hash>,
-        spares: &mut [Vec<u8>],
-    ) -> Result<(), Stop> {
-        let backing = self.server.backing();
-        let share = len.div_ceil(block).div_ceil(spares.len() as u64 + 1) * block;
-        let mut hashed: Vec<Vec<Hash>> = vec![Vec::new(); spares.len()];
-        std::thread::scope(|scope| {
-            let mut helpers = Vec::new();
-            for (i, (spare, hashes)) in spares.iter_mut().zip(&mut hashed).enumerate() {
-                let start = share * (i as u64 + 1);
-                if start >= len {
-                    break;
-                }
-                let n = share.min(len - start);
-                let work = move || hash_range(backing, spare, offset + start, n, block, hashes);
-                let handle = std::thread::Builder::new()
-                    .name("mirror-hash".into())
-                    .spawn_scoped(scope, work)
-                    .map_err(|e| {
-                        Stop::Failed(MirrorError::new(
-                            Kind::Internal,
-                            format!("cannot start a hashing thread: {e}"),
-                        ))
-                    })?;
-                helpers.push(handle);
-            }
-            hash_range(backing, &mut self.buf, offset, share.min(len), block, out)?;
-            for handle in helpers {
-                handle.join().map_err(|_| {
-                    Stop::Failed(MirrorError::new(
-                        Kind::Internal,
-                        "a hashing thread panicked",
-                    ))
-                })??;
-            }
-            Ok::<(), Stop>(())
-        })?;
-        for hashes in hashed {
-            out.extend(hashes);
-        }
-        Ok(())
-    }
-}
-
-/// Hashes `len` bytes of `backing` at `offset` into `out`, block by block,
-/// read into `buf` ([`READ_PIECE`] at a time).
-fn hash_range(
-    backing: &Backing,
-    buf: &mut Vec<u8>,
-    offset: u64,
-    len: u64,
-    block: u64,
-    out: &mut Vec<Hash>,
-) -> Result<(), Stop> {
-    backing
-        .read_hashed(offset, len, block, READ_PIECE as u64, buf, out)
-        .map_err(|e| local_read_error(backing, &e))
 }
 
 /// `bytes` in `took`, in whole MiB per second (for a log line).
@@ -381,6 +357,15 @@ fn local_read_error(backing: &Backing, e: &std::io::Error) -> Stop {
         Kind::Local,
         format!("cannot read {}: {e}", backing.path().display()),
     ))
+}
+
+/// Closes a [`Pool`] when dropped.
+struct Closing<'a>(&'a Pool);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,7 @@ use crate::sys::Trigger;
 mod engine;
 mod error;
 mod handover;
+mod hash_pool;
 mod hashes;
 mod passes;
 mod replies;
