@@ -170,7 +170,9 @@ fn open(target: &Target, opts: &ConnectOptions) -> Result<Stream, ClientError> {
     Ok(match target {
         Target::Tcp(_) => {
             socket.set_tcp_nodelay(true).map_err(connect_err)?;
-            Stream::Tcp(TcpStream::from(socket))
+            let tcp = TcpStream::from(socket);
+            crate::nbd::stream::unpace_if_local(&tcp);
+            Stream::Tcp(tcp)
         }
         Target::Unix(_) => Stream::Unix(UnixStream::from(socket)),
     })

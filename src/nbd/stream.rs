@@ -544,13 +544,87 @@ pub fn configure(stream: &Stream) -> io::Result<()> {
             .with_interval(Duration::from_secs(10))
             .with_retries(3);
         SockRef::from(s).set_tcp_keepalive(&keepalive)?;
+        unpace_if_local(s);
     }
     Ok(())
+}
+
+/// On a connection to this machine, replaces a congestion control that
+/// paces its sends (BBR, which without the `fq` qdisc paces with a timer
+/// per burst) with one that does not: CUBIC, or Reno where only it is
+/// allowed (`net.ipv4.tcp_allowed_congestion_control`). Over loopback there
+/// is no path to model, and pacing only costs: on the benchmark machine
+/// (BBR by default, `pfifo_fast`), without it a 1 GiB nbdcopy read went
+/// from a median of 1,309 MiB/s to 2,208 and the server's CPU per GiB
+/// from 0.71 s to 0.40 s (five interleaved runs by hand).
+/// Connections to other machines keep the system's choice; so does any
+/// congestion control but BBR. Best effort: a failure leaves the socket as
+/// it was.
+pub fn unpace_if_local(tcp: &TcpStream) {
+    if !is_this_machine(tcp) {
+        return;
+    }
+    let socket = SockRef::from(tcp);
+    let Ok(current) = socket.tcp_congestion() else {
+        return;
+    };
+    if !paces(&current) {
+        return;
+    }
+    for replacement in [&b"cubic"[..], b"reno"] {
+        if socket.set_tcp_congestion(replacement).is_ok() {
+            log::debug!(
+                "connection to this machine: congestion control {} instead of {}",
+                String::from_utf8_lossy(replacement),
+                String::from_utf8_lossy(name(&current))
+            );
+            return;
+        }
+    }
+}
+
+/// A congestion control's name, without the NUL padding `getsockopt` returns.
+fn name(raw: &[u8]) -> &[u8] {
+    raw.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+/// Whether the congestion control `raw` names paces its sends.
+fn paces(raw: &[u8]) -> bool {
+    name(raw).starts_with(b"bbr")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bbr_counts_as_pacing() {
+        assert!(paces(b"bbr\0\0\0\0\0\0\0\0\0\0\0\0\0"));
+        assert!(paces(b"bbr2"));
+        assert!(!paces(b"cubic\0\0\0"));
+        assert!(!paces(b"reno"));
+        assert!(!paces(b""));
+        assert_eq!(name(b"cubic\0\0"), b"cubic");
+    }
+
+    #[test]
+    fn a_loopback_connection_under_bbr_is_moved_off_it() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        if SockRef::from(&server).set_tcp_congestion(b"bbr").is_err() {
+            eprintln!("skipped: this kernel offers no BBR to switch from");
+            return;
+        }
+        unpace_if_local(&server);
+        let now = SockRef::from(&server).tcp_congestion().unwrap();
+        assert!(!paces(&now), "{:?}", String::from_utf8_lossy(&now));
+        // Still a working connection.
+        (&server).write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        (&client).read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+    }
 
     #[test]
     fn tcp_and_unix_streams_carry_bytes_both_ways() {
