@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
-use crate::proto::hash::{Hash, hash_blocks};
+use crate::proto::hash::{Hash, hash_block, hash_blocks};
 pub use crate::proto::reply::is_zero;
 
 /// The granularity of sparse-aware writes, as flexnbd-c's allocation map.
@@ -139,17 +139,55 @@ impl Backing {
     ) -> io::Result<()> {
         let block = block.max(1);
         let piece = (piece / block).max(1) * block;
+        let block_len = usize::try_from(block).unwrap_or(usize::MAX);
+        // The hash of a block of zeroes, once a hole needs it.
+        let mut zero: Option<Hash> = None;
         let mut done = 0u64;
         while done < len {
             let n = usize::try_from((len - done).min(piece)).unwrap_or(usize::MAX);
             if buf.len() < n {
                 buf.resize(n, 0);
             }
-            self.read_at(&mut buf[..n], offset + done)?;
-            hash_blocks(&buf[..n], usize::try_from(block).unwrap_or(usize::MAX), out);
+            let at = offset + done;
+            if self.holds_no_data(at, n as u64) {
+                // A hole reads as zeroes: their hashes, without reading
+                // (a sparse destination's unwritten half, a thin image).
+                let whole = n / block_len;
+                if whole > 0 {
+                    let zero = *zero.get_or_insert_with(|| {
+                        let zeroes = &mut buf[..block_len];
+                        zeroes.fill(0);
+                        hash_block(zeroes)
+                    });
+                    out.extend(std::iter::repeat_n(zero, whole));
+                }
+                let rest = n % block_len;
+                if rest > 0 {
+                    // The file's last, short block.
+                    let zeroes = &mut buf[..rest];
+                    zeroes.fill(0);
+                    out.push(hash_block(zeroes));
+                }
+            } else {
+                self.read_at(&mut buf[..n], at)?;
+                hash_blocks(&buf[..n], block_len, out);
+            }
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Whether `[offset, offset + len)` is inside the file and holds no
+    /// data on disk (a file system that cannot tell says no).
+    fn holds_no_data(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len);
+        match rustix::fs::seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(data) => data >= end,
+            // No data from `offset` to the end: a hole only if the range
+            // does not run past the end (that is a short read, an error).
+            Err(rustix::io::Errno::NXIO) => self.file.metadata().is_ok_and(|m| m.len() >= end),
+            Err(_) => false,
+        }
     }
 
     /// Reads `buf` at `offset` only if it is all in the page cache.
@@ -430,6 +468,34 @@ mod tests {
     fn allocated(b: &Backing) -> u64 {
         use std::os::unix::fs::MetadataExt;
         b.file.metadata().unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn hashes_over_holes_are_those_of_the_zeroes_read() {
+        // Holes around a little data, and a short last block.
+        let len = (4u64 << 20) + 4096 + 512;
+        let (_d, b) = sparse(len);
+        b.write_at(&[9u8; 100], (1 << 20) + 5).unwrap();
+        let mut all = vec![0u8; len as usize];
+        b.read_at(&mut all, 0).unwrap();
+        let mut want = Vec::new();
+        hash_blocks(&all, 64 << 10, &mut want);
+        for piece in [64 << 10, 1 << 20, 8 << 20] {
+            let mut out = Vec::new();
+            b.read_hashed(0, len, 64 << 10, piece, &mut Vec::new(), &mut out)
+                .unwrap();
+            assert_eq!(out, want, "pieces of {piece}");
+        }
+        // A range running past the end is an error, hole or not.
+        let past = b.read_hashed(
+            len - 512,
+            4096,
+            4096,
+            4096,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(past.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
