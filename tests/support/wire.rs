@@ -361,10 +361,15 @@ impl Client {
     #[track_caller]
     pub(crate) fn try_reply(&mut self) -> Option<SimpleReply> {
         let mut head = [0u8; SimpleReply::SIZE];
-        let first = match self.s.read(&mut head) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => 0,
-            Err(e) => panic!("no reply and no close in time: {e}"),
+        let first = loop {
+            match self.s.read(&mut head) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break 0,
+                // A signal to this process (a child's SIGCHLD, caught by
+                // whoever waits for children with a timeout) is no answer.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("no reply and no close in time: {e}"),
+            }
         };
         if first == 0 {
             return None;
@@ -488,6 +493,8 @@ pub(crate) fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            // A signal (a child's SIGCHLD): look again until the deadline.
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return false;
             }
