@@ -224,6 +224,16 @@ impl Pool {
     }
 }
 
+/// Closes a [`Pool`] when dropped: however the comparison ends (an error,
+/// a panic), the helpers return and the scope holding them can end.
+pub(super) struct Closing<'a>(pub(super) &'a Pool);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

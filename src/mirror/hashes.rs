@@ -22,7 +22,7 @@ use crate::proto::wire::Request;
 
 use super::engine::{Stop, Transfer};
 use super::error::{ErrorKind as Kind, MirrorError};
-use super::hash_pool::{Failure, Pool};
+use super::hash_pool::{Closing, Failure, Pool};
 use super::{Incremental, MirrorRequest, Phase};
 use crate::backing::Backing;
 use crate::client::NbdClient;
@@ -357,15 +357,6 @@ fn local_read_error(backing: &Backing, e: &std::io::Error) -> Stop {
         Kind::Local,
         format!("cannot read {}: {e}", backing.path().display()),
     ))
-}
-
-/// Closes a [`Pool`] when dropped.
-struct Closing<'a>(&'a Pool);
-
-impl Drop for Closing<'_> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
 }
 
 #[cfg(test)]

@@ -199,7 +199,8 @@ impl Stream {
         self.can_sendfile()
             && self
                 .as_tcp()
-                .is_some_and(|tcp| !is_this_machine(tcp) || sendfile_forced())
+                // Unreadable addresses count as this machine: copying is never wrong.
+                .is_some_and(|tcp| !peer_is_this_machine(tcp).unwrap_or(true) || sendfile_forced())
     }
 
     /// Whether this is a TLS session.
@@ -209,15 +210,12 @@ impl Stream {
 }
 
 /// Whether the other end of `tcp` is on this machine: a loopback address,
-/// or our own address (or the addresses cannot be read).
-fn is_this_machine(tcp: &TcpStream) -> bool {
-    match (tcp.peer_addr(), tcp.local_addr()) {
-        (Ok(peer), Ok(local)) => {
-            let peer = peer.ip().to_canonical();
-            peer.is_loopback() || peer == local.ip().to_canonical()
-        }
-        _ => true,
-    }
+/// or our own address; `None` when the addresses cannot be read (each
+/// caller picks its safe answer).
+fn peer_is_this_machine(tcp: &TcpStream) -> Option<bool> {
+    let peer = tcp.peer_addr().ok()?.ip().to_canonical();
+    let local = tcp.local_addr().ok()?.ip().to_canonical();
+    Some(peer.is_loopback() || peer == local)
 }
 
 /// Whether `FLEXNBD_TEST_SENDFILE=1` asks a debug build for `sendfile` to
@@ -561,7 +559,8 @@ pub fn configure(stream: &Stream) -> io::Result<()> {
 /// congestion control but BBR. Best effort: a failure leaves the socket as
 /// it was.
 pub fn unpace_if_local(tcp: &TcpStream) {
-    if !is_this_machine(tcp) {
+    // Unreadable addresses: leave the system's choice alone.
+    if peer_is_this_machine(tcp) != Some(true) {
         return;
     }
     let socket = SockRef::from(tcp);
