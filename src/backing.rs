@@ -37,6 +37,17 @@ pub struct Extent {
     pub hole: bool,
 }
 
+/// A change of the file under way: bumps [`Backing::modifications`] again
+/// when it ends (dropped), however it ends.
+#[must_use]
+struct Modifying<'a>(&'a AtomicU64);
+
+impl Drop for Modifying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// The file behind the export.
 #[derive(Debug)]
 pub struct Backing {
@@ -44,7 +55,7 @@ pub struct Backing {
     path: PathBuf,
     size: u64,
     read_only: bool,
-    /// Bumped before every write, trim or zeroing: see [`Backing::modifications`].
+    /// Bumped before and after every write, trim or zeroing: see [`Backing::modifications`].
     modifications: AtomicU64,
 }
 
@@ -94,16 +105,18 @@ impl Backing {
         self.read_only
     }
 
-    /// How many writes, trims and zeroings have begun through this
-    /// `Backing`. Each bumps it before it touches the file, so what was
-    /// read while the count stayed the same was read with no change of ours
-    /// in between (`server::hash_ahead` relies on that).
+    /// Counts the writes, trims and zeroings through this `Backing`: each
+    /// bumps it before it touches the file and again once it returns, so
+    /// what was read while the count stayed the same was read with no
+    /// change of ours in between, nor one under way that could land later
+    /// (`server::hash_ahead` relies on that, on a migration's source too).
     pub fn modifications(&self) -> u64 {
         self.modifications.load(Ordering::SeqCst)
     }
 
-    fn modifying(&self) {
+    fn modifying(&self) -> Modifying<'_> {
         self.modifications.fetch_add(1, Ordering::SeqCst);
+        Modifying(&self.modifications)
     }
 
     /// The underlying file, for zero-copy paths.
@@ -257,7 +270,7 @@ impl Backing {
     ///
     /// Any I/O error from `pwrite` or `lseek`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.modifying();
+        let _changing = self.modifying();
         let mut run_start = 0usize; // start in `buf` of bytes not yet written
         let mut pos = 0usize;
         while pos < buf.len() {
@@ -287,7 +300,7 @@ impl Backing {
     ///
     /// Any I/O error from `pwrite`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.modifying();
+        let _changing = self.modifying();
         self.file.write_all_at(buf, offset)
     }
 
@@ -321,7 +334,7 @@ impl Backing {
         if len == 0 {
             return Ok(());
         }
-        self.modifying();
+        let _changing = self.modifying();
         let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         rustix::fs::fallocate(&self.file, flags, offset, len).map_err(unsupported)
     }
@@ -345,7 +358,7 @@ impl Backing {
         if len == 0 {
             return Ok(());
         }
-        self.modifying();
+        let _changing = self.modifying();
         if may_punch {
             match self.punch_hole(offset, len) {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
@@ -583,5 +596,24 @@ mod tests {
         assert!(b.extents(0, 32768).unwrap()[0].hole);
         b.sync().unwrap();
         b.cache(0, 4096).unwrap();
+    }
+
+    #[test]
+    fn every_change_counts_when_it_begins_and_when_it_ends() {
+        let (_dir, b) = sparse(1 << 20);
+        assert_eq!(b.modifications(), 0);
+        b.write_at(&[1; 4096], 0).unwrap();
+        assert_eq!(b.modifications(), 2);
+        b.write_all_at(&[2; 4096], 4096).unwrap();
+        assert_eq!(b.modifications(), 4);
+        {
+            let _changing = b.modifying();
+            // Under way: a reader that took the count before it began sees it moved.
+            assert_eq!(b.modifications(), 5);
+        }
+        assert_eq!(b.modifications(), 6);
+        // A failed change counts too.
+        assert!(b.write_at(&[3; 4096], u64::MAX - 10).is_err());
+        assert_eq!(b.modifications(), 8);
     }
 }

@@ -358,6 +358,27 @@ fn verify_into_the_c_listen_is_refused_at_the_start() {
 }
 
 #[test]
+fn an_idle_source_hashes_its_file_during_the_copy_for_verify() {
+    let env = TestEnv::new();
+    let size = 16 * MIB;
+    let (src, dst, mut source, mut dest, waiting) =
+        verified_migration_under_way(&env, size, 49, "2097152");
+    // While the copy is held back by the limit, a thread of the source
+    // hashes its whole file.
+    wait_until(
+        "the source's hashes computed ahead",
+        MIGRATION_WITHIN,
+        || source.daemon.stderr().contains(" bytes ahead in "),
+    );
+    lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
+    assert_verified(waiting);
+    let log = source.daemon.stderr();
+    // The comparison before the handover took all of its side from them.
+    let ahead = format!("{size} bytes of ours hashed during the copy");
+    assert!(log.contains(&ahead), "{log}");
+}
+
+#[test]
 fn verify_with_a_client_writing_throughout_hands_over_a_verified_copy() {
     let env = TestEnv::new();
     let size = 16 * MIB;

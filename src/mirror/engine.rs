@@ -5,10 +5,11 @@
 //! (a reply error, a bad reply, EOF, no progress within the request limit)
 //! ends the attempt; the supervisor in `mod.rs` decides about retrying.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::backing::Backing;
 use crate::client::{ConnectOptions, NbdClient, Style};
 use crate::proto::consts::MIRROR_HANDLE;
 use crate::proto::hash::HashParams;
@@ -16,6 +17,7 @@ use crate::proto::types::{Cmd, CmdFlags, TransmissionFlags};
 use crate::proto::wire::Request;
 use crate::server::Server;
 use crate::server::dirty::Tracker;
+use crate::server::hash_ahead::{self, HashAhead};
 
 use super::error::{ErrorKind as Kind, MirrorError, StartError};
 use super::passes::{COPY_BUDGET, Passes};
@@ -132,6 +134,8 @@ pub(super) fn attempt(
     mirror.set_phase(Phase::Copying);
 
     let replies = Arc::new(Replies::new(limit));
+    let ahead = hash_ahead(mirror, &client, server.backing(), incremental.is_some());
+    let stop_ahead = AtomicBool::new(false);
     let end = match reply_reader(&client, limit) {
         Err(e) => AttemptEnd::Failed(e),
         Ok(reader) => std::thread::scope(|scope| {
@@ -149,6 +153,19 @@ pub(super) fn attempt(
             };
             let reader_replies = replies.clone();
             scope.spawn(move || read_replies(reader, &reader_replies, mirror));
+            // Stops the hashing thread however the attempt ends, before the
+            // scope waits for it.
+            let _stop_ahead = ahead.as_ref().map(|ahead| {
+                let backing = server.backing();
+                let stop = &stop_ahead;
+                scope.spawn(move || {
+                    // Only what the copy leaves of the CPU: nice 19 (on
+                    // Linux a thread's own).
+                    let _ = rustix::process::setpriority_process(None, 19);
+                    ahead.run(backing, || stop.load(Ordering::SeqCst));
+                });
+                SetOnDrop(stop)
+            });
             let sendfile = client.sendfile_pays();
             let mut transfer = Transfer {
                 server,
@@ -160,6 +177,7 @@ pub(super) fn attempt(
                 sendfile,
                 next_send: Instant::now(),
                 pre_verified: false,
+                ahead: ahead.as_ref(),
             };
             let end = transfer.run(incremental);
             if end != AttemptEnd::Done {
@@ -193,6 +211,38 @@ pub(super) struct Transfer<'a> {
     pub(super) next_send: Instant,
     /// `--verify` compared the whole file before converging.
     pub(super) pre_verified: bool,
+    /// `--verify`: our file's hashes, computed while the copy runs.
+    pub(super) ahead: Option<&'a HashAhead>,
+}
+
+/// `--verify` without an incremental comparison: our side's hashes for the
+/// comparison before the handover, to be computed while the copy runs (a
+/// thread at the lowest priority reads and hashes the file once; a client
+/// write drops them all, as on a `listen`). `None` when the destination's
+/// blocks are larger than the thread's pieces.
+fn hash_ahead(
+    mirror: &Mirror,
+    client: &NbdClient,
+    backing: &Backing,
+    incremental: bool,
+) -> Option<HashAhead> {
+    if !mirror.request.verify || incremental {
+        return None;
+    }
+    let params = client.hash_params()?;
+    if u64::from(params.block_size) > hash_ahead::PIECE {
+        return None;
+    }
+    HashAhead::new(backing, params.block_size)
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Why the sender must stop.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::proto::hash::{HASH_LEN, HashParams, NBD_CMD_FLEXNBD_HASH, request_ranges};
+use crate::proto::hash::{HASH_LEN, Hash, HashParams, NBD_CMD_FLEXNBD_HASH, request_ranges};
 use crate::proto::types::CmdFlags;
 use crate::proto::wire::Request;
 
@@ -28,6 +28,7 @@ use crate::backing::Backing;
 use crate::client::NbdClient;
 use crate::server::Server;
 use crate::server::dirty::DirtyMap;
+use crate::server::hash_ahead::HashAhead;
 
 /// Hash requests in flight at once: the destination's workers hash them in parallel.
 const HASH_WINDOW: usize = 8;
@@ -41,6 +42,9 @@ const READ_PIECE: u64 = 1 << 20;
 const HASH_THREADS: usize = 2;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
+
+/// A hash request's range and our hashes of it, computed ahead.
+type Kept = (u64, u64, Vec<Hash>);
 
 /// Clears `map`; the runs that were set, in file order.
 fn drain(map: &DirtyMap) -> Vec<(u64, u64)> {
@@ -123,11 +127,12 @@ impl Transfer<'_> {
             self.tracker.touched.mark(offset, len);
         }
         log::info!(
-            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile; compared in {} ms ({} MiB/s)",
+            "verify: {bytes} bytes in {} runs differ before the handover; {} bytes written meanwhile; compared in {} ms ({} MiB/s); {} bytes of ours hashed during the copy",
             differ.len(),
             self.tracker.touched.dirty_bytes().saturating_sub(bytes),
             took.as_millis(),
-            mib_per_sec(size, took)
+            mib_per_sec(size, took),
+            self.ahead.map_or(0, HashAhead::answered)
         );
         self.pre_verified = true;
         self.wait_window(0)
@@ -243,7 +248,9 @@ impl Transfer<'_> {
         mut flush: bool,
     ) -> Result<Vec<(u64, u64)>, Stop> {
         let size = self.server.backing().size();
-        let mut sent: VecDeque<u64> = VecDeque::new();
+        // Each request's handle, and our hashes if they were computed
+        // ahead (else the pool hashes its range).
+        let mut sent: VecDeque<(u64, Option<Kept>)> = VecDeque::new();
         let mut next = requests.iter();
         let mut differ: Vec<(u64, u64)> = Vec::new();
         let mut ours = Vec::new();
@@ -252,8 +259,18 @@ impl Transfer<'_> {
                 let Some(&(offset, len)) = next.next() else {
                     break;
                 };
-                sent.push_back(self.send_hash_request(offset, len, block)?);
-                pool.push(offset, len);
+                let handle = self.send_hash_request(offset, len, block)?;
+                let mut kept = Vec::new();
+                let backing = self.server.backing();
+                if self
+                    .ahead
+                    .is_some_and(|ahead| ahead.kept_hashes(backing, offset, len, &mut kept))
+                {
+                    sent.push_back((handle, Some((offset, len, kept))));
+                } else {
+                    sent.push_back((handle, None));
+                    pool.push(offset, len);
+                }
             }
             if flush {
                 // Not alone in flight: the destination syncs on a worker
@@ -261,12 +278,19 @@ impl Transfer<'_> {
                 self.send_flush()?;
                 flush = false;
             }
-            let Some(handle) = sent.pop_front() else {
+            let Some((handle, kept)) = sent.pop_front() else {
                 break;
             };
             ours.clear();
             let backing = self.server.backing();
-            let (offset, len) = match pool.take(backing, &mut self.buf, &mut ours) {
+            let taken = match kept {
+                Some((offset, len, hashes)) => {
+                    ours = hashes;
+                    Some(Ok((offset, len)))
+                }
+                None => pool.take(backing, &mut self.buf, &mut ours),
+            };
+            let (offset, len) = match taken {
                 Some(Ok(range)) => range,
                 Some(Err(Failure::Read(e))) => return Err(local_read_error(backing, &e)),
                 Some(Err(Failure::Panicked)) | None => {

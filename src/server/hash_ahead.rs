@@ -2,7 +2,9 @@
 //! block by block as soon as it starts, before any source asks, and keeps
 //! the hashes until the first change, so that an incremental migration's
 //! comparison (docs/hash-extension.md) finds them ready and only the
-//! source has to read and hash its file.
+//! source has to read and hash its file. A source migrating with
+//! `--verify` does the same while it copies (`mirror::engine`), so that
+//! the comparison before the handover finds its side's hashes ready.
 //!
 //! A kept hash is only ever answered while it is certain to be the hash of
 //! what the file holds:
@@ -264,6 +266,37 @@ impl HashAhead {
         Ok(())
     }
 
+    /// Appends the hashes of the blocks of `len` bytes at `offset` (on
+    /// block boundaries, within the file) to `out` and says so if every one
+    /// is kept and may be answered; else leaves `out` as it was and
+    /// returns false, reading nothing (a migration's source, whose
+    /// comparison hashes what is not kept on its own threads).
+    pub fn kept_hashes(
+        &self,
+        backing: &Backing,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Hash>,
+    ) -> bool {
+        if !self.usable(backing, true) {
+            return false;
+        }
+        let first = out.len();
+        let end = (offset + len).min(self.size);
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(PIECE);
+            if !self.take_kept(at, n, out) {
+                out.truncate(first);
+                return false;
+            }
+            at += n;
+        }
+        self.answered
+            .fetch_add(end.saturating_sub(offset), Ordering::Relaxed);
+        true
+    }
+
     /// Bytes of hash requests answered from kept hashes so far.
     pub fn answered(&self) -> u64 {
         self.answered.load(Ordering::Relaxed)
@@ -378,5 +411,40 @@ mod tests {
         assert_eq!(ahead.answered(), 1 << 20);
         assert_answers(&ahead, &backing, &data, 0, 3 << 20);
         assert_eq!(ahead.answered(), 4 << 20);
+    }
+
+    #[test]
+    fn kept_hashes_answers_only_what_is_all_kept_and_reads_nothing() {
+        // 2.5 MiB: the second request's last piece is short.
+        let len = 2 * (1 << 20) + (1 << 19);
+        let (f, data) = file(len);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        let mut out = vec![[7u8; 32]];
+        assert!(
+            !ahead.kept_hashes(&backing, 0, 1 << 20, &mut out),
+            "nothing is kept yet"
+        );
+        assert_eq!(out.len(), 1, "a refusal leaves out as it was");
+        // Only the first piece hashed: a range reaching into the second is refused.
+        let calls = std::cell::Cell::new(0);
+        ahead.run(&backing, || {
+            calls.set(calls.get() + 1);
+            calls.get() > 1
+        });
+        assert!(!ahead.kept_hashes(&backing, 0, 2 << 20, &mut out));
+        assert_eq!(out.len(), 1);
+        assert!(ahead.kept_hashes(&backing, 0, 1 << 20, &mut out));
+        assert_eq!(out[1..], expected(&data, 0, 1 << 20)[..]);
+        ahead.run(&backing, || false);
+        out.clear();
+        assert!(ahead.kept_hashes(&backing, 1 << 20, (len - (1 << 20)) as u64, &mut out));
+        assert_eq!(out, expected(&data, 1 << 20, len - (1 << 20)));
+        assert_eq!(ahead.answered(), len as u64);
+        // A write of ours: none is answered any more.
+        backing.write_at(b"x", 0).unwrap();
+        out.clear();
+        assert!(!ahead.kept_hashes(&backing, 1 << 20, 1 << 20, &mut out));
+        assert!(out.is_empty());
     }
 }
