@@ -161,7 +161,13 @@ fn serve_after_handover_serves_the_migrated_file_on_the_same_address() {
         read_ok(&dest, 0, SIZE) == data,
         "the file read back differs"
     );
-    // `status` answers as a serve's.
+    // `status` answers as a serve's, once the reader's connection is
+    // counted out (its thread ends just after the client has gone).
+    wait_until("the reader counted out", EXIT_WITHIN, || {
+        status(&dest_sock)
+            .iter()
+            .any(|(k, v)| k == "num_clients" && v == "0")
+    });
     let pairs = status(&dest_sock);
     for (k, v) in [
         ("has_control", "true"),
