@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::support::commands::{
     self, assert_exit_0, assert_success, mirror_wait_ok, one_error_line,
@@ -20,7 +21,7 @@ use crate::support::commands::{
 use crate::support::daemon::start_on_free_port;
 use crate::support::tls::{Part, Pki};
 use crate::support::{
-    Daemon, DaemonBuilder, TestEnv, assert_same_bytes, pattern, require_tool, text,
+    Daemon, DaemonBuilder, TestEnv, assert_same_bytes, pattern, require_tool, text, wait_until,
 };
 
 const MIB: u64 = 1 << 20;
@@ -254,6 +255,24 @@ fn nbdinfo_and_nbdcopy_with_verify_peer() {
     let src = env.image_with("src.img", &pattern(4 * MIB as usize, 21));
     run_ok(Command::new("nbdcopy").arg(&src).arg(nbds(&d, &client)));
     assert_same_file(&disk, &src);
+}
+
+#[test]
+fn a_gnutls_client_that_puts_aes_256_first_gets_aes_128_gcm() {
+    let Some((env, pki)) = with_tools(&["nbdinfo"]) else {
+        return;
+    };
+    // -v twice: the session's suite is logged at debug level.
+    let (_disk, d) = serve_tls(&env, MIB, &pki.server(), &["-v"]);
+    run_ok(Command::new("nbdinfo").arg(nbds(&d, &pki.ca_only())));
+    wait_until("the TLS session logged", Duration::from_secs(10), || {
+        d.stderr().contains("TLS session started: ")
+    });
+    let log = d.stderr();
+    assert!(
+        log.contains("TLS session started: TLSv1_3 TLS13_AES_128_GCM_SHA256"),
+        "{log}"
+    );
 }
 
 #[test]

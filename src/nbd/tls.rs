@@ -153,9 +153,11 @@ impl ServerTls {
         } else {
             builder.with_no_client_auth()
         };
-        let config = builder
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| config_error(&format!("{}", self.dir.join(SERVER_KEY).display()), e))?;
+        // Ours, not the client's (GnuTLS clients put AES-256-GCM first).
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }
@@ -215,7 +217,18 @@ impl ClientTls {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // AES-128-GCM first (docs/tls.md, "Speed"): a client decrypting
+    // everything we send is the limit of a TLS read, and AES-256 costs it
+    // 14 rounds per block against 10. The sort is stable: the rest keep
+    // rustls's order.
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 1,
+        _ => 2,
+    });
+    Arc::new(provider)
 }
 
 fn config_error(context: &str, error: rustls::Error) -> TlsError {
