@@ -363,12 +363,19 @@ fn an_idle_source_hashes_its_file_during_the_copy_for_verify() {
     let size = 16 * MIB;
     let (src, dst, mut source, mut dest, waiting) =
         verified_migration_under_way(&env, size, 49, "2097152");
-    // While the copy is held back by the limit, a thread of the source
-    // hashes its whole file.
-    wait_until(
-        "the source's hashes computed ahead",
-        MIGRATION_WITHIN,
-        || source.daemon.stderr().contains(" bytes ahead in "),
+    // A thread of the source hashes its file behind the copy, never past
+    // it: with the copy paused half-way (after at least 4 s at 2 MiB/s,
+    // where the whole file takes a few ms to hash), it has not finished.
+    let sock = source.sock.to_str().unwrap().to_owned();
+    assert_ok(&run(&["mirror-speed", "-s", &sock, "-m", "0"]), "updated");
+    let log = source.daemon.stderr();
+    assert!(
+        log.contains("hashing ahead caught up with the copy"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(" bytes ahead in "),
+        "it read past the copy:\n{log}"
     );
     lift_the_limit_and_check(&mut source, &mut dest, &src, &dst);
     assert_verified(waiting);

@@ -164,7 +164,7 @@ pub(super) fn attempt(
                     let _ = rustix::process::setpriority_process(None, 19);
                     ahead.run(backing, || stop.load(Ordering::SeqCst));
                 });
-                SetOnDrop(stop)
+                StopAhead { stop, ahead }
             });
             let sendfile = client.sendfile_pays();
             let mut transfer = Transfer {
@@ -217,8 +217,9 @@ pub(super) struct Transfer<'a> {
 
 /// `--verify` without an incremental comparison: our side's hashes for the
 /// comparison before the handover, to be computed while the copy runs (a
-/// thread at the lowest priority reads and hashes the file once; a client
-/// write drops them all, as on a `listen`). `None` when the destination's
+/// thread at the lowest priority hashes the file once, just behind the copy,
+/// from the page cache the copy filled; a client write drops them all, as
+/// on a `listen`). `None` when the destination's
 /// blocks are larger than the thread's pieces.
 fn hash_ahead(
     mirror: &Mirror,
@@ -233,15 +234,23 @@ fn hash_ahead(
     if u64::from(params.block_size) > hash_ahead::PIECE {
         return None;
     }
-    HashAhead::new(backing, params.block_size)
+    let ahead = HashAhead::new(backing, params.block_size)?;
+    // Behind the copy ([`Transfer::send_range`] raises the ceiling).
+    ahead.follow();
+    Some(ahead)
 }
 
-/// Sets its flag when dropped.
-struct SetOnDrop<'a>(&'a AtomicBool);
+/// Stops the hashing thread when dropped: sets its flag, and wakes it if
+/// it waits for the copy.
+struct StopAhead<'a> {
+    stop: &'a AtomicBool,
+    ahead: &'a HashAhead,
+}
 
-impl Drop for SetOnDrop<'_> {
+impl Drop for StopAhead<'_> {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        self.ahead.allow(u64::MAX);
     }
 }
 

@@ -42,6 +42,11 @@ const READ_PIECE: u64 = 1 << 20;
 const HASH_THREADS: usize = 2;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
+/// Before the comparison, the source's hashing thread (one piece at a time
+/// behind the copy) is waited for if it has at most this many pieces left...
+const CATCH_UP_PIECES: usize = 4;
+/// ...for at most this long (4 MiB hash in a few ms).
+const CATCH_UP_WITHIN: Duration = Duration::from_millis(200);
 
 /// A hash request's range and our hashes of it, computed ahead.
 type Kept = (u64, u64, Vec<Hash>);
@@ -119,6 +124,11 @@ impl Transfer<'_> {
         }
         let size = self.server.backing().size();
         let started = Instant::now();
+        if let Some(ahead) = self.ahead {
+            // It follows the copy a piece or so behind: let it finish
+            // rather than hash the last request's range again here.
+            ahead.catch_up(CATCH_UP_PIECES, CATCH_UP_WITHIN);
+        }
         let differ = self.compare(params, &[(0, size)], flush)?;
         let took = started.elapsed();
         let bytes: u64 = differ.iter().map(|(_, len)| len).sum();

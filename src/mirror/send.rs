@@ -86,7 +86,13 @@ impl Transfer<'_> {
             offset,
             len: len32,
         };
-        self.send_request(&req, len)
+        self.send_request(&req, len)?;
+        if let Some(ahead) = self.ahead {
+            // The range was read (or found to be a hole): the hashing
+            // thread finds it in the page cache.
+            ahead.allow(offset + len);
+        }
+        Ok(())
     }
 
     /// Whether `[offset, offset + len)` reads as zero, read piece by piece

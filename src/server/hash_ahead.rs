@@ -5,6 +5,9 @@
 //! source has to read and hash its file. A source migrating with
 //! `--verify` does the same while it copies (`mirror::engine`), so that
 //! the comparison before the handover finds its side's hashes ready.
+//! There the threads only read what the copy has already read
+//! ([`HashAhead::follow`]): they add no reads of the disk and keep to the
+//! migration's speed limit.
 //!
 //! A kept hash is only ever answered while it is certain to be the hash of
 //! what the file holds:
@@ -28,8 +31,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use crate::backing::Backing;
 use crate::proto::hash::Hash;
@@ -38,6 +41,8 @@ use crate::proto::hash::Hash;
 pub const MAX_BLOCKS: u64 = 1 << 20;
 /// A thread claims and reads this many bytes at a time (a multiple of the block size).
 pub const PIECE: u64 = 1 << 20;
+/// A thread waiting for the copy looks this often whether it should stop.
+const STOP_LOOK: Duration = Duration::from_millis(100);
 
 /// What identifies the file's content from outside: size, modification
 /// and change times.
@@ -80,6 +85,12 @@ pub struct HashAhead {
     pieces_done: AtomicUsize,
     hashed: AtomicU64,
     answered: AtomicU64,
+    /// How far into the file the threads may read: all of it, or, once
+    /// [`HashAhead::follow`] was called, what a copy has read so far.
+    ceiling: Mutex<u64>,
+    raised: Condvar,
+    /// Whether a thread has waited for the copy yet (logged once).
+    caught_up: AtomicBool,
 }
 
 impl HashAhead {
@@ -106,7 +117,85 @@ impl HashAhead {
             pieces_done: AtomicUsize::new(0),
             hashed: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            ceiling: Mutex::new(u64::MAX),
+            raised: Condvar::new(),
+            caught_up: AtomicBool::new(false),
         })
+    }
+
+    /// From now on the threads read only below what [`HashAhead::allow`]
+    /// allowed: behind a copy that reads the file (a migration's source),
+    /// so that they find it in the page cache instead of reading the disk
+    /// a second time, and go no faster than a speed limit lets the copy.
+    pub fn follow(&self) {
+        *self.ceiling.lock().unwrap_or_else(PoisonError::into_inner) = 0;
+    }
+
+    /// The copy has read the file up to `end`: the threads may hash up to
+    /// there (never lowered). `u64::MAX` lets them go to the end, or see
+    /// at once that they were asked to stop.
+    pub fn allow(&self, end: u64) {
+        let mut ceiling = self.ceiling.lock().unwrap_or_else(PoisonError::into_inner);
+        if end > *ceiling {
+            *ceiling = end;
+            self.raised.notify_all();
+        }
+    }
+
+    /// Lets the threads read to the end and, if at most `pieces` are left
+    /// to hash, waits up to `within` for them: a copy that has finished
+    /// leaves them a piece or two behind it, and whatever they have not
+    /// hashed when a comparison asks is hashed again in its place.
+    pub fn catch_up(&self, pieces: usize, within: Duration) {
+        self.allow(u64::MAX);
+        let deadline = Instant::now() + within;
+        let mut ceiling = self.ceiling.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let left = self
+                .claimed
+                .len()
+                .saturating_sub(self.pieces_done.load(Ordering::SeqCst));
+            let now = Instant::now();
+            if left == 0 || left > pieces || now >= deadline || self.dropped.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            ceiling = self
+                .raised
+                .wait_timeout(ceiling, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits until the threads may read up to `end`; false if `stop()`
+    /// said so first. A stop comes with [`HashAhead::allow`]`(u64::MAX)`
+    /// (see `mirror::engine`); the wait also looks every
+    /// [`STOP_LOOK`] in case it does not.
+    fn wait_allowed(&self, end: u64, stop: &impl Fn() -> bool) -> bool {
+        let mut ceiling = self.ceiling.lock().unwrap_or_else(PoisonError::into_inner);
+        if *ceiling >= end {
+            return true;
+        }
+        while *ceiling < end {
+            if stop() {
+                return false;
+            }
+            // Once, not at the start (before the copy read anything).
+            if *ceiling > 0 && !self.caught_up.swap(true, Ordering::Relaxed) {
+                log::info!(
+                    "hashing ahead caught up with the copy at {} bytes: it follows the copy",
+                    *ceiling
+                );
+            }
+            ceiling = self
+                .raised
+                .wait_timeout(ceiling, STOP_LOOK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        // Raised to let it see a stop, perhaps.
+        !stop()
     }
 
     /// Whether kept hashes may still be answered: no change of ours since
@@ -161,6 +250,9 @@ impl HashAhead {
             hashes.clear();
             let offset = i as u64 * PIECE;
             let len = PIECE.min(self.covered - offset);
+            if !self.wait_allowed(offset + len, &|| stop() || !self.usable(backing, false)) {
+                return;
+            }
             // A hash request may have hashed (and kept) it already.
             if !self.all_kept(offset, len) {
                 if let Err(e) = self.hash_into(backing, offset, len, &mut buf, &mut hashes) {
@@ -172,7 +264,11 @@ impl HashAhead {
                 }
                 self.hashed.fetch_add(len, Ordering::SeqCst);
             }
-            if self.pieces_done.fetch_add(1, Ordering::SeqCst) + 1 == self.claimed.len() {
+            let done = self.pieces_done.fetch_add(1, Ordering::SeqCst) + 1;
+            // Under the lock: a [`HashAhead::catch_up`] between its look and its wait hears it.
+            drop(self.ceiling.lock().unwrap_or_else(PoisonError::into_inner));
+            self.raised.notify_all();
+            if done == self.claimed.len() {
                 let ms = started.elapsed().as_millis().max(1);
                 let hashed = self.hashed.load(Ordering::SeqCst);
                 log::info!(
@@ -411,6 +507,46 @@ mod tests {
         assert_eq!(ahead.answered(), 1 << 20);
         assert_answers(&ahead, &backing, &data, 0, 3 << 20);
         assert_eq!(ahead.answered(), 4 << 20);
+    }
+
+    /// Polls `what` until it holds, for at most 10 s.
+    #[track_caller]
+    fn wait_for(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(Instant::now() < deadline, "not within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn following_a_copy_it_hashes_only_what_the_copy_read_and_stops_when_told() {
+        let (f, data) = file(4 << 20);
+        let backing = Backing::open(f.path(), false).unwrap();
+        let ahead = HashAhead::new(&backing, BLOCK).unwrap();
+        ahead.follow();
+        let stop = AtomicBool::new(false);
+        let hashed = || ahead.hashed.load(Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let thread = s.spawn(|| ahead.run(&backing, || stop.load(Ordering::SeqCst)));
+            ahead.allow(2 << 20);
+            wait_for(|| hashed() == 2 << 20);
+            ahead.allow(1 << 20);
+            ahead.allow((3 << 20) - 1);
+            assert!(
+                !ahead.all_kept(2 << 20, 1 << 20),
+                "it read a piece the copy had not finished reading"
+            );
+            ahead.allow(3 << 20);
+            wait_for(|| hashed() == 3 << 20);
+            // Waiting for the last piece: woken to stop.
+            stop.store(true, Ordering::SeqCst);
+            ahead.allow(u64::MAX);
+            thread.join().unwrap();
+        });
+        assert_eq!(hashed(), 3 << 20, "it hashed on after it was told to stop");
+        assert_answers(&ahead, &backing, &data, 0, 4 << 20);
+        assert_eq!(ahead.answered(), 3 << 20);
     }
 
     #[test]
