@@ -361,16 +361,27 @@ impl Client {
     #[track_caller]
     pub(crate) fn try_reply(&mut self) -> Option<SimpleReply> {
         let mut head = [0u8; SimpleReply::SIZE];
+        // One deadline for the whole wait, however often a signal cuts it short.
+        let timeout = self.s.read_timeout().expect("read timeout");
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let first = loop {
             match self.s.read(&mut head) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => break 0,
                 // A signal to this process (a child's SIGCHLD, caught by
-                // whoever waits for children with a timeout) is no answer.
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // whoever waits for children with a timeout) is no answer:
+                // wait for what is left of the time.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    if let Some(deadline) = deadline {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        assert!(!left.is_zero(), "no reply and no close within {timeout:?}");
+                        self.s.set_read_timeout(Some(left)).expect("read timeout");
+                    }
+                }
                 Err(e) => panic!("no reply and no close in time: {e}"),
             }
         };
+        self.s.set_read_timeout(timeout).expect("read timeout");
         if first == 0 {
             return None;
         }
