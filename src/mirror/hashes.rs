@@ -42,11 +42,15 @@ const READ_PIECE: u64 = 1 << 20;
 const HASH_THREADS: usize = 2;
 /// `--verify`: rounds of resending mismatched blocks before giving up.
 pub(super) const VERIFY_ROUNDS: u32 = 3;
-/// Before the comparison, the source's hashing thread (one piece at a time
-/// behind the copy) is waited for if it has at most this many pieces left...
-const CATCH_UP_PIECES: usize = 4;
-/// ...for at most this long (4 MiB hash in a few ms).
-const CATCH_UP_WITHIN: Duration = Duration::from_millis(200);
+/// Before the comparison, the source's hashing thread (behind the copy,
+/// which may end far quicker than it) is waited for if it has at most this
+/// many pieces left: one hash request's range, which the comparison would
+/// otherwise hash again whole for a piece missing...
+const CATCH_UP_PIECES: usize = (HASH_REQUEST_BYTES / crate::server::hash_ahead::PIECE) as usize;
+/// ...for at most this long: 16 MiB hash in about 10 ms of CPU, but the
+/// thread runs at nice 19 and a busy machine gives it little. Clients are
+/// served meanwhile.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(1);
 
 /// A hash request's range and our hashes of it, computed ahead.
 type Kept = (u64, u64, Vec<Hash>);
