@@ -203,7 +203,10 @@ pub struct MirrorArgs {
     /// (BLAKE3, 64 KiB blocks); blocks that differ are sent again and
     /// checked again, up to 3 times, and the handover happens only when all
     /// match, otherwise the migration fails and the source keeps serving.
-    /// Needs a flexnbd listen as the destination (docs/hash-extension.md).
+    /// The source hashes its side while the copy runs (until a client
+    /// writes), reading only what the copy has already read, so -m and
+    /// mirror-speed bound that reading too. Needs a flexnbd listen as the destination
+    /// (docs/hash-extension.md).
     #[arg(long)]
     pub verify: bool,
     /// Send only the blocks whose hashes differ from the destination's copy.

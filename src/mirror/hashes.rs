@@ -129,8 +129,8 @@ impl Transfer<'_> {
         let size = self.server.backing().size();
         let started = Instant::now();
         if let Some(ahead) = self.ahead {
-            // It follows the copy a piece or so behind: let it finish
-            // rather than hash the last request's range again here.
+            // It follows the copy, perhaps some pieces behind: let it
+            // finish rather than hash the last request's range again here.
             ahead.catch_up(CATCH_UP_PIECES, CATCH_UP_WITHIN);
         }
         let differ = self.compare(params, &[(0, size)], flush)?;

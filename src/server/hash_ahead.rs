@@ -143,8 +143,9 @@ impl HashAhead {
     }
 
     /// Lets the threads read to the end and, if at most `pieces` are left
-    /// to hash, waits up to `within` for them: a copy that has finished
-    /// leaves them a piece or two behind it, and whatever they have not
+    /// to hash, waits up to `within` for them: a copy that has finished may
+    /// leave them behind it (a few pieces when the machine is idle, more
+    /// when it is busy: they run at nice 19), and whatever they have not
     /// hashed when a comparison asks is hashed again in its place.
     pub fn catch_up(&self, pieces: usize, within: Duration) {
         self.allow(u64::MAX);
@@ -175,6 +176,8 @@ impl HashAhead {
     fn wait_allowed(&self, end: u64, stop: &impl Fn() -> bool) -> bool {
         let mut ceiling = self.ceiling.lock().unwrap_or_else(PoisonError::into_inner);
         if *ceiling >= end {
+            // Not following a copy, or already allowed: the caller looks
+            // at `stop()` itself once per piece.
             return true;
         }
         while *ceiling < end {

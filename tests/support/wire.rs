@@ -363,7 +363,7 @@ impl Client {
         let mut head = [0u8; SimpleReply::SIZE];
         // One deadline for the whole wait, however often a signal cuts it short.
         let timeout = self.s.read_timeout().expect("read timeout");
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let deadline = timeout.map(|t| Instant::now() + t);
         let first = loop {
             match self.s.read(&mut head) {
                 Ok(n) => break n,
@@ -373,7 +373,7 @@ impl Client {
                 // wait for what is left of the time.
                 Err(e) if e.kind() == ErrorKind::Interrupted => {
                     if let Some(deadline) = deadline {
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        let left = deadline.saturating_duration_since(Instant::now());
                         assert!(!left.is_zero(), "no reply and no close within {timeout:?}");
                         self.s.set_read_timeout(Some(left)).expect("read timeout");
                     }
