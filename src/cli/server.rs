@@ -296,7 +296,8 @@ pub struct LimitArgs {
     /// microseconds on a virtual machine. After answering such a client,
     /// its connection's thread polls the socket for up to this long,
     /// shorter when the client pauses. At most half the CPUs (4 at most,
-    /// none on one CPU) poll at once. 0 turns polling off. At most 1ms.
+    /// none when the server may run on one CPU only) poll at once. 0 turns
+    /// polling off. At most 1ms.
     #[arg(long, value_name = "DURATION", default_value = "100us",
           value_parser = busy_poll_duration)]
     pub busy_poll: std::time::Duration,
