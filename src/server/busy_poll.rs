@@ -11,7 +11,7 @@
 //! randread-qd1-j1, fio 4 KiB random reads at queue depth 1): 7,882 IOPS
 //! sleeping, 22,914 polling (docs/benchmark.md, bench/RESULTS.md).
 //!
-//! Polling costs CPU, so it is bounded four ways:
+//! Polling costs CPU, so it is bounded:
 //! - only a connection whose last [`QUALIFY`] waits each followed a single
 //!   small request polls: a client that pipelines, or a migration source
 //!   streaming large WRITEs, never does;
