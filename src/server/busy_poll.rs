@@ -31,9 +31,10 @@
 //!   the CPUs the process may run on, at most 4, none on one CPU; and a
 //!   polling thread yields the CPU between looks, so that a client on the
 //!   same CPU runs first;
-//! - a connection looks again, when it first qualifies, at the CPUs the
-//!   process may run on: a server pinned to one CPU after it started
-//!   (`taskset -a -p`, a cpuset changed at run time) does not poll either.
+//! - a connection counts again, when it first qualifies, the CPUs the
+//!   process may run on, and the slots follow: a server pinned to one CPU
+//!   after it started (`taskset -a -p`, a cpuset changed at run time) does
+//!   not poll either, and one unpinned later does.
 //!   There the request is only ever found after the client has yielded
 //!   the CPU, so polling adds a round of scheduling to every request: fio
 //!   4 KiB random reads at queue depth 1 on CPU 0, the server pinned there
@@ -58,9 +59,11 @@ const MAX_SLOTS: usize = 4;
 #[derive(Debug)]
 pub(crate) struct PollSlots {
     busy: AtomicUsize,
-    max: usize,
-    /// The CPUs the process may run on now, asked again by each connection
-    /// that qualifies (`None`: the number the slots were made for).
+    /// Half the CPUs, at most [`MAX_SLOTS`]; counted again by each
+    /// connection that qualifies, when `cpus_now` is set.
+    max: AtomicUsize,
+    /// The CPUs the process may run on now (`None`: the slots keep the
+    /// number they were made for).
     cpus_now: Option<fn() -> usize>,
 }
 
@@ -69,7 +72,7 @@ impl PollSlots {
     pub(crate) fn for_cpus(cpus: usize) -> Self {
         PollSlots {
             busy: AtomicUsize::new(0),
-            max: (cpus / 2).min(MAX_SLOTS),
+            max: AtomicUsize::new(slots_for(cpus)),
             cpus_now: None,
         }
     }
@@ -82,27 +85,35 @@ impl PollSlots {
         }
     }
 
-    /// Whether polling can pay now: slots exist, and the process may still
-    /// run on more than one CPU.
+    /// Whether polling can pay now: counts the CPUs the process may run on
+    /// again (a server pinned or unpinned since it started), and says
+    /// whether that leaves any slot.
     fn pays(&self) -> bool {
-        self.max > 0 && self.cpus_now.is_none_or(|cpus| cpus() > 1)
+        if let Some(cpus) = self.cpus_now {
+            self.max.store(slots_for(cpus()), Ordering::Release);
+        }
+        self.max() > 0
     }
 
     /// How many threads may poll at once.
-    #[cfg(test)]
     fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Acquire)
     }
 
     /// A slot, if one is free; given back when dropped.
     fn take(&self) -> Option<Slot<'_>> {
         self.busy
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < self.max()).then_some(n + 1)
             })
             .ok()
             .map(|_| Slot(self))
     }
+}
+
+/// Slots for `cpus` CPUs: half of them, at most [`MAX_SLOTS`].
+fn slots_for(cpus: usize) -> usize {
+    (cpus / 2).min(MAX_SLOTS)
 }
 
 /// The CPUs this process may run on (its affinity and CPU quota).
@@ -393,6 +404,19 @@ mod tests {
         qualify(&mut poll, &none);
         poll.request(4096);
         poll.wait(&none, || panic!("polled on one CPU"));
+    }
+
+    #[test]
+    fn slots_follow_the_cpus_the_server_may_run_on_now() {
+        // Made for one CPU, then unpinned: polls.
+        let unpinned = PollSlots {
+            cpus_now: Some(|| 8),
+            ..PollSlots::for_cpus(1)
+        };
+        let mut poll = BusyPoll::new(MAX);
+        qualify(&mut poll, &unpinned);
+        assert_eq!((poll.polls, poll.caught), (1, 1));
+        assert_eq!(unpinned.max(), 4);
     }
 
     #[test]
